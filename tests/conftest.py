@@ -1,0 +1,45 @@
+"""Shared test helpers: the committed CelebA fixture and subprocess runs of the project's commands."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURE = ROOT / "tests" / "fixtures" / "celeba"
+SMOKE_CONFIG = ROOT / "configs" / "smoke.yaml"
+
+torch.set_num_threads(2)
+
+
+def subprocess_env() -> dict:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    return env
+
+
+def run_command(args: list[str], timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
+    """Run ``python ARGS`` from the repo root with the test interpreter; return the completed process."""
+    result = subprocess.run([sys.executable, *args], cwd=ROOT, env=subprocess_env(), capture_output=True,
+                            text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{args} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def train_args(output_dir, *extra) -> list[str]:
+    return ["train_unet.py", "--config", str(SMOKE_CONFIG), "--train_data_dir", str(FIXTURE),
+            "--output_dir", str(output_dir), *map(str, extra)]
+
+
+@pytest.fixture(scope="session")
+def smoke_pipeline_dir(tmp_path_factory) -> Path:
+    """A pipeline trained for 8 steps by train_unet.py on the fixture (shared by the pipeline/generation tests)."""
+    output_dir = tmp_path_factory.mktemp("smoke_run")
+    run_command(train_args(output_dir))
+    return output_dir

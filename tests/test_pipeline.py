@@ -1,0 +1,94 @@
+"""The custom DiffusionPipeline: determinism, save/load round trip, custom_pipeline loading, generate CLI."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler, DiffusionPipeline, UNet2DModel
+
+from conftest import ROOT, run_command
+from pipeline import CelebADiffusionPipeline
+
+
+def tiny_pipeline(scheduler_class=DDPMScheduler):
+    torch.manual_seed(0)
+    unet = UNet2DModel(sample_size=8, block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4,
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"))
+    pipe = CelebADiffusionPipeline(unet=unet, scheduler=scheduler_class(num_train_timesteps=1000))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.mark.parametrize("scheduler_class", [DDPMScheduler, DDIMScheduler])
+def test_same_generator_same_images(scheduler_class):
+    pipe = tiny_pipeline(scheduler_class)
+    first = pipe(batch_size=2, num_inference_steps=4, generator=torch.Generator().manual_seed(5), output_type="np")
+    second = pipe(batch_size=2, num_inference_steps=4, generator=torch.Generator().manual_seed(5), output_type="np")
+    other = pipe(batch_size=2, num_inference_steps=4, generator=torch.Generator().manual_seed(6), output_type="np")
+    assert first.images.shape == (2, 8, 8, 3) and first.images.min() >= 0 and first.images.max() <= 1
+    assert np.array_equal(first.images, second.images) and not np.array_equal(first.images, other.images)
+
+
+def test_output_types_agree():
+    pipe = tiny_pipeline(DDIMScheduler)
+    kwargs = dict(batch_size=1, num_inference_steps=3)
+    pt = pipe(generator=torch.Generator().manual_seed(0), output_type="pt", **kwargs).images
+    as_np = pipe(generator=torch.Generator().manual_seed(0), output_type="np", **kwargs).images
+    pil = pipe(generator=torch.Generator().manual_seed(0), **kwargs).images
+    np.testing.assert_allclose((pt.permute(0, 2, 3, 1).numpy() + 1) / 2, as_np, atol=1e-6)
+    assert pil[0].size == (8, 8)
+    assert isinstance(pipe(generator=None, return_dict=False, **kwargs), tuple)
+    with pytest.raises(ValueError, match="output_type"):
+        pipe(output_type="jpeg", **kwargs)
+
+
+def test_save_load_round_trip(tmp_path):
+    pipe = tiny_pipeline(DDIMScheduler)
+    pipe.save_pretrained(tmp_path, safe_serialization=True)
+    assert (tmp_path / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    assert json.loads((tmp_path / "model_index.json").read_text())["_class_name"] == "CelebADiffusionPipeline"
+    loaded = CelebADiffusionPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    for name, tensor in pipe.unet.state_dict().items():
+        assert torch.equal(tensor, loaded.unet.state_dict()[name])
+    def public(config):
+        return {key: value for key, value in config.items() if not key.startswith("_")}
+
+    assert type(loaded.scheduler) is DDIMScheduler and public(loaded.scheduler.config) == public(pipe.scheduler.config)
+    kwargs = dict(batch_size=2, num_inference_steps=3, output_type="np")
+    assert np.array_equal(pipe(generator=torch.Generator().manual_seed(1), **kwargs).images,
+                          loaded(generator=torch.Generator().manual_seed(1), **kwargs).images)
+
+
+def test_loads_through_diffusers_custom_pipeline(tmp_path):
+    """What users without our package do: DiffusionPipeline.from_pretrained(path, custom_pipeline=file)."""
+    pipe = tiny_pipeline(DDIMScheduler)
+    pipe.save_pretrained(tmp_path)
+    loaded = DiffusionPipeline.from_pretrained(tmp_path, custom_pipeline=str(ROOT / "pipeline" / "pipeline_celeba.py"),
+                                          trust_remote_code=True)
+    assert type(loaded).__name__ == "CelebADiffusionPipeline"
+    loaded.set_progress_bar_config(disable=True)
+    kwargs = dict(batch_size=1, num_inference_steps=3, output_type="np")
+    np.testing.assert_allclose(pipe(generator=torch.Generator().manual_seed(2), **kwargs).images,
+                               loaded(generator=torch.Generator().manual_seed(2), **kwargs).images, atol=1e-5)
+
+
+def test_generate_cli_writes_pngs_and_grids(smoke_pipeline_dir, tmp_path):
+    out = tmp_path / "samples"
+    run_command(["-m", "pipeline.generate", "--model", str(smoke_pipeline_dir), "--num_images", "5",
+                 "--batch_size", "2", "--steps", "3", "--scheduler", "ddim", "--out", str(out)])
+    assert sorted(p.name for p in out.glob("0*.png")) == [f"{i:05d}.png" for i in range(5)]
+    assert (out / "grid.png").is_file() and (out / "grid_x4.png").is_file()
+    assert json.loads((out / "generation.json").read_text())["steps"] == 3
+    again = tmp_path / "again"
+    run_command(["-m", "pipeline.generate", "--model", str(smoke_pipeline_dir), "--num_images", "5",
+                 "--batch_size", "2", "--steps", "3", "--scheduler", "ddim", "--out", str(again)])
+    assert (out / "00004.png").read_bytes() == (again / "00004.png").read_bytes()  # seeded per batch
+
+
+def test_generate_cli_errors_are_one_line(tmp_path):
+    result = run_command(["-m", "pipeline.generate", "--model", str(tmp_path / "missing"), "--out",
+                          str(tmp_path / "o")], check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"no pipeline at {tmp_path / 'missing'}" in result.stderr

@@ -1,0 +1,155 @@
+"""train_unet.py: learning works, checkpoints resume bit-exactly, signals and bad input are handled, 2 processes."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from argparse import Namespace
+
+import pytest
+import torch
+from diffusers import DDPMScheduler, UNet2DModel
+from safetensors.torch import load_file
+
+from conftest import FIXTURE, ROOT, run_command, subprocess_env, train_args
+from train_unet import diffusion_loss, parse_args
+
+RESUME_FLAGS = ["--max_train_steps", 12, "--checkpointing_steps", 4, "--checkpoints_total_limit", 5,
+                "--lr_scheduler", "cosine", "--dropout", 0.1, "--prediction_type", "v_prediction",
+                "--snr_gamma", 5.0]
+
+
+def tensors_equal(path_a, path_b) -> bool:
+    a, b = load_file(path_a), load_file(path_b)
+    return a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)
+
+
+def test_overfits_one_fixed_batch():
+    """The loss on one fixed batch (fixed images, noise and timesteps) falls by >= 5x within 300 steps."""
+    torch.manual_seed(0)
+    model = UNet2DModel(sample_size=16, block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8,
+                        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"))
+    scheduler = DDPMScheduler(num_train_timesteps=1000)
+    clean = torch.rand(4, 3, 16, 16) * 2 - 1
+    args = Namespace(prediction_type="epsilon", snr_gamma=None)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    fixed_noise = torch.randn_like(clean)
+    fixed_t = torch.tensor([50, 300, 600, 900])
+
+    def fixed_loss():
+        state = torch.get_rng_state()  # diffusion_loss draws noise and t: make them the fixed ones
+        generator_noise, generator_t = fixed_noise.clone(), fixed_t.clone()
+        original_randn_like, original_randint = torch.randn_like, torch.randint
+        torch.randn_like = lambda x: generator_noise
+        torch.randint = lambda *a, **k: generator_t
+        try:
+            return diffusion_loss(model, scheduler, clean, args)
+        finally:
+            torch.randn_like, torch.randint = original_randn_like, original_randint
+            torch.set_rng_state(state)
+
+    initial = fixed_loss().item()
+    for _ in range(300):
+        loss = fixed_loss()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert fixed_loss().item() < initial / 5
+
+
+def test_config_and_flags(tmp_path):
+    args = parse_args(["--config", "configs/smoke.yaml", "--train_data_dir", "x", "--resolution", "16"])
+    assert args.resolution == 16 and args.block_out_channels == [16, 32] and args.max_train_steps == 8
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("resolutoin: 32\n")
+    result = run_command(train_args(tmp_path / "out", "--config", bad), check=False)
+    assert result.returncode == 2 and "unknown keys ['resolutoin']" in result.stderr
+
+
+def test_exact_resume_after_sigkill(tmp_path):
+    """Killed with SIGKILL after a checkpoint, then resumed from 'latest': bitwise identical weights and EMA."""
+    straight = tmp_path / "straight"
+    run_command(train_args(straight, *RESUME_FLAGS))
+
+    resumed = tmp_path / "resumed"
+    process = subprocess.Popen([sys.executable, *train_args(resumed, *RESUME_FLAGS)], cwd=ROOT,
+                               env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (resumed / "checkpoint-4").is_dir() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert (resumed / "checkpoint-4").is_dir() and not (resumed / "model_index.json").exists(), "not killed mid-run"
+    run_command(train_args(resumed, *RESUME_FLAGS, "--resume_from_checkpoint", "latest"))
+
+    assert tensors_equal(straight / "checkpoint-12" / "model.safetensors", resumed / "checkpoint-12" / "model.safetensors")
+    weights = "unet/diffusion_pytorch_model.safetensors"  # the EMA weights of the final pipeline
+    assert tensors_equal(straight / weights, resumed / weights)
+    summary = json.loads((straight / "run_summary_rank0.json").read_text())
+    assert summary == {**json.loads((resumed / "run_summary_rank0.json").read_text()),
+                       "first_keys": summary["first_keys"]}
+
+
+def test_sigterm_writes_a_checkpoint_and_exits_zero(tmp_path):
+    out = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, *train_args(out, "--max_train_steps", 100000,
+                                                            "--checkpointing_steps", 3)],
+                               cwd=ROOT, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True)
+    deadline = time.time() + 120
+    while not (out / "checkpoint-3").is_dir() and time.time() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr[-2000:]
+    checkpoints = sorted(p.name for p in out.iterdir() if p.name.startswith("checkpoint-"))
+    assert checkpoints and not list(out.glob(".checkpoint-*.tmp"))
+    assert "stopped by signal" in stderr
+    run_command(train_args(out, "--max_train_steps", int(checkpoints[-1].split("-")[1]) + 2,
+                           "--resume_from_checkpoint", "latest"))
+    assert (out / "model_index.json").is_file()
+
+
+def test_two_process_cpu_run(tmp_path):
+    """torchrun with 2 CPU processes (gloo): identical weights on both ranks, disjoint images within an epoch."""
+    out = tmp_path / "ddp"
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                             *train_args(out, "--max_train_steps", 6)],
+                            cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "MULTI_CPU" in result.stderr
+    rank0, rank1 = (json.loads((out / f"run_summary_rank{r}.json").read_text()) for r in (0, 1))
+    assert rank0["world_size"] == 2 and rank0["unet_sha256"] == rank1["unet_sha256"]
+    epoch0, epoch1 = rank0["first_keys"][:24], rank1["first_keys"][:24]  # 48 images = one epoch over 2 ranks
+    assert not set(epoch0) & set(epoch1) and len(set(epoch0) | set(epoch1)) == 48
+
+
+def test_bad_input_gives_one_clear_error(tmp_path):
+    missing = tmp_path / "nowhere"
+    result = run_command(["train_unet.py", "--config", "configs/smoke.yaml", "--train_data_dir", str(missing),
+                          "--output_dir", str(tmp_path / "o")], check=False)
+    assert result.returncode == 2 and f"CelebA folder not found: {missing}" in result.stderr
+    assert "Traceback" not in result.stderr
+    result = run_command(train_args(tmp_path / "o2", "--resume_from_checkpoint", "checkpoint-77"), check=False)
+    assert result.returncode == 2 and "checkpoint folder not found: checkpoint-77" in result.stderr
+
+
+def test_non_finite_loss_stops_naming_the_step(tmp_path):
+    result = run_command(train_args(tmp_path / "o", "--learning_rate", 1e25, "--lr_warmup_steps", 0,
+                                    "--max_grad_norm", 1e38, "--max_train_steps", 50), check=False)
+    assert result.returncode == 2 and "non-finite loss" in result.stderr and "at step" in result.stderr
+
+
+def test_corrupt_image_stops_or_is_skipped_and_reported(tmp_path):
+    import shutil
+
+    root = tmp_path / "celeba"
+    shutil.copytree(FIXTURE, root)
+    (root / "img_align_celeba" / "000003.jpg").write_bytes(b"not a jpeg")
+    flags = ["--config", "configs/smoke.yaml", "--train_data_dir", str(root), "--max_train_steps", "13"]
+    result = run_command(["train_unet.py", *flags, "--output_dir", str(tmp_path / "a")], check=False)
+    assert result.returncode == 2 and "cannot decode image 000003.jpg" in result.stderr
+    result = run_command(["train_unet.py", *flags, "--output_dir", str(tmp_path / "b"), "--skip_corrupt_images"])
+    summary = json.loads((tmp_path / "b" / "run_summary_rank0.json").read_text())
+    assert summary["skipped_corrupt_images"] == ["000003.jpg"] and "skipped 1 corrupt images" in result.stderr

@@ -1,0 +1,328 @@
+"""Train a diffusers UNet2DModel on CelebA with DDPM noising, under `accelerate launch` (or torchrun on CPUs).
+
+    accelerate launch train_unet.py --config configs/celeba64_cpu.yaml --train_data_dir ../shared/celeba
+
+The YAML gives defaults, command-line flags override them. Flag names follow diffusers'
+examples/unconditional_image_generation/train_unconditional.py where the concept is the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+import yaml
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import ProjectConfiguration, set_seed
+from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel, compute_snr
+from tqdm.auto import tqdm
+
+from pipeline import CelebADiffusionPipeline
+from pipeline.checkpoints import resolve_checkpoint, save_checkpoint_atomically
+from pipeline.cli import run_cli
+from pipeline.data import TrainStream, load_celeba
+from pipeline.images import make_grid
+from pipeline.preprocess import Preprocessing, random_hflip, to_model_range
+
+logger = get_logger(__name__)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", type=str, default=None, help="YAML file of defaults for any flag below")
+    # data
+    p.add_argument("--dataset_name", type=str, default=None, help="Hub id or local path of a dataset in the "
+                   "flwrlabs/celeba parquet layout, e.g. flwrlabs/celeba")
+    p.add_argument("--dataset_config_name", type=str, default=None, help='e.g. "img_align+identity+attr"')
+    p.add_argument("--train_data_dir", type=str, default=None, help="local CelebA folder in the official layout")
+    p.add_argument("--split", type=str, default="train")
+    p.add_argument("--resolution", type=int, default=64)
+    p.add_argument("--crop_size", type=int, default=140, help="centered square crop (source pixels) before resizing")
+    p.add_argument("--crop_offset_y", type=int, default=0)
+    p.add_argument("--random_flip", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--shuffle_buffer_size", type=int, default=1000)
+    p.add_argument("--skip_corrupt_images", action="store_true", help="count and report undecodable images "
+                   "instead of stopping on the first one")
+    # model
+    p.add_argument("--block_out_channels", type=int, nargs="+", default=[64, 128, 128, 256])
+    p.add_argument("--layers_per_block", type=int, default=2)
+    p.add_argument("--down_block_types", type=str, nargs="+",
+                   default=["DownBlock2D", "DownBlock2D", "AttnDownBlock2D", "DownBlock2D"])
+    p.add_argument("--up_block_types", type=str, nargs="+",
+                   default=["UpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D"])
+    p.add_argument("--attention_head_dim", type=int, default=None)
+    p.add_argument("--norm_num_groups", type=int, default=32)
+    p.add_argument("--dropout", type=float, default=0.0)
+    # diffusion
+    p.add_argument("--ddpm_num_steps", type=int, default=1000)
+    p.add_argument("--ddpm_beta_schedule", type=str, default="linear")
+    p.add_argument("--prediction_type", type=str, default="epsilon", choices=["epsilon", "v_prediction", "sample"])
+    p.add_argument("--snr_gamma", type=float, default=None, help="min-SNR-gamma loss weighting (Hang et al. 2023)")
+    # optimisation
+    p.add_argument("--train_batch_size", type=int, default=32, help="per process")
+    p.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    p.add_argument("--max_train_steps", type=int, default=1000)
+    p.add_argument("--learning_rate", type=float, default=2e-4)
+    p.add_argument("--lr_scheduler", type=str, default="cosine")
+    p.add_argument("--lr_warmup_steps", type=int, default=500)
+    p.add_argument("--adam_beta1", type=float, default=0.9)
+    p.add_argument("--adam_beta2", type=float, default=0.999)
+    p.add_argument("--adam_weight_decay", type=float, default=0.0)
+    p.add_argument("--adam_epsilon", type=float, default=1e-8)
+    p.add_argument("--max_grad_norm", type=float, default=1.0)
+    p.add_argument("--use_ema", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--ema_inv_gamma", type=float, default=1.0)
+    p.add_argument("--ema_power", type=float, default=3 / 4)
+    p.add_argument("--ema_max_decay", type=float, default=0.9999)
+    p.add_argument("--mixed_precision", type=str, default="no", choices=["no", "fp16", "bf16"])
+    p.add_argument("--seed", type=int, default=0)
+    # outputs
+    p.add_argument("--output_dir", type=str, default="runs/celeba")
+    p.add_argument("--logger", type=str, default="tensorboard", choices=["tensorboard", "none"])
+    p.add_argument("--logging_dir", type=str, default="logs", help="under output_dir")
+    p.add_argument("--save_images_steps", type=int, default=0, help="sample grid every N steps (0 = off)")
+    p.add_argument("--num_validation_images", type=int, default=16)
+    p.add_argument("--validation_inference_steps", type=int, default=25)
+    p.add_argument("--checkpointing_steps", type=int, default=500)
+    p.add_argument("--checkpointing_minutes", type=float, default=0, help="also checkpoint every N minutes")
+    p.add_argument("--checkpoints_total_limit", type=int, default=2)
+    p.add_argument("--resume_from_checkpoint", type=str, default=None, help='a checkpoint folder or "latest"')
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """Flags override the YAML config, which overrides the parser defaults."""
+    parser = build_parser()
+    args, _ = parser.parse_known_args(argv)
+    if args.config:
+        if not os.path.isfile(args.config):
+            parser.error(f"config file not found: {args.config}")
+        with open(args.config) as handle:
+            config = yaml.safe_load(handle) or {}
+        known = {action.dest for action in parser._actions}
+        unknown = sorted(set(config) - known)
+        if unknown:
+            parser.error(f"{args.config}: unknown keys {unknown}")
+        parser.set_defaults(**config)
+    args = parser.parse_args(argv)
+    if (args.dataset_name is None) == (args.train_data_dir is None):
+        parser.error("give exactly one of --dataset_name and --train_data_dir")
+    return args
+
+
+def diffusion_loss(model, noise_scheduler, clean, args):
+    """DDPM training loss: noise a batch at random timesteps and regress the chosen target."""
+    noise = torch.randn_like(clean)
+    timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (clean.shape[0],), device=clean.device)
+    noisy = noise_scheduler.add_noise(clean, noise, timesteps)
+    prediction = model(noisy, timesteps).sample.float()
+    if args.prediction_type == "epsilon":
+        target = noise
+    elif args.prediction_type == "v_prediction":
+        target = noise_scheduler.get_velocity(clean, noise, timesteps)
+    else:
+        target = clean
+    if args.snr_gamma is None:
+        return F.mse_loss(prediction, target)
+    snr = compute_snr(noise_scheduler, timesteps)
+    clipped = torch.clamp(snr, max=args.snr_gamma)
+    # min-SNR weights expressed for each target: eps-loss * snr = x0-loss, v-loss * (snr+1) = x0-loss
+    weight = {"epsilon": clipped / snr, "v_prediction": clipped / (snr + 1), "sample": clipped}[args.prediction_type]
+    per_example = F.mse_loss(prediction, target, reduction="none").mean(dim=(1, 2, 3))
+    return (per_example * weight).mean()
+
+
+def state_checksum(model: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def save_sample_grid(accelerator, model, ema, noise_scheduler, args, step):
+    """Generate a grid with the EMA weights (DDIM) for TensorBoard and output_dir/samples/."""
+    unet = accelerator.unwrap_model(model)
+    if ema is not None:
+        ema.store(unet.parameters())
+        ema.copy_to(unet.parameters())
+    pipe = CelebADiffusionPipeline(unet=unet, scheduler=DDIMScheduler.from_config(noise_scheduler.config))
+    pipe.set_progress_bar_config(disable=True)
+    generator = torch.Generator().manual_seed(args.seed)
+    images = pipe(batch_size=args.num_validation_images, num_inference_steps=args.validation_inference_steps,
+                  generator=generator, output_type="np").images
+    if ema is not None:
+        ema.restore(unet.parameters())
+    unet.train()
+    grid = make_grid((images * 255).round().astype("uint8"))
+    os.makedirs(os.path.join(args.output_dir, "samples"), exist_ok=True)
+    grid.save(os.path.join(args.output_dir, "samples", f"step_{step:07d}.png"))
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            tracker.writer.add_images("samples", images, step, dataformats="NHWC")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    accelerator = Accelerator(
+        # without an accelerator, cpu=True lets torchrun start a gloo (MULTI_CPU) process group
+        cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available()),
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=None if args.logger == "none" else args.logger,
+        project_config=ProjectConfiguration(project_dir=args.output_dir,
+                                            logging_dir=os.path.join(args.output_dir, args.logging_dir)),
+    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    logger.info(accelerator.state, main_process_only=False)
+    set_seed(args.seed)  # identical initial weights on every process
+
+    model = UNet2DModel(
+        sample_size=args.resolution, in_channels=3, out_channels=3, layers_per_block=args.layers_per_block,
+        block_out_channels=tuple(args.block_out_channels), down_block_types=tuple(args.down_block_types),
+        up_block_types=tuple(args.up_block_types), attention_head_dim=args.attention_head_dim,
+        norm_num_groups=args.norm_num_groups, dropout=args.dropout,
+    )
+    set_seed(args.seed, device_specific=True)  # then per-process noise; a resume restores the saved RNG states
+    noise_scheduler = DDPMScheduler(num_train_timesteps=args.ddpm_num_steps, beta_schedule=args.ddpm_beta_schedule,
+                                    prediction_type=args.prediction_type)
+    ema = None
+    if args.use_ema:
+        ema = EMAModel(model.parameters(), decay=args.ema_max_decay, use_ema_warmup=True,
+                       inv_gamma=args.ema_inv_gamma, power=args.ema_power,
+                       model_cls=UNet2DModel, model_config=model.config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+                                  weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
+    lr_scheduler = get_scheduler(args.lr_scheduler, optimizer,
+                                 num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+                                 num_training_steps=args.max_train_steps * accelerator.num_processes)
+    stream = TrainStream(
+        load_celeba(args.dataset_name, args.dataset_config_name, args.train_data_dir, args.split),
+        Preprocessing(resolution=args.resolution, crop_size=args.crop_size, crop_offset_y=args.crop_offset_y),
+        batch_size=args.train_batch_size, seed=args.seed, shuffle_buffer_size=args.shuffle_buffer_size,
+        rank=accelerator.process_index, world_size=accelerator.num_processes, skip_corrupt=args.skip_corrupt_images,
+    )
+    # The stream is already split per process (datasets.distributed), so it is not wrapped by accelerator.prepare.
+    model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
+    if ema is not None:
+        accelerator.register_for_checkpointing(ema)
+
+    global_step = 0
+    if args.resume_from_checkpoint:
+        checkpoint = resolve_checkpoint(args.output_dir, args.resume_from_checkpoint)
+        if checkpoint is None:
+            logger.info("no checkpoint in %s yet: starting a new run", args.output_dir)
+        else:
+            accelerator.load_state(str(checkpoint))
+            global_step = int(checkpoint.name.split("-")[1])
+            with open(checkpoint / f"stream_rank{accelerator.process_index}.json") as handle:
+                stream.load_state_dict(json.load(handle))
+            logger.info("resumed from %s at step %d", checkpoint, global_step)
+    if accelerator.is_main_process:
+        os.makedirs(args.output_dir, exist_ok=True)
+        accelerator.init_trackers("train_unet", config={k: str(v) for k, v in vars(args).items()})
+
+    stop = {"requested": False}
+
+    def request_stop(signum, _frame):
+        logger.info("signal %d: checkpointing after this step, then exiting", signum, main_process_only=False)
+        stop["requested"] = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+
+    def checkpoint_now():
+        save_checkpoint_atomically(
+            accelerator, args.output_dir, global_step, args.checkpoints_total_limit,
+            per_process_files={f"stream_rank{accelerator.process_index}.json": json.dumps(stream.state_dict())},
+        )
+
+    images_per_step = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+    progress = tqdm(total=args.max_train_steps, initial=global_step, disable=not accelerator.is_local_main_process,
+                    desc="train", unit="step")
+    first_keys, started, last_checkpoint_time = [], time.perf_counter(), time.monotonic()
+    start_step = global_step
+    model.train()
+    batches = iter(stream)
+    while global_step < args.max_train_steps:
+        pixels, keys = next(batches)
+        if len(first_keys) < 256:
+            first_keys.extend(keys)
+        clean = to_model_range(pixels).to(accelerator.device)
+        if args.random_flip:
+            clean = random_hflip(clean)
+        with accelerator.accumulate(model):
+            loss = diffusion_loss(model, noise_scheduler, clean, args)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite loss {loss.item()} at step {global_step + 1}")
+            accelerator.backward(loss)
+            if accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+        if not accelerator.sync_gradients:
+            continue
+        if ema is not None:
+            ema.step(model.parameters())
+        global_step += 1
+        elapsed = time.perf_counter() - started
+        images_per_second = (global_step - start_step) * images_per_step / elapsed
+        logs = {"loss": loss.detach().item(), "lr": lr_scheduler.get_last_lr()[0], "img_per_s": images_per_second}
+        if ema is not None:
+            logs["ema_decay"] = ema.cur_decay_value
+        progress.update(1)
+        progress.set_postfix(loss=f"{logs['loss']:.4f}", img_s=f"{images_per_second:.1f}")
+        accelerator.log(logs, step=global_step)
+
+        # Every process must agree on checkpoint/stop decisions, or collective saves would deadlock.
+        due = (args.checkpointing_steps and global_step % args.checkpointing_steps == 0) or (
+            args.checkpointing_minutes and time.monotonic() - last_checkpoint_time > 60 * args.checkpointing_minutes)
+        flags = torch.tensor([float(bool(due)), float(stop["requested"])], device=accelerator.device)
+        if accelerator.num_processes > 1:
+            flags = accelerator.reduce(flags, reduction="sum")
+        if flags[0] > 0 or flags[1] > 0:
+            checkpoint_now()
+            last_checkpoint_time = time.monotonic()
+        if flags[1] > 0:
+            logger.info("stopped by signal at step %d; resume with --resume_from_checkpoint latest", global_step)
+            accelerator.end_training()
+            return 0
+        if args.save_images_steps and global_step % args.save_images_steps == 0 and accelerator.is_main_process:
+            save_sample_grid(accelerator, model, ema, noise_scheduler, args, global_step)
+    progress.close()
+
+    accelerator.wait_for_everyone()
+    unet = accelerator.unwrap_model(model)
+    summary = {"rank": accelerator.process_index, "world_size": accelerator.num_processes,
+               "global_step": global_step, "images_seen_by_rank": global_step * args.train_batch_size
+               * args.gradient_accumulation_steps, "first_keys": first_keys[:256],
+               "skipped_corrupt_images": stream.skipped_corrupt, "unet_sha256": state_checksum(unet)}
+    with open(os.path.join(args.output_dir, f"run_summary_rank{accelerator.process_index}.json"), "w") as handle:
+        json.dump(summary, handle, indent=1)
+    if stream.skipped_corrupt:
+        logger.warning("skipped %d corrupt images: %s", len(stream.skipped_corrupt), stream.skipped_corrupt[:20],
+                       main_process_only=False)
+    if accelerator.is_main_process:
+        if ema is not None:
+            ema.copy_to(unet.parameters())
+        pipe = CelebADiffusionPipeline(unet=unet, scheduler=noise_scheduler)
+        pipe.save_pretrained(args.output_dir, safe_serialization=True)
+        logger.info("saved the %s pipeline to %s", "EMA" if ema is not None else "final", args.output_dir)
+    accelerator.end_training()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
