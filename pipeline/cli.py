@@ -6,7 +6,8 @@ import sys
 
 from .preprocess import CorruptImageError
 
-USER_ERRORS = (FileNotFoundError, NotADirectoryError, ValueError, CorruptImageError, FloatingPointError)
+USER_ERRORS = (FileNotFoundError, NotADirectoryError, ValueError, CorruptImageError, FloatingPointError,
+               ConnectionError)
 
 
 def run_cli(main, argv=None) -> int:

@@ -23,10 +23,11 @@ def subprocess_env() -> dict:
     return env
 
 
-def run_command(args: list[str], timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
-    """Run ``python ARGS`` from the repo root with the test interpreter; return the completed process."""
-    result = subprocess.run([sys.executable, *args], cwd=ROOT, env=subprocess_env(), capture_output=True,
-                            text=True, timeout=timeout)
+def run_command(args: list[str], timeout: float = 300, check: bool = True,
+                env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``python ARGS`` from the repo root with the test interpreter (``env`` updates the environment)."""
+    result = subprocess.run([sys.executable, *args], cwd=ROOT, env={**subprocess_env(), **(env or {})},
+                            capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"{args} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return result

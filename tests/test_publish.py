@@ -1,0 +1,53 @@
+"""Publishing to the Hub, tested offline against a local stand-in for the Hub API (HF_ENDPOINT)."""
+
+import socket
+
+from conftest import ROOT, run_command
+from hub_standin import HubStandIn
+
+
+def publish_command(model_dir, card, endpoint, token="hf_test_token", *extra):
+    """Run the publish CLI against ``endpoint`` (online mode: the endpoint is on this machine)."""
+    env = {"HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "0", "HF_HOME": str(card.parent / "hf_home"),
+           "HF_TOKEN": token or ""}  # HF_HOME: no cached login
+    return run_command(["-m", "pipeline.publish", "--model", str(model_dir), "--repo_id", "user/celeba-test",
+                        "--card", str(card), *extra], check=False, env=env)
+
+
+def test_upload_sends_exactly_the_pipeline_card_and_code(smoke_pipeline_dir, tmp_path):
+    card = tmp_path / "card.md"
+    card.write_text("---\nlibrary_name: diffusers\n---\n# test card\n")
+    with HubStandIn() as hub:
+        result = publish_command(smoke_pipeline_dir, card, hub.endpoint, "hf_test_token", "--private")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert hub.created and hub.created[0]["name"] == "celeba-test" and hub.created[0].get("visibility", hub.created[0].get("private")) in ("private", True), hub.created
+    expected = {
+        "README.md": card.read_bytes(),
+        "model_index.json": (smoke_pipeline_dir / "model_index.json").read_bytes(),
+        "scheduler/scheduler_config.json": (smoke_pipeline_dir / "scheduler" / "scheduler_config.json").read_bytes(),
+        "unet/config.json": (smoke_pipeline_dir / "unet" / "config.json").read_bytes(),
+        "unet/diffusion_pytorch_model.safetensors":
+            (smoke_pipeline_dir / "unet" / "diffusion_pytorch_model.safetensors").read_bytes(),
+        "pipeline_celeba.py": (ROOT / "pipeline" / "pipeline_celeba.py").read_bytes(),
+    }
+    assert hub.files == expected
+
+
+def test_missing_token_is_one_clear_error(smoke_pipeline_dir, tmp_path):
+    card = tmp_path / "card.md"
+    card.write_text("# card\n")
+    with HubStandIn() as hub:
+        result = publish_command(smoke_pipeline_dir, card, hub.endpoint, token=None)
+        assert not hub.requests
+    assert result.returncode == 2 and "no Hugging Face token" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_unreachable_endpoint_is_one_clear_error(smoke_pipeline_dir, tmp_path):
+    card = tmp_path / "card.md"
+    card.write_text("# card\n")
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = publish_command(smoke_pipeline_dir, card, f"http://127.0.0.1:{port}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"cannot reach the Hub endpoint http://127.0.0.1:{port}" in result.stderr
