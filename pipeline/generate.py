@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from .cli import run_cli
 from .images import make_grid, save_pngs
 from .pipeline_celeba import CelebADiffusionPipeline
-from .schedulers import SDE_SAMPLERS, make_scheduler
+from .schedulers import SDE_SAMPLERS, check_steps, make_scheduler
 
 DEFAULT_MODEL = "pretrained/celeba-64"
 
@@ -42,6 +42,7 @@ def generate(pipe: CelebADiffusionPipeline, num_images: int, scheduler: str, ste
              batch_size: int = 64, eta: float = 0.0, progress: bool = True) -> np.ndarray:
     """``num_images`` uint8 NHWC images; batch ``i`` uses seed ``seed + i`` so results do not depend on timing."""
     sampler = configure_sampler(pipe, scheduler)
+    check_steps(scheduler, steps, pipe.train_scheduler_config.num_train_timesteps)
     pipe.set_progress_bar_config(disable=True)
     batches = []
     for index, start in enumerate(tqdm(range(0, num_images, batch_size), desc=f"{scheduler}-{steps}",

@@ -70,9 +70,8 @@ class CelebADiffusionPipeline(DiffusionPipeline):
         image = randn_tensor(shape, generator=generator, device=self._execution_device, dtype=dtype)
         self.scheduler.set_timesteps(num_inference_steps, device=self._execution_device)
         image = image * self.scheduler.init_noise_sigma
-        step_kwargs = {"generator": generator}
-        if "eta" in inspect.signature(self.scheduler.step).parameters:
-            step_kwargs["eta"] = eta
+        accepted = inspect.signature(self.scheduler.step).parameters  # Heun/UniPC take neither eta nor generator
+        step_kwargs = {k: v for k, v in {"generator": generator, "eta": eta}.items() if k in accepted}
         for t in self.progress_bar(self.scheduler.timesteps):
             model_input = self.scheduler.scale_model_input(image, t)
             model_output = self.unet(model_input, t).sample

@@ -5,7 +5,9 @@ noise schedule (beta_schedule, betas, T) and ``prediction_type``. ``timestep_spa
 training config carries DDPMScheduler's ``"leading"``, which for few steps starts sampling at t = 900 or so (not at
 T - 1, the only step where x_T ~ N(0, I) is right). DDIM/DDPM use ``"trailing"`` (Lin et al. 2024, "Common diffusion
 noise schedules and sample steps are flawed"); the others use their own class default ``"linspace"``, which for the
-Karras-sigma schedulers also puts sigma_min at the first trained step t = 0.
+Karras-sigma schedulers also puts sigma_min at the first trained step t = 0. x0 clipping (``clip_sample``, on in
+DDPMScheduler's default config) is switched off for DDIM and Heun, which would otherwise clip every x0 prediction and
+leave the ODE; DDPM keeps the training config's value (Ho et al. clip in ancestral sampling).
 
 The score-SDE samplers (``SDE_SAMPLERS``) are not schedulers; pass them as ``pipeline(sampler=name)`` (see
 ``pipeline.sde``).
@@ -32,11 +34,19 @@ DIFFUSERS_SAMPLERS = {
     "dpm++2m": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2,
                                               "lower_order_final": True, "timestep_spacing": "linspace"}),
     "euler": (EulerDiscreteScheduler, {"use_karras_sigmas": True, "timestep_spacing": "linspace"}),
-    "heun": (HeunDiscreteScheduler, {"use_karras_sigmas": True, "timestep_spacing": "linspace"}),
+    "heun": (HeunDiscreteScheduler, {"use_karras_sigmas": True, "timestep_spacing": "linspace",
+                                     "clip_sample": False}),
     "unipc": (UniPCMultistepScheduler, {"timestep_spacing": "linspace"}),
 }
 SDE_SAMPLERS = ("pc", "ode-heun", "ode-rk45")
 ALL_SAMPLERS = (*DIFFUSERS_SAMPLERS, *SDE_SAMPLERS)
+
+
+def explicit_config(scheduler_config) -> dict:
+    """The config with every value explicit. A scheduler built in memory lists the arguments it left at their default
+    in ``_use_default_values``, and ``from_config`` then gives the *target* class's defaults for those, e.g.
+    HeunDiscreteScheduler's Stable-Diffusion betas (0.00085..0.012) instead of DDPM's (1e-4..0.02)."""
+    return {k: v for k, v in dict(scheduler_config).items() if k != "_use_default_values"}
 
 
 def make_scheduler(name: str, train_scheduler_config) -> object:
@@ -45,7 +55,17 @@ def make_scheduler(name: str, train_scheduler_config) -> object:
         hint = f" ({name!r} is a score-SDE sampler: use pipeline(sampler=...))" if name in SDE_SAMPLERS else ""
         raise ValueError(f"unknown scheduler {name!r}; choose one of {sorted(DIFFUSERS_SAMPLERS)}{hint}")
     scheduler_class, overrides = DIFFUSERS_SAMPLERS[name]
-    return scheduler_class.from_config(train_scheduler_config, **overrides)
+    return scheduler_class.from_config(explicit_config(train_scheduler_config), **overrides)
+
+
+def check_steps(name: str, steps: int, num_train_timesteps: int = 1000) -> None:
+    """Raise for step counts that silently break a sampler: diffusers' DDIMScheduler always steps from t to
+    t - T // steps, which lands on the next "trailing" timestep only when ``steps`` divides T (e.g. 1000 steps: 10, 20,
+    25, 50, 100, 200, 250, 500; with 400 or 30 steps the noise level drifts off the schedule)."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if name == "ddim" and num_train_timesteps % steps:
+        raise ValueError(f"ddim needs a step count dividing T = {num_train_timesteps}, got {steps}")
 
 
 def nfe(name: str, steps: int, corrector_steps: int = 1) -> int | None:

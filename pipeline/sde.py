@@ -20,13 +20,15 @@ betas: for the linear schedule (1e-4..0.02, T = 1000) it is Song et al.'s beta(t
 integration end eps = 1e-3 is our t = 1/T, the first trained step. log abar (rather than log-SNR) is interpolated so
 that t = 0 (log-SNR = +inf) is on the curve and t <-> sigma_bar = sigma/alpha inverts exactly (np.interp both ways).
 
-Network calls. The network gets the fractional label tau(t) as a float tensor. UNet2DModel's sinusoidal embedding is
-a smooth function of its input and was trained on every integer, so a fractional label sits between two trained
-neighbours one step apart; diffusers' Karras-sigma schedulers (euler, heun) already do this. Rounding instead would
-make the ODE vector field piecewise constant in t, which caps fixed-step Heun at first order and makes RK45 (sampling
-and likelihood) reject steps at every one of the T jumps. Below the first trained step (t < 1/T, only reached by the
-likelihood with score_sde's eps = 1e-5) the label is clamped to 0, i.e. the network is frozen at its smallest trained
-noise level, as in score_sde whose DDPM models get the label t (N - 1) ~ 0.01 there.
+Network calls. The network gets the fractional label tau(t) as a float tensor, the way diffusers' Karras-sigma
+schedulers (euler, heun) already call it. UNet2DModel's sinusoidal embedding is smooth in its input and was trained on
+every integer, so a fractional label sits between two trained neighbours one step apart, and the noise level the
+solver assumes is exactly the one the label stands for. Rounding would instead put a jump in the vector field at every
+integer label: cheap at practical tolerances (exact Gaussian model, RK45 at 1e-5: 141 vs 129 evaluations) but it
+caps the attainable accuracy (RK45 at 1e-9: 62,595 evaluations) and breaks the smoothness the likelihood ODE relies
+on. Below the first trained step (t < 1/T, only reached by the likelihood with score_sde's eps = 1e-5) the label is
+clamped to 0: the network is frozen at its smallest trained noise level, as in score_sde, whose DDPM models get the
+label t (N - 1) ~ 0.01 there.
 
 Model output -> noise estimate eps_hat, with (alpha, sigma) of the label: epsilon: out; v_prediction: alpha out +
 sigma x; sample: (x - alpha out) / sigma. The score is s(x, t) = -eps_hat / sigma_t.
@@ -35,17 +37,25 @@ Samplers (``sample(..., name)``); all end at t = 1/T with the Tweedie denoising 
 (score_sde's ``noise_removal``; the same jump to abar = 1 that DDPM's last step makes).
   pc        Predictor-corrector: at each of ``steps`` grid times, ``corrector_steps`` Langevin steps with score_sde's
             step rule eps_L = 2 alpha_i (snr ||z|| / ||s||)^2, then a reverse-SDE Euler-Maruyama step to the next time.
-            snr = 0.16 is score_sde's value for every VP config (its CIFAR-10 defaults; score_sde has no VP CelebA
-            config, its CelebA defaults' 0.17 belongs to the VE/NCSN models). Norms are per sample (score_sde
-            averages them over the batch) so an image does not depend on its batch-mates. EM is taken in the clock
-            B = -log abar, i.e. beta(t) dt is replaced by its exact integral over the step (identical when beta is
-            constant across the step). NFE = steps (1 + corrector_steps).
+            snr = 0.16: the value score_sde's CIFAR-10 configs (VP and VE) inherit, i.e. in effect when its VP
+            models run with the Langevin corrector (its VP configs default to corrector "none"; its 64x64 CelebA
+            defaults, 0.17, serve VE/NCSN models only; its 256x256 defaults use 0.075). The norms are batch means, as in
+            score_sde: a per-sample ratio makes the step size depend on the sample's own position, which biases the
+            unadjusted Langevin chain (corrector-only chain on the 48-dim test Gaussian: +5.5% std, vs +1.2% with
+            batch means, which is plain ULA's stationary variance v / (1 - eps_L / (2 v))). The price: the step
+            size depends on the batch, so an image depends slightly on its batch-mates (negligibly for 64x64x3).
+            EM is taken in the clock B = -log abar, i.e. beta(t) dt is replaced by its exact integral over the step
+            (identical when beta is constant across the step). NFE = steps (1 + corrector_steps).
   ode-heun  Probability-flow ODE with Heun's method in the variables y = x / alpha, sigma_bar = sigma / alpha, where it
-            reads dy/dsigma_bar = eps_hat (Karras et al. 2022, Alg. 1; its Euler step is exactly DDIM, eta = 0).
-            In (t, x) the same ODE is stiff near t = 1/T (the noise part decays at rate T / (2 tau)) and a fixed-step
-            Heun step there overshoots; in sigma_bar the pure-noise part is linear and integrated exactly.
-            ``steps`` grid times, steps - 1 Heun steps + the final denoising: NFE = 2 steps - 1.
-  ode-rk45  The same ODE with scipy's adaptive RK45 in l = log sigma_bar (sigma_bar spans ~1e-2..1e2), dy/dl =
+            reads dy/dsigma_bar = eps_hat (Karras et al. 2022, Alg. 1 without churn). Its Euler predictor is exactly
+            DDIM (eta = 0), which is exact when the data is a single point. ``steps`` grid times: steps - 1 Heun
+            steps + the final denoising (Euler to sigma_bar = 0), NFE = 2 steps - 1. With grid="karras" this is
+            diffusers' HeunDiscreteScheduler(use_karras_sigmas=True) step for step (tests: equal to 1e-5), so the
+            default uniform-in-t grid makes ``heun`` vs ``ode-heun`` a comparison of time grids alone. On the
+            exact Gaussian model, linear schedule, 10-40 steps: Karras was 8-40x more accurate for data std
+            0.001-0.02 (fine image detail) and on par for std 0.2-0.3; with the cosine schedule (sigma_bar up to
+            2e4) neither grid won throughout. Heun in (t, x) on the uniform grid was about as accurate as here.
+  ode-rk45  The same ODE with scipy's adaptive RK45 in l = log sigma_bar (sigma_bar spans 1e-2..1e2 or more), dy/dl =
             sigma_bar eps_hat; rtol = atol = 1e-5 as score_sde. NFE = solver evaluations + 1, known only afterwards:
             ``last_nfe`` or ``sample_with_stats``. ``num_inference_steps`` is ignored.
 Time grids (pc, ode-heun): "uniform" in t (score_sde) or "karras" (rho = 7 in sigma_bar, as diffusers' euler/heun).
@@ -61,6 +71,8 @@ import torch
 from diffusers import DDPMScheduler
 from diffusers.utils.torch_utils import randn_tensor
 from scipy.integrate import solve_ivp
+
+from .schedulers import explicit_config
 
 SAMPLERS = ("pc", "ode-heun", "ode-rk45")
 # options each sampler takes (through ``pipeline(..., sampler=name, **options)``) and their defaults
@@ -78,12 +90,14 @@ class VPSDE:
     """The VP SDE through the training scheduler's discrete alphas_cumprod (see the module docstring)."""
 
     def __init__(self, scheduler_config):
-        scheduler = DDPMScheduler.from_config(scheduler_config)
-        alphas_cumprod = scheduler.alphas_cumprod.double().clamp_min(2.0**-24).numpy()  # floor: zero-terminal-SNR
+        scheduler = DDPMScheduler.from_config(explicit_config(scheduler_config))
+        # (the floor only touches a zero-terminal-SNR schedule, whose last abar is exactly 0)
+        alphas_cumprod = scheduler.alphas_cumprod.double().clamp_min(1e-12).numpy()
         self.T = len(alphas_cumprod)
         self.prediction_type = scheduler.config.prediction_type
         if self.prediction_type not in PREDICTION_TYPES:
-            raise ValueError(f"unsupported prediction_type {self.prediction_type!r}; expected one of {PREDICTION_TYPES}")
+            raise ValueError(f"unsupported prediction_type {self.prediction_type!r}; "
+                             f"expected one of {PREDICTION_TYPES}")
         self._labels = np.arange(-1.0, self.T)                                   # tau nodes -1..T-1
         self._neg_log_abar = np.concatenate([[0.0], -np.log(alphas_cumprod)])    # increasing
         self.t_min = 1.0 / self.T                                                # the first trained step, tau = 0
@@ -193,9 +207,9 @@ def pc_sampler(model: NoisePredictor, x, ts, generator=None, snr: float = 0.16, 
         alpha_i = math.exp(sde.log_alpha_bar(t) - sde.log_alpha_bar(t - 1.0 / sde.T))
         for _ in range(corrector_steps):
             score, z = model.score(x, t), noise()
-            ratio = z.flatten(1).norm(dim=1) / score.flatten(1).norm(dim=1)
-            step = (2 * alpha_i * (snr * ratio) ** 2).view(-1, *[1] * (x.dim() - 1))
-            x = x + step * score + (2 * step).sqrt() * z
+            ratio = z.flatten(1).norm(dim=1).mean() / score.flatten(1).norm(dim=1).mean()   # batch means
+            step = 2 * alpha_i * float(snr * ratio) ** 2
+            x = x + step * score + math.sqrt(2 * step) * z
         if i + 1 < len(ts):
             delta = float(sde.log_alpha_bar(ts[i + 1]) - sde.log_alpha_bar(t))   # int_{t'}^{t} beta dt
             x = x + delta * (0.5 * x + model.score(x, t)) + math.sqrt(delta) * noise()

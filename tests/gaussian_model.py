@@ -8,7 +8,8 @@ With x_t = a x_0 + sigma eps (a^2 = abar, sigma^2 = 1 - abar) everything is Gaus
 The model reads abar at (fractional) labels from ``pipeline.sde.VPSDE``, the same continuous schedule the score-SDE
 samplers use, so every sampler and the likelihood ODE see the exact score of the continuous-time process.
 
-In y = x / a, sigma_bar = sigma / a the probability-flow ODE is dy/dsigma_bar = sigma_bar (y - mu) / (s^2 + sigma_bar^2),
+In y = x / a, sigma_bar = sigma / a the probability-flow ODE is
+    dy/dsigma_bar = sigma_bar (y - mu) / (s^2 + sigma_bar^2),
 solved by (y - mu) / sqrt(s^2 + sigma_bar^2) = const: ``pf_ode_exact`` below.
 """
 
@@ -57,14 +58,18 @@ class GaussianDenoiser(torch.nn.Module):
                 torch.from_numpy(np.ascontiguousarray(sigma)).view(shape).to(self.mu))
 
     def forward(self, sample, timestep, return_dict: bool = True):
+        """The exact E[eps | x_t] (or E[x_0 | x_t], E[v | x_t]), computed in the model's dtype."""
         self.calls += 1
-        x = sample.to(torch.float64)
-        a, sigma = self.coefficients(timestep, x.shape[0])
-        residual = (x - a * self.mu) / (a**2 * self.s**2 + sigma**2)
-        eps = sigma * residual
-        x0 = self.mu + a * self.s**2 * residual
-        out = {"epsilon": eps, "sample": x0, "v_prediction": a * eps - sigma * x0}[self.prediction_type]
-        out = out.to(self._dtype)
+        x = sample.to(self._dtype)
+        a, sigma = (c.to(self._dtype) for c in self.coefficients(timestep, x.shape[0]))
+        mu, var = self.mu.to(self._dtype), (self.s**2).to(self._dtype)
+        residual = (x - a * mu) / (a**2 * var + sigma**2)
+        if self.prediction_type == "epsilon":
+            out = sigma * residual
+        elif self.prediction_type == "sample":
+            out = mu + a * var * residual
+        else:  # v = a eps - sigma x0
+            out = a * sigma * residual - sigma * (mu + a * var * residual)
         return UNet2DOutput(sample=out) if return_dict else (out,)
 
     # ----- closed forms used by the tests -----
@@ -82,20 +87,21 @@ class GaussianDenoiser(torch.nn.Module):
         a, sigma = self.sde.alpha_sigma(t)
         return self.mu + a * self.s**2 * (x.to(torch.float64) - a * self.mu) / (a**2 * self.s**2 + sigma**2)
 
-    def flow_log_density(self, x, t: float):
-        """log-density (nats, per image) at time t of the PF-ODE push-forward of the N(0, I) prior at t = 1.
+    def flow_marginal(self, t: float):
+        """(mean, std) per pixel at time t of the PF-ODE push-forward of the N(0, I) prior at t = 1.
 
         x_1 ~ N(0, 1) maps linearly to x_t = a_t [mu + (x_1 / a_1 - mu) r], r = sqrt((s^2 + sb_t^2) / (s^2 + sb_1^2)).
         """
         (a1, _), (at, _) = self.sde.alpha_sigma(1.0), self.sde.alpha_sigma(t)
         sb1, sbt = self.sde.sigma_bar(1.0), self.sde.sigma_bar(t)
         r = torch.sqrt((self.s**2 + sbt**2) / (self.s**2 + sb1**2))
-        mean = at * self.mu * (1 - r)
-        std = at * r / a1
-        z = (x.to(torch.float64) - mean) / std
-        per_dim = -0.5 * z**2 - torch.log(std) - 0.5 * math.log(2 * math.pi)
-        return per_dim.flatten(1).sum(1)
+        return at * self.mu * (1 - r), at * r / a1
 
+    def flow_log_density(self, x, t: float):
+        """log-density (nats, per image) of that push-forward at x."""
+        mean, std = self.flow_marginal(t)
+        z = (x.to(torch.float64) - mean) / std
+        return (-0.5 * z**2 - torch.log(std) - 0.5 * math.log(2 * math.pi)).flatten(1).sum(1)
 
 def make_gaussian(scheduler_config, channels: int = 3, size: int = 4, seed: int = 0, dtype=torch.float64,
                   mu_max: float = 0.3, s_range=(0.08, 0.15)):

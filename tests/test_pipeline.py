@@ -77,13 +77,13 @@ def test_loads_through_diffusers_custom_pipeline(tmp_path):
 def test_generate_cli_writes_pngs_and_grids(smoke_pipeline_dir, tmp_path):
     out = tmp_path / "samples"
     run_command(["-m", "pipeline.generate", "--model", str(smoke_pipeline_dir), "--num_images", "5",
-                 "--batch_size", "2", "--steps", "3", "--scheduler", "ddim", "--out", str(out)])
+                 "--batch_size", "2", "--steps", "4", "--scheduler", "ddim", "--out", str(out)])
     assert sorted(p.name for p in out.glob("0*.png")) == [f"{i:05d}.png" for i in range(5)]
     assert (out / "grid.png").is_file() and (out / "grid_x4.png").is_file()
-    assert json.loads((out / "generation.json").read_text())["steps"] == 3
+    assert json.loads((out / "generation.json").read_text())["steps"] == 4
     again = tmp_path / "again"
     run_command(["-m", "pipeline.generate", "--model", str(smoke_pipeline_dir), "--num_images", "5",
-                 "--batch_size", "2", "--steps", "3", "--scheduler", "ddim", "--out", str(again)])
+                 "--batch_size", "2", "--steps", "4", "--scheduler", "ddim", "--out", str(again)])
     assert (out / "00004.png").read_bytes() == (again / "00004.png").read_bytes()  # seeded per batch
 
 

@@ -1,0 +1,267 @@
+"""Samplers against the exact Gaussian denoiser (tests/gaussian_model.py): moments, convergence order, NFE, DDIM.
+
+Data: x_0 ~ N(mu, diag(s^2)) on 3x4x4 images, |mu| <= 0.2, s in [0.2, 0.3] (the pipeline's clamp to [-1, 1] is
+>= 2.7 s away: it moves a std by < 0.1%). Moment checks use 3000 samples and allow 5 standard errors per pixel
+(SE(mean) = s / sqrt(n), SE(std) = s / sqrt(2 (n - 1))); step counts are chosen so that each sampler's own
+discretisation bias (measured: <= 2% of s on average) stays well inside that.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDPMScheduler, UNet2DModel
+from diffusers.utils.torch_utils import randn_tensor
+from gaussian_model import GaussianDenoiser, make_gaussian
+
+from pipeline import CelebADiffusionPipeline
+from pipeline import sde as S
+from pipeline.schedulers import ALL_SAMPLERS, DIFFUSERS_SAMPLERS, SDE_SAMPLERS, check_steps, make_scheduler, nfe
+
+LINEAR = dict(DDPMScheduler(beta_schedule="linear").config)
+COSINE_V = dict(DDPMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction").config)
+SHAPE = (3, 4, 4)
+N_SAMPLES = 3000
+# steps per sampler for the moment test (bias well below 5 SE; see the module docstring)
+MOMENT_STEPS = {"ddpm": 1000, "ddim": 500, "dpm++2m": 100, "euler": 400, "heun": 50, "unipc": 100,
+                "pc": 300, "ode-heun": 50, "ode-rk45": 1}
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """These tests are many tiny ops: one thread avoids oversubscription on a shared machine (restored after)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def gaussian(config, dtype=torch.float32, **kwargs) -> GaussianDenoiser:
+    return make_gaussian(config, dtype=dtype, mu_max=0.2, s_range=(0.2, 0.3), **kwargs)
+
+
+def run_pipeline(model, config, name, steps, batch, seed=0, **kwargs) -> torch.Tensor:
+    """The product path: CelebADiffusionPipeline with a diffusers scheduler, or with sampler=name for SDE samplers."""
+    scheduler = make_scheduler(name, config) if name in DIFFUSERS_SAMPLERS else DDPMScheduler.from_config(config)
+    pipe = CelebADiffusionPipeline(unet=model, scheduler=scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    if name in SDE_SAMPLERS:
+        kwargs["sampler"] = name
+    out = pipe(batch_size=batch, num_inference_steps=steps, generator=torch.Generator().manual_seed(seed),
+               output_type="pt", **kwargs)
+    return out.images
+
+
+def assert_moments(x: torch.Tensor, model: GaussianDenoiser, n_se: float = 5.0):
+    n, x = x.shape[0], x.double()
+    z_mean = (x.mean(0) - model.mu) / (model.s / math.sqrt(n))
+    z_std = (x.std(0) - model.s) / (model.s / math.sqrt(2 * (n - 1)))
+    assert z_mean.abs().max() < n_se, f"per-pixel mean off by {z_mean.abs().max():.1f} SE"
+    assert z_std.abs().max() < n_se, f"per-pixel std off by {z_std.abs().max():.1f} SE " \
+                                     f"(relative bias {((x.std(0) - model.s) / model.s).mean():+.3f})"
+
+
+def exact_noise(batch, seed=0, dtype=torch.float64):
+    """The initial noise both the pipeline and pipeline.sde draw first from a generator seeded with ``seed``."""
+    return randn_tensor((batch, *SHAPE), generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# every sampler reproduces the data distribution
+
+
+@pytest.mark.parametrize("name", ALL_SAMPLERS)
+def test_sampler_matches_gaussian_moments(name):
+    model = gaussian(LINEAR)
+    assert_moments(run_pipeline(model, LINEAR, name, MOMENT_STEPS[name], N_SAMPLES), model)
+
+
+@pytest.mark.parametrize("name", SDE_SAMPLERS)
+def test_sde_sampler_moments_cosine_v_prediction(name):
+    """Our own model-output conversion (v -> eps) and a schedule that is not linear."""
+    model = gaussian(COSINE_V)
+    assert_moments(run_pipeline(model, COSINE_V, name, MOMENT_STEPS[name], N_SAMPLES), model)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# deterministic samplers against the closed-form probability-flow ODE
+
+
+def test_ode_heun_is_second_order():
+    """ode-heun(N) -> Tweedie(exact ODE map): the max error drops ~4x per doubling of the steps (asserted > 3)."""
+    model = gaussian(LINEAR, dtype=torch.float64)
+    exact = model.tweedie(model.pf_ode_exact(exact_noise(64), 1.0, model.sde.t_min), model.sde.t_min)
+    for grid in ("uniform", "karras"):
+        errors = [(S.sample(model, LINEAR, "ode-heun", n, (64, *SHAPE), torch.Generator().manual_seed(0),
+                            grid=grid) - exact).abs().max().item() for n in (10, 20, 40, 80)]
+        ratios = np.array(errors[:-1]) / np.array(errors[1:])
+        assert (ratios > 3).all() and (ratios < 6).all(), (grid, errors, ratios)
+
+
+def test_ode_rk45_matches_exact_solution_within_tolerance():
+    model = gaussian(LINEAR, dtype=torch.float64)
+    exact = model.tweedie(model.pf_ode_exact(exact_noise(64), 1.0, model.sde.t_min), model.sde.t_min)
+    errors, evaluations = [], []
+    for tol in (1e-3, 1e-5):
+        result = S.sample_with_stats(model, LINEAR, "ode-rk45", 1, (64, *SHAPE), torch.Generator().manual_seed(0),
+                                     rtol=tol, atol=tol)
+        errors.append((result.images - exact).abs().max().item())
+        evaluations.append(result.nfe)
+        assert errors[-1] < 10 * tol
+    assert errors[1] < errors[0] / 10 and evaluations[1] > evaluations[0]
+
+
+def test_ddim_eta0_converges_to_exact_ode_at_first_order():
+    """DDIM (eta = 0) is Euler's method for dy/dsigma_bar = eps_hat (y = x/alpha, sigma_bar = sigma/alpha). For
+    Gaussian data eps_hat = sigma_bar (y - mu) / (s^2 + sigma_bar^2) is not constant along the exact path, so DDIM
+    is NOT exact for s > 0: we assert first-order convergence (error halves when the steps double) to the closed-form
+    ODE solution from t = T-1 to t = 0 (DDIM's end, set_alpha_to_one=False)."""
+    model = gaussian(LINEAR, dtype=torch.float64)
+    exact = model.pf_ode_exact(exact_noise(64), 1.0, model.sde.t_min).clamp(-1, 1)   # the pipeline clamps
+    errors = [(run_pipeline(model, LINEAR, "ddim", n, 64) - exact).abs().max().item() for n in (25, 50, 100, 200)]
+    ratios = np.array(errors[:-1]) / np.array(errors[1:])
+    assert (ratios > 1.7).all() and (ratios < 2.3).all(), (errors, ratios)
+    assert errors[0] > 0.05   # far from exact at 25 steps
+
+
+def test_ddim_eta0_is_exact_for_a_point_mass():
+    """With s = 0, eps_hat = (y - mu) / sigma_bar is constant along the exact path, so DDIM is exact at any step count
+    (up to float32 rounding of diffusers' alpha coefficients)."""
+    model = make_gaussian(LINEAR, dtype=torch.float64, mu_max=0.2, s_range=(0.0, 0.0))
+    exact = model.pf_ode_exact(exact_noise(64), 1.0, model.sde.t_min)
+    for steps in (1, 2, 5, 10):
+        assert (run_pipeline(model, LINEAR, "ddim", steps, 64) - exact).abs().max() < 1e-4
+
+
+def test_sde_euler_step_reproduces_diffusers_ddim_trajectory():
+    """pipeline.sde's Euler step of the PF-ODE (ddim_step) on DDIM's own timesteps gives diffusers' DDIMScheduler
+    trajectory (eta = 0) step by step, with the same network calls."""
+    model = gaussian(LINEAR, dtype=torch.float64)
+    scheduler = make_scheduler("ddim", LINEAR)
+    scheduler.set_timesteps(50)
+    labels = scheduler.timesteps.tolist() + [0]           # DDIM's final step lands on alpha_bar_0 (label 0)
+    ts = [(label + 1) / 1000 for label in labels]
+    predictor = S.NoisePredictor(model, S.VPSDE(LINEAR))
+    x_diffusers = x_ours = exact_noise(16)
+    for i, label in enumerate(scheduler.timesteps):
+        x_diffusers = scheduler.step(model(x_diffusers, label).sample, label, x_diffusers, eta=0.0).prev_sample
+        x_ours = S.ddim_step(predictor.sde, x_ours, ts[i], ts[i + 1], predictor(x_ours, ts[i]))
+        assert (x_ours - x_diffusers).abs().max() < 1e-5, f"step {i}"
+    assert (S.pf_ode_fixed_step(predictor, exact_noise(16), ts, heun=False) - x_diffusers).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("config", [LINEAR, COSINE_V], ids=["linear-eps", "cosine-v"])
+def test_ode_heun_on_the_karras_grid_reproduces_diffusers_heun(config):
+    """Two independent implementations of the same algorithm (diffusers: sigma-space Euler/Heun with Karras sigmas
+    and sigma -> label by log-sigma interpolation; ours: Heun in (sigma_bar, y), labels by log-abar interpolation)."""
+    model = gaussian(config, dtype=torch.float64)
+    for steps in (5, 25):
+        ours = S.sample(model, config, "ode-heun", steps, (16, *SHAPE), torch.Generator().manual_seed(0),
+                        grid="karras")
+        theirs = run_pipeline(model, config, "heun", steps, 16)   # clamped to [-1, 1] by the pipeline
+        assert (ours.clamp(-1, 1) - theirs).abs().max() < 1e-4, steps
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# bookkeeping: NFE, determinism, options, names, schedules
+
+
+@pytest.mark.parametrize("name", ALL_SAMPLERS)
+def test_nfe_counts_network_calls(name):
+    model = gaussian(LINEAR)
+    run_pipeline(model, LINEAR, name, 5, 2)
+    expected = nfe(name, 5) if name != "ode-rk45" else S.last_nfe
+    assert model.calls == expected
+    if name == "pc":
+        model.calls = 0
+        run_pipeline(model, LINEAR, name, 5, 2, corrector_steps=2)
+        assert model.calls == nfe("pc", 5, corrector_steps=2) == 15
+
+
+@pytest.mark.parametrize("name", SDE_SAMPLERS)
+def test_sde_samplers_are_deterministic_given_the_generator(name):
+    model = gaussian(LINEAR)
+    a, b = (S.sample(model, LINEAR, name, 10, (4, *SHAPE), torch.Generator().manual_seed(3)) for _ in range(2))
+    c = S.sample(model, LINEAR, name, 10, (4, *SHAPE), torch.Generator().manual_seed(4))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert S.sample(model, LINEAR, name, 3, (2, *SHAPE), None).shape == (2, *SHAPE)   # generator=None allowed
+
+
+def test_prediction_types_give_the_same_noise_estimate():
+    """epsilon / v_prediction / sample outputs of the same exact model convert to the same eps_hat, at integer and
+    fractional labels."""
+    x = torch.randn(8, *SHAPE, dtype=torch.float64)
+    estimates = []
+    for kind in ("epsilon", "v_prediction", "sample"):
+        config = dict(DDPMScheduler(prediction_type=kind).config)
+        predictor = S.NoisePredictor(gaussian(config, dtype=torch.float64, seed=1), S.VPSDE(config))
+        estimates.append(torch.stack([predictor(x, t) for t in (0.001, 0.2345678, 0.5, 1.0)]))
+    torch.testing.assert_close(estimates[1], estimates[0])
+    torch.testing.assert_close(estimates[2], estimates[0])
+
+
+def test_vp_sde_matches_the_training_schedule():
+    for config in (LINEAR, COSINE_V):
+        sde, trained = S.VPSDE(config), DDPMScheduler.from_config(config).alphas_cumprod.double().numpy()
+        labels = np.array([0, 1, 17, 500, 998, 999])
+        alpha, sigma = sde.alpha_sigma((labels + 1) / sde.T)
+        np.testing.assert_allclose(alpha**2, np.maximum(trained[labels], 1e-12), rtol=1e-12)
+        np.testing.assert_allclose(alpha**2 + sigma**2, 1.0, rtol=1e-12)
+        t = np.linspace(1e-5, 1, 37)
+        np.testing.assert_allclose(sde.t_from_sigma_bar(sde.sigma_bar(t)), t, rtol=1e-9)
+        # beta(t) = -d log abar / dt: its integral over [0, t] is -log abar(t)
+        fine = np.linspace(0, 1, 200_001)
+        integral = np.concatenate([[0], np.cumsum(sde.beta(fine[1:] - 0.5 / 200_000) / 200_000)])
+        np.testing.assert_allclose(integral[::20_000], -sde.log_alpha_bar(fine[::20_000]), rtol=1e-3, atol=1e-6)
+    # Song et al.'s continuous VP SDE beta(t) = 0.1 + 19.9 t, up to one step's increment (0.02) and the 1%
+    # between T * -log(1 - beta_i) and T * beta_i
+    sde, t = S.VPSDE(LINEAR), np.array([0.01, 0.25, 0.5, 0.75, 1.0])
+    np.testing.assert_allclose(sde.beta(t), 0.1 + 19.9 * t, rtol=0.011, atol=0.025)
+
+
+def test_make_scheduler_keeps_the_training_schedule():
+    """Even from an in-memory config (whose defaults would otherwise be replaced by the target class's defaults,
+    e.g. Heun's Stable-Diffusion betas), every sampler gets the training alphas_cumprod and prediction type."""
+    for config in (DDPMScheduler().config, DDPMScheduler(beta_schedule="squaredcos_cap_v2",
+                                                         prediction_type="v_prediction").config):
+        trained = DDPMScheduler.from_config(config).alphas_cumprod
+        for name in DIFFUSERS_SAMPLERS:
+            scheduler = make_scheduler(name, config)
+            torch.testing.assert_close(scheduler.alphas_cumprod, trained)
+            assert scheduler.config.prediction_type == config.prediction_type
+
+
+def test_unknown_names_and_options_are_rejected():
+    with pytest.raises(ValueError, match="'bogus'"):
+        make_scheduler("bogus", LINEAR)
+    with pytest.raises(ValueError, match="'pc'"):
+        make_scheduler("pc", LINEAR)
+    with pytest.raises(ValueError, match="'bogus'"):
+        nfe("bogus", 10)
+    with pytest.raises(ValueError, match="'bogus'"):
+        S.sample(gaussian(LINEAR), LINEAR, "bogus", 10, (1, *SHAPE))
+    with pytest.raises(TypeError, match="rtol"):
+        S.sample(gaussian(LINEAR), LINEAR, "ode-heun", 10, (1, *SHAPE), rtol=1e-3)
+    with pytest.raises(ValueError, match="400"):
+        check_steps("ddim", 400)
+    check_steps("ddim", 500)
+    check_steps("dpm++2m", 400)
+    assert set(ALL_SAMPLERS) == set(DIFFUSERS_SAMPLERS) | set(SDE_SAMPLERS) and len(ALL_SAMPLERS) == 9
+
+
+def test_sde_samplers_run_a_real_unet2dmodel():
+    """A real (tiny, random) UNet2DModel takes the float labels; output is finite, NCHW, in the unet's device."""
+    torch.manual_seed(0)
+    unet = UNet2DModel(sample_size=8, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(8, 16),
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                       norm_num_groups=4).eval()
+    pipe = CelebADiffusionPipeline(unet=unet, scheduler=DDPMScheduler())
+    pipe.set_progress_bar_config(disable=True)
+    for name in SDE_SAMPLERS:
+        kwargs = {"rtol": 1e-2, "atol": 1e-2} if name == "ode-rk45" else {}
+        images = pipe(batch_size=2, num_inference_steps=3, generator=torch.Generator().manual_seed(0),
+                      output_type="np", sampler=name, **kwargs).images
+        assert images.shape == (2, 8, 8, 3) and np.isfinite(images).all()
