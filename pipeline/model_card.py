@@ -1,0 +1,149 @@
+"""Write the Hub model card from the results JSON files, so the numbers in it cannot drift from the measurements.
+
+    python -m pipeline.model_card --model pretrained/celeba-64 --eval results/eval/*.json \
+        --training_log results/training_log.jsonl --grid results/samples/grid_x4.png --out model_card.md
+
+The same text is written to MODEL/README.md: it is the README of the published Hub repo.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import yaml
+
+from .cli import run_cli
+
+TAGS = ["unconditional-image-generation", "diffusers", "celeba"]
+
+
+def read_json(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"results file not found: {path}")
+    with open(path) as handle:
+        return json.load(handle)
+
+
+def read_training_log(path: str | None) -> dict | None:
+    """The last record of a training_log.jsonl (cumulative steps, images, CPU-hours), or None."""
+    if not path:
+        return None
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"training log not found: {path}")
+    with open(path) as handle:
+        records = [json.loads(line) for line in handle if line.strip()]
+    if not records:
+        raise ValueError(f"training log {path} is empty")
+    return records[-1]
+
+
+def sampler_label(result: dict) -> str:
+    nfe = result.get("nfe")
+    return f"{result['sampler']}, {result['steps']} steps" + (f", {nfe} NFE" if nfe else "")
+
+
+def metrics_yaml(evals: list[dict]) -> list[dict]:
+    metrics = []
+    for result in evals:
+        protocol = f"{result['label']}, {sampler_label(result)}"
+        metrics += [{"type": "fid", "value": round(result["fid"], 2), "name": f"FID ({protocol})"},
+                    {"type": "kid", "value": round(result["kid_mean"], 5), "name": f"KID ({protocol})"},
+                    {"type": "precision", "value": round(result["precision"], 3), "name": f"Precision ({protocol})"},
+                    {"type": "recall", "value": round(result["recall"], 3), "name": f"Recall ({protocol})"}]
+    return metrics
+
+
+def render_card(model_name: str, unet_config: dict, scheduler_config: dict, evals: list[dict],
+                training: dict | None, grid: str | None) -> str:
+    header = {"library_name": "diffusers", "license": "other",
+              "license_name": "celeba-dataset-release-agreement", "tags": TAGS, "datasets": ["flwrlabs/celeba"],
+              "pipeline_tag": "unconditional-image-generation"}
+    if evals:
+        header["model-index"] = [{"name": model_name, "results": [{
+            "task": {"type": "unconditional-image-generation", "name": "Unconditional image generation"},
+            "dataset": {"type": "flwrlabs/celeba", "name": f"CelebA {unet_config['sample_size']}x"
+                        f"{unet_config['sample_size']}", "config": "img_align+identity+attr", "split": "train"},
+            "metrics": metrics_yaml(evals)}]}]
+    size = unet_config["sample_size"]
+    lines = ["---", yaml.safe_dump(header, sort_keys=False).rstrip(), "---", "",
+             f"# {model_name}: unconditional {size}x{size} CelebA faces (DDPM, diffusers UNet2DModel)", ""]
+    if training is None or not evals:
+        lines += ["> **Status: early checkpoint, not the final model.** "
+                  + (f"Trained for {training['step']:,} steps ({training['images_seen']:,} images). "
+                     if training else "") + "Expect blurry faces; quality has not been measured yet.", ""]
+    if grid:
+        lines += [f"![samples]({grid})", ""]
+    lines += ["## Use", "", "```python", "import torch", "from diffusers import DiffusionPipeline", "",
+              'pipe = DiffusionPipeline.from_pretrained("REPO_OR_PATH", custom_pipeline="pipeline_celeba",',
+              "                                         trust_remote_code=True)",
+              "images = pipe(batch_size=16, num_inference_steps=50, generator=torch.Generator().manual_seed(0)).images",
+              "```", "",
+              "The repository carries `pipeline_celeba.py` (the `CelebADiffusionPipeline`); the scheduler saved with the "
+              "model is the training `DDPMScheduler`: swap in any diffusers scheduler with "
+              "`pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)`.", "",
+              "## Model", "",
+              f"- `UNet2DModel`: {size}x{size}, block_out_channels {list(unet_config['block_out_channels'])}, "
+              f"{unet_config['layers_per_block']} ResNet layers per block, blocks {list(unet_config['down_block_types'])}.",
+              f"- Diffusion: T = {scheduler_config['num_train_timesteps']}, {scheduler_config['beta_schedule']} beta "
+              f"schedule, prediction type `{scheduler_config['prediction_type']}`; weights are the EMA weights.", "",
+              "## Training data and preprocessing", "",
+              "CelebA aligned-and-cropped faces (official train split; Liu et al., ICCV 2015), streamed with `datasets`. "
+              f"Center crop 140x140 of the 178x218 image, antialiased bilinear resize to {size}x{size}, random "
+              "horizontal flip, scaled to [-1, 1] (the score-SDE paper's CelebA protocol).", ""]
+    if training:
+        lines += ["## Compute", "",
+                  f"{training['step']:,} optimisation steps, {training['images_seen']:,} training images seen, "
+                  f"{training['cpu_hours']:.1f} CPU-hours ({training.get('hardware', 'CPU')}).", ""]
+    lines += ["## Evaluation", ""]
+    if evals:
+        lines += ["| protocol | sampler | FID | KID (x1e3) | precision | recall |", "|---|---|---|---|---|---|"]
+        for result in evals:
+            reference = result["reference"]
+            lines.append(f"| {result['label']} vs {reference['num_images']:,} real train images at "
+                         f"{result['resolution']}x{result['resolution']} | {sampler_label(result)} | "
+                         f"{result['fid']:.2f} | {1e3 * result['kid_mean']:.2f} ± {1e3 * result['kid_std']:.2f} | "
+                         f"{result['precision']:.3f} | {result['recall']:.3f} |")
+        lines += ["", "Features: TF-Inception (2015-12-05) pool3, images resized to 299x299 with the TF1 bilinear "
+                  "filter; reference images preprocessed exactly like the training images. Precision/recall: "
+                  "Kynkäänniemi et al. 2019, k = 3.", ""]
+    else:
+        lines += ["Not evaluated yet.", ""]
+    lines += ["## Limitations and biases", "",
+              "- Trained on a small CPU budget: far from the quality of published CelebA-64 models trained on GPUs.",
+              "- CelebA shows celebrities: mostly young, light-skinned faces, studio lighting and make-up; its "
+              "attribute labels are noisy. Generated faces reproduce these skews and must not be read as representative "
+              "of people in general.",
+              "- Generated faces can resemble training identities; see the memorization analysis in the project.", "",
+              "## Intended use", "",
+              "Research and teaching on diffusion models. CelebA is licensed for non-commercial research purposes only "
+              "(CelebA release agreement); this model and its samples inherit that restriction. Not for identifying, "
+              "impersonating or profiling people.", ""]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="saved pipeline folder")
+    parser.add_argument("--name", default=None, help="model name (default: the folder name)")
+    parser.add_argument("--eval", nargs="*", default=[], help="pipeline.evaluate JSON files")
+    parser.add_argument("--training_log", default=None, help="training_log.jsonl of the run")
+    parser.add_argument("--grid", default=None, help="sample grid picture to show (path or URL)")
+    parser.add_argument("--out", default="model_card.md")
+    args = parser.parse_args(argv)
+    model = Path(args.model)
+    unet_config = read_json(str(model / "unet" / "config.json"))
+    scheduler_config = read_json(str(model / "scheduler" / "scheduler_config.json"))
+    card = render_card(args.name or model.name, unet_config, scheduler_config, [read_json(p) for p in args.eval],
+                       read_training_log(args.training_log), args.grid)
+    Path(args.out).write_text(card)
+    (model / "README.md").write_text(card)
+    print(f"wrote {args.out} and {model / 'README.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,50 @@
+"""The model card is generated from results JSON: its numbers and Hub metadata come from the files."""
+
+import json
+import shutil
+
+import yaml
+
+from conftest import run_command
+
+
+def header(text: str) -> dict:
+    assert text.startswith("---\n")
+    return yaml.safe_load(text.split("---\n")[1])
+
+
+def test_card_numbers_come_from_the_results(smoke_pipeline_dir, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(smoke_pipeline_dir, model)
+    evaluation = {"label": "FID-10k", "fid": 23.4567, "kid_mean": 0.01234, "kid_std": 0.0011, "precision": 0.61234,
+                  "recall": 0.4321, "sampler": "dpm++2m", "steps": 20, "nfe": 20, "num_samples": 10000,
+                  "resolution": 32, "reference": {"num_images": 20000}}
+    (tmp_path / "eval.json").write_text(json.dumps(evaluation))
+    log = [{"step": 1000, "images_seen": 32000, "cpu_hours": 1.0},
+           {"step": 2000, "images_seen": 64000, "cpu_hours": 2.5, "hardware": "2 CPU cores"}]
+    (tmp_path / "log.jsonl").write_text("\n".join(json.dumps(r) for r in log) + "\n")
+    out = tmp_path / "model_card.md"
+    run_command(["-m", "pipeline.model_card", "--model", str(model), "--name", "celeba-32-test", "--eval",
+                 str(tmp_path / "eval.json"), "--training_log", str(tmp_path / "log.jsonl"), "--out", str(out)])
+    card = out.read_text()
+    assert (model / "README.md").read_text() == card
+    meta = header(card)
+    assert meta["library_name"] == "diffusers" and meta["datasets"] == ["flwrlabs/celeba"]
+    assert meta["tags"] == ["unconditional-image-generation", "diffusers", "celeba"] and meta["license"]
+    metrics = {m["type"]: m for m in meta["model-index"][0]["results"][0]["metrics"]}
+    assert metrics["fid"]["value"] == 23.46 and "FID-10k, dpm++2m, 20 steps, 20 NFE" in metrics["fid"]["name"]
+    assert metrics["precision"]["value"] == 0.612
+    assert "| 23.46 | 12.34 ± 1.10 | 0.612 | 0.432 |" in card
+    assert "2,000 optimisation steps, 64,000 training images seen, 2.5 CPU-hours (2 CPU cores)" in card
+    assert "early checkpoint" not in card
+
+
+def test_card_without_evaluation_is_labelled_early(smoke_pipeline_dir, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(smoke_pipeline_dir, model)
+    run_command(["-m", "pipeline.model_card", "--model", str(model), "--out", str(tmp_path / "card.md")])
+    card = (tmp_path / "card.md").read_text()
+    assert "model-index" not in header(card) and "early checkpoint, not the final model" in card
+    result = run_command(["-m", "pipeline.model_card", "--model", str(model), "--eval", str(tmp_path / "nope.json"),
+                          "--out", str(tmp_path / "x.md")], check=False)
+    assert result.returncode == 2 and "results file not found" in result.stderr
