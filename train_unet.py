@@ -9,6 +9,7 @@ examples/unconditional_image_generation/train_unconditional.py where the concept
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import logging
@@ -16,6 +17,7 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -32,8 +34,13 @@ from pipeline import CelebADiffusionPipeline
 from pipeline.checkpoints import resolve_checkpoint, save_checkpoint_atomically
 from pipeline.cli import run_cli
 from pipeline.data import TrainStream, load_celeba
+from pipeline.evaluate import fid_against_reference, load_or_compute_reference
+from pipeline.generate import generate
 from pipeline.images import make_grid
+from pipeline.model_card import read_training_log, render_card
 from pipeline.preprocess import Preprocessing, random_hflip, to_model_range
+from pipeline.publish import publish
+from pipeline.training_log import LossMeter, TrainingClock, append_record
 
 logger = get_logger(__name__)
 
@@ -80,11 +87,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adam_beta2", type=float, default=0.999)
     p.add_argument("--adam_weight_decay", type=float, default=0.0)
     p.add_argument("--adam_epsilon", type=float, default=1e-8)
+    p.add_argument("--adam_fused", action=argparse.BooleanOptionalAction, default=False,
+                   help="fused AdamW kernel (same update; one pass over all parameters instead of ~10 ops each)")
     p.add_argument("--max_grad_norm", type=float, default=1.0)
     p.add_argument("--use_ema", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--ema_inv_gamma", type=float, default=1.0)
     p.add_argument("--ema_power", type=float, default=3 / 4)
     p.add_argument("--ema_max_decay", type=float, default=0.9999)
+    p.add_argument("--ema_foreach", action=argparse.BooleanOptionalAction, default=False,
+                   help="update the EMA weights with torch._foreach ops (EMAModel(foreach=True))")
     p.add_argument("--mixed_precision", type=str, default="no", choices=["no", "fp16", "bf16"])
     p.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=False,
                    help="NHWC memory format (faster bf16 convolutions on CPUs with AVX512_BF16)")
@@ -100,6 +111,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpointing_minutes", type=float, default=0, help="also checkpoint every N minutes")
     p.add_argument("--checkpoints_total_limit", type=int, default=2)
     p.add_argument("--resume_from_checkpoint", type=str, default=None, help='a checkpoint folder or "latest"')
+    p.add_argument("--eval_fid_every", type=int, default=0, help="FID of EMA samples every N steps (0 = off)")
+    p.add_argument("--eval_fid_num_samples", type=int, default=1000)
+    p.add_argument("--eval_fid_scheduler", type=str, default="dpm++2m")
+    p.add_argument("--eval_fid_steps", type=int, default=20)
+    p.add_argument("--eval_fid_reference_images", type=int, default=None, help="real images in the reference "
+                   "statistics (default: all of the training split; computed once, then cached)")
+    p.add_argument("--push_to_hub", action="store_true", help="publish the final pipeline with pipeline.publish")
+    p.add_argument("--hub_model_id", type=str, default=None)
+    p.add_argument("--hub_token", type=str, default=None)
+    p.add_argument("--hub_private_repo", action="store_true")
     return p
 
 
@@ -120,6 +141,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if (args.dataset_name is None) == (args.train_data_dir is None):
         parser.error("give exactly one of --dataset_name and --train_data_dir")
+    if args.push_to_hub and not args.hub_model_id:
+        parser.error("--push_to_hub needs --hub_model_id")
     return args
 
 
@@ -168,26 +191,45 @@ def state_checksum(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def save_sample_grid(accelerator, model, ema, noise_scheduler, args, step):
-    """Generate a grid with the EMA weights (DDIM) for TensorBoard and output_dir/samples/."""
+@contextlib.contextmanager
+def ema_pipeline(accelerator, model, ema, noise_scheduler):
+    """The pipeline with the EMA weights swapped in for the duration of the block (training weights restored)."""
     unet = accelerator.unwrap_model(model)
     if ema is not None:
         ema.store(unet.parameters())
         ema.copy_to(unet.parameters())
-    pipe = CelebADiffusionPipeline(unet=unet, scheduler=DDIMScheduler.from_config(noise_scheduler.config))
-    pipe.set_progress_bar_config(disable=True)
-    generator = torch.Generator().manual_seed(args.seed)
-    images = pipe(batch_size=args.num_validation_images, num_inference_steps=args.validation_inference_steps,
-                  generator=generator, output_type="np").images
-    if ema is not None:
-        ema.restore(unet.parameters())
-    unet.train()
+    unet.eval()
+    try:
+        pipe = CelebADiffusionPipeline(unet=unet, scheduler=noise_scheduler)
+        pipe.set_progress_bar_config(disable=True)
+        yield pipe
+    finally:
+        if ema is not None:
+            ema.restore(unet.parameters())
+        unet.train()
+
+
+def save_sample_grid(accelerator, model, ema, noise_scheduler, args, step):
+    """Generate a grid with the EMA weights (DDIM) for TensorBoard and output_dir/samples/."""
+    with ema_pipeline(accelerator, model, ema, noise_scheduler) as pipe:
+        pipe.scheduler = DDIMScheduler.from_config(noise_scheduler.config)
+        generator = torch.Generator().manual_seed(args.seed)
+        images = pipe(batch_size=args.num_validation_images, num_inference_steps=args.validation_inference_steps,
+                      generator=generator, output_type="np").images
     grid = make_grid((images * 255).round().astype("uint8"))
     os.makedirs(os.path.join(args.output_dir, "samples"), exist_ok=True)
     grid.save(os.path.join(args.output_dir, "samples", f"step_{step:07d}.png"))
     for tracker in accelerator.trackers:
         if tracker.name == "tensorboard":
             tracker.writer.add_images("samples", images, step, dataformats="NHWC")
+
+
+def evaluate_fid(accelerator, model, ema, noise_scheduler, args, reference) -> float:
+    """FID of EMA samples (fixed seed) against the cached real reference statistics."""
+    with ema_pipeline(accelerator, model, ema, noise_scheduler) as pipe:
+        images = generate(pipe, args.eval_fid_num_samples, args.eval_fid_scheduler, args.eval_fid_steps,
+                          seed=args.seed, progress=False)
+    return fid_against_reference(images, reference)
 
 
 def main(argv=None):
@@ -210,10 +252,10 @@ def main(argv=None):
     ema = None
     if args.use_ema:
         ema = EMAModel(model.parameters(), decay=args.ema_max_decay, use_ema_warmup=True,
-                       inv_gamma=args.ema_inv_gamma, power=args.ema_power,
+                       inv_gamma=args.ema_inv_gamma, power=args.ema_power, foreach=args.ema_foreach,
                        model_cls=UNet2DModel, model_config=model.config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-                                  weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
+                                  weight_decay=args.adam_weight_decay, eps=args.adam_epsilon, fused=args.adam_fused)
     lr_scheduler = get_scheduler(args.lr_scheduler, optimizer,
                                  num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
                                  num_training_steps=args.max_train_steps * accelerator.num_processes)
@@ -228,7 +270,14 @@ def main(argv=None):
     if ema is not None:
         accelerator.register_for_checkpointing(ema)
 
-    global_step = 0
+    global_step, clock, losses = 0, TrainingClock(), LossMeter()
+    training_log = os.path.join(args.output_dir, "training_log.jsonl")
+    reference = None
+    if args.eval_fid_every and accelerator.is_main_process:
+        reference = load_or_compute_reference(args.train_data_dir, args.dataset_name, args.dataset_config_name,
+                                              args.split, Preprocessing(args.resolution, args.crop_size,
+                                                                        args.crop_offset_y),
+                                              num_images=args.eval_fid_reference_images)
     if args.resume_from_checkpoint:
         checkpoint = resolve_checkpoint(args.output_dir, args.resume_from_checkpoint)
         if checkpoint is None:
@@ -238,6 +287,9 @@ def main(argv=None):
             global_step = int(checkpoint.name.split("-")[1])
             with open(checkpoint / f"stream_rank{accelerator.process_index}.json") as handle:
                 stream.load_state_dict(json.load(handle))
+            clock_file = checkpoint / f"clock_rank{accelerator.process_index}.json"
+            if clock_file.is_file():
+                clock.load_state_dict(json.loads(clock_file.read_text()))
             logger.info("resumed from %s at step %d", checkpoint, global_step)
     if accelerator.is_main_process:
         os.makedirs(args.output_dir, exist_ok=True)
@@ -252,11 +304,21 @@ def main(argv=None):
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
 
-    def checkpoint_now():
+    def checkpoint_now(extra_log: dict | None = None):
+        rank = accelerator.process_index
         save_checkpoint_atomically(
             accelerator, args.output_dir, global_step, args.checkpoints_total_limit,
-            per_process_files={f"stream_rank{accelerator.process_index}.json": json.dumps(stream.state_dict())},
+            per_process_files={f"stream_rank{rank}.json": json.dumps(stream.state_dict()),
+                               f"clock_rank{rank}.json": json.dumps(clock.state_dict())},
         )
+        cpu_seconds = torch.tensor([clock.cpu_seconds], dtype=torch.float64)
+        if accelerator.num_processes > 1:
+            cpu_seconds = accelerator.reduce(cpu_seconds.to(accelerator.device), reduction="sum").cpu()
+        if accelerator.is_main_process:
+            append_record(training_log, {"step": global_step, "images_seen": global_step * images_per_step,
+                                         "cpu_hours": cpu_seconds.item() / 3600, "wall_hours": clock.wall_seconds / 3600,
+                                         "loss": losses.pop_mean(), "lr": lr_scheduler.get_last_lr()[0],
+                                         "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **(extra_log or {})})
 
     images_per_step = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     progress = tqdm(total=args.max_train_steps, initial=global_step, disable=not accelerator.is_local_main_process,
@@ -294,6 +356,7 @@ def main(argv=None):
         logs = {"loss": loss.detach().item(), "lr": lr_scheduler.get_last_lr()[0], "img_per_s": images_per_second}
         if ema is not None:
             logs["ema_decay"] = ema.cur_decay_value
+        losses.add(logs["loss"])
         progress.update(1)
         progress.set_postfix(loss=f"{logs['loss']:.4f}", img_s=f"{images_per_second:.1f}")
         accelerator.log(logs, step=global_step)
@@ -304,6 +367,14 @@ def main(argv=None):
         flags = torch.tensor([float(bool(due)), float(stop["requested"])], device=accelerator.device)
         if accelerator.num_processes > 1:
             flags = accelerator.reduce(flags, reduction="sum")
+        fid_due = args.eval_fid_every and global_step % args.eval_fid_every == 0
+        if fid_due and accelerator.is_main_process:
+            fid = evaluate_fid(accelerator, model, ema, noise_scheduler, args, reference)
+            accelerator.log({f"fid_{args.eval_fid_num_samples}": fid}, step=global_step)
+            append_record(training_log, {"step": global_step, "images_seen": global_step * images_per_step,
+                                         f"fid_{args.eval_fid_num_samples}": fid,
+                                         "fid_protocol": f"{args.eval_fid_scheduler}-{args.eval_fid_steps}, seed "
+                                                         f"{args.seed}, reference {reference['num']} train images"})
         if flags[0] > 0 or flags[1] > 0:
             checkpoint_now()
             last_checkpoint_time = time.monotonic()
@@ -332,6 +403,12 @@ def main(argv=None):
         pipe = CelebADiffusionPipeline(unet=unet, scheduler=noise_scheduler)
         pipe.save_pretrained(args.output_dir, safe_serialization=True)
         logger.info("saved the %s pipeline to %s", "EMA" if ema is not None else "final", args.output_dir)
+        if args.push_to_hub:
+            card = render_card(args.hub_model_id.split("/")[-1], unet.config, noise_scheduler.config, [],
+                               read_training_log(training_log) if os.path.isfile(training_log) else None, None)
+            Path(args.output_dir, "README.md").write_text(card)
+            url = publish(args.output_dir, args.hub_model_id, args.hub_private_repo, args.hub_token)
+            logger.info("published to %s", url)
     accelerator.end_training()
     return 0
 

@@ -32,7 +32,8 @@ from .inception import BATCH_SIZE, DESCRIPTION, RESIZE_FILTER, extract_features,
 from .metrics import feature_stats, frechet_distance, kernel_inception_distance, memorization, precision_recall
 from .preprocess import RESAMPLE_FILTERS, Preprocessing
 
-DEFAULT_CACHE_DIR = Path("~/.cache/celeba-diffusion/ref_stats").expanduser()
+# CELEBA_DIFFUSION_CACHE moves every cache of the project (tests point it at a temporary folder)
+DEFAULT_CACHE_DIR = Path(os.environ.get("CELEBA_DIFFUSION_CACHE", "~/.cache/celeba-diffusion")).expanduser() / "ref_stats"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 CACHE_VERSION = 1
 

@@ -2,7 +2,7 @@
 
 import socket
 
-from conftest import ROOT, run_command
+from conftest import ROOT, run_command, train_args
 from hub_standin import HubStandIn
 
 
@@ -51,3 +51,18 @@ def test_unreachable_endpoint_is_one_clear_error(smoke_pipeline_dir, tmp_path):
     result = publish_command(smoke_pipeline_dir, card, f"http://127.0.0.1:{port}")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"cannot reach the Hub endpoint http://127.0.0.1:{port}" in result.stderr
+
+
+def test_train_unet_push_to_hub(tmp_path):
+    """train_unet.py --push_to_hub: the final EMA pipeline, a generated model card and the pipeline code arrive."""
+    out = tmp_path / "run"
+    with HubStandIn() as hub:
+        result = run_command(train_args(out, "--push_to_hub", "--hub_model_id", "user/smoke", "--hub_token",
+                                        "hf_test_token"), check=False,
+                             env={"HF_ENDPOINT": hub.endpoint, "HF_HUB_OFFLINE": "0", "HF_HOME": str(tmp_path / "h")})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert hub.files["unet/diffusion_pytorch_model.safetensors"] == \
+        (out / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
+    card = hub.files["README.md"].decode()
+    assert card.startswith("---\nlibrary_name: diffusers") and "8 optimisation steps" in card
+    assert "pipeline_celeba.py" in hub.files

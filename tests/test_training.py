@@ -153,3 +153,20 @@ def test_corrupt_image_stops_or_is_skipped_and_reported(tmp_path):
     result = run_command(["train_unet.py", *flags, "--output_dir", str(tmp_path / "b"), "--skip_corrupt_images"])
     summary = json.loads((tmp_path / "b" / "run_summary_rank0.json").read_text())
     assert summary["skipped_corrupt_images"] == ["000003.jpg"] and "skipped 1 corrupt images" in result.stderr
+
+
+def test_training_log_fid_and_cumulative_cpu_time(tmp_path):
+    """training_log.jsonl: a record per checkpoint (CPU-hours cumulative across a resume) and FID records."""
+    out = tmp_path / "run"
+    flags = ["--checkpointing_steps", 4, "--eval_fid_every", 4, "--eval_fid_num_samples", 6, "--eval_fid_steps", 10,
+             "--eval_fid_reference_images", 12]
+    env = {"CELEBA_DIFFUSION_CACHE": str(tmp_path / "cache")}
+    run_command(train_args(out, *flags, "--max_train_steps", 4), env=env)
+    run_command(train_args(out, *flags, "--max_train_steps", 8, "--resume_from_checkpoint", "latest"), env=env)
+    records = [json.loads(line) for line in (out / "training_log.jsonl").read_text().splitlines()]
+    checkpoints = [r for r in records if "cpu_hours" in r]
+    fids = [r for r in records if "fid_6" in r]
+    assert [r["step"] for r in checkpoints] == [4, 8] and [r["step"] for r in fids] == [4, 8]
+    assert checkpoints[1]["images_seen"] == 8 * 4 and 0 < checkpoints[0]["cpu_hours"] < checkpoints[1]["cpu_hours"]
+    assert all(r["fid_6"] > 0 and "dpm++2m-10" in r["fid_protocol"] for r in fids)
+    assert list((tmp_path / "cache" / "ref_stats").glob("*.pt"))  # the reference was cached, not recomputed
