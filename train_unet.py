@@ -227,8 +227,8 @@ def save_sample_grid(accelerator, model, ema, noise_scheduler, args, step):
 def evaluate_fid(accelerator, model, ema, noise_scheduler, args, reference) -> float:
     """FID of EMA samples (fixed seed) against the cached real reference statistics."""
     with ema_pipeline(accelerator, model, ema, noise_scheduler) as pipe:
-        images = generate(pipe, args.eval_fid_num_samples, args.eval_fid_scheduler, args.eval_fid_steps,
-                          seed=args.seed, progress=False)
+        images, _ = generate(pipe, args.eval_fid_num_samples, args.eval_fid_scheduler, args.eval_fid_steps,
+                             seed=args.seed, progress=False)
     return fid_against_reference(images, reference)
 
 

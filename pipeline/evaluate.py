@@ -210,7 +210,7 @@ def label(num_samples: int) -> str:
 
 def evaluate_model(args) -> dict:
     from .generate import generate, load_pipeline  # diffusers is only needed in this mode
-    from .schedulers import ALL_SAMPLERS, nfe
+    from .schedulers import ALL_SAMPLERS
 
     if args.scheduler not in ALL_SAMPLERS:
         raise ValueError(f"unknown scheduler {args.scheduler!r}; choose one of {list(ALL_SAMPLERS)}")
@@ -222,7 +222,8 @@ def evaluate_model(args) -> dict:
                                           args.split, reference_prep(args), args.num_reference, args.cache_dir,
                                           args.inception_batch_size)
     started = time.perf_counter()
-    images = generate(pipe, args.num_samples, args.scheduler, args.steps, args.seed, args.batch_size, args.eta)
+    images, measured_nfe = generate(pipe, args.num_samples, args.scheduler, args.steps, args.seed, args.batch_size,
+                                    args.eta)
     generation_seconds = time.perf_counter() - started
     if args.save_samples:
         from .images import save_pngs
@@ -237,7 +238,7 @@ def evaluate_model(args) -> dict:
     pairs = closest_pairs_picture(images, mem, train_keys, args, picture)
     result.update({
         "label": label(args.num_samples), "num_samples": args.num_samples, "model": args.model,
-        "sampler": args.scheduler, "steps": args.steps, "nfe": nfe(args.scheduler, args.steps), "eta": args.eta,
+        "sampler": args.scheduler, "steps": args.steps, "nfe": measured_nfe, "eta": args.eta,
         "seed": args.seed, "resolution": args.resolution, "preprocessing": reference_prep(args).to_dict(),
         "reference": {**reference["fields"], "num_images": reference["num"], "cache_file": reference["cache_file"],
                       "from_cache": reference["from_cache"]},

@@ -39,19 +39,27 @@ def configure_sampler(pipe: CelebADiffusionPipeline, name: str) -> str | None:
 
 
 def generate(pipe: CelebADiffusionPipeline, num_images: int, scheduler: str, steps: int, seed: int,
-             batch_size: int = 64, eta: float = 0.0, progress: bool = True) -> np.ndarray:
-    """``num_images`` uint8 NHWC images; batch ``i`` uses seed ``seed + i`` so results do not depend on timing."""
+             batch_size: int = 64, eta: float = 0.0, progress: bool = True) -> tuple[np.ndarray, float]:
+    """``num_images`` uint8 NHWC images and the measured network evaluations (NFE) per batch.
+
+    Batch ``i`` uses seed ``seed + i``, so results do not depend on timing. NFE is counted with a forward hook on the
+    UNet, so it is exact for adaptive solvers too."""
     sampler = configure_sampler(pipe, scheduler)
     check_steps(scheduler, steps, pipe.train_scheduler_config.num_train_timesteps)
     pipe.set_progress_bar_config(disable=True)
+    calls = []
+    hook = pipe.unet.register_forward_hook(lambda *_: calls.append(1))
     batches = []
-    for index, start in enumerate(tqdm(range(0, num_images, batch_size), desc=f"{scheduler}-{steps}",
-                                       unit="batch", disable=not progress)):
-        generator = torch.Generator().manual_seed(seed + index)
-        images = pipe(batch_size=min(batch_size, num_images - start), num_inference_steps=steps,
-                      generator=generator, eta=eta, output_type="np", sampler=sampler).images
-        batches.append((images * 255).round().astype(np.uint8))
-    return np.concatenate(batches)
+    try:
+        for index, start in enumerate(tqdm(range(0, num_images, batch_size), desc=f"{scheduler}-{steps}",
+                                           unit="batch", disable=not progress)):
+            generator = torch.Generator().manual_seed(seed + index)
+            images = pipe(batch_size=min(batch_size, num_images - start), num_inference_steps=steps,
+                          generator=generator, eta=eta, output_type="np", sampler=sampler).images
+            batches.append((images * 255).round().astype(np.uint8))
+    finally:
+        hook.remove()
+    return np.concatenate(batches), len(calls) / len(batches)
 
 
 def main(argv=None):
@@ -71,14 +79,14 @@ def main(argv=None):
     torch.set_num_threads(os.cpu_count() or 1)
     pipe = load_pipeline(args.model)
     started = time.perf_counter()
-    images = generate(pipe, args.num_images, args.scheduler, args.steps, args.seed, args.batch_size, args.eta)
+    images, nfe = generate(pipe, args.num_images, args.scheduler, args.steps, args.seed, args.batch_size, args.eta)
     seconds = time.perf_counter() - started
     save_pngs(images, args.out)
     grid = images[:64]
     make_grid(grid).save(os.path.join(args.out, "grid.png"))
     make_grid(grid, upscale=args.upscale).save(os.path.join(args.out, f"grid_x{args.upscale}.png"))
     with open(os.path.join(args.out, "generation.json"), "w") as handle:
-        json.dump({"model": args.model, "scheduler": args.scheduler, "steps": args.steps, "eta": args.eta,
+        json.dump({"model": args.model, "scheduler": args.scheduler, "steps": args.steps, "nfe": nfe, "eta": args.eta,
                    "seed": args.seed, "num_images": args.num_images, "seconds": round(seconds, 2)}, handle, indent=1)
     print(f"wrote {args.num_images} images and grid.png to {args.out} ({seconds:.1f} s)")
     return 0

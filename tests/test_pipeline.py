@@ -80,7 +80,8 @@ def test_generate_cli_writes_pngs_and_grids(smoke_pipeline_dir, tmp_path):
                  "--batch_size", "2", "--steps", "4", "--scheduler", "ddim", "--out", str(out)])
     assert sorted(p.name for p in out.glob("0*.png")) == [f"{i:05d}.png" for i in range(5)]
     assert (out / "grid.png").is_file() and (out / "grid_x4.png").is_file()
-    assert json.loads((out / "generation.json").read_text())["steps"] == 4
+    record = json.loads((out / "generation.json").read_text())
+    assert record["steps"] == 4 and record["nfe"] == 4  # counted UNet calls per batch
     again = tmp_path / "again"
     run_command(["-m", "pipeline.generate", "--model", str(smoke_pipeline_dir), "--num_images", "5",
                  "--batch_size", "2", "--steps", "4", "--scheduler", "ddim", "--out", str(again)])
