@@ -161,6 +161,19 @@ def build_model_and_scheduler(args):
     return model, noise_scheduler
 
 
+def build_optimizer_and_ema(model, args, **optimizer_overrides):
+    """AdamW over the model, and the EMA of its weights (None without --use_ema)."""
+    ema = None
+    if args.use_ema:
+        ema = EMAModel(model.parameters(), decay=args.ema_max_decay, use_ema_warmup=True,
+                       inv_gamma=args.ema_inv_gamma, power=args.ema_power, foreach=args.ema_foreach,
+                       model_cls=UNet2DModel, model_config=model.config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+                                  weight_decay=args.adam_weight_decay, eps=args.adam_epsilon, fused=args.adam_fused,
+                                  **optimizer_overrides)
+    return optimizer, ema
+
+
 def diffusion_loss(model, noise_scheduler, clean, args):
     """DDPM training loss: noise a batch at random timesteps and regress the chosen target."""
     noise = torch.randn_like(clean)
@@ -181,6 +194,25 @@ def diffusion_loss(model, noise_scheduler, clean, args):
     weight = {"epsilon": clipped / snr, "v_prediction": clipped / (snr + 1), "sample": clipped}[args.prediction_type]
     per_example = F.mse_loss(prediction, target, reduction="none").mean(dim=(1, 2, 3))
     return (per_example * weight).mean()
+
+
+def training_step(accelerator, model, optimizer, lr_scheduler, noise_scheduler, pixels, args) -> torch.Tensor:
+    """One (micro-)batch: flip, noise, loss, backward; optimizer and lr steps when gradients are synchronised."""
+    clean = to_model_range(pixels).to(accelerator.device)
+    if args.channels_last:
+        clean = clean.contiguous(memory_format=torch.channels_last)
+    if args.random_flip:
+        clean = random_hflip(clean)
+    with accelerator.accumulate(model):
+        loss = diffusion_loss(model, noise_scheduler, clean, args)
+        if torch.isfinite(loss):  # a non-finite loss is reported by the caller, before any update
+            accelerator.backward(loss)
+            if accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+    return loss.detach()
 
 
 def state_checksum(model: torch.nn.Module) -> str:
@@ -249,13 +281,7 @@ def main(argv=None):
 
     model, noise_scheduler = build_model_and_scheduler(args)
     set_seed(args.seed, device_specific=True)  # then per-process noise; a resume restores the saved RNG states
-    ema = None
-    if args.use_ema:
-        ema = EMAModel(model.parameters(), decay=args.ema_max_decay, use_ema_warmup=True,
-                       inv_gamma=args.ema_inv_gamma, power=args.ema_power, foreach=args.ema_foreach,
-                       model_cls=UNet2DModel, model_config=model.config)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-                                  weight_decay=args.adam_weight_decay, eps=args.adam_epsilon, fused=args.adam_fused)
+    optimizer, ema = build_optimizer_and_ema(model, args)
     lr_scheduler = get_scheduler(args.lr_scheduler, optimizer,
                                  num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
                                  num_training_steps=args.max_train_steps * accelerator.num_processes)
@@ -290,6 +316,8 @@ def main(argv=None):
             clock_file = checkpoint / f"clock_rank{accelerator.process_index}.json"
             if clock_file.is_file():
                 clock.load_state_dict(json.loads(clock_file.read_text()))
+            else:
+                clock.counted_from_step = global_step
             logger.info("resumed from %s at step %d", checkpoint, global_step)
     if accelerator.is_main_process:
         os.makedirs(args.output_dir, exist_ok=True)
@@ -317,6 +345,7 @@ def main(argv=None):
         if accelerator.is_main_process:
             append_record(training_log, {"step": global_step, "images_seen": global_step * images_per_step,
                                          "cpu_hours": cpu_seconds.item() / 3600, "wall_hours": clock.wall_seconds / 3600,
+                                         "clock_counted_from_step": clock.counted_from_step,
                                          "loss": losses.pop_mean(), "lr": lr_scheduler.get_last_lr()[0],
                                          "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **(extra_log or {})})
 
@@ -331,21 +360,9 @@ def main(argv=None):
         pixels, keys = next(batches)
         if len(first_keys) < 256:
             first_keys.extend(keys)
-        clean = to_model_range(pixels).to(accelerator.device)
-        if args.channels_last:
-            clean = clean.contiguous(memory_format=torch.channels_last)
-        if args.random_flip:
-            clean = random_hflip(clean)
-        with accelerator.accumulate(model):
-            loss = diffusion_loss(model, noise_scheduler, clean, args)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss {loss.item()} at step {global_step + 1}")
-            accelerator.backward(loss)
-            if accelerator.sync_gradients:
-                accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-            optimizer.step()
-            lr_scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+        loss = training_step(accelerator, model, optimizer, lr_scheduler, noise_scheduler, pixels, args)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss {loss.item()} at step {global_step + 1}")
         if not accelerator.sync_gradients:
             continue
         if ema is not None:

@@ -74,7 +74,7 @@ def render_card(model_name: str, unet_config: dict, scheduler_config: dict, eval
     if training is None or not evals:
         lines += ["> **Status: early checkpoint, not the final model.** "
                   + (f"Trained for {training['step']:,} steps ({training['images_seen']:,} images). "
-                     if training else "") + "Expect blurry faces; quality has not been measured yet.", ""]
+                     if training else "") + "Samples this early are noise-like or blurry; quality has not been measured yet.", ""]
     if grid:
         lines += [f"![samples]({grid})", ""]
     lines += ["## Use", "", "```python", "import torch", "from diffusers import DiffusionPipeline", "",
@@ -95,9 +95,13 @@ def render_card(model_name: str, unet_config: dict, scheduler_config: dict, eval
               f"Center crop 140x140 of the 178x218 image, antialiased bilinear resize to {size}x{size}, random "
               "horizontal flip, scaled to [-1, 1] (the score-SDE paper's CelebA protocol).", ""]
     if training:
+        if training.get("clock_counted_from_step") == 0:
+            compute = f"{training['cpu_hours']:.1f} CPU-hours ({training.get('hardware', 'CPU')})."
+        else:  # the log does not cover the whole run: say so instead of printing an undercount
+            compute = "CPU time was not recorded for the whole run."
         lines += ["## Compute", "",
-                  f"{training['step']:,} optimisation steps, {training['images_seen']:,} training images seen, "
-                  f"{training['cpu_hours']:.1f} CPU-hours ({training.get('hardware', 'CPU')}).", ""]
+                  f"{training['step']:,} optimisation steps, {training['images_seen']:,} training images seen. "
+                  + compute, ""]
     lines += ["## Evaluation", ""]
     if evals:
         lines += ["| protocol | sampler | FID | KID (x1e3) | precision | recall |", "|---|---|---|---|---|---|"]

@@ -10,15 +10,18 @@ import time
 class TrainingClock:
     """CPU seconds and wall seconds of this process, cumulative over every resumed segment of a run."""
 
-    def __init__(self):
+    def __init__(self, counted_from_step: int = 0):
         self.previous_cpu = self.previous_wall = 0.0
+        self.counted_from_step = counted_from_step  # > 0 when resumed from a checkpoint that had no clock
         self._cpu_start, self._wall_start = time.process_time(), time.monotonic()
 
     def state_dict(self) -> dict:
-        return {"cpu_seconds": self.cpu_seconds, "wall_seconds": self.wall_seconds}
+        return {"cpu_seconds": self.cpu_seconds, "wall_seconds": self.wall_seconds,
+                "counted_from_step": self.counted_from_step}
 
     def load_state_dict(self, state: dict) -> None:
         self.previous_cpu, self.previous_wall = float(state["cpu_seconds"]), float(state["wall_seconds"])
+        self.counted_from_step = int(state.get("counted_from_step", 0))
         self._cpu_start, self._wall_start = time.process_time(), time.monotonic()
 
     @property

@@ -21,7 +21,8 @@ def test_card_numbers_come_from_the_results(smoke_pipeline_dir, tmp_path):
                   "resolution": 32, "reference": {"num_images": 20000}}
     (tmp_path / "eval.json").write_text(json.dumps(evaluation))
     log = [{"step": 1000, "images_seen": 32000, "cpu_hours": 1.0},
-           {"step": 2000, "images_seen": 64000, "cpu_hours": 2.5, "hardware": "2 CPU cores"}]
+           {"step": 2000, "images_seen": 64000, "cpu_hours": 2.5, "hardware": "2 CPU cores",
+            "clock_counted_from_step": 0}]
     (tmp_path / "log.jsonl").write_text("\n".join(json.dumps(r) for r in log) + "\n")
     out = tmp_path / "model_card.md"
     run_command(["-m", "pipeline.model_card", "--model", str(model), "--name", "celeba-32-test", "--eval",
@@ -35,7 +36,7 @@ def test_card_numbers_come_from_the_results(smoke_pipeline_dir, tmp_path):
     assert metrics["fid"]["value"] == 23.46 and "FID-10k, dpm++2m, 20 steps, 20 NFE" in metrics["fid"]["name"]
     assert metrics["precision"]["value"] == 0.612
     assert "| 23.46 | 12.34 ± 1.10 | 0.612 | 0.432 |" in card
-    assert "2,000 optimisation steps, 64,000 training images seen, 2.5 CPU-hours (2 CPU cores)" in card
+    assert "2,000 optimisation steps, 64,000 training images seen. 2.5 CPU-hours (2 CPU cores)" in card
     assert "early checkpoint" not in card
 
 

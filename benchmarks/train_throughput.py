@@ -1,0 +1,624 @@
+"""Training img/s on this CPU: diffusers' own training example (A) vs. our train_unet.py step (B), same UNet.
+
+    python benchmarks/train_throughput.py --config configs/celeba64_cpu.yaml --train_data_dir ../shared/celeba
+
+Both recipes train the UNet2DModel of ``--config`` at its batch size on the same JPEGs:
+
+A  diffusers' examples/unconditional_image_generation/train_unconditional.py with its defaults: fp32, AdamW
+   (lr 1e-4, betas 0.95/0.999, weight decay 1e-6, eps 1e-8; PyTorch's default per-tensor AdamW on CPU), cosine LR
+   schedule with 500 warm-up steps, EMAModel(decay 0.9999, EMA warm-up, inv_gamma 1, power 3/4; per-tensor update)
+   stepped after every optimizer step, DDPMScheduler.add_noise, gradient clipping at 1.0 through accelerate, and a
+   torch DataLoader (shuffle, num_workers=0) over the image files whose transforms re-implement its torchvision
+   pipeline with PIL + torch: Resize(resolution) of the shorter side (bilinear, PIL), CenterCrop(resolution)
+   (``--center_crop``, as in its README command; RandomCrop otherwise), RandomHorizontalFlip, ToTensor,
+   Normalize([0.5], [0.5]). The model is wrapped by accelerate with mixed_precision="no".
+B  train_unet.py's step with the config's settings plus ``--ours_flags``: TrainStream (decode + crop + resize in
+   the training process), accelerate mixed precision, memory format, optimizer and EMA options; the loop body mirrors
+   train_unet.main (flip, diffusion_loss, finite check, backward, clip, optimizer, LR schedule, EMA, loss.item()).
+   ``--also_ours_flags FLAGS`` adds a third variant "B_also" (the config plus FLAGS), e.g. the settings before the
+   ablation: ``--also_ours_flags "--channels_last --no-adam_fused --no-ema_foreach"``.
+
+Every variant runs in its own process (multiprocessing "spawn"), built and warmed up once; then the processes take
+turns, ``--repeats`` rounds of ``--steps`` training steps each (one process runs at a time, in a rotating order), so
+all variants see the same machine load. Peak RSS = VmHWM of each variant's process (/proc/self/status: the high-water
+mark of resident memory of that process only, read after its last step). Each timed round also records how much CPU
+the rest of the machine used meanwhile (from /proc/stat minus the variant's own CPU time), to show contention.
+
+Also measured: the data path alone (img/s of A's DataLoader and of B's TrainStream, no training), model FLOPs per
+training image (torch.utils.flop_counter.FlopCounterMode over forward + backward of one batch: convolutions and
+matmuls, 2 FLOPs per multiply-add) and the achieved GFLOP/s against this CPU's peak (see ``cpu_peak``).
+Writes results/bench/train_throughput.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing as mp
+import os
+import platform
+import re
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+
+
+# ------------------------------------------------------------------------------------------------ small helpers
+def summary(values):
+    values = list(values)
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "runs": len(values)}
+
+
+def read_proc_stat():
+    """(busy, total) jiffies of the whole machine."""
+    with open("/proc/stat") as handle:
+        fields = [int(v) for v in handle.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    total = sum(fields[:8])  # user nice system idle iowait irq softirq steal (guest is included in user)
+    return total - idle, total
+
+
+def vm_hwm_kib() -> int:
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return -1
+
+
+def load_average():
+    return [round(v, 2) for v in os.getloadavg()]
+
+
+# --------------------------------------------------------------------- A: diffusers' train_unconditional recipe
+class DiffusersStyleImages:
+    """Map-style dataset over image files with train_unconditional.py's transforms, re-implemented without
+    torchvision: Resize(shorter side, bilinear) -> Center/RandomCrop -> RandomHorizontalFlip -> ToTensor ->
+    Normalize([0.5], [0.5]). Returns {"input": float32 CHW in [-1, 1]} like its ``transforms`` function."""
+
+    def __init__(self, files, resolution: int, center_crop: bool = True, random_flip: bool = True):
+        self.files, self.resolution = files, resolution
+        self.center_crop, self.random_flip = center_crop, random_flip
+
+    def __len__(self):
+        return len(self.files)
+
+    def transform(self, image):
+        import numpy as np
+        import torch
+        from PIL import Image
+
+        size = self.resolution
+        width, height = image.size
+        # Resize(size): the shorter side becomes `size`, the longer one int(size * long / short), as torchvision does
+        if width <= height:
+            new_w, new_h = size, int(size * height / width)
+        else:
+            new_w, new_h = int(size * width / height), size
+        if (new_w, new_h) != (width, height):
+            image = image.resize((new_w, new_h), Image.BILINEAR)
+        if self.center_crop:  # torchvision rounds the offsets: int(round((h - size) / 2))
+            top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+        else:  # RandomCrop draws the corner from torch's global RNG
+            top = int(torch.randint(0, new_h - size + 1, size=(1,)).item())
+            left = int(torch.randint(0, new_w - size + 1, size=(1,)).item())
+        image = image.crop((left, top, left + size, top + size))
+        if self.random_flip and torch.rand(1) < 0.5:
+            image = image.transpose(Image.FLIP_LEFT_RIGHT)
+        tensor = torch.from_numpy(np.array(image, np.uint8, copy=True)).view(size, size, 3)  # ToTensor
+        tensor = tensor.permute(2, 0, 1).contiguous().to(torch.float32).div(255)
+        return (tensor - 0.5) / 0.5  # Normalize([0.5], [0.5])
+
+    def __getitem__(self, index):
+        from PIL import Image
+
+        image = Image.open(self.files[index])  # what datasets' Image feature does for a local file
+        image.load()
+        return {"input": self.transform(image.convert("RGB"))}
+
+
+def build_diffusers_recipe(args, spec):
+    import torch
+    import torch.nn.functional as F
+    from accelerate import Accelerator
+    from diffusers import DDPMScheduler, UNet2DModel
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import EMAModel
+
+    torch.manual_seed(spec.get("seed", 0))
+    accelerator = Accelerator(cpu=True, mixed_precision="no")
+    model = UNet2DModel(
+        sample_size=args.resolution, in_channels=3, out_channels=3, layers_per_block=args.layers_per_block,
+        block_out_channels=tuple(args.block_out_channels), down_block_types=tuple(args.down_block_types),
+        up_block_types=tuple(args.up_block_types), attention_head_dim=args.attention_head_dim,
+        norm_num_groups=args.norm_num_groups, dropout=args.dropout,
+    )
+    noise_scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", prediction_type="epsilon")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.95, 0.999), weight_decay=1e-6, eps=1e-8)
+    image_dir = os.path.join(spec["train_data_dir"], "img_align_celeba")
+    files = sorted(os.path.join(image_dir, f) for f in os.listdir(image_dir) if f.lower().endswith(IMAGE_EXTENSIONS))
+    dataset = DiffusersStyleImages(files, args.resolution, center_crop=spec.get("center_crop", True),
+                                   random_flip=spec.get("random_flip", True))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=spec["batch_size"], shuffle=True, num_workers=0)
+    lr_scheduler = get_scheduler("cosine", optimizer=optimizer, num_warmup_steps=500,
+                                 num_training_steps=len(loader) * 100)
+    model, optimizer, loader, lr_scheduler = accelerator.prepare(model, optimizer, loader, lr_scheduler)
+    ema = EMAModel(model.parameters(), decay=0.9999, use_ema_warmup=True, inv_gamma=1.0, power=3 / 4,
+                   model_cls=UNet2DModel, model_config=model.config)
+    state = {"batches": iter(loader)}
+
+    def next_batch():
+        try:
+            return next(state["batches"])
+        except StopIteration:
+            state["batches"] = iter(loader)
+            return next(state["batches"])
+
+    def train_step():
+        model.train()
+        clean = next_batch()["input"]
+        noise = torch.randn(clean.shape, dtype=clean.dtype, device=clean.device)
+        timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (clean.shape[0],),
+                                  device=clean.device).long()
+        noisy = noise_scheduler.add_noise(clean, noise, timesteps)
+        with accelerator.accumulate(model):
+            prediction = model(noisy, timesteps).sample
+            loss = F.mse_loss(prediction.float(), noise.float())
+            accelerator.backward(loss)
+            if accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad()
+        if accelerator.sync_gradients:
+            ema.step(model.parameters())
+        return loss.detach().item()
+
+    def data_batch():
+        return next_batch()["input"]
+
+    def flop_batch():
+        clean = next_batch()["input"]
+        noise = torch.randn_like(clean)
+        timesteps = torch.randint(0, 1000, (clean.shape[0],))
+        loss = F.mse_loss(model(noise_scheduler.add_noise(clean, noise, timesteps), timesteps).sample.float(), noise)
+        loss.backward()
+        optimizer.zero_grad()
+
+    return {"train": train_step, "data": data_batch, "flops": flop_batch}
+
+
+# ------------------------------------------------------------------------------------ B: train_unet.py's step
+def build_ours_recipe(args, spec):
+    """train_unet.main's setup and loop body, for the flags in ``args`` (config + overrides)."""
+    import torch
+    from accelerate import Accelerator
+    from diffusers.optimization import get_scheduler
+
+    from pipeline.data import TrainStream, load_celeba
+    from pipeline.preprocess import Preprocessing, to_model_range
+    from train_unet import build_model_and_scheduler, build_optimizer_and_ema, diffusion_loss, training_step
+
+    torch.manual_seed(spec.get("seed", 0))
+    accelerator = Accelerator(cpu=True, mixed_precision=args.mixed_precision)
+    model, noise_scheduler = build_model_and_scheduler(args)
+    if spec.get("attention") == "classic":
+        from diffusers.models.attention_processor import Attention, AttnProcessor
+
+        for module in model.modules():
+            if isinstance(module, Attention):
+                module.set_processor(AttnProcessor())
+    optimizer, ema = build_optimizer_and_ema(model, args, foreach=spec.get("adam_foreach"))
+    lr_scheduler = get_scheduler(args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps,
+                                 num_training_steps=args.max_train_steps)
+    stream = TrainStream(
+        load_celeba(args.dataset_name, args.dataset_config_name, args.train_data_dir, args.split),
+        Preprocessing(resolution=args.resolution, crop_size=args.crop_size, crop_offset_y=args.crop_offset_y),
+        batch_size=args.train_batch_size, seed=args.seed, shuffle_buffer_size=args.shuffle_buffer_size,
+    )
+    model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
+    if spec.get("compile"):
+        model = torch.compile(model, mode=None if spec["compile"] == "default" else spec["compile"])
+    batches = iter(stream)
+
+    def train_step():
+        model.train()
+        pixels, _ = next(batches)
+        loss = training_step(accelerator, model, optimizer, lr_scheduler, noise_scheduler, pixels, args)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss {loss.item()}")
+        if ema is not None:
+            ema.step(model.parameters())
+        return loss.detach().item()
+
+    def data_batch():
+        pixels, _ = next(batches)
+        return to_model_range(pixels)
+
+    def flop_batch():
+        clean = data_batch()
+        loss = diffusion_loss(model, noise_scheduler, clean, args)
+        loss.backward()
+        optimizer.zero_grad(set_to_none=True)
+
+    fixed = {}
+
+    def eval_loss(num_images=64):
+        """fp32 epsilon-MSE of the raw (unwrapped, no autocast) model on a fixed batch with fixed noise and
+        timesteps (a separate stream and generator, so the training RNG and data order are untouched)."""
+        if not fixed:
+            eval_stream = TrainStream(load_celeba(args.dataset_name, args.dataset_config_name, args.train_data_dir,
+                                                  args.split),
+                                      Preprocessing(resolution=args.resolution, crop_size=args.crop_size,
+                                                    crop_offset_y=args.crop_offset_y),
+                                      batch_size=num_images, seed=args.seed + 12345, shuffle_buffer_size=100)
+            fixed["clean"] = to_model_range(next(iter(eval_stream))[0])
+            generator = torch.Generator().manual_seed(args.seed + 1)
+            fixed["noise"] = torch.randn(fixed["clean"].shape, generator=generator)
+            fixed["t"] = torch.randint(0, noise_scheduler.config.num_train_timesteps, (num_images,),
+                                       generator=generator)
+        raw = accelerator.unwrap_model(model, keep_torch_compile=False)
+        forward = raw.__dict__.get("_original_forward", raw.forward)  # the forward before accelerate's autocast
+        raw.eval()
+        with torch.no_grad():
+            noisy = noise_scheduler.add_noise(fixed["clean"], fixed["noise"], fixed["t"])
+            loss = torch.nn.functional.mse_loss(forward(noisy, fixed["t"]).sample.float(), fixed["noise"]).item()
+        raw.train()
+        return loss
+
+    return {"train": train_step, "data": data_batch, "flops": flop_batch, "eval": eval_loss}
+
+
+# -------------------------------------------------------------------------------------------- worker processes
+def ours_args(spec):
+    from train_unet import parse_args
+
+    argv = ["--config", spec["config"], "--train_data_dir", spec["train_data_dir"], "--logger", "none"]
+    argv += shlex.split(spec.get("flags", ""))
+    if spec.get("batch_size"):
+        argv += ["--train_batch_size", str(spec["batch_size"])]
+    return parse_args(argv)
+
+
+def worker(conn, spec):
+    """Build one variant, warm it up, then serve ("train", n) / ("data", n) / ("flops",) / ("eval",) / ("stop",)
+    commands. ``spec["env"]`` is applied before torch is imported (OpenMP reads it once, at start-up)."""
+    os.environ.update(spec.get("env", {}))
+    import torch
+
+    threads, interop = spec.get("threads"), spec.get("interop_threads")
+    if interop:
+        torch.set_num_interop_threads(interop)
+    if threads:
+        torch.set_num_threads(threads)
+    if spec.get("inductor_cache_dir"):
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = spec["inductor_cache_dir"]
+    try:
+        args = ours_args(spec)
+        spec["batch_size"] = args.train_batch_size
+        started = time.perf_counter()
+        build = build_diffusers_recipe if spec["recipe"] == "diffusers" else build_ours_recipe
+        recipe = build(args, spec)
+        train_step = recipe["train"]
+        setup_s = time.perf_counter() - started
+        warmup = []
+        for _ in range(spec.get("warmup", 3)):
+            started = time.perf_counter()
+            train_step()
+            warmup.append(time.perf_counter() - started)
+        precision = "no" if spec["recipe"] == "diffusers" else args.mixed_precision
+        conn.send({"ready": True, "setup_s": setup_s, "warmup_step_s": warmup, "batch_size": args.train_batch_size,
+                   "mixed_precision": precision, "channels_last": spec["recipe"] == "ours" and args.channels_last,
+                   "threads": torch.get_num_threads(), "interop_threads": torch.get_num_interop_threads()})
+        while True:
+            command = conn.recv()
+            if command[0] == "train":
+                cpu, wall = time.process_time(), time.perf_counter()
+                losses = [train_step() for _ in range(command[1])]
+                conn.send({"wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu,
+                           "images": command[1] * args.train_batch_size, "losses": losses})
+            elif command[0] == "data":
+                cpu, wall = time.process_time(), time.perf_counter()
+                for _ in range(command[1]):
+                    recipe["data"]()
+                conn.send({"wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu,
+                           "images": command[1] * args.train_batch_size})
+            elif command[0] == "flops":
+                from torch.utils.flop_counter import FlopCounterMode
+
+                with FlopCounterMode(display=False) as counter:
+                    recipe["flops"]()
+                conn.send({"flops_per_image": counter.get_total_flops() / args.train_batch_size})
+            elif command[0] == "eval":
+                conn.send({"loss": recipe["eval"]()})
+            elif command[0] == "stop":
+                conn.send({"vm_hwm_kib": vm_hwm_kib()})
+                return
+    except Exception as error:  # report, so that the parent can say which variant failed
+        import traceback
+
+        conn.send({"error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()})
+
+
+class Variant:
+    """A worker process running one recipe; ``run`` sends a command and times the machine around it."""
+
+    def __init__(self, name, spec):
+        self.name, self.spec = name, spec
+        context = mp.get_context("spawn")
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=worker, args=(child, spec), daemon=True)
+        self.process.start()
+        self.info = None
+
+    def wait_ready(self):
+        self.info = self.conn.recv()
+        if "error" in self.info:
+            raise RuntimeError(f"variant {self.name} failed: {self.info['error']}\n{self.info['traceback']}")
+        return self.info
+
+    def run(self, *command):
+        busy0, total0 = read_proc_stat()
+        self.conn.send(command)
+        reply = self.conn.recv()
+        if "error" in reply:
+            raise RuntimeError(f"variant {self.name} failed: {reply['error']}\n{reply['traceback']}")
+        busy1, total1 = read_proc_stat()
+        if "wall_s" in reply:
+            ticks = os.sysconf("SC_CLK_TCK")
+            cores = os.cpu_count() or 1
+            others = max(0.0, (busy1 - busy0) / ticks - reply["cpu_s"])
+            reply["others_cpu_share"] = others / (cores * reply["wall_s"])
+            reply["img_per_s"] = reply["images"] / reply["wall_s"]
+        return reply
+
+    def stop(self):
+        try:
+            reply = self.run("stop")
+        finally:
+            self.process.join(timeout=30)
+            if self.process.is_alive():
+                self.process.kill()
+        return reply
+
+
+def start_variants(specs: dict, log=print):
+    """Start and warm up the workers one after another (a warming worker has the CPU to itself)."""
+    variants = {}
+    for name, spec in specs.items():
+        variants[name] = Variant(name, spec)
+        info = variants[name].wait_ready()
+        log(f"  ready {name}: setup {info['setup_s']:.1f} s, warm-up steps "
+            + ", ".join(f"{s:.1f}" for s in info["warmup_step_s"]) + " s")
+    return variants
+
+
+def interleave(variants: dict, command: str, count: int, repeats: int, log=print):
+    """``repeats`` rounds; each round runs ``command`` for ``count`` steps on every variant, in a rotating order."""
+    names = list(variants)
+    runs = {name: [] for name in names}
+    for round_index in range(repeats):
+        order = names[round_index % len(names):] + names[:round_index % len(names)]
+        for name in order:
+            runs[name].append(variants[name].run(command, count))
+        log(f"  round {round_index + 1}/{repeats}: " + ", ".join(
+            f"{n} {runs[n][-1]['img_per_s']:.1f} img/s" for n in names) + f"  load {load_average()}")
+    return runs
+
+
+def describe_runs(runs: list) -> dict:
+    return {"img_per_s": summary(r["img_per_s"] for r in runs),
+            "others_cpu_share": summary(round(r["others_cpu_share"], 3) for r in runs),
+            "per_run_img_per_s": [round(r["img_per_s"], 3) for r in runs],
+            "per_run_others_cpu_share": [round(r["others_cpu_share"], 3) for r in runs]}
+
+
+def paired_ratio(runs_b: list, runs_a: list) -> dict:
+    """Median and range of per-round ratios (round i of B over round i of A)."""
+    return summary(b["img_per_s"] / a["img_per_s"] for a, b in zip(runs_a, runs_b))
+
+
+# ---------------------------------------------------------------------------------------------------- CPU peak
+CLOCK_PROBE = r"""
+#include <stdio.h>
+#include <time.h>
+int main(void) {
+    unsigned long x = 0, n = 1000000UL;  /* 8e6 cycles, ~3 ms: short enough to run unpreempted on a busy machine */
+    double best = 0;
+    for (int trial = 0; trial < 300; trial++) {
+        struct timespec a, b;
+        clock_gettime(CLOCK_MONOTONIC, &a);
+        for (unsigned long i = 0; i < n; i++) {  /* 8 dependent 1-cycle adds per iteration: 8 cycles */
+            __asm__ volatile("add $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\t"
+                             "add $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\tadd $1, %0" : "+r"(x));
+        }
+        clock_gettime(CLOCK_MONOTONIC, &b);
+        double ghz = 8.0 * n / ((b.tv_sec - a.tv_sec) + 1e-9 * (b.tv_nsec - a.tv_nsec)) / 1e9;
+        if (ghz > best) best = ghz;
+    }
+    printf("%.4f\n", best);
+    return x == 0;
+}
+"""
+
+
+def measured_clock_ghz():
+    """Core clock: a chain of dependent integer adds retires one add per cycle (fastest of 300 runs of ~3 ms)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        source, binary = os.path.join(tmp, "clock.c"), os.path.join(tmp, "clock")
+        with open(source, "w") as handle:
+            handle.write(CLOCK_PROBE)
+        try:
+            subprocess.run(["cc", "-O1", "-o", binary, source], check=True, capture_output=True)
+            return float(subprocess.run([binary], check=True, capture_output=True, text=True).stdout)
+        except (OSError, subprocess.CalledProcessError, ValueError):
+            return None
+
+
+def gemm_ceiling(dtype_name: str, size: int = 2048, repeats: int = 5) -> float:
+    """GFLOP/s of a large square matmul (MKL/oneDNN) on all threads: a practical upper bound for this CPU."""
+    import torch
+
+    dtype = getattr(torch, dtype_name)
+    a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
+    torch.mm(a, b)
+    best = math.inf
+    for _ in range(repeats):
+        started = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - started)
+    return 2 * size**3 / best / 1e9
+
+
+def cpu_peak() -> dict:
+    """Nominal FP32 / BF16 peak of this CPU from lscpu, with the derivation.
+
+    FP32 peak = cores x GHz x 2 (an FMA is 2 FLOPs) x 16 (fp32 lanes of a 512-bit vector) x FMA units.
+    AMD family 25 model >= 0x10 is Zen 4: AVX-512 instructions run on two 256-bit FMA pipes, i.e. one 512-bit FMA
+    per cycle (FMA units = 1 in 512-bit terms = 32 FP32 FLOP/cycle/core); Intel server cores with two 512-bit FMA
+    units have 2. BF16 peak via AVX512_BF16 vdpbf16ps = 2x the fp32 FLOPs per instruction (32 bf16 products
+    accumulated into 16 fp32 lanes), at the same throughput, so 2x the FP32 peak.
+    """
+    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    fields = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    cores = os.cpu_count() or 1
+    flags = fields.get("Flags", "").split()
+    max_mhz = fields.get("CPU max MHz")
+    with open("/proc/cpuinfo") as handle:
+        cpuinfo_mhz = float(re.search(r"cpu MHz\s*:\s*([\d.]+)", handle.read()).group(1))
+    vendor, family, model = fields.get("Vendor ID", ""), int(fields.get("CPU family", 0)), int(fields.get("Model", 0))
+    if "avx512f" in flags:
+        lanes = 16
+        zen4 = vendor == "AuthenticAMD" and family == 25 and model >= 0x10
+        fma_units = 1 if zen4 else 2
+    else:
+        lanes, fma_units = 8, 2
+    measured = measured_clock_ghz()
+    nominal_ghz = float(max_mhz) / 1000 if max_mhz else cpuinfo_mhz / 1000
+    result = {"lscpu_model_name": fields.get("Model name"), "vendor": vendor, "family": family, "model": model,
+              "cores": cores, "lscpu_max_mhz": max_mhz, "cpuinfo_mhz": cpuinfo_mhz,
+              "avx512_bf16": "avx512_bf16" in flags, "fp32_lanes": lanes, "fma_units_512bit": fma_units,
+              "measured_clock_ghz": measured, "nominal_ghz": nominal_ghz,
+              "derivation": (f"FP32 peak = {cores} cores x GHz x 2 (FMA) x {lanes} lanes x {fma_units} FMA unit(s); "
+                             "BF16 (vdpbf16ps) = 2 x FP32. Zen 4 (AMD family 25, model >= 0x10) executes 512-bit "
+                             "FMAs on two 256-bit pipes = 1 x 512-bit FMA/cycle. lscpu gives no max MHz in this "
+                             "KVM guest: GHz = the clock measured by a dependent-add chain (1 add/cycle) when "
+                             "available, else cpuinfo MHz.")}
+    ghz = measured or nominal_ghz
+    result["fp32_peak_gflops"] = cores * ghz * 2 * lanes * fma_units
+    result["bf16_peak_gflops"] = 2 * result["fp32_peak_gflops"] if "avx512_bf16" in flags else None
+    result["fp32_peak_gflops_at_cpuinfo_mhz"] = cores * cpuinfo_mhz / 1000 * 2 * lanes * fma_units
+    result["gemm_fp32_gflops"] = gemm_ceiling("float32")
+    result["gemm_bf16_gflops"] = gemm_ceiling("bfloat16")
+    return result
+
+
+# -------------------------------------------------------------------------------------------------------- main
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="configs/celeba64_cpu.yaml")
+    parser.add_argument("--train_data_dir", default="../shared/celeba")
+    parser.add_argument("--ours_flags", default="", help="train_unet.py flags on top of the config for B")
+    parser.add_argument("--also_ours_flags", default=None, help="measure a third variant B_also: config + these")
+    parser.add_argument("--repeats", type=int, default=6)
+    parser.add_argument("--steps", type=int, default=3, help="training steps per variant per round")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--data_batches", type=int, default=10, help="batches per round of the data-only runs")
+    parser.add_argument("--out", default="results/bench/train_throughput.json")
+    cli = parser.parse_args()
+    os.chdir(ROOT)
+    started, load_start = time.time(), load_average()
+    print(f"load average at start {load_start}", flush=True)
+    base = {"config": cli.config, "train_data_dir": cli.train_data_dir, "warmup": cli.warmup}
+    specs = {"A_diffusers_example": {**base, "recipe": "diffusers"},
+             "B_train_unet": {**base, "recipe": "ours", "flags": cli.ours_flags}}
+    if cli.also_ours_flags is not None:
+        specs["B_also"] = {**base, "recipe": "ours", "flags": cli.also_ours_flags}
+    variants = start_variants(specs)
+    try:
+        print("training steps, interleaved:", flush=True)
+        train_runs = interleave(variants, "train", cli.steps, cli.repeats)
+        print("data path alone, interleaved:", flush=True)
+        data_names = {"A_diffusers_example": "A_dataloader_pil_transforms", "B_train_unet": "B_trainstream"}
+        data_runs = interleave({data_names[n]: variants[n] for n in data_names}, "data", cli.data_batches,
+                               cli.repeats)
+        flops = {name: variants[name].run("flops")["flops_per_image"] for name in data_names}
+        stops = {name: variant.stop() for name, variant in variants.items()}
+    finally:
+        for variant in variants.values():
+            if variant.process.is_alive():
+                variant.process.kill()
+    load_end = load_average()
+    peak = cpu_peak()
+    result = {
+        "config": cli.config, "ours_flags": cli.ours_flags, "train_data_dir": cli.train_data_dir,
+        "batch_size": variants["B_train_unet"].info["batch_size"], "repeats": cli.repeats,
+        "steps_per_round": cli.steps, "warmup_steps": cli.warmup, "python": platform.python_version(),
+        "load_average_start": load_start, "load_average_end": load_end,
+        "peak_rss_method": "VmHWM of each variant's own worker process (/proc/self/status), after its last step",
+        "variants": {}, "data_path": {}, "flops": {}, "cpu_peak": peak,
+    }
+    import torch
+
+    result["torch"] = torch.__version__
+    for name, variant in variants.items():
+        result["variants"][name] = {
+            **describe_runs(train_runs[name]), "peak_rss_mib": stops[name]["vm_hwm_kib"] / 1024,
+            "setup_s": variant.info["setup_s"], "warmup_step_s": variant.info["warmup_step_s"],
+            "threads": variant.info["threads"], "mixed_precision": variant.info["mixed_precision"],
+            "channels_last": variant.info["channels_last"], "final_losses": train_runs[name][-1]["losses"],
+        }
+    a_runs = train_runs["A_diffusers_example"]
+    result["ratio_B_over_A"] = {
+        "of_medians": (result["variants"]["B_train_unet"]["img_per_s"]["median"]
+                       / result["variants"]["A_diffusers_example"]["img_per_s"]["median"]),
+        "per_round": paired_ratio(train_runs["B_train_unet"], a_runs)}
+    if cli.also_ours_flags is not None:
+        result["also_ours_flags"] = cli.also_ours_flags
+        result["ratio_B_also_over_A"] = {
+            "of_medians": (result["variants"]["B_also"]["img_per_s"]["median"]
+                           / result["variants"]["A_diffusers_example"]["img_per_s"]["median"]),
+            "per_round": paired_ratio(train_runs["B_also"], a_runs)}
+    for name, runs in data_runs.items():
+        result["data_path"][name] = describe_runs(runs)
+    for name, flop in flops.items():
+        variant = "A_diffusers_example" if name.startswith("A") else "B_train_unet"
+        img_s = result["variants"][variant]["img_per_s"]["median"]
+        achieved = flop * img_s / 1e9
+        bf16 = variants[variant].info["mixed_precision"] == "bf16"
+        peak_key = "bf16_peak_gflops" if bf16 else "fp32_peak_gflops"
+        result["flops"][variant] = {
+            "gflop_per_training_image": flop / 1e9, "achieved_gflops": achieved, "peak_used": peak_key,
+            "fraction_of_peak": achieved / peak[peak_key],
+            "fraction_of_gemm_ceiling": achieved / peak["gemm_bf16_gflops" if "bf16" in peak_key
+                                                         else "gemm_fp32_gflops"]}
+    result["wall_s"] = time.time() - started
+    os.makedirs(os.path.dirname(cli.out), exist_ok=True)
+    with open(cli.out, "w") as handle:
+        json.dump(result, handle, indent=1)
+    print(json.dumps({k: result[k] for k in ("ratio_B_over_A", "flops")}, indent=1))
+    for name, entry in result["variants"].items():
+        s = entry["img_per_s"]
+        print(f"{name:24s} {s['median']:7.2f} img/s (min {s['min']:.2f}, max {s['max']:.2f}), "
+              f"peak RSS {entry['peak_rss_mib']:.0f} MiB, others' CPU share {entry['others_cpu_share']['median']:.2f}")
+    for name, entry in result["data_path"].items():
+        s = entry["img_per_s"]
+        print(f"{name:28s} {s['median']:8.1f} img/s (min {s['min']:.1f}, max {s['max']:.1f})")
+    r = result["ratio_B_over_A"]
+    print(f"B/A = {r['of_medians']:.2f} (per-round median {r['per_round']['median']:.2f}, "
+          f"{r['per_round']['min']:.2f}-{r['per_round']['max']:.2f}); load {load_start} -> {load_end}")
+    print(f"wrote {cli.out}")
+
+
+if __name__ == "__main__":
+    main()
