@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="update the EMA weights with torch._foreach ops (EMAModel(foreach=True))")
     p.add_argument("--mixed_precision", type=str, default="no", choices=["no", "fp16", "bf16"])
     p.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=False,
-                   help="NHWC memory format (faster bf16 convolutions on CPUs with AVX512_BF16)")
+                   help="NHWC memory format (slower for training on our 2-core CPU: results/bench/train_ablation.json)")
     p.add_argument("--seed", type=int, default=0)
     # outputs
     p.add_argument("--output_dir", type=str, default="runs/celeba")

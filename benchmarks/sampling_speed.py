@@ -1,7 +1,7 @@
 """Sampling img/s on this CPU: DDIM-50 and DPM-Solver++(2M)-20 at batch 64, bf16 autocast on/off, NCHW/channels_last.
 
-    python benchmarks/sampling_speed.py --samplers ddim          # ~6 min on 2 quiet cores
-    python benchmarks/sampling_speed.py --samplers dpm++2m
+    python benchmarks/sampling_speed.py --samplers ddim          # ~7 min on 2 quiet cores
+    python benchmarks/sampling_speed.py --samplers dpm++2m       # ~3 min per round (--repeats)
 
 The pipeline is CelebADiffusionPipeline with the UNet of ``--config`` (celeba64_cpu: 6.3M parameters) and RANDOM
 weights (seed 0): speed does not depend on the weights' values. Images are generated with pipeline.generate.generate
