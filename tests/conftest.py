@@ -38,6 +38,15 @@ def train_args(output_dir, *extra) -> list[str]:
             "--output_dir", str(output_dir), *map(str, extra)]
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Many tiny ops (or LAPACK) on a machine shared with other jobs: one thread avoids oversubscription."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def smoke_pipeline_dir(tmp_path_factory) -> Path:
     """A pipeline trained for 8 steps by train_unet.py on the fixture (shared by the pipeline/generation tests)."""

@@ -24,13 +24,7 @@ SHAPE = (3, 4, 4)
 DIM = math.prod(SHAPE)
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """These tests are many tiny ops: one thread avoids oversubscription on a shared machine (restored after)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def gaussian(config):

@@ -23,13 +23,7 @@ from pipeline.preprocess import Preprocessing
 HALF = 12  # images per real set; small, but the images are fixed, so every ordering below is deterministic
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One thread: on a machine shared with other jobs, two OpenMP threads on one free core make LAPACK 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def blur(images: torch.Tensor, radius: float) -> torch.Tensor:

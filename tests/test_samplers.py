@@ -30,13 +30,7 @@ MOMENT_STEPS = {"ddpm": 1000, "ddim": 500, "dpm++2m": 100, "euler": 400, "heun":
                 "pc": 300, "ode-heun": 50, "ode-rk45": 1}
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """These tests are many tiny ops: one thread avoids oversubscription on a shared machine (restored after)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def gaussian(config, dtype=torch.float32, **kwargs) -> GaussianDenoiser:
