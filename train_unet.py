@@ -1,6 +1,7 @@
 """Train a diffusers UNet2DModel on CelebA with DDPM noising, under `accelerate launch` (or torchrun on CPUs).
 
-    accelerate launch train_unet.py --config configs/celeba64_cpu.yaml --train_data_dir ../shared/celeba
+    accelerate launch --num_cpu_threads_per_process 2 train_unet.py --config configs/celeba64_cpu.yaml \
+        --train_data_dir ../shared/celeba
 
 The YAML gives defaults, command-line flags override them. Flag names follow diffusers'
 examples/unconditional_image_generation/train_unconditional.py where the concept is the same.
@@ -264,6 +265,16 @@ def evaluate_fid(accelerator, model, ema, noise_scheduler, args, reference) -> f
     return fid_against_reference(images, reference)
 
 
+def cpu_thread_advice(threads: int, cores: int, local_processes: int) -> str | None:
+    """Why a CPU run is slow when it need not be: `accelerate launch` sets OMP_NUM_THREADS=1 unless told otherwise."""
+    per_process = max(cores // local_processes, 1)
+    if threads >= per_process:
+        return None
+    return (f"PyTorch uses {threads} CPU thread(s) per process but {per_process} core(s) per process are free "
+            f"({cores} cores, {local_processes} local process(es)); `accelerate launch` sets OMP_NUM_THREADS=1 by "
+            f"default: pass `accelerate launch --num_cpu_threads_per_process {per_process}` (or set OMP_NUM_THREADS)")
+
+
 def main(argv=None):
     args = parse_args(argv)
     accelerator = Accelerator(
@@ -277,6 +288,11 @@ def main(argv=None):
     )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     logger.info(accelerator.state, main_process_only=False)
+    if accelerator.device.type == "cpu":
+        advice = cpu_thread_advice(torch.get_num_threads(), len(os.sched_getaffinity(0)),
+                                   int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes)))
+        if advice:
+            logger.warning(advice)
     set_seed(args.seed)  # identical initial weights on every process
 
     model, noise_scheduler = build_model_and_scheduler(args)

@@ -12,7 +12,7 @@ from diffusers import DDPMScheduler, UNet2DModel
 from safetensors.torch import load_file
 
 from conftest import FIXTURE, ROOT, run_command, subprocess_env, train_args
-from train_unet import diffusion_loss, parse_args
+from train_unet import cpu_thread_advice, diffusion_loss, parse_args
 
 RESUME_FLAGS = ["--max_train_steps", 12, "--checkpointing_steps", 4, "--checkpoints_total_limit", 5,
                 "--lr_scheduler", "cosine", "--dropout", 0.1, "--prediction_type", "v_prediction",
@@ -64,6 +64,14 @@ def test_config_and_flags(tmp_path):
     bad.write_text("resolutoin: 32\n")
     result = run_command(train_args(tmp_path / "out", "--config", bad), check=False)
     assert result.returncode == 2 and "unknown keys ['resolutoin']" in result.stderr
+
+
+def test_cpu_thread_advice_names_the_launcher_flag():
+    advice = cpu_thread_advice(threads=1, cores=2, local_processes=1)  # what `accelerate launch` gives by default
+    assert "--num_cpu_threads_per_process 2" in advice
+    assert cpu_thread_advice(threads=2, cores=2, local_processes=1) is None
+    assert cpu_thread_advice(threads=1, cores=2, local_processes=2) is None  # one core each is all there is
+    assert "--num_cpu_threads_per_process 4" in cpu_thread_advice(threads=2, cores=16, local_processes=4)
 
 
 def test_exact_resume_after_sigkill(tmp_path):
