@@ -38,12 +38,19 @@ def configure_sampler(pipe: CelebADiffusionPipeline, name: str) -> str | None:
     return None
 
 
+MIXED_PRECISION = ("no", "bf16")
+
+
 def generate(pipe: CelebADiffusionPipeline, num_images: int, scheduler: str, steps: int, seed: int,
-             batch_size: int = 64, eta: float = 0.0, progress: bool = True) -> tuple[np.ndarray, float]:
+             batch_size: int = 64, eta: float = 0.0, progress: bool = True,
+             mixed_precision: str = "no") -> tuple[np.ndarray, float]:
     """``num_images`` uint8 NHWC images and the measured network evaluations (NFE) per batch.
 
     Batch ``i`` uses seed ``seed + i``, so results do not depend on timing. NFE is counted with a forward hook on the
-    UNet, so it is exact for adaptive solvers too."""
+    UNet, so it is exact for adaptive solvers too. ``mixed_precision="bf16"`` runs the UNet under bf16 autocast
+    (about 2x faster on a CPU with AVX512_BF16, see results/bench/sampling.json); sampler arithmetic stays fp32."""
+    if mixed_precision not in MIXED_PRECISION:
+        raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION}, got {mixed_precision!r}")
     sampler = configure_sampler(pipe, scheduler)
     check_steps(scheduler, steps, pipe.train_scheduler_config.num_train_timesteps)
     pipe.set_progress_bar_config(disable=True)
@@ -54,8 +61,9 @@ def generate(pipe: CelebADiffusionPipeline, num_images: int, scheduler: str, ste
         for index, start in enumerate(tqdm(range(0, num_images, batch_size), desc=f"{scheduler}-{steps}",
                                            unit="batch", disable=not progress)):
             generator = torch.Generator().manual_seed(seed + index)
-            images = pipe(batch_size=min(batch_size, num_images - start), num_inference_steps=steps,
-                          generator=generator, eta=eta, output_type="np", sampler=sampler).images
+            with torch.autocast(pipe.device.type, dtype=torch.bfloat16, enabled=mixed_precision == "bf16"):
+                images = pipe(batch_size=min(batch_size, num_images - start), num_inference_steps=steps,
+                              generator=generator, eta=eta, output_type="np", sampler=sampler).images
             batches.append((images * 255).round().astype(np.uint8))
     finally:
         hook.remove()
@@ -71,6 +79,8 @@ def main(argv=None):
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 = deterministic)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--mixed_precision", default="no", choices=MIXED_PRECISION,
+                        help="bf16: UNet under bf16 autocast, ~2x faster on CPUs with AVX512_BF16")
     parser.add_argument("--out", default="samples")
     parser.add_argument("--upscale", type=int, default=4, help="nearest-neighbour factor of the viewing grid")
     args = parser.parse_args(argv)
@@ -79,7 +89,8 @@ def main(argv=None):
     torch.set_num_threads(os.cpu_count() or 1)
     pipe = load_pipeline(args.model)
     started = time.perf_counter()
-    images, nfe = generate(pipe, args.num_images, args.scheduler, args.steps, args.seed, args.batch_size, args.eta)
+    images, nfe = generate(pipe, args.num_images, args.scheduler, args.steps, args.seed, args.batch_size, args.eta,
+                           mixed_precision=args.mixed_precision)
     seconds = time.perf_counter() - started
     save_pngs(images, args.out)
     grid = images[:64]
@@ -87,7 +98,8 @@ def main(argv=None):
     make_grid(grid, upscale=args.upscale).save(os.path.join(args.out, f"grid_x{args.upscale}.png"))
     with open(os.path.join(args.out, "generation.json"), "w") as handle:
         json.dump({"model": args.model, "scheduler": args.scheduler, "steps": args.steps, "nfe": nfe, "eta": args.eta,
-                   "seed": args.seed, "num_images": args.num_images, "seconds": round(seconds, 2)}, handle, indent=1)
+                   "mixed_precision": args.mixed_precision, "seed": args.seed, "num_images": args.num_images,
+                   "seconds": round(seconds, 2)}, handle, indent=1)
     print(f"wrote {args.num_images} images and grid.png to {args.out} ({seconds:.1f} s)")
     return 0
 

@@ -9,6 +9,7 @@ from diffusers import DDIMScheduler, DDPMScheduler, DiffusionPipeline, UNet2DMod
 
 from conftest import ROOT, run_command
 from pipeline import CelebADiffusionPipeline
+from pipeline.generate import generate
 
 
 def tiny_pipeline(scheduler_class=DDPMScheduler):
@@ -72,6 +73,23 @@ def test_loads_through_diffusers_custom_pipeline(tmp_path):
     kwargs = dict(batch_size=1, num_inference_steps=3, output_type="np")
     np.testing.assert_allclose(pipe(generator=torch.Generator().manual_seed(2), **kwargs).images,
                                loaded(generator=torch.Generator().manual_seed(2), **kwargs).images, atol=1e-5)
+
+
+@pytest.mark.parametrize("scheduler", ["ddim", "dpm++2m", "ode-heun"])
+def test_bf16_generation_runs_the_unet_in_bf16_and_stays_close_to_fp32(scheduler):
+    pipe = tiny_pipeline(DDIMScheduler)
+    outputs, states = [], []
+    hooks = [pipe.unet.conv_out.register_forward_hook(lambda module, inputs, output: outputs.append(output.dtype)),
+             pipe.unet.register_forward_pre_hook(lambda module, inputs: states.append(inputs[0].dtype))]
+    full, _ = generate(pipe, 4, scheduler, 4, seed=0, batch_size=4, progress=False)
+    half, _ = generate(pipe, 4, scheduler, 4, seed=0, batch_size=4, progress=False, mixed_precision="bf16")
+    for hook in hooks:
+        hook.remove()
+    assert set(outputs) == {torch.float32, torch.bfloat16} and set(states) == {torch.float32}
+    difference = np.abs(full.astype(float) - half.astype(float)) / 255
+    assert 0 < difference.mean() < 0.02  # bf16 is used, and the sampler state did not degrade to bf16
+    with pytest.raises(ValueError, match="mixed_precision"):
+        generate(pipe, 1, scheduler, 4, seed=0, mixed_precision="fp16")
 
 
 def test_generate_cli_writes_pngs_and_grids(smoke_pipeline_dir, tmp_path):
