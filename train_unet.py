@@ -32,6 +32,7 @@ from diffusers.training_utils import EMAModel, compute_snr
 from tqdm.auto import tqdm
 
 from pipeline import CelebADiffusionPipeline
+from pipeline.pipeline_celeba import PixelUnshuffleDenoiser
 from pipeline.checkpoints import resolve_checkpoint, save_checkpoint_atomically
 from pipeline.cli import run_cli
 from pipeline.data import TrainStream, load_celeba
@@ -39,6 +40,7 @@ from pipeline.evaluate import fid_against_reference, load_or_compute_reference
 from pipeline.generate import generate
 from pipeline.images import make_grid
 from pipeline.model_card import read_training_log, render_card
+from pipeline.noise_schedules import shifted_cosine_betas
 from pipeline.preprocess import Preprocessing, random_hflip, to_model_range
 from pipeline.publish import publish
 from pipeline.training_log import LossMeter, TrainingClock, append_record
@@ -72,9 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attention_head_dim", type=int, default=None)
     p.add_argument("--norm_num_groups", type=int, default=32)
     p.add_argument("--dropout", type=float, default=0.0)
+    p.add_argument("--pixel_unshuffle", type=int, default=1, help="f > 1: the UNet works on f x f pixel-unshuffled "
+                   "images (resolution/f square, 3 f^2 channels), at the cost of a resolution/f model")
     # diffusion
     p.add_argument("--ddpm_num_steps", type=int, default=1000)
-    p.add_argument("--ddpm_beta_schedule", type=str, default="linear")
+    p.add_argument("--ddpm_beta_schedule", type=str, default="linear", help="a diffusers beta_schedule "
+                   "(linear, squaredcos_cap_v2, ...) or shifted_cosine (pipeline/noise_schedules.py)")
+    p.add_argument("--shifted_cosine_base_resolution", type=int, default=None, help="shifted_cosine: log-SNR "
+                   "shifted by 2 log(base/resolution) (default: the resolution, i.e. no shift)")
     p.add_argument("--prediction_type", type=str, default="epsilon", choices=["epsilon", "v_prediction", "sample"])
     p.add_argument("--snr_gamma", type=float, default=None, help="min-SNR-gamma loss weighting (Hang et al. 2023)")
     # optimisation
@@ -144,21 +151,34 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("give exactly one of --dataset_name and --train_data_dir")
     if args.push_to_hub and not args.hub_model_id:
         parser.error("--push_to_hub needs --hub_model_id")
+    if args.pixel_unshuffle < 1 or args.resolution % args.pixel_unshuffle:
+        parser.error(f"--pixel_unshuffle {args.pixel_unshuffle} must be >= 1 and divide --resolution "
+                     f"{args.resolution}")
+    if args.shifted_cosine_base_resolution is not None and args.ddpm_beta_schedule != "shifted_cosine":
+        parser.error("--shifted_cosine_base_resolution needs --ddpm_beta_schedule shifted_cosine")
     return args
 
 
 def build_model_and_scheduler(args):
     """The UNet2DModel and the DDPM training scheduler described by the flags."""
+    factor = args.pixel_unshuffle
     model = UNet2DModel(
-        sample_size=args.resolution, in_channels=3, out_channels=3, layers_per_block=args.layers_per_block,
+        sample_size=args.resolution // factor, in_channels=3 * factor**2, out_channels=3 * factor**2,
+        layers_per_block=args.layers_per_block,
         block_out_channels=tuple(args.block_out_channels), down_block_types=tuple(args.down_block_types),
         up_block_types=tuple(args.up_block_types), attention_head_dim=args.attention_head_dim,
         norm_num_groups=args.norm_num_groups, dropout=args.dropout,
     )
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    noise_scheduler = DDPMScheduler(num_train_timesteps=args.ddpm_num_steps, beta_schedule=args.ddpm_beta_schedule,
-                                    prediction_type=args.prediction_type)
+    if args.ddpm_beta_schedule == "shifted_cosine":
+        betas = shifted_cosine_betas(args.ddpm_num_steps, args.shifted_cosine_base_resolution or args.resolution,
+                                     args.resolution)
+        noise_scheduler = DDPMScheduler(num_train_timesteps=args.ddpm_num_steps, trained_betas=betas,
+                                        prediction_type=args.prediction_type)
+    else:
+        noise_scheduler = DDPMScheduler(num_train_timesteps=args.ddpm_num_steps,
+                                        beta_schedule=args.ddpm_beta_schedule, prediction_type=args.prediction_type)
     return model, noise_scheduler
 
 
@@ -204,8 +224,9 @@ def training_step(accelerator, model, optimizer, lr_scheduler, noise_scheduler, 
         clean = clean.contiguous(memory_format=torch.channels_last)
     if args.random_flip:
         clean = random_hflip(clean)
+    denoiser = model if args.pixel_unshuffle == 1 else PixelUnshuffleDenoiser(model, args.pixel_unshuffle)
     with accelerator.accumulate(model):
-        loss = diffusion_loss(model, noise_scheduler, clean, args)
+        loss = diffusion_loss(denoiser, noise_scheduler, clean, args)
         if torch.isfinite(loss):  # a non-finite loss is reported by the caller, before any update
             accelerator.backward(loss)
             if accelerator.sync_gradients:
@@ -225,7 +246,7 @@ def state_checksum(model: torch.nn.Module) -> str:
 
 
 @contextlib.contextmanager
-def ema_pipeline(accelerator, model, ema, noise_scheduler):
+def ema_pipeline(accelerator, model, ema, noise_scheduler, pixel_unshuffle: int):
     """The pipeline with the EMA weights swapped in for the duration of the block (training weights restored)."""
     unet = accelerator.unwrap_model(model)
     if ema is not None:
@@ -233,7 +254,7 @@ def ema_pipeline(accelerator, model, ema, noise_scheduler):
         ema.copy_to(unet.parameters())
     unet.eval()
     try:
-        pipe = CelebADiffusionPipeline(unet=unet, scheduler=noise_scheduler)
+        pipe = CelebADiffusionPipeline(unet=unet, scheduler=noise_scheduler, pixel_unshuffle=pixel_unshuffle)
         pipe.set_progress_bar_config(disable=True)
         yield pipe
     finally:
@@ -242,9 +263,16 @@ def ema_pipeline(accelerator, model, ema, noise_scheduler):
         unet.train()
 
 
+def save_ema_pipeline(accelerator, model, ema, noise_scheduler, args, folder) -> None:
+    """The shippable pipeline (EMA weights, training scheduler): at the end of a run and inside every checkpoint,
+    so the latest weights can be published or committed while the run goes on."""
+    with ema_pipeline(accelerator, model, ema, noise_scheduler, args.pixel_unshuffle) as pipe:
+        pipe.save_pretrained(str(folder), safe_serialization=True)
+
+
 def save_sample_grid(accelerator, model, ema, noise_scheduler, args, step):
     """Generate a grid with the EMA weights (DDIM) for TensorBoard and output_dir/samples/."""
-    with ema_pipeline(accelerator, model, ema, noise_scheduler) as pipe:
+    with ema_pipeline(accelerator, model, ema, noise_scheduler, args.pixel_unshuffle) as pipe:
         pipe.scheduler = DDIMScheduler.from_config(noise_scheduler.config)
         generator = torch.Generator().manual_seed(args.seed)
         images = pipe(batch_size=args.num_validation_images, num_inference_steps=args.validation_inference_steps,
@@ -259,7 +287,7 @@ def save_sample_grid(accelerator, model, ema, noise_scheduler, args, step):
 
 def evaluate_fid(accelerator, model, ema, noise_scheduler, args, reference) -> float:
     """FID of EMA samples (fixed seed) against the cached real reference statistics."""
-    with ema_pipeline(accelerator, model, ema, noise_scheduler) as pipe:
+    with ema_pipeline(accelerator, model, ema, noise_scheduler, args.pixel_unshuffle) as pipe:
         images, _ = generate(pipe, args.eval_fid_num_samples, args.eval_fid_scheduler, args.eval_fid_steps,
                              seed=args.seed, progress=False)
     return fid_against_reference(images, reference)
@@ -354,6 +382,8 @@ def main(argv=None):
             accelerator, args.output_dir, global_step, args.checkpoints_total_limit,
             per_process_files={f"stream_rank{rank}.json": json.dumps(stream.state_dict()),
                                f"clock_rank{rank}.json": json.dumps(clock.state_dict())},
+            main_process_writer=lambda folder: save_ema_pipeline(accelerator, model, ema, noise_scheduler, args,
+                                                                 folder / "pipeline"),
         )
         cpu_seconds = torch.tensor([clock.cpu_seconds], dtype=torch.float64)
         if accelerator.num_processes > 1:
@@ -431,10 +461,7 @@ def main(argv=None):
         logger.warning("skipped %d corrupt images: %s", len(stream.skipped_corrupt), stream.skipped_corrupt[:20],
                        main_process_only=False)
     if accelerator.is_main_process:
-        if ema is not None:
-            ema.copy_to(unet.parameters())
-        pipe = CelebADiffusionPipeline(unet=unet, scheduler=noise_scheduler)
-        pipe.save_pretrained(args.output_dir, safe_serialization=True)
+        save_ema_pipeline(accelerator, model, ema, noise_scheduler, args, args.output_dir)
         logger.info("saved the %s pipeline to %s", "EMA" if ema is not None else "final", args.output_dir)
         if args.push_to_hub:
             card = render_card(args.hub_model_id.split("/")[-1], unet.config, noise_scheduler.config, [],

@@ -28,7 +28,9 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train_throughput import ROOT, load_average, start_variants  # noqa: E402
+from train_throughput import ROOT, load_average, start_variants  # noqa: E402  (puts the repo root on sys.path)
+
+from pipeline.plots import draw_panel  # noqa: E402
 
 COLORS = {"fp32": (31, 119, 180), "bf16": (214, 39, 40)}
 
@@ -45,45 +47,6 @@ def relative_difference_percent(losses: dict, alpha: float) -> list:
     """100 x EMA(bf16 - fp32) / EMA(fp32) of the paired per-step training losses."""
     difference = ema_smooth([b - f for f, b in zip(losses["fp32"], losses["bf16"])], alpha)
     return [100 * d / f for d, f in zip(difference, ema_smooth(losses["fp32"], alpha))]
-
-
-def draw_panel(draw, font, box, lines: dict, markers: dict, max_x: int, log_y: bool, y_label: str,
-               zero_line: bool = False):
-    """One plot panel in ``box`` = (left, top, right, bottom): lines {color: (xs, ys, width)}, markers {color: [(x, y)]}."""
-    left, top, right, bottom = box
-    transform = math.log10 if log_y else (lambda v: v)
-    values = [transform(v) for xs, ys, _ in lines.values() for v in ys]
-    values += [transform(v) for points in markers.values() for _, v in points]
-    if zero_line:
-        values.append(0.0)
-    y_lo, y_hi = min(values), max(values)
-    pad = 0.05 * ((y_hi - y_lo) or 1.0)
-    y_lo, y_hi = y_lo - pad, y_hi + pad
-
-    def xy(x, value):
-        return (left + (right - left) * x / max_x,
-                top + (bottom - top) * (1 - (transform(value) - y_lo) / (y_hi - y_lo)))
-
-    draw.rectangle([left, top, right, bottom], outline="black")
-    for i in range(6):
-        level = y_lo + (y_hi - y_lo) * i / 5
-        value = 10**level if log_y else level
-        y = xy(0, value)[1]
-        draw.line([left - 5, y, right, y], fill=(225, 225, 225))
-        draw.text((left - 70, y - 6), f"{value:.3g}", fill="black", font=font)
-    for i in range(6):
-        x = left + (right - left) * i / 5
-        draw.line([x, bottom, x, bottom + 5], fill="black")
-        draw.text((x - 10, bottom + 8), str(round(max_x * i / 5)), fill="black", font=font)
-    draw.text((left, top - 16), y_label, fill="black", font=font)
-    if zero_line:
-        draw.line([xy(0, 0.0), xy(max_x, 0.0)], fill="black")
-    for color, (xs, ys, width) in lines.items():
-        draw.line([xy(x, y) for x, y in zip(xs, ys)], fill=color, width=width)
-    for color, points in markers.items():
-        for x, y in points:
-            cx, cy = xy(x, y)
-            draw.rectangle([cx - 3, cy - 3, cx + 3, cy + 3], outline=color, width=2)
 
 
 def draw_plot(path, smoothed: dict, difference: list, evals: dict, title: str):

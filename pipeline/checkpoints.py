@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 PREFIX = "checkpoint-"
@@ -33,8 +34,10 @@ def resolve_checkpoint(output_dir: str | os.PathLike, value: str) -> Path | None
 
 
 def save_checkpoint_atomically(accelerator, output_dir: str, step: int, total_limit: int | None,
-                               per_process_files: dict[str, str]) -> Path:
-    """accelerate ``save_state`` into ``.checkpoint-<step>.tmp``, add each process's files, rename, prune old ones.
+                               per_process_files: dict[str, str],
+                               main_process_writer: Callable[[Path], None] | None = None) -> Path:
+    """accelerate ``save_state`` into ``.checkpoint-<step>.tmp``, add each process's files (and whatever
+    ``main_process_writer(folder)`` writes on the main process), rename, prune old ones.
 
     A kill at any moment leaves either the previous checkpoints or the new complete one, never a partial folder
     that ``--resume_from_checkpoint latest`` could pick up.
@@ -47,6 +50,8 @@ def save_checkpoint_atomically(accelerator, output_dir: str, step: int, total_li
     accelerator.save_state(str(temporary))
     for name, text in per_process_files.items():
         (temporary / name).write_text(text)
+    if main_process_writer is not None and accelerator.is_main_process:
+        main_process_writer(temporary)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if final.exists():  # a second save at the same step (e.g. on a stop signal): replace it

@@ -154,7 +154,8 @@ def main(argv=None) -> dict:
     from pipeline.data import load_eval_images
 
     pipe = CelebADiffusionPipeline.from_pretrained(args.model)
-    unet = pipe.unet.to(args.device).eval().requires_grad_(False)
+    pipe.unet.to(args.device).eval().requires_grad_(False)
+    unet = pipe.denoiser  # the image-space denoiser (handles pixel-unshuffled UNets)
     size = unet.config.sample_size
     images = load_eval_images(args.train_data_dir, args.split, size if isinstance(size, int) else size[0],
                               args.num_images)

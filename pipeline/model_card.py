@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from .cli import run_cli
+from .training_log import read_records
 
 TAGS = ["unconditional-image-generation", "diffusers", "celeba"]
 
@@ -29,21 +30,19 @@ def read_json(path: str) -> dict:
 
 
 def read_training_log(path: str | None) -> dict | None:
-    """The last record of a training_log.jsonl (cumulative steps, images, CPU-hours), or None."""
+    """The last checkpoint record of a training_log.jsonl (cumulative steps, images, CPU-hours), or None."""
     if not path:
         return None
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"training log not found: {path}")
-    with open(path) as handle:
-        records = [json.loads(line) for line in handle if line.strip()]
-    if not records:
-        raise ValueError(f"training log {path} is empty")
-    return records[-1]
+    checkpoints = [record for record in read_records(path) if "cpu_hours" in record]
+    if not checkpoints:
+        raise ValueError(f"training log {path} has no checkpoint records (step, images_seen, cpu_hours)")
+    return checkpoints[-1]
 
 
 def sampler_label(result: dict) -> str:
-    nfe = result.get("nfe")
-    return f"{result['sampler']}, {result['steps']} steps" + (f", {nfe} NFE" if nfe else "")
+    nfe, bf16 = result.get("nfe"), result.get("mixed_precision") == "bf16"
+    return (f"{result['sampler']}, {result['steps']} steps" + (f", {nfe:g} NFE" if nfe else "")
+            + (", bf16 UNet" if bf16 else ""))
 
 
 def metrics_yaml(evals: list[dict]) -> list[dict]:
@@ -58,7 +57,7 @@ def metrics_yaml(evals: list[dict]) -> list[dict]:
 
 
 def render_card(model_name: str, unet_config: dict, scheduler_config: dict, evals: list[dict],
-                training: dict | None, grid: str | None) -> str:
+                training: dict | None, grid: str | None, in_progress: bool = False) -> str:
     header = {"library_name": "diffusers", "license": "other",
               "license_name": "celeba-dataset-release-agreement", "tags": TAGS, "datasets": ["flwrlabs/celeba"],
               "pipeline_tag": "unconditional-image-generation"}
@@ -75,6 +74,10 @@ def render_card(model_name: str, unet_config: dict, scheduler_config: dict, eval
         lines += ["> **Status: early checkpoint, not the final model.** "
                   + (f"Trained for {training['step']:,} steps ({training['images_seen']:,} images). "
                      if training else "") + "Samples this early are noise-like or blurry; quality has not been measured yet.", ""]
+    elif in_progress:
+        lines += [f"> **Status: intermediate checkpoint of a training run that continues** (step {training['step']:,}, "
+                  f"{training['images_seen']:,} images seen). The numbers below are for these weights; later "
+                  "checkpoints replace them.", ""]
     if grid:
         lines += [f"![samples]({grid})", ""]
     lines += ["## Use", "", "```python", "import torch", "from diffusers import DiffusionPipeline", "",
@@ -136,13 +139,15 @@ def main(argv=None):
     parser.add_argument("--eval", nargs="*", default=[], help="pipeline.evaluate JSON files")
     parser.add_argument("--training_log", default=None, help="training_log.jsonl of the run")
     parser.add_argument("--grid", default=None, help="sample grid picture to show (path or URL)")
+    parser.add_argument("--in_progress", action="store_true",
+                        help="label the weights as an intermediate checkpoint of a run that continues")
     parser.add_argument("--out", default="model_card.md")
     args = parser.parse_args(argv)
     model = Path(args.model)
     unet_config = read_json(str(model / "unet" / "config.json"))
     scheduler_config = read_json(str(model / "scheduler" / "scheduler_config.json"))
     card = render_card(args.name or model.name, unet_config, scheduler_config, [read_json(p) for p in args.eval],
-                       read_training_log(args.training_log), args.grid)
+                       read_training_log(args.training_log), args.grid, args.in_progress)
     Path(args.out).write_text(card)
     (model / "README.md").write_text(card)
     print(f"wrote {args.out} and {model / 'README.md'}")

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import importlib
 import inspect
+from types import SimpleNamespace
 
 import torch
+import torch.nn.functional as F
 from diffusers import DiffusionPipeline, ImagePipelineOutput, SchedulerMixin, UNet2DModel
+from diffusers.models.unets.unet_2d import UNet2DOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 # Score-SDE samplers (predictor-corrector, probability-flow ODE) live in `pipeline.sde`; they are not diffusers
@@ -19,14 +22,59 @@ from diffusers.utils.torch_utils import randn_tensor
 SDE_SAMPLER_MODULE = "pipeline.sde"
 
 
+class PixelUnshuffleDenoiser(torch.nn.Module):
+    """A UNet2DModel that works on 2x2 (or f x f) pixel-unshuffled images, seen from outside as an image denoiser.
+
+    An image of shape (C, f*S, f*S) is rearranged losslessly into (f*f*C, S, S) ("simple diffusion", Hoogeboom et al.
+    2023), denoised by a UNet of sample_size S with f*f*C channels at the cost of an S x S model, and the prediction is
+    rearranged back. The diffusion itself is unchanged: noise and targets live in image space, pixel by pixel.
+    ``config`` describes the image side (sample_size f*S, in_channels C), like a UNet2DModel's.
+    """
+
+    def __init__(self, unet, factor: int):
+        super().__init__()
+        self.unet, self.factor = unet, factor
+
+    @property
+    def config(self) -> SimpleNamespace:
+        channels, size = self.unet.config.in_channels, self.unet.config.sample_size
+        if channels % (self.factor * self.factor):
+            raise ValueError(f"a UNet with {channels} channels cannot take {self.factor}x{self.factor} "
+                             "pixel-unshuffled images")
+        size = self.factor * size if isinstance(size, int) else tuple(self.factor * s for s in size)
+        return SimpleNamespace(sample_size=size, in_channels=channels // (self.factor * self.factor))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unet.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    def forward(self, sample, timestep, return_dict: bool = True):
+        out = self.unet(F.pixel_unshuffle(sample, self.factor), timestep).sample
+        out = F.pixel_shuffle(out, self.factor)
+        return UNet2DOutput(sample=out) if return_dict else (out,)
+
+
 class CelebADiffusionPipeline(DiffusionPipeline):
-    """Unconditional face generation: start from N(0, I) and let the scheduler walk it back to an image."""
+    """Unconditional face generation: start from N(0, I) and let the scheduler walk it back to an image.
+
+    ``pixel_unshuffle=f`` (saved in model_index.json) marks a UNet trained on f x f pixel-unshuffled images."""
 
     model_cpu_offload_seq = "unet"
 
-    def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin):
+    def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin, pixel_unshuffle: int = 1):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
+        self.register_to_config(pixel_unshuffle=pixel_unshuffle)
+
+    @property
+    def denoiser(self):
+        """The image-space denoiser: the UNet itself, or the UNet behind the pixel-unshuffle transform."""
+        factor = self.config.pixel_unshuffle
+        return self.unet if factor == 1 else PixelUnshuffleDenoiser(self.unet, factor)
 
     @torch.inference_mode()
     def __call__(
@@ -38,6 +86,7 @@ class CelebADiffusionPipeline(DiffusionPipeline):
         output_type: str = "pil",
         return_dict: bool = True,
         sampler: str | None = None,
+        callback_on_step_end=None,
         **sampler_kwargs,
     ):
         """Generate ``batch_size`` images.
@@ -45,18 +94,25 @@ class CelebADiffusionPipeline(DiffusionPipeline):
         ``eta`` is passed to schedulers whose ``step`` accepts it (DDIM: 0 = deterministic ODE, 1 = DDPM-like).
         ``sampler`` names a score-SDE sampler of ``pipeline.sde`` (e.g. ``"pc"``, ``"ode-heun"``) instead of the
         attached scheduler. ``output_type`` is ``"pil"``, ``"np"`` (float in [0, 1], NHWC) or ``"pt"`` ([-1, 1], NCHW).
+        ``callback_on_step_end(pipe, step_index, timestep, tensors)`` is called after every scheduler step with
+        ``tensors`` = {"sample": x_t, "prev_sample": the next x, "pred_original_sample": the scheduler's x0 estimate
+        or None}, e.g. to record a denoising trajectory; its return value is ignored.
         """
         if output_type not in ("pil", "np", "pt"):
             raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
-        size = self.unet.config.sample_size
+        denoiser = self.denoiser
+        size = denoiser.config.sample_size
         size = (size, size) if isinstance(size, int) else tuple(size)
-        shape = (batch_size, self.unet.config.in_channels, *size)
+        shape = (batch_size, denoiser.config.in_channels, *size)
         if sampler is not None:
+            if callback_on_step_end is not None:
+                raise ValueError("callback_on_step_end works with diffusers schedulers, not with sampler=")
             sde = importlib.import_module(SDE_SAMPLER_MODULE)
-            image = sde.sample(self.unet, self.scheduler.config, sampler, num_inference_steps, shape, generator,
+            image = sde.sample(denoiser, self.scheduler.config, sampler, num_inference_steps, shape, generator,
                                progress_bar=self.progress_bar, **sampler_kwargs)
         else:
-            image = self._sample_with_scheduler(shape, num_inference_steps, generator, eta)
+            image = self._sample_with_scheduler(denoiser, shape, num_inference_steps, generator, eta,
+                                                callback_on_step_end)
         image = image.clamp(-1, 1)
         if output_type == "pt":
             return ImagePipelineOutput(images=image) if return_dict else (image,)
@@ -65,15 +121,20 @@ class CelebADiffusionPipeline(DiffusionPipeline):
             image = self.numpy_to_pil(image)
         return ImagePipelineOutput(images=image) if return_dict else (image,)
 
-    def _sample_with_scheduler(self, shape, num_inference_steps, generator, eta):
+    def _sample_with_scheduler(self, denoiser, shape, num_inference_steps, generator, eta, callback_on_step_end):
         dtype = self.unet.dtype
         image = randn_tensor(shape, generator=generator, device=self._execution_device, dtype=dtype)
         self.scheduler.set_timesteps(num_inference_steps, device=self._execution_device)
         image = image * self.scheduler.init_noise_sigma
         accepted = inspect.signature(self.scheduler.step).parameters  # Heun/UniPC take neither eta nor generator
         step_kwargs = {k: v for k, v in {"generator": generator, "eta": eta}.items() if k in accepted}
-        for t in self.progress_bar(self.scheduler.timesteps):
+        for index, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
             model_input = self.scheduler.scale_model_input(image, t)
-            model_output = self.unet(model_input, t).sample
-            image = self.scheduler.step(model_output, t, image, **step_kwargs).prev_sample
+            model_output = denoiser(model_input, t).sample
+            output = self.scheduler.step(model_output, t, image, **step_kwargs)
+            if callback_on_step_end is not None:
+                callback_on_step_end(self, index, t, {"sample": image, "prev_sample": output.prev_sample,
+                                                      "pred_original_sample": getattr(output, "pred_original_sample",
+                                                                                      None)})
+            image = output.prev_sample
         return image

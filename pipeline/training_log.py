@@ -1,10 +1,17 @@
-"""The run's bookkeeping that must survive resumes: cumulative CPU time, and a JSONL log of the training curve."""
+"""The run's bookkeeping that must survive resumes: cumulative CPU time, and a JSONL log of the training curve.
+
+    python -m pipeline.training_log --log results/training_log.jsonl --plot results/training_curve.png
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import sys
 import time
+
+from .cli import run_cli
 
 
 class TrainingClock:
@@ -53,3 +60,53 @@ def append_record(path: str, record: dict) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "a") as handle:
         handle.write(json.dumps(record) + "\n")
+
+
+def read_records(path: str) -> list[dict]:
+    """Every record of a training_log.jsonl, in order; a clear error for a missing or empty file."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"training log not found: {path}")
+    with open(path) as handle:
+        records = [json.loads(line) for line in handle if line.strip()]
+    if not records:
+        raise ValueError(f"training log {path} is empty")
+    return records
+
+
+def plot_training_log(records: list[dict], path: str) -> None:
+    """Loss (mean over each logging interval, log scale) and any FID records against the optimisation step."""
+    from .plots import PALETTE, line_chart
+
+    losses = [(r["step"], r["loss"]) for r in records if r.get("loss") is not None]
+    fid_keys = sorted({key for r in records for key in r if key.startswith("fid_")})
+    panels = [{"lines": {PALETTE[0]: ([s for s, _ in losses], [v for _, v in losses], 2)},
+               "markers": {PALETTE[0]: losses}, "log_y": True,
+               "y_label": "training loss (mean since the previous record), log scale"}]
+    legend = {"loss": PALETTE[0]}
+    if fid_keys:
+        fid_lines = {}
+        for index, key in enumerate(fid_keys, start=1):
+            points = [(r["step"], r[key]) for r in records if key in r]
+            fid_lines[PALETTE[index]] = ([s for s, _ in points], [v for _, v in points], 2)
+            legend[key.replace("fid_", "FID-")] = PALETTE[index]
+        panels.append({"lines": fid_lines, "markers": {c: list(zip(xs, ys)) for c, (xs, ys, _) in fid_lines.items()},
+                       "y_label": "FID (EMA weights) against the training-split reference"})
+    last = [r for r in records if "cpu_hours" in r][-1]
+    title = (f"training curve: {last['step']:,} steps, {last['images_seen']:,} images, "
+             f"{last['cpu_hours']:.2f} CPU-hours at the last record")
+    line_chart(path, title, "optimisation step", panels, legend, min_x=0, max_x=max(r["step"] for r in records))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--log", required=True, help="training_log.jsonl written by train_unet.py")
+    parser.add_argument("--plot", required=True, help="PNG to write")
+    args = parser.parse_args(argv)
+    records = read_records(args.log)
+    plot_training_log(records, args.plot)
+    print(f"wrote {args.plot} ({len(records)} records)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -22,7 +22,8 @@ def test_card_numbers_come_from_the_results(smoke_pipeline_dir, tmp_path):
     (tmp_path / "eval.json").write_text(json.dumps(evaluation))
     log = [{"step": 1000, "images_seen": 32000, "cpu_hours": 1.0},
            {"step": 2000, "images_seen": 64000, "cpu_hours": 2.5, "hardware": "2 CPU cores",
-            "clock_counted_from_step": 0}]
+            "clock_counted_from_step": 0},
+           {"step": 2000, "images_seen": 64000, "fid_1000": 80.0}]  # FID records carry no clock
     (tmp_path / "log.jsonl").write_text("\n".join(json.dumps(r) for r in log) + "\n")
     out = tmp_path / "model_card.md"
     run_command(["-m", "pipeline.model_card", "--model", str(model), "--name", "celeba-32-test", "--eval",
@@ -37,7 +38,10 @@ def test_card_numbers_come_from_the_results(smoke_pipeline_dir, tmp_path):
     assert metrics["precision"]["value"] == 0.612
     assert "| 23.46 | 12.34 ± 1.10 | 0.612 | 0.432 |" in card
     assert "2,000 optimisation steps, 64,000 training images seen. 2.5 CPU-hours (2 CPU cores)" in card
-    assert "early checkpoint" not in card
+    assert "early checkpoint" not in card and "intermediate checkpoint" not in card
+    run_command(["-m", "pipeline.model_card", "--model", str(model), "--eval", str(tmp_path / "eval.json"),
+                 "--training_log", str(tmp_path / "log.jsonl"), "--in_progress", "--out", str(out)])
+    assert "intermediate checkpoint of a training run that continues** (step 2,000" in out.read_text()
 
 
 def test_card_without_evaluation_is_labelled_early(smoke_pipeline_dir, tmp_path):

@@ -93,6 +93,7 @@ def test_exact_resume_after_sigkill(tmp_path):
     assert tensors_equal(straight / "checkpoint-12" / "model.safetensors", resumed / "checkpoint-12" / "model.safetensors")
     weights = "unet/diffusion_pytorch_model.safetensors"  # the EMA weights of the final pipeline
     assert tensors_equal(straight / weights, resumed / weights)
+    assert tensors_equal(straight / weights, resumed / "checkpoint-12" / "pipeline" / weights)  # shippable mid-run
     summary = json.loads((straight / "run_summary_rank0.json").read_text())
     assert summary == {**json.loads((resumed / "run_summary_rank0.json").read_text()),
                        "first_keys": summary["first_keys"]}
@@ -113,6 +114,7 @@ def test_sigterm_writes_a_checkpoint_and_exits_zero(tmp_path):
     checkpoints = sorted(p.name for p in out.iterdir() if p.name.startswith("checkpoint-"))
     assert checkpoints and not list(out.glob(".checkpoint-*.tmp"))
     assert "stopped by signal" in stderr
+    assert (out / checkpoints[-1] / "pipeline" / "model_index.json").is_file()  # the EMA pipeline, ready to ship
     run_command(train_args(out, "--max_train_steps", int(checkpoints[-1].split("-")[1]) + 2,
                            "--resume_from_checkpoint", "latest"))
     assert (out / "model_index.json").is_file()

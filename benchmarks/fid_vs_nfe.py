@@ -1,0 +1,120 @@
+"""FID against the number of network evaluations (NFE) for every sampler, on one trained pipeline.
+
+    python benchmarks/fid_vs_nfe.py --model pretrained/celeba-64 --train_data_dir ../shared/celeba --num_samples 2000
+
+Each (sampler, steps) point is one ``pipeline.evaluate`` run, written to ``results/nfe/<sampler>-<steps>.json``. A
+point whose JSON already exists for the same weights (SHA-256 of the UNet file), sample count, seed and precision is
+reused, so the sweep can be spread over several working sessions: the full grid costs many CPU-hours on 2 cores
+(DDPM-1000 alone generates ~0.05 img/s), cheapest points first. ``--points ddim:10,20 dpm++2m:20`` restricts it.
+Then ``results/nfe/summary.json`` (the table, with the protocol) and ``results/nfe/fid_vs_nfe.png`` (FID vs NFE, log x).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from pipeline import evaluate  # noqa: E402
+from pipeline.cli import run_cli  # noqa: E402
+from pipeline.plots import PALETTE, line_chart  # noqa: E402
+from pipeline.schedulers import ALL_SAMPLERS  # noqa: E402
+
+# The grid of the samplers issue: DDPM 1000; DDIM 10/20/50/100; DPM-Solver++ 10/15/20/25; Heun with 18 steps
+# (2 x 18 - 1 = 35 NFE); predictor-corrector (2 NFE per step); adaptive RK45 (steps unused: NFE is measured).
+GRID = {"ddim": [10, 20, 50, 100], "dpm++2m": [10, 15, 20, 25], "heun": [18], "ode-rk45": [1], "pc": [500],
+        "ddpm": [1000]}
+APPROXIMATE_NFE = {"heun": lambda steps: 2 * steps - 1, "pc": lambda steps: 2 * steps, "ode-rk45": lambda _: 150}
+
+
+def parse_points(values: list[str] | None) -> list[tuple[str, int]]:
+    """``["ddim:10,20", "pc:500"]`` -> [("ddim", 10), ("ddim", 20), ("pc", 500)]; None -> the whole GRID."""
+    grid = GRID if not values else {}
+    for value in values or []:
+        name, _, steps = value.partition(":")
+        if name not in ALL_SAMPLERS or not steps:
+            raise ValueError(f"--points entries look like ddim:10,20 with a sampler of {list(ALL_SAMPLERS)}; "
+                             f"got {value!r}")
+        grid[name] = [int(s) for s in steps.split(",")]
+    points = [(name, steps) for name, all_steps in grid.items() for steps in all_steps]
+    return sorted(points, key=lambda p: APPROXIMATE_NFE.get(p[0], lambda s: s)(p[1]))
+
+
+def weights_sha256(model: str) -> str:
+    path = Path(model) / "unet" / "diffusion_pytorch_model.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"no UNet weights at {path}")
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def reusable(path: Path, protocol: dict) -> bool:
+    if not path.is_file():
+        return False
+    result = json.loads(path.read_text())
+    return all(result.get(key) == value for key, value in protocol.items())
+
+
+def plot(summary: list[dict], path: Path, title: str) -> None:
+    by_sampler: dict[str, list[tuple[float, float]]] = {}
+    for row in summary:
+        by_sampler.setdefault(row["sampler"], []).append((row["nfe"], row["fid"]))
+    colors = {name: PALETTE[index % len(PALETTE)] for index, name in enumerate(by_sampler)}
+    lines = {colors[name]: ([n for n, _ in sorted(points)], [f for _, f in sorted(points)], 2)
+             for name, points in by_sampler.items()}
+    markers = {colors[name]: points for name, points in by_sampler.items()}
+    nfes = [row["nfe"] for row in summary]
+    line_chart(str(path), title, "network evaluations per sample (NFE, log scale)",
+               [{"lines": lines, "markers": markers, "y_label": "FID (lower is better)"}], colors,
+               min_x=min(nfes) / 1.2, max_x=max(nfes) * 1.2, log_x=True)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="pretrained/celeba-64")
+    parser.add_argument("--train_data_dir", required=True, help="CelebA in the official layout (the reference)")
+    parser.add_argument("--num_samples", type=int, default=2000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--mixed_precision", default="bf16", choices=["no", "bf16"])
+    parser.add_argument("--points", nargs="*", default=None, help="e.g. ddim:10,20 dpm++2m:20 (default: full grid)")
+    parser.add_argument("--out_dir", default="results/nfe")
+    args = parser.parse_args(argv)
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    protocol = {"num_samples": args.num_samples, "seed": args.seed, "mixed_precision": args.mixed_precision,
+                "unet_sha256": weights_sha256(args.model)}
+    for sampler, steps in parse_points(args.points):
+        path = out_dir / f"{sampler}-{steps}.json"
+        if reusable(path, protocol):
+            print(f"{path}: reused")
+            continue
+        evaluate.main(["--model", args.model, "--train_data_dir", args.train_data_dir, "--num_samples",
+                       str(args.num_samples), "--scheduler", sampler, "--steps", str(steps), "--seed", str(args.seed),
+                       "--mixed_precision", args.mixed_precision, "--out", str(path)])
+        result = json.loads(path.read_text())
+        path.write_text(json.dumps({**result, "unet_sha256": protocol["unet_sha256"]}, indent=1))
+    rows = []
+    for path in sorted(out_dir.glob("*.json")):
+        result = json.loads(path.read_text())
+        if path.name == "summary.json" or not all(result.get(k) == v for k, v in protocol.items()):
+            continue
+        rows.append({key: result[key] for key in ("sampler", "steps", "nfe", "fid", "kid_mean", "kid_std",
+                                                  "precision", "recall", "generation_seconds")} | {"file": str(path)})
+    rows.sort(key=lambda row: (row["sampler"], row["nfe"]))
+    first = json.loads(Path(rows[0]["file"]).read_text())
+    summary = {"protocol": {**protocol, "model": args.model, "label": first["label"],
+                            "reference": first["reference"], "resolution": first["resolution"]}, "points": rows}
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    plot(rows, out_dir / "fid_vs_nfe.png", f"{first['label']} vs NFE ({args.model}, {args.mixed_precision} UNet, "
+                                           f"reference {first['reference']['num_images']} train images)")
+    for row in rows:
+        print(f"{row['sampler']:>9} {row['steps']:>5} steps {row['nfe']:>7.1f} NFE  FID {row['fid']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

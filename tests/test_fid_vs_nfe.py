@@ -1,0 +1,21 @@
+"""benchmarks/fid_vs_nfe.py: one pipeline.evaluate run per (sampler, steps), reused when the protocol matches."""
+
+import json
+
+from conftest import FIXTURE, run_command
+
+
+def test_sweep_writes_points_summary_and_plot_then_reuses_them(smoke_pipeline_dir, tmp_path):
+    out = tmp_path / "nfe"
+    argv = ["benchmarks/fid_vs_nfe.py", "--model", str(smoke_pipeline_dir), "--train_data_dir", str(FIXTURE),
+            "--num_samples", "8", "--points", "ddim:2", "dpm++2m:3", "--mixed_precision", "no", "--out_dir", str(out)]
+    env = {"CELEBA_DIFFUSION_CACHE": str(tmp_path / "cache")}
+    run_command(argv, env=env)
+    summary = json.loads((out / "summary.json").read_text())
+    assert [(p["sampler"], p["steps"], p["nfe"]) for p in summary["points"]] == [("ddim", 2, 2), ("dpm++2m", 3, 3)]
+    assert summary["protocol"]["num_samples"] == 8 and summary["protocol"]["label"] == "FID-8"
+    assert all(p["fid"] > 0 for p in summary["points"]) and (out / "fid_vs_nfe.png").is_file()
+    again = run_command(argv, env=env)
+    assert again.stdout.count("reused") == 2 and json.loads((out / "summary.json").read_text()) == summary
+    bad = run_command([*argv[:-4], "--points", "ddim10"], env=env, check=False)
+    assert bad.returncode == 2 and "--points entries look like ddim:10,20" in bad.stderr
