@@ -465,7 +465,8 @@ def main(argv=None):
         logger.info("saved the %s pipeline to %s", "EMA" if ema is not None else "final", args.output_dir)
         if args.push_to_hub:
             card = render_card(args.hub_model_id.split("/")[-1], unet.config, noise_scheduler.config, [],
-                               read_training_log(training_log) if os.path.isfile(training_log) else None, None)
+                               read_training_log(training_log) if os.path.isfile(training_log) else None, None,
+                               pixel_unshuffle=args.pixel_unshuffle)
             Path(args.output_dir, "README.md").write_text(card)
             url = publish(args.output_dir, args.hub_model_id, args.hub_private_repo, args.hub_token)
             logger.info("published to %s", url)

@@ -57,17 +57,22 @@ def metrics_yaml(evals: list[dict]) -> list[dict]:
 
 
 def render_card(model_name: str, unet_config: dict, scheduler_config: dict, evals: list[dict],
-                training: dict | None, grid: str | None, in_progress: bool = False) -> str:
+                training: dict | None, grid: str | None, in_progress: bool = False, pixel_unshuffle: int = 1) -> str:
+    size = unet_config["sample_size"] * pixel_unshuffle  # image side
     header = {"library_name": "diffusers", "license": "other",
               "license_name": "celeba-dataset-release-agreement", "tags": TAGS, "datasets": ["flwrlabs/celeba"],
               "pipeline_tag": "unconditional-image-generation"}
     if evals:
         header["model-index"] = [{"name": model_name, "results": [{
             "task": {"type": "unconditional-image-generation", "name": "Unconditional image generation"},
-            "dataset": {"type": "flwrlabs/celeba", "name": f"CelebA {unet_config['sample_size']}x"
-                        f"{unet_config['sample_size']}", "config": "img_align+identity+attr", "split": "train"},
+            "dataset": {"type": "flwrlabs/celeba", "name": f"CelebA {size}x{size}",
+                        "config": "img_align+identity+attr", "split": "train"},
             "metrics": metrics_yaml(evals)}]}]
-    size = unet_config["sample_size"]
+    schedule = ("custom (`trained_betas`)" if scheduler_config.get("trained_betas")
+                else scheduler_config["beta_schedule"])
+    unshuffled = (f" working on {pixel_unshuffle}x{pixel_unshuffle} pixel-unshuffled input (a "
+                  f"{unet_config['sample_size']}x{unet_config['sample_size']} UNet with {unet_config['in_channels']} "
+                  "channels)" if pixel_unshuffle > 1 else "")
     lines = ["---", yaml.safe_dump(header, sort_keys=False).rstrip(), "---", "",
              f"# {model_name}: unconditional {size}x{size} CelebA faces (DDPM, diffusers UNet2DModel)", ""]
     if training is None or not evals:
@@ -89,9 +94,9 @@ def render_card(model_name: str, unet_config: dict, scheduler_config: dict, eval
               "model is the training `DDPMScheduler`: swap in any diffusers scheduler with "
               "`pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)`.", "",
               "## Model", "",
-              f"- `UNet2DModel`: {size}x{size}, block_out_channels {list(unet_config['block_out_channels'])}, "
+              f"- `UNet2DModel`: {size}x{size}{unshuffled}, block_out_channels {list(unet_config['block_out_channels'])}, "
               f"{unet_config['layers_per_block']} ResNet layers per block, blocks {list(unet_config['down_block_types'])}.",
-              f"- Diffusion: T = {scheduler_config['num_train_timesteps']}, {scheduler_config['beta_schedule']} beta "
+              f"- Diffusion: T = {scheduler_config['num_train_timesteps']}, {schedule} beta "
               f"schedule, prediction type `{scheduler_config['prediction_type']}`; weights are the EMA weights.", "",
               "## Training data and preprocessing", "",
               "CelebA aligned-and-cropped faces (official train split; Liu et al., ICCV 2015), streamed with `datasets`. "
@@ -147,7 +152,8 @@ def main(argv=None):
     unet_config = read_json(str(model / "unet" / "config.json"))
     scheduler_config = read_json(str(model / "scheduler" / "scheduler_config.json"))
     card = render_card(args.name or model.name, unet_config, scheduler_config, [read_json(p) for p in args.eval],
-                       read_training_log(args.training_log), args.grid, args.in_progress)
+                       read_training_log(args.training_log), args.grid, args.in_progress,
+                       read_json(str(model / "model_index.json")).get("pixel_unshuffle", 1))
     Path(args.out).write_text(card)
     (model / "README.md").write_text(card)
     print(f"wrote {args.out} and {model / 'README.md'}")

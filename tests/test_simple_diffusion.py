@@ -97,3 +97,7 @@ def test_training_saves_a_pixel_unshuffle_pipeline_that_generates_full_size_imag
                                alphas_cumprod(shifted_cosine_betas(T, 16, 32)), rtol=1e-5, atol=1e-7)
     images, nfe = generate(pipe, 2, "ddim", 4, seed=0, progress=False)
     assert images.shape == (2, 32, 32, 3) and nfe == 4
+    run_command(["-m", "pipeline.model_card", "--model", str(out), "--out", str(tmp_path / "card.md")])
+    card = (tmp_path / "card.md").read_text()
+    assert "unconditional 32x32 CelebA faces" in card and "custom (`trained_betas`) beta schedule" in card
+    assert "32x32 working on 2x2 pixel-unshuffled input (a 16x16 UNet with 12 channels)" in card
