@@ -88,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train_batch_size", type=int, default=32, help="per process")
     p.add_argument("--gradient_accumulation_steps", type=int, default=1)
     p.add_argument("--max_train_steps", type=int, default=1000)
+    p.add_argument("--max_train_minutes", type=float, default=None, help="also stop (checkpoint, save the pipeline) "
+                   "once the run's wall-clock time, summed over resumes, reaches this budget")
     p.add_argument("--learning_rate", type=float, default=2e-4)
     p.add_argument("--lr_scheduler", type=str, default="cosine")
     p.add_argument("--lr_warmup_steps", type=int, default=500)
@@ -427,7 +429,9 @@ def main(argv=None):
         # Every process must agree on checkpoint/stop decisions, or collective saves would deadlock.
         due = (args.checkpointing_steps and global_step % args.checkpointing_steps == 0) or (
             args.checkpointing_minutes and time.monotonic() - last_checkpoint_time > 60 * args.checkpointing_minutes)
-        flags = torch.tensor([float(bool(due)), float(stop["requested"])], device=accelerator.device)
+        out_of_time = args.max_train_minutes is not None and clock.wall_seconds >= 60 * args.max_train_minutes
+        flags = torch.tensor([float(bool(due)), float(stop["requested"]), float(out_of_time)],
+                             device=accelerator.device)
         if accelerator.num_processes > 1:
             flags = accelerator.reduce(flags, reduction="sum")
         fid_due = args.eval_fid_every and global_step % args.eval_fid_every == 0
@@ -438,13 +442,16 @@ def main(argv=None):
                                          f"fid_{args.eval_fid_num_samples}": fid,
                                          "fid_protocol": f"{args.eval_fid_scheduler}-{args.eval_fid_steps}, seed "
                                                          f"{args.seed}, reference {reference['num']} train images"})
-        if flags[0] > 0 or flags[1] > 0:
+        if flags.any():
             checkpoint_now()
             last_checkpoint_time = time.monotonic()
         if flags[1] > 0:
             logger.info("stopped by signal at step %d; resume with --resume_from_checkpoint latest", global_step)
             accelerator.end_training()
             return 0
+        if flags[2] > 0:
+            logger.info("time budget of %s minutes reached at step %d", args.max_train_minutes, global_step)
+            break
         if args.save_images_steps and global_step % args.save_images_steps == 0 and accelerator.is_main_process:
             save_sample_grid(accelerator, model, ema, noise_scheduler, args, global_step)
     progress.close()

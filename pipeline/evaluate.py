@@ -217,7 +217,7 @@ def evaluate_model(args) -> dict:
     if args.num_samples < 2 or args.steps <= 0:
         raise ValueError("--num_samples must be at least 2 and --steps positive")
     pipe = load_pipeline(args.model)
-    args.resolution = args.resolution or int(pipe.unet.config.sample_size)
+    args.resolution = args.resolution or int(pipe.denoiser.config.sample_size)  # image side, also when unshuffled
     reference = load_or_compute_reference(args.train_data_dir, args.dataset_name, args.dataset_config_name,
                                           args.split, reference_prep(args), args.num_reference, args.cache_dir,
                                           args.inception_batch_size)

@@ -120,6 +120,14 @@ def test_sigterm_writes_a_checkpoint_and_exits_zero(tmp_path):
     assert (out / "model_index.json").is_file()
 
 
+def test_time_budget_ends_the_run_with_a_checkpoint_and_the_pipeline(tmp_path):
+    out = tmp_path / "run"
+    result = run_command(train_args(out, "--max_train_steps", 100000, "--max_train_minutes", 0.001))
+    assert "time budget of 0.001 minutes reached at step 1" in result.stderr
+    assert (out / "checkpoint-1" / "pipeline" / "model_index.json").is_file() and (out / "model_index.json").is_file()
+    assert json.loads((out / "run_summary_rank0.json").read_text())["global_step"] == 1
+
+
 def test_two_process_cpu_run(tmp_path):
     """torchrun with 2 CPU processes (gloo): identical weights on both ranks, disjoint images within an epoch."""
     out = tmp_path / "ddp"

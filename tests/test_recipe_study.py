@@ -1,0 +1,22 @@
+"""benchmarks/recipe_study.py: equal-time training per recipe, then FID; done recipes are skipped."""
+
+import json
+
+from conftest import FIXTURE, run_command
+
+
+def test_two_recipes_train_for_the_budget_are_scored_and_then_skipped(tmp_path):
+    argv = ["benchmarks/recipe_study.py", "--train_data_dir", str(FIXTURE), "--base_config", "configs/smoke.yaml",
+            "--minutes", "0.001", "--recipes", "eps-linear", "unshuffle2-shifted-cosine", "--num_samples", "4",
+            "--threads", "1", "--runs_dir", str(tmp_path / "runs"), "--out_dir", str(tmp_path / "recipes")]
+    env = {"CELEBA_DIFFUSION_CACHE": str(tmp_path / "cache")}
+    run_command(argv, env=env, timeout=600)
+    summary = json.loads((tmp_path / "recipes" / "summary.json").read_text())
+    assert [row["recipe"] for row in summary["recipes"]] == ["eps-linear", "unshuffle2-shifted-cosine"]
+    assert all(row["steps"] == 1 and row["fid"] > 0 and row["label"] == "FID-4" for row in summary["recipes"])
+    unshuffled = json.loads((tmp_path / "runs" / "unshuffle2-shifted-cosine" / "model_index.json").read_text())
+    assert unshuffled["pixel_unshuffle"] == 2
+    again = run_command(argv, env=env)
+    assert again.stdout.count("done before") == 2
+    bad = run_command([*argv[:-2], "--recipes", "nope"], env=env, check=False)
+    assert bad.returncode == 2 and "unknown recipes ['nope']" in bad.stderr
