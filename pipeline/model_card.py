@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import yaml
 from .cli import run_cli
 from .training_log import read_records
 
+GRID_NAME = "samples.png"
 TAGS = ["unconditional-image-generation", "diffusers", "celeba"]
 
 
@@ -143,7 +145,8 @@ def main(argv=None):
     parser.add_argument("--name", default=None, help="model name (default: the folder name)")
     parser.add_argument("--eval", nargs="*", default=[], help="pipeline.evaluate JSON files")
     parser.add_argument("--training_log", default=None, help="training_log.jsonl of the run")
-    parser.add_argument("--grid", default=None, help="sample grid picture to show (path or URL)")
+    parser.add_argument("--grid", default=None, help="sample grid picture: copied into the model folder as "
+                        f"{GRID_NAME} (so the published repo shows it) and linked from both cards")
     parser.add_argument("--in_progress", action="store_true",
                         help="label the weights as an intermediate checkpoint of a run that continues")
     parser.add_argument("--out", default="model_card.md")
@@ -151,11 +154,17 @@ def main(argv=None):
     model = Path(args.model)
     unet_config = read_json(str(model / "unet" / "config.json"))
     scheduler_config = read_json(str(model / "scheduler" / "scheduler_config.json"))
-    card = render_card(args.name or model.name, unet_config, scheduler_config, [read_json(p) for p in args.eval],
-                       read_training_log(args.training_log), args.grid, args.in_progress,
-                       read_json(str(model / "model_index.json")).get("pixel_unshuffle", 1))
-    Path(args.out).write_text(card)
-    (model / "README.md").write_text(card)
+    evals = [read_json(p) for p in args.eval]
+    training = read_training_log(args.training_log)
+    pixel_unshuffle = read_json(str(model / "model_index.json")).get("pixel_unshuffle", 1)
+    if args.grid:
+        if not os.path.isfile(args.grid):
+            raise FileNotFoundError(f"grid picture not found: {args.grid}")
+        shutil.copyfile(args.grid, model / GRID_NAME)
+    for path in (Path(args.out), model / "README.md"):  # the same card; only the picture's relative link differs
+        grid = os.path.relpath(model / GRID_NAME, path.parent) if args.grid else None
+        path.write_text(render_card(args.name or model.name, unet_config, scheduler_config, evals, training, grid,
+                                    args.in_progress, pixel_unshuffle))
     print(f"wrote {args.out} and {model / 'README.md'}")
     return 0
 

@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 from .cli import run_cli
+from .model_card import GRID_NAME
 
 PIPELINE_FILE = Path(__file__).with_name("pipeline_celeba.py")
 PIPELINE_PARTS = ("model_index.json", "unet", "scheduler")
@@ -34,6 +35,8 @@ def stage_repository(model_dir: str | os.PathLike, card: str | os.PathLike | Non
             shutil.copytree(source, staging / part)
         else:
             shutil.copy2(source, staging / part)
+    if (model_dir / GRID_NAME).is_file():  # the sample grid the card shows
+        shutil.copy2(model_dir / GRID_NAME, staging / GRID_NAME)
     card = Path(card) if card else model_dir / "README.md"
     if not card.is_file():
         raise FileNotFoundError(f"model card not found: {card} (pass --card, e.g. model_card.md)")

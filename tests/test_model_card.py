@@ -26,10 +26,15 @@ def test_card_numbers_come_from_the_results(smoke_pipeline_dir, tmp_path):
            {"step": 2000, "images_seen": 64000, "fid_1000": 80.0}]  # FID records carry no clock
     (tmp_path / "log.jsonl").write_text("\n".join(json.dumps(r) for r in log) + "\n")
     out = tmp_path / "model_card.md"
+    grid = tmp_path / "grid.png"
+    grid.write_bytes(b"png bytes")
     run_command(["-m", "pipeline.model_card", "--model", str(model), "--name", "celeba-32-test", "--eval",
-                 str(tmp_path / "eval.json"), "--training_log", str(tmp_path / "log.jsonl"), "--out", str(out)])
+                 str(tmp_path / "eval.json"), "--training_log", str(tmp_path / "log.jsonl"), "--grid", str(grid),
+                 "--out", str(out)])
     card = out.read_text()
-    assert (model / "README.md").read_text() == card
+    assert (model / "samples.png").read_bytes() == b"png bytes"  # travels with the model to the Hub
+    assert "![samples](model/samples.png)" in card and "![samples](samples.png)" in (model / "README.md").read_text()
+    assert (model / "README.md").read_text() == card.replace("model/samples.png", "samples.png")
     meta = header(card)
     assert meta["library_name"] == "diffusers" and meta["datasets"] == ["flwrlabs/celeba"]
     assert meta["tags"] == ["unconditional-image-generation", "diffusers", "celeba"] and meta["license"]

@@ -1,5 +1,6 @@
 """Publishing to the Hub, tested offline against a local stand-in for the Hub API (HF_ENDPOINT)."""
 
+import shutil
 import socket
 
 from conftest import ROOT, run_command, train_args
@@ -14,11 +15,15 @@ def publish_command(model_dir, card, endpoint, token="hf_test_token", *extra):
                         "--card", str(card), *extra], check=False, env=env)
 
 
-def test_upload_sends_exactly_the_pipeline_card_and_code(smoke_pipeline_dir, tmp_path):
+def test_upload_sends_exactly_the_pipeline_card_grid_and_code(smoke_pipeline_dir, tmp_path):
     card = tmp_path / "card.md"
     card.write_text("---\nlibrary_name: diffusers\n---\n# test card\n")
+    model = tmp_path / "model"
+    shutil.copytree(smoke_pipeline_dir, model)
+    (model / "samples.png").write_bytes(b"grid")  # written there by pipeline.model_card --grid
+    (model / "notes.txt").write_text("not part of the repo")
     with HubStandIn() as hub:
-        result = publish_command(smoke_pipeline_dir, card, hub.endpoint, "hf_test_token", "--private")
+        result = publish_command(model, card, hub.endpoint, "hf_test_token", "--private")
     assert result.returncode == 0, result.stderr[-2000:]
     assert hub.created and hub.created[0]["name"] == "celeba-test" and hub.created[0].get("visibility", hub.created[0].get("private")) in ("private", True), hub.created
     expected = {
@@ -29,6 +34,7 @@ def test_upload_sends_exactly_the_pipeline_card_and_code(smoke_pipeline_dir, tmp
         "unet/diffusion_pytorch_model.safetensors":
             (smoke_pipeline_dir / "unet" / "diffusion_pytorch_model.safetensors").read_bytes(),
         "pipeline_celeba.py": (ROOT / "pipeline" / "pipeline_celeba.py").read_bytes(),
+        "samples.png": b"grid",
     }
     assert hub.files == expected
 
