@@ -2,11 +2,13 @@
 
     python benchmarks/fid_vs_nfe.py --model pretrained/celeba-64 --train_data_dir ../shared/celeba --num_samples 2000
 
-Each (sampler, steps) point is one ``pipeline.evaluate`` run, written to ``results/nfe/<sampler>-<steps>.json``. A
-point whose JSON already exists for the same weights (SHA-256 of the UNet file), sample count, seed and precision is
-reused, so the sweep can be spread over several working sessions: the full grid costs many CPU-hours on 2 cores
-(DDPM-1000 alone generates ~0.05 img/s), cheapest points first. ``--points ddim:10,20 dpm++2m:20`` restricts it.
-Then ``results/nfe/summary.json`` (the table, with the protocol) and ``results/nfe/fid_vs_nfe.png`` (FID vs NFE, log x).
+Each (sampler, steps, N) point is one ``pipeline.evaluate`` run, written to ``results/nfe/<sampler>-<steps>_n<N>.json``.
+A point whose JSON already exists for the same weights (SHA-256 of the UNet file), seed and precision is reused, so
+the sweep can be spread over several working sessions: on 2 cores the UNet of configs/celeba64_cpu.yaml manages
+~44 image-NFE/s in bf16, so 2,000 samples cost ~45 s per NFE (DDPM-1000: 12 h). ``--points ddim:10,20 dpm++2m:20``
+restricts the grid; expensive points can be run with a smaller ``--num_samples`` (KID is unbiased in N, FID is not,
+so compare small-N points by KID). Points run cheapest first. Then ``results/nfe/summary.json`` (every point measured
+on these weights, with its N) and ``results/nfe/fid_vs_nfe.png`` (FID and KID vs NFE, log x).
 """
 
 from __future__ import annotations
@@ -60,16 +62,23 @@ def reusable(path: Path, protocol: dict) -> bool:
 
 
 def plot(summary: list[dict], path: Path, title: str) -> None:
-    by_sampler: dict[str, list[tuple[float, float]]] = {}
-    for row in summary:
-        by_sampler.setdefault(row["sampler"], []).append((row["nfe"], row["fid"]))
-    colors = {name: PALETTE[index % len(PALETTE)] for index, name in enumerate(by_sampler)}
-    lines = {colors[name]: ([n for n, _ in sorted(points)], [f for _, f in sorted(points)], 2)
-             for name, points in by_sampler.items()}
-    markers = {colors[name]: points for name, points in by_sampler.items()}
+    """Two panels over NFE (log scale): FID and KID, one line per sampler (largest N per point)."""
+    samplers = sorted({row["sampler"] for row in summary})
+    colors = {name: PALETTE[index % len(PALETTE)] for index, name in enumerate(samplers)}
+    best = {}
+    for row in summary:  # one value per (sampler, steps): the one with the most samples
+        key = (row["sampler"], row["steps"])
+        if key not in best or row["num_samples"] > best[key]["num_samples"]:
+            best[key] = row
+    panels = []
+    for metric, label in (("fid", "FID (lower is better; biased upwards at small N)"),
+                          ("kid_mean", "KID (lower is better; unbiased in N)")):
+        points = {colors[name]: sorted((r["nfe"], r[metric]) for r in best.values() if r["sampler"] == name)
+                  for name in samplers}
+        panels.append({"lines": {c: ([n for n, _ in p], [v for _, v in p], 2) for c, p in points.items()},
+                       "markers": points, "y_label": label})
     nfes = [row["nfe"] for row in summary]
-    line_chart(str(path), title, "network evaluations per sample (NFE, log scale)",
-               [{"lines": lines, "markers": markers, "y_label": "FID (lower is better)"}], colors,
+    line_chart(str(path), title, "network evaluations per sample (NFE, log scale)", panels, colors,
                min_x=min(nfes) / 1.2, max_x=max(nfes) * 1.2, log_x=True)
 
 
@@ -85,10 +94,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    protocol = {"num_samples": args.num_samples, "seed": args.seed, "mixed_precision": args.mixed_precision,
-                "unet_sha256": weights_sha256(args.model)}
+    protocol = {"seed": args.seed, "mixed_precision": args.mixed_precision, "unet_sha256": weights_sha256(args.model)}
     for sampler, steps in parse_points(args.points):
-        path = out_dir / f"{sampler}-{steps}.json"
+        path = out_dir / f"{sampler}-{steps}_n{args.num_samples}.json"
         if reusable(path, protocol):
             print(f"{path}: reused")
             continue
@@ -102,17 +110,20 @@ def main(argv=None) -> int:
         result = json.loads(path.read_text())
         if path.name == "summary.json" or not all(result.get(k) == v for k, v in protocol.items()):
             continue
-        rows.append({key: result[key] for key in ("sampler", "steps", "nfe", "fid", "kid_mean", "kid_std",
-                                                  "precision", "recall", "generation_seconds")} | {"file": str(path)})
-    rows.sort(key=lambda row: (row["sampler"], row["nfe"]))
+        rows.append({key: result[key] for key in ("label", "num_samples", "sampler", "steps", "nfe", "fid", "kid_mean",
+                                                  "kid_std", "precision", "recall", "generation_seconds")}
+                    | {"file": str(path)})
+    rows.sort(key=lambda row: (row["sampler"], row["nfe"], row["num_samples"]))
     first = json.loads(Path(rows[0]["file"]).read_text())
-    summary = {"protocol": {**protocol, "model": args.model, "label": first["label"],
-                            "reference": first["reference"], "resolution": first["resolution"]}, "points": rows}
+    summary = {"protocol": {**protocol, "model": args.model, "reference": first["reference"],
+                            "resolution": first["resolution"]}, "points": rows}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-    plot(rows, out_dir / "fid_vs_nfe.png", f"{first['label']} vs NFE ({args.model}, {args.mixed_precision} UNet, "
-                                           f"reference {first['reference']['num_images']} train images)")
+    plot(rows, out_dir / "fid_vs_nfe.png", f"FID and KID vs NFE ({args.model}, {args.mixed_precision} UNet, "
+                                           f"reference {first['reference']['num_images']} train images; "
+                                           f"N per point in summary.json)")
     for row in rows:
-        print(f"{row['sampler']:>9} {row['steps']:>5} steps {row['nfe']:>7.1f} NFE  FID {row['fid']:.2f}")
+        print(f"{row['sampler']:>9} {row['steps']:>5} steps {row['nfe']:>7.1f} NFE  {row['label']} {row['fid']:.2f}"
+              f"  KID {1e3 * row['kid_mean']:.2f}e-3")
     return 0
 
 

@@ -13,7 +13,8 @@ def test_sweep_writes_points_summary_and_plot_then_reuses_them(smoke_pipeline_di
     run_command(argv, env=env)
     summary = json.loads((out / "summary.json").read_text())
     assert [(p["sampler"], p["steps"], p["nfe"]) for p in summary["points"]] == [("ddim", 2, 2), ("dpm++2m", 3, 3)]
-    assert summary["protocol"]["num_samples"] == 8 and summary["protocol"]["label"] == "FID-8"
+    assert all(p["num_samples"] == 8 and p["label"] == "FID-8" for p in summary["points"])
+    assert (out / "ddim-2_n8.json").is_file()
     assert all(p["fid"] > 0 for p in summary["points"]) and (out / "fid_vs_nfe.png").is_file()
     again = run_command(argv, env=env)
     assert again.stdout.count("reused") == 2 and json.loads((out / "summary.json").read_text()) == summary
