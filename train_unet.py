@@ -174,8 +174,8 @@ def build_model_and_scheduler(args):
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if args.ddpm_beta_schedule == "shifted_cosine":
-        betas = shifted_cosine_betas(args.ddpm_num_steps, args.shifted_cosine_base_resolution or args.resolution,
-                                     args.resolution)
+        base = args.resolution if args.shifted_cosine_base_resolution is None else args.shifted_cosine_base_resolution
+        betas = shifted_cosine_betas(args.ddpm_num_steps, base, args.resolution)
         noise_scheduler = DDPMScheduler(num_train_timesteps=args.ddpm_num_steps, trained_betas=betas,
                                         prediction_type=args.prediction_type)
     else:
@@ -319,7 +319,8 @@ def main(argv=None):
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     logger.info(accelerator.state, main_process_only=False)
     if accelerator.device.type == "cpu":
-        advice = cpu_thread_advice(torch.get_num_threads(), len(os.sched_getaffinity(0)),
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        advice = cpu_thread_advice(torch.get_num_threads(), cores,
                                    int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes)))
         if advice:
             logger.warning(advice)
@@ -397,6 +398,15 @@ def main(argv=None):
                                          "loss": losses.pop_mean(), "lr": lr_scheduler.get_last_lr()[0],
                                          "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **(extra_log or {})})
 
+    def out_of_time() -> bool:
+        return args.max_train_minutes is not None and clock.wall_seconds >= 60 * args.max_train_minutes
+
+    def agreed(flags: list[bool]) -> torch.Tensor:
+        """Flags summed over processes: every process must take the same checkpoint/stop decisions, or collective
+        saves would deadlock."""
+        tensor = torch.tensor([float(flag) for flag in flags], device=accelerator.device)
+        return accelerator.reduce(tensor, reduction="sum") if accelerator.num_processes > 1 else tensor
+
     images_per_step = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     progress = tqdm(total=args.max_train_steps, initial=global_step, disable=not accelerator.is_local_main_process,
                     desc="train", unit="step")
@@ -404,7 +414,8 @@ def main(argv=None):
     start_step = global_step
     model.train()
     batches = iter(stream)
-    while global_step < args.max_train_steps:
+    time_is_up = bool(agreed([out_of_time()])[0] > 0)  # a resumed run whose budget is already spent trains no step
+    while global_step < args.max_train_steps and not time_is_up:
         pixels, keys = next(batches)
         if len(first_keys) < 256:
             first_keys.extend(keys)
@@ -426,14 +437,9 @@ def main(argv=None):
         progress.set_postfix(loss=f"{logs['loss']:.4f}", img_s=f"{images_per_second:.1f}")
         accelerator.log(logs, step=global_step)
 
-        # Every process must agree on checkpoint/stop decisions, or collective saves would deadlock.
         due = (args.checkpointing_steps and global_step % args.checkpointing_steps == 0) or (
             args.checkpointing_minutes and time.monotonic() - last_checkpoint_time > 60 * args.checkpointing_minutes)
-        out_of_time = args.max_train_minutes is not None and clock.wall_seconds >= 60 * args.max_train_minutes
-        flags = torch.tensor([float(bool(due)), float(stop["requested"]), float(out_of_time)],
-                             device=accelerator.device)
-        if accelerator.num_processes > 1:
-            flags = accelerator.reduce(flags, reduction="sum")
+        flags = agreed([due, stop["requested"], out_of_time()])
         fid_due = args.eval_fid_every and global_step % args.eval_fid_every == 0
         if fid_due and accelerator.is_main_process:
             fid = evaluate_fid(accelerator, model, ema, noise_scheduler, args, reference)
@@ -451,7 +457,7 @@ def main(argv=None):
             return 0
         if flags[2] > 0:
             logger.info("time budget of %s minutes reached at step %d", args.max_train_minutes, global_step)
-            break
+            time_is_up = True
         if args.save_images_steps and global_step % args.save_images_steps == 0 and accelerator.is_main_process:
             save_sample_grid(accelerator, model, ema, noise_scheduler, args, global_step)
     progress.close()
@@ -471,9 +477,12 @@ def main(argv=None):
         save_ema_pipeline(accelerator, model, ema, noise_scheduler, args, args.output_dir)
         logger.info("saved the %s pipeline to %s", "EMA" if ema is not None else "final", args.output_dir)
         if args.push_to_hub:
-            card = render_card(args.hub_model_id.split("/")[-1], unet.config, noise_scheduler.config, [],
-                               read_training_log(training_log) if os.path.isfile(training_log) else None, None,
-                               pixel_unshuffle=args.pixel_unshuffle)
+            try:
+                training = read_training_log(training_log) if os.path.isfile(training_log) else None
+            except ValueError:  # a log without checkpoint records (e.g. only FID records): no compute line
+                training = None
+            card = render_card(args.hub_model_id.split("/")[-1], unet.config, noise_scheduler.config, [], training,
+                               None, pixel_unshuffle=args.pixel_unshuffle)
             Path(args.output_dir, "README.md").write_text(card)
             url = publish(args.output_dir, args.hub_model_id, args.hub_private_repo, args.hub_token)
             logger.info("published to %s", url)

@@ -92,10 +92,11 @@ def main(argv=None) -> int:
     parser.add_argument("--points", nargs="*", default=None, help="e.g. ddim:10,20 dpm++2m:20 (default: full grid)")
     parser.add_argument("--out_dir", default="results/nfe")
     args = parser.parse_args(argv)
+    points = parse_points(args.points)  # bad input fails before anything is written
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     protocol = {"seed": args.seed, "mixed_precision": args.mixed_precision, "unet_sha256": weights_sha256(args.model)}
-    for sampler, steps in parse_points(args.points):
+    for sampler, steps in points:
         path = out_dir / f"{sampler}-{steps}_n{args.num_samples}.json"
         if reusable(path, protocol):
             print(f"{path}: reused")

@@ -7,7 +7,8 @@ schedule, min-SNR-5 loss weighting, and a "simple diffusion" UNet on 2x2 pixel-u
 12 channels) with the cosine schedule shifted for 64x64 (base 32). All recipes use a 250-step warm-up instead of the
 long run's 1000, since the budgets are short. Each recipe runs ``accelerate launch train_unet.py
 --max_train_minutes M`` alone on the machine (resumable: an interrupted recipe continues from its checkpoint and its
-wall clock, summed over resumes), then ``pipeline.evaluate`` (FID-N with DPM-Solver++ 20 steps, bf16 UNet) against
+wall clock, summed over resumes: keep the machine otherwise idle, since contention and pauses count against the
+budget), then ``pipeline.evaluate`` (FID-N with DPM-Solver++ 20 steps, bf16 UNet) against
 the cached reference of all official-train images. A recipe whose results JSON exists for the same budget, sample
 count and seed is skipped, so the study can span several sessions.
 Writes results/recipes/<recipe>.json and results/recipes/summary.json.
@@ -51,11 +52,16 @@ def as_flags(overrides: dict) -> list[str]:
     return flags
 
 
+def run_dir(name: str, args) -> Path:
+    """One training folder per recipe and budget: a run resumed with another budget would mislabel its result."""
+    return Path(args.runs_dir) / f"{name}-{args.minutes:g}min"
+
+
 def train_command(name: str, args) -> list[str]:
     return [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
             "--num_cpu_threads_per_process", str(args.threads), "--mixed_precision", "bf16", "--dynamo_backend",
             "no", "train_unet.py", "--config", args.base_config, "--train_data_dir", args.train_data_dir,
-            "--output_dir", str(Path(args.runs_dir) / name), "--resume_from_checkpoint", "latest",
+            "--output_dir", str(run_dir(name, args)), "--resume_from_checkpoint", "latest",
             "--max_train_minutes", str(args.minutes), *as_flags({**COMMON, **RECIPES[name]})]
 
 
@@ -86,11 +92,10 @@ def main(argv=None) -> int:
         command = train_command(name, args)
         print(f"{name}: training for {args.minutes} minutes", flush=True)
         subprocess.run(command, cwd=ROOT, check=True)
-        run_dir = Path(args.runs_dir) / name
-        evaluate.main(["--model", str(run_dir), "--train_data_dir", args.train_data_dir, "--num_samples",
+        evaluate.main(["--model", str(run_dir(name, args)), "--train_data_dir", args.train_data_dir, "--num_samples",
                        str(args.num_samples), "--scheduler", "dpm++2m", "--steps", "20", "--seed", str(args.seed),
                        "--mixed_precision", "bf16", "--out", str(path)])
-        training = read_training_log(str(run_dir / "training_log.jsonl"))
+        training = read_training_log(str(run_dir(name, args) / "training_log.jsonl"))
         result = json.loads(path.read_text())
         path.write_text(json.dumps({**result, **protocol, "recipe": name, "overrides": {**COMMON, **RECIPES[name]},
                                     "base_config": args.base_config, "train_command": " ".join(command[1:]),
@@ -98,8 +103,8 @@ def main(argv=None) -> int:
     rows = []
     for name in RECIPES:
         path = out_dir / f"{name}.json"
-        if path.is_file():
-            result = json.loads(path.read_text())
+        result = json.loads(path.read_text()) if path.is_file() else {}
+        if all(result.get(k) == v for k, v in protocol.items()):  # only results of this budget and protocol
             rows.append({"recipe": name, "fid": result["fid"], "kid_mean": result["kid_mean"],
                          "precision": result["precision"], "recall": result["recall"],
                          "steps": result["training"]["step"], "images_seen": result["training"]["images_seen"],

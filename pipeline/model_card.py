@@ -60,7 +60,9 @@ def metrics_yaml(evals: list[dict]) -> list[dict]:
 
 def render_card(model_name: str, unet_config: dict, scheduler_config: dict, evals: list[dict],
                 training: dict | None, grid: str | None, in_progress: bool = False, pixel_unshuffle: int = 1) -> str:
-    size = unet_config["sample_size"] * pixel_unshuffle  # image side
+    unet_size = unet_config["sample_size"]
+    unet_size = unet_size if isinstance(unet_size, int) else unet_size[0]  # square models: an int or a pair
+    size = unet_size * pixel_unshuffle  # image side
     header = {"library_name": "diffusers", "license": "other",
               "license_name": "celeba-dataset-release-agreement", "tags": TAGS, "datasets": ["flwrlabs/celeba"],
               "pipeline_tag": "unconditional-image-generation"}
@@ -73,7 +75,7 @@ def render_card(model_name: str, unet_config: dict, scheduler_config: dict, eval
     schedule = ("custom (`trained_betas`)" if scheduler_config.get("trained_betas")
                 else scheduler_config["beta_schedule"])
     unshuffled = (f" working on {pixel_unshuffle}x{pixel_unshuffle} pixel-unshuffled input (a "
-                  f"{unet_config['sample_size']}x{unet_config['sample_size']} UNet with {unet_config['in_channels']} "
+                  f"{unet_size}x{unet_size} UNet with {unet_config['in_channels']} "
                   "channels)" if pixel_unshuffle > 1 else "")
     lines = ["---", yaml.safe_dump(header, sort_keys=False).rstrip(), "---", "",
              f"# {model_name}: unconditional {size}x{size} CelebA faces (DDPM, diffusers UNet2DModel)", ""]
@@ -160,7 +162,8 @@ def main(argv=None):
     if args.grid:
         if not os.path.isfile(args.grid):
             raise FileNotFoundError(f"grid picture not found: {args.grid}")
-        shutil.copyfile(args.grid, model / GRID_NAME)
+        if not (model / GRID_NAME).exists() or not os.path.samefile(args.grid, model / GRID_NAME):
+            shutil.copyfile(args.grid, model / GRID_NAME)
     for path in (Path(args.out), model / "README.md"):  # the same card; only the picture's relative link differs
         grid = os.path.relpath(model / GRID_NAME, path.parent) if args.grid else None
         path.write_text(render_card(args.name or model.name, unet_config, scheduler_config, evals, training, grid,

@@ -39,7 +39,8 @@ def stage_repository(model_dir: str | os.PathLike, card: str | os.PathLike | Non
         shutil.copy2(model_dir / GRID_NAME, staging / GRID_NAME)
     card = Path(card) if card else model_dir / "README.md"
     if not card.is_file():
-        raise FileNotFoundError(f"model card not found: {card} (pass --card, e.g. model_card.md)")
+        raise FileNotFoundError(f"model card not found: {card} (write one with python -m pipeline.model_card "
+                                f"--model {model_dir}, or pass --card)")
     shutil.copy2(card, staging / "README.md")
     shutil.copy2(PIPELINE_FILE, staging / PIPELINE_FILE.name)
     return sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file())

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 
@@ -78,7 +79,7 @@ def plot_training_log(records: list[dict], path: str) -> None:
     from .plots import PALETTE, line_chart
 
     losses = [(r["step"], r["loss"]) for r in records if r.get("loss") is not None]
-    fid_keys = sorted({key for r in records for key in r if key.startswith("fid_")})
+    fid_keys = sorted({key for r in records for key in r if re.fullmatch(r"fid_\d+", key)})  # not fid_protocol
     panels = [{"lines": {PALETTE[0]: ([s for s, _ in losses], [v for _, v in losses], 2)},
                "markers": {PALETTE[0]: losses}, "log_y": True,
                "y_label": "training loss (mean since the previous record), log scale"}]
@@ -91,9 +92,10 @@ def plot_training_log(records: list[dict], path: str) -> None:
             legend[key.replace("fid_", "FID-")] = PALETTE[index]
         panels.append({"lines": fid_lines, "markers": {c: list(zip(xs, ys)) for c, (xs, ys, _) in fid_lines.items()},
                        "y_label": "FID (EMA weights) against the training-split reference"})
-    last = [r for r in records if "cpu_hours" in r][-1]
-    title = (f"training curve: {last['step']:,} steps, {last['images_seen']:,} images, "
-             f"{last['cpu_hours']:.2f} CPU-hours at the last record")
+    clocked = [r for r in records if "cpu_hours" in r]
+    last = clocked[-1] if clocked else records[-1]
+    title = f"training curve: {last['step']:,} steps, {last['images_seen']:,} images" + (
+        f", {last['cpu_hours']:.2f} CPU-hours at the last checkpoint" if clocked else "")
     line_chart(path, title, "optimisation step", panels, legend, min_x=0, max_x=max(r["step"] for r in records))
 
 

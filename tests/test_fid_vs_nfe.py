@@ -18,5 +18,6 @@ def test_sweep_writes_points_summary_and_plot_then_reuses_them(smoke_pipeline_di
     assert all(p["fid"] > 0 for p in summary["points"]) and (out / "fid_vs_nfe.png").is_file()
     again = run_command(argv, env=env)
     assert again.stdout.count("reused") == 2 and json.loads((out / "summary.json").read_text()) == summary
-    bad = run_command([*argv[:-4], "--points", "ddim10"], env=env, check=False)
+    bad = run_command([*argv, "--points", "ddim10", "--out_dir", str(tmp_path / "never")], env=env, check=False)
     assert bad.returncode == 2 and "--points entries look like ddim:10,20" in bad.stderr
+    assert not (tmp_path / "never").exists()

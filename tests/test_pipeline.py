@@ -75,7 +75,7 @@ def test_loads_through_diffusers_custom_pipeline(tmp_path):
                                loaded(generator=torch.Generator().manual_seed(2), **kwargs).images, atol=1e-5)
 
 
-@pytest.mark.parametrize("scheduler", ["ddim", "dpm++2m", "ode-heun"])
+@pytest.mark.parametrize("scheduler", ["ddim", "dpm++2m"])  # pipeline.sde casts its state itself
 def test_bf16_generation_runs_the_unet_in_bf16_and_stays_close_to_fp32(scheduler):
     pipe = tiny_pipeline(DDIMScheduler)
     outputs, states = [], []

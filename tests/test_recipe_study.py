@@ -14,9 +14,9 @@ def test_two_recipes_train_for_the_budget_are_scored_and_then_skipped(tmp_path):
     summary = json.loads((tmp_path / "recipes" / "summary.json").read_text())
     assert [row["recipe"] for row in summary["recipes"]] == ["eps-linear", "unshuffle2-shifted-cosine"]
     assert all(row["steps"] == 1 and row["fid"] > 0 and row["label"] == "FID-4" for row in summary["recipes"])
-    unshuffled = json.loads((tmp_path / "runs" / "unshuffle2-shifted-cosine" / "model_index.json").read_text())
+    unshuffled = json.loads((tmp_path / "runs" / "unshuffle2-shifted-cosine-0.001min" / "model_index.json").read_text())
     assert unshuffled["pixel_unshuffle"] == 2
     again = run_command(argv, env=env)
     assert again.stdout.count("done before") == 2
-    bad = run_command([*argv[:-2], "--recipes", "nope"], env=env, check=False)
+    bad = run_command([*argv, "--recipes", "nope"], env=env, check=False)
     assert bad.returncode == 2 and "unknown recipes ['nope']" in bad.stderr

@@ -126,6 +126,11 @@ def test_time_budget_ends_the_run_with_a_checkpoint_and_the_pipeline(tmp_path):
     assert "time budget of 0.001 minutes reached at step 1" in result.stderr
     assert (out / "checkpoint-1" / "pipeline" / "model_index.json").is_file() and (out / "model_index.json").is_file()
     assert json.loads((out / "run_summary_rank0.json").read_text())["global_step"] == 1
+    again = run_command(train_args(out, "--max_train_steps", 100000, "--max_train_minutes", 0.001,
+                                   "--resume_from_checkpoint", "latest"))
+    assert "resumed from" in again.stderr and "time budget" not in again.stderr  # spent: not even one more step
+    assert json.loads((out / "run_summary_rank0.json").read_text())["global_step"] == 1
+    assert not (out / "checkpoint-2").exists()
 
 
 def test_two_process_cpu_run(tmp_path):
