@@ -84,7 +84,7 @@ def trajectory_picture(timesteps: list[int], samples: torch.Tensor, estimates: t
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=DEFAULT_MODEL, help="pipeline folder")
-    parser.add_argument("--scheduler", default="ddim", choices=TRAJECTORY_SAMPLERS)
+    parser.add_argument("--scheduler", default="ddpm", choices=TRAJECTORY_SAMPLERS)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--num_images", type=int, default=4, help="trajectories shown (two rows each)")
     parser.add_argument("--snapshots", type=int, default=8, help="columns: steps shown, first and last included")
