@@ -95,8 +95,9 @@ def render_card(model_name: str, unet_config: dict, scheduler_config: dict, eval
               "images = pipe(batch_size=16, num_inference_steps=50, generator=torch.Generator().manual_seed(0)).images",
               "```", "",
               "The repository carries `pipeline_celeba.py` (the `CelebADiffusionPipeline`); the scheduler saved with the "
-              "model is the training `DDPMScheduler`: swap in any diffusers scheduler with "
-              "`pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)`.", "",
+              "model is the training `DDPMScheduler` (ancestral sampling, x0 clipped). Any diffusers scheduler plugs in "
+              "with `pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)`; the evaluation "
+              "below says which samplers were measured on these weights.", "",
               "## Model", "",
               f"- `UNet2DModel`: {size}x{size}{unshuffled}, block_out_channels {list(unet_config['block_out_channels'])}, "
               f"{unet_config['layers_per_block']} ResNet layers per block, blocks {list(unet_config['down_block_types'])}.",
