@@ -38,7 +38,7 @@ def draw_panel(draw, font, box, lines: dict, markers: dict, max_x: float, log_y:
         value = 10**level if log_y else level
         y = xy(min_x, value)[1]
         draw.line([left - 5, y, right, y], fill=(225, 225, 225))
-        draw.text((left - 70, y - 6), f"{value:.3g}", fill="black", font=font)
+        draw.text((left - 70, y - 6), f"{value:.4g}", fill="black", font=font)
     for i in range(6):
         level = x_lo + (x_hi - x_lo) * i / 5
         x = left + (right - left) * i / 5
