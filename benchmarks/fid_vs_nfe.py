@@ -54,8 +54,9 @@ def weights_sha256(model: str) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def reusable(path: Path, protocol: dict) -> bool:
-    if not path.is_file():
+def measured_under(path: Path, protocol: dict) -> bool:
+    """Whether the point file exists and was measured on these weights with this seed and precision."""
+    if not path.is_file() or path.name == "summary.json":
         return False
     result = json.loads(path.read_text())
     return all(result.get(key) == value for key, value in protocol.items())
@@ -98,7 +99,7 @@ def main(argv=None) -> int:
     protocol = {"seed": args.seed, "mixed_precision": args.mixed_precision, "unet_sha256": weights_sha256(args.model)}
     for sampler, steps in points:
         path = out_dir / f"{sampler}-{steps}_n{args.num_samples}.json"
-        if reusable(path, protocol):
+        if measured_under(path, protocol):
             print(f"{path}: reused")
             continue
         evaluate.main(["--model", args.model, "--train_data_dir", args.train_data_dir, "--num_samples",
@@ -107,10 +108,8 @@ def main(argv=None) -> int:
         result = json.loads(path.read_text())
         path.write_text(json.dumps({**result, "unet_sha256": protocol["unet_sha256"]}, indent=1))
     rows = []
-    for path in sorted(out_dir.glob("*.json")):
+    for path in filter(lambda p: measured_under(p, protocol), sorted(out_dir.glob("*.json"))):
         result = json.loads(path.read_text())
-        if path.name == "summary.json" or not all(result.get(k) == v for k, v in protocol.items()):
-            continue
         rows.append({key: result[key] for key in ("label", "num_samples", "sampler", "steps", "nfe", "fid", "kid_mean",
                                                   "kid_std", "precision", "recall", "generation_seconds")}
                     | {"file": str(path)})

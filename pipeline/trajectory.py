@@ -18,7 +18,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from .cli import run_cli
-from .generate import DEFAULT_MODEL, MIXED_PRECISION, configure_sampler, load_pipeline
+from .generate import DEFAULT_MODEL, MIXED_PRECISION, configure_sampler, load_pipeline, unet_precision
 from .images import make_grid
 from .schedulers import check_steps
 
@@ -50,7 +50,7 @@ def record_trajectory(pipe, scheduler: str, steps: int, num_images: int, snapsho
             estimates.append(tensors["pred_original_sample"].float())
 
     pipe.set_progress_bar_config(disable=True)
-    with torch.autocast(pipe.device.type, dtype=torch.bfloat16, enabled=mixed_precision == "bf16"):
+    with unet_precision(pipe, mixed_precision):
         pipe(batch_size=num_images, num_inference_steps=steps, generator=torch.Generator().manual_seed(seed),
              output_type="pt", callback_on_step_end=keep)
     return timesteps, torch.stack(samples), torch.stack(estimates)
