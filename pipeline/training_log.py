@@ -1,6 +1,10 @@
 """The run's bookkeeping that must survive resumes: cumulative CPU time, and a JSONL log of the training curve.
 
     python -m pipeline.training_log --log results/training_log.jsonl --plot results/training_curve.png
+    python -m pipeline.training_log --log RUN/training_log.jsonl --add_eval results/nfe/ddpm-20_n2000.json --step 2373
+
+``--add_eval`` records a ``pipeline.evaluate`` result of the EMA weights saved at a checkpoint step as an FID record,
+so that FID measured after training (larger N than in-loop FID) draws the same curve.
 """
 
 from __future__ import annotations
@@ -74,6 +78,19 @@ def read_records(path: str) -> list[dict]:
     return records
 
 
+def eval_record(records: list[dict], evaluation: dict, step: int) -> dict:
+    """An FID record for ``step`` from an evaluate JSON; the step must be one the log has a checkpoint record of."""
+    at_step = [r for r in records if r["step"] == step and "images_seen" in r]
+    if not at_step:
+        raise ValueError(f"the training log has no record at step {step}; evaluate the pipeline of a checkpoint step")
+    n = evaluation["num_samples"]
+    return {"step": step, "images_seen": at_step[0]["images_seen"], f"fid_{n}": evaluation["fid"],
+            f"kid_{n}": evaluation["kid_mean"],
+            "fid_protocol": f"{evaluation['sampler']}-{evaluation['steps']}, seed {evaluation['seed']}, "
+                            f"{evaluation['mixed_precision']}, reference {evaluation['reference']['num_images']} "
+                            f"train images (pipeline.evaluate)"}
+
+
 def plot_training_log(records: list[dict], path: str) -> None:
     """Loss (mean over each logging interval, log scale) and any FID records against the optimisation step."""
     from .plots import PALETTE, line_chart
@@ -87,7 +104,7 @@ def plot_training_log(records: list[dict], path: str) -> None:
     if fid_keys:
         fid_lines = {}
         for index, key in enumerate(fid_keys, start=1):
-            points = [(r["step"], r[key]) for r in records if key in r]
+            points = sorted((r["step"], r[key]) for r in records if key in r)
             fid_lines[PALETTE[index]] = ([s for s, _ in points], [v for _, v in points], 2)
             legend[key.replace("fid_", "FID-")] = PALETTE[index]
         panels.append({"lines": fid_lines, "markers": {c: list(zip(xs, ys)) for c, (xs, ys, _) in fid_lines.items()},
@@ -102,11 +119,24 @@ def plot_training_log(records: list[dict], path: str) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--log", required=True, help="training_log.jsonl written by train_unet.py")
-    parser.add_argument("--plot", required=True, help="PNG to write")
+    parser.add_argument("--plot", help="PNG to write")
+    parser.add_argument("--add_eval", help="pipeline.evaluate JSON of the EMA weights of checkpoint --step")
+    parser.add_argument("--step", type=int, help="checkpoint step that --add_eval measured")
     args = parser.parse_args(argv)
+    if not args.plot and not args.add_eval:
+        parser.error("nothing to do: give --plot and/or --add_eval")
+    if args.add_eval and args.step is None:
+        parser.error("--add_eval needs --step")
     records = read_records(args.log)
-    plot_training_log(records, args.plot)
-    print(f"wrote {args.plot} ({len(records)} records)")
+    if args.add_eval:
+        with open(args.add_eval) as handle:
+            record = eval_record(records, json.load(handle), args.step)
+        append_record(args.log, record)
+        records.append(record)
+        print(f"appended {record}")
+    if args.plot:
+        plot_training_log(records, args.plot)
+        print(f"wrote {args.plot} ({len(records)} records)")
     return 0
 
 

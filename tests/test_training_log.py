@@ -24,3 +24,21 @@ def test_plot_of_checkpoint_and_fid_records(tmp_path):
     failed = run_command(["-m", "pipeline.training_log", "--log", str(empty), "--plot", str(tmp_path / "x.png")],
                          check=False)
     assert failed.returncode == 2 and "is empty" in failed.stderr
+
+
+def test_an_evaluation_of_a_checkpoint_becomes_an_fid_record_of_its_step(tmp_path):
+    log = tmp_path / "training_log.jsonl"
+    log.write_text(json.dumps({"step": 200, "images_seen": 6400, "cpu_hours": 0.2, "loss": 0.1}) + "\n")
+    evaluation = tmp_path / "eval.json"
+    evaluation.write_text(json.dumps({"num_samples": 2000, "fid": 96.5, "kid_mean": 0.09, "sampler": "ddpm",
+                                      "steps": 20, "seed": 0, "mixed_precision": "bf16",
+                                      "reference": {"num_images": 20000}}))
+    run_command(["-m", "pipeline.training_log", "--log", str(log), "--add_eval", str(evaluation), "--step", "200",
+                 "--plot", str(tmp_path / "curve.png")])
+    added = json.loads(log.read_text().splitlines()[-1])
+    assert added == {"step": 200, "images_seen": 6400, "fid_2000": 96.5, "kid_2000": 0.09,
+                     "fid_protocol": "ddpm-20, seed 0, bf16, reference 20000 train images (pipeline.evaluate)"}
+    wrong_step = run_command(["-m", "pipeline.training_log", "--log", str(log), "--add_eval", str(evaluation),
+                              "--step", "300"], check=False)
+    assert wrong_step.returncode == 2 and "no record at step 300" in wrong_step.stderr
+    assert len(log.read_text().splitlines()) == 2  # the failed call appended nothing
