@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume_from_checkpoint", type=str, default=None, help='a checkpoint folder or "latest"')
     p.add_argument("--eval_fid_every", type=int, default=0, help="FID of EMA samples every N steps (0 = off)")
     p.add_argument("--eval_fid_num_samples", type=int, default=1000)
-    p.add_argument("--eval_fid_scheduler", type=str, default="dpm++2m")
+    p.add_argument("--eval_fid_scheduler", type=str, default="ddpm")
     p.add_argument("--eval_fid_steps", type=int, default=20)
     p.add_argument("--eval_fid_reference_images", type=int, default=None, help="real images in the reference "
                    "statistics (default: all of the training split; computed once, then cached)")

@@ -109,7 +109,7 @@ def render_card(model_name: str, unet_config: dict, scheduler_config: dict, eval
               "horizontal flip, scaled to [-1, 1] (the score-SDE paper's CelebA protocol).", ""]
     if training:
         if training.get("clock_counted_from_step") == 0:
-            compute = f"{training['cpu_hours']:.1f} CPU-hours ({training.get('hardware', 'CPU')})."
+            compute = f"{training['cpu_hours']:.2f} CPU-hours ({training.get('hardware', 'CPU')})."
         else:  # the log does not cover the whole run: say so instead of printing an undercount
             compute = "CPU time was not recorded for the whole run."
         lines += ["## Compute", "",

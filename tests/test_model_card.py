@@ -42,7 +42,7 @@ def test_card_numbers_come_from_the_results(smoke_pipeline_dir, tmp_path):
     assert metrics["fid"]["value"] == 23.46 and "FID-10k, dpm++2m, 20 steps, 20 NFE" in metrics["fid"]["name"]
     assert metrics["precision"]["value"] == 0.612
     assert "| 23.46 | 12.34 ± 1.10 | 0.612 | 0.432 |" in card
-    assert "2,000 optimisation steps, 64,000 training images seen. 2.5 CPU-hours (2 CPU cores)" in card
+    assert "2,000 optimisation steps, 64,000 training images seen. 2.50 CPU-hours (2 CPU cores)" in card
     assert "early checkpoint" not in card and "intermediate checkpoint" not in card
     run_command(["-m", "pipeline.model_card", "--model", str(model), "--eval", str(tmp_path / "eval.json"),
                  "--training_log", str(tmp_path / "log.jsonl"), "--in_progress", "--out", str(out)])
