@@ -14,7 +14,6 @@ on these weights, with its N) and ``results/nfe/fid_vs_nfe.png`` (FID and KID vs
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
@@ -45,13 +44,6 @@ def parse_points(values: list[str] | None) -> list[tuple[str, int]]:
         grid[name] = [int(s) for s in steps.split(",")]
     points = [(name, steps) for name, all_steps in grid.items() for steps in all_steps]
     return sorted(points, key=lambda p: APPROXIMATE_NFE.get(p[0], lambda s: s)(p[1]))
-
-
-def weights_sha256(model: str) -> str:
-    path = Path(model) / "unet" / "diffusion_pytorch_model.safetensors"
-    if not path.is_file():
-        raise FileNotFoundError(f"no UNet weights at {path}")
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def measured_under(path: Path, protocol: dict) -> bool:
@@ -96,7 +88,8 @@ def main(argv=None) -> int:
     points = parse_points(args.points)  # bad input fails before anything is written
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    protocol = {"seed": args.seed, "mixed_precision": args.mixed_precision, "unet_sha256": weights_sha256(args.model)}
+    protocol = {"seed": args.seed, "mixed_precision": args.mixed_precision,
+                "unet_sha256": evaluate.weights_sha256(args.model)}
     for sampler, steps in points:
         path = out_dir / f"{sampler}-{steps}_n{args.num_samples}.json"
         if measured_under(path, protocol):

@@ -152,6 +152,7 @@ def main(argv=None) -> dict:
 
     from pipeline import CelebADiffusionPipeline
     from pipeline.data import load_eval_images
+    from pipeline.evaluate import weights_sha256
 
     pipe = CelebADiffusionPipeline.from_pretrained(args.model)
     pipe.unet.to(args.device).eval().requires_grad_(False)
@@ -165,7 +166,8 @@ def main(argv=None) -> dict:
                           log=lambda line: print(line, file=sys.stderr, flush=True),
                           hutchinson=args.hutchinson, rtol=args.rtol, atol=args.atol, eps=args.eps)
     report = {
-        "model": args.model, "split": args.split, "num_images": len(result.bpd),
+        "model": args.model, "unet_sha256": weights_sha256(args.model), "split": args.split,
+        "num_images": len(result.bpd),
         "bpd_mean": result.mean, "bpd_stderr": result.stderr, "bpd": result.bpd.tolist(), "nfe_per_batch": result.nfe,
         "options": {k: getattr(args, k) for k in ("rtol", "atol", "eps", "hutchinson", "seed", "batch_size")},
         "convention": "uniform dequantization y = k + U(0,1) on the 256-level scale, x = y/128 - 1; "
