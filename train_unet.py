@@ -26,7 +26,7 @@ import yaml
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import ProjectConfiguration, set_seed
-from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
+from diffusers import DDPMScheduler, UNet2DModel
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel, compute_snr
 from tqdm.auto import tqdm
@@ -116,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--logging_dir", type=str, default="logs", help="under output_dir")
     p.add_argument("--save_images_steps", type=int, default=0, help="sample grid every N steps (0 = off)")
     p.add_argument("--num_validation_images", type=int, default=16)
+    p.add_argument("--validation_scheduler", type=str, default="ddpm", help="sampler of the sample grids")
     p.add_argument("--validation_inference_steps", type=int, default=25)
     p.add_argument("--checkpointing_steps", type=int, default=500)
     p.add_argument("--checkpointing_minutes", type=float, default=0, help="also checkpoint every N minutes")
@@ -273,18 +274,17 @@ def save_ema_pipeline(accelerator, model, ema, noise_scheduler, args, folder) ->
 
 
 def save_sample_grid(accelerator, model, ema, noise_scheduler, args, step):
-    """Generate a grid with the EMA weights (DDIM) for TensorBoard and output_dir/samples/."""
+    """A grid of EMA samples for TensorBoard and output_dir/samples/ (DDPM by default: early in a run the ODE samplers
+    give noise)."""
     with ema_pipeline(accelerator, model, ema, noise_scheduler, args.pixel_unshuffle) as pipe:
-        pipe.scheduler = DDIMScheduler.from_config(noise_scheduler.config)
-        generator = torch.Generator().manual_seed(args.seed)
-        images = pipe(batch_size=args.num_validation_images, num_inference_steps=args.validation_inference_steps,
-                      generator=generator, output_type="np").images
-    grid = make_grid((images * 255).round().astype("uint8"))
+        images, _ = generate(pipe, args.num_validation_images, args.validation_scheduler,
+                             args.validation_inference_steps, seed=args.seed, progress=False)
+    grid = make_grid(images)
     os.makedirs(os.path.join(args.output_dir, "samples"), exist_ok=True)
     grid.save(os.path.join(args.output_dir, "samples", f"step_{step:07d}.png"))
     for tracker in accelerator.trackers:
         if tracker.name == "tensorboard":
-            tracker.writer.add_images("samples", images, step, dataformats="NHWC")
+            tracker.writer.add_images("samples", images, step, dataformats="NHWC")  # uint8 is read as 0..255
 
 
 def evaluate_fid(accelerator, model, ema, noise_scheduler, args, reference) -> float:

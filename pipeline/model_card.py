@@ -108,9 +108,13 @@ def render_card(model_name: str, unet_config: dict, scheduler_config: dict, eval
               f"Center crop 140x140 of the 178x218 image, antialiased bilinear resize to {size}x{size}, random "
               "horizontal flip, scaled to [-1, 1] (the score-SDE paper's CelebA protocol).", ""]
     if training:
-        if training.get("clock_counted_from_step") == 0:
+        counted_from = training.get("clock_counted_from_step")
+        if counted_from == 0:
             compute = f"{training['cpu_hours']:.2f} CPU-hours ({training.get('hardware', 'CPU')})."
-        else:  # the log does not cover the whole run: say so instead of printing an undercount
+        elif counted_from is not None:  # the clock started late: say so instead of printing an undercount as a total
+            compute = (f"{training['cpu_hours']:.2f} CPU-hours ({training.get('hardware', 'CPU')}) from step "
+                       f"{counted_from:,} on; the first {counted_from:,} steps were not timed.")
+        else:
             compute = "CPU time was not recorded for the whole run."
         lines += ["## Compute", "",
                   f"{training['step']:,} optimisation steps, {training['images_seen']:,} training images seen. "

@@ -47,6 +47,11 @@ def test_card_numbers_come_from_the_results(smoke_pipeline_dir, tmp_path):
     run_command(["-m", "pipeline.model_card", "--model", str(model), "--eval", str(tmp_path / "eval.json"),
                  "--training_log", str(tmp_path / "log.jsonl"), "--in_progress", "--out", str(out)])
     assert "intermediate checkpoint of a training run that continues** (step 2,000" in out.read_text()
+    log[1]["clock_counted_from_step"] = 262  # the clock started at a resume: a partial count, labelled as such
+    (tmp_path / "log.jsonl").write_text("\n".join(json.dumps(r) for r in log) + "\n")
+    run_command(["-m", "pipeline.model_card", "--model", str(model), "--eval", str(tmp_path / "eval.json"),
+                 "--training_log", str(tmp_path / "log.jsonl"), "--out", str(out)])
+    assert "2.50 CPU-hours (2 CPU cores) from step 262 on; the first 262 steps were not timed." in out.read_text()
 
 
 def test_card_without_evaluation_is_labelled_early(smoke_pipeline_dir, tmp_path):

@@ -8,6 +8,7 @@ import time
 from argparse import Namespace
 
 import torch
+from PIL import Image
 from diffusers import DDPMScheduler, UNet2DModel
 from safetensors.torch import load_file
 
@@ -177,11 +178,13 @@ def test_corrupt_image_stops_or_is_skipped_and_reported(tmp_path):
     assert summary["skipped_corrupt_images"] == ["000003.jpg"] and "skipped 1 corrupt images" in result.stderr
 
 
-def test_training_log_fid_and_cumulative_cpu_time(tmp_path):
-    """training_log.jsonl: a record per checkpoint (CPU-hours cumulative across a resume) and FID records."""
+def test_training_log_fid_sample_grids_and_cumulative_cpu_time(tmp_path):
+    """training_log.jsonl: a record per checkpoint (CPU-hours cumulative across a resume) and FID records; sample
+    grids of the EMA weights at the same steps."""
     out = tmp_path / "run"
     flags = ["--checkpointing_steps", 4, "--eval_fid_every", 4, "--eval_fid_num_samples", 6, "--eval_fid_steps", 10,
-             "--eval_fid_reference_images", 12]
+             "--eval_fid_reference_images", 12, "--save_images_steps", 4, "--num_validation_images", 4,
+             "--validation_inference_steps", 2, "--logger", "tensorboard"]
     env = {"CELEBA_DIFFUSION_CACHE": str(tmp_path / "cache")}
     run_command(train_args(out, *flags, "--max_train_steps", 4), env=env)
     run_command(train_args(out, *flags, "--max_train_steps", 8, "--resume_from_checkpoint", "latest"), env=env)
@@ -193,3 +196,8 @@ def test_training_log_fid_and_cumulative_cpu_time(tmp_path):
     assert all(r["clock_counted_from_step"] == 0 for r in checkpoints)  # the clock covers the whole run
     assert all(r["fid_6"] > 0 and "ddpm-10" in r["fid_protocol"] for r in fids)
     assert list((tmp_path / "cache" / "ref_stats").glob("*.pt"))  # the reference was cached, not recomputed
+    grids = sorted(p.name for p in (out / "samples").glob("*.png"))
+    assert grids == ["step_0000004.png", "step_0000008.png"]
+    with Image.open(out / "samples" / "step_0000008.png") as grid:
+        assert grid.mode == "RGB" and grid.size == (2 * (32 + 2) + 2,) * 2  # 2x2 tiles of 32 px, 2 px padding
+    assert list((out / "logs").rglob("events.out.tfevents.*"))  # the grid went to TensorBoard as well
