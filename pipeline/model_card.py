@@ -1,7 +1,8 @@
 """Write the Hub model card from the results JSON files, so the numbers in it cannot drift from the measurements.
 
-    python -m pipeline.model_card --model pretrained/celeba-64 --eval results/eval/*.json \
-        --training_log results/training_log.jsonl --grid results/samples/grid_x4.png --out model_card.md
+    python -m pipeline.model_card --model pretrained/celeba-64 --eval results/nfe/ddpm-20_n2000.json \
+        --likelihood results/likelihood.json --training_log results/training_log.jsonl \
+        --grid results/samples/ddpm-20/grid_x4.png --in_progress --out model_card.md
 
 The same text is written to MODEL/README.md: it is the README of the published Hub repo.
 """
@@ -58,8 +59,22 @@ def metrics_yaml(evals: list[dict]) -> list[dict]:
     return metrics
 
 
+def likelihood_line(result: dict) -> str:
+    """The bits/dim of ``pipeline.likelihood`` with its protocol, and a warning when the images were training images."""
+    options = result["options"]
+    line = (f"Negative log-likelihood: **{result['bpd_mean']:.3f} ± {result['bpd_stderr']:.3f} bits/dim** (mean ± "
+            f"standard error) on {result['num_images']} images of the official {result['split']} split, through the "
+            f"probability-flow ODE (RK45, rtol {options['rtol']:g}, atol {options['atol']:g}, from t = "
+            f"{options['eps']:g}), {options['hutchinson']} Hutchinson trace estimator, uniform dequantization on the "
+            "256-level scale.")
+    if result["split"] == "train":
+        line += " These are training images, so this is not a held-out likelihood."
+    return line
+
+
 def render_card(model_name: str, unet_config: dict, scheduler_config: dict, evals: list[dict],
-                training: dict | None, grid: str | None, in_progress: bool = False, pixel_unshuffle: int = 1) -> str:
+                training: dict | None, grid: str | None, in_progress: bool = False, pixel_unshuffle: int = 1,
+                likelihood: dict | None = None) -> str:
     unet_size = unet_config["sample_size"]
     unet_size = unet_size if isinstance(unet_size, int) else unet_size[0]  # square models: an int or a pair
     size = unet_size * pixel_unshuffle  # image side
@@ -133,6 +148,8 @@ def render_card(model_name: str, unet_config: dict, scheduler_config: dict, eval
                   "Kynkäänniemi et al. 2019, k = 3.", ""]
     else:
         lines += ["Not evaluated yet.", ""]
+    if likelihood:
+        lines += [likelihood_line(likelihood), ""]
     lines += ["## Limitations and biases", "",
               "- Trained on a small CPU budget: far from the quality of published CelebA-64 models trained on GPUs.",
               "- CelebA shows celebrities: mostly young, light-skinned faces, studio lighting and make-up; its "
@@ -151,6 +168,7 @@ def main(argv=None):
     parser.add_argument("--model", required=True, help="saved pipeline folder")
     parser.add_argument("--name", default=None, help="model name (default: the folder name)")
     parser.add_argument("--eval", nargs="*", default=[], help="pipeline.evaluate JSON files")
+    parser.add_argument("--likelihood", default=None, help="pipeline.likelihood JSON (bits/dim)")
     parser.add_argument("--training_log", default=None, help="training_log.jsonl of the run")
     parser.add_argument("--grid", default=None, help="sample grid picture: copied into the model folder as "
                         f"{GRID_NAME} (so the published repo shows it) and linked from both cards")
@@ -163,6 +181,7 @@ def main(argv=None):
     scheduler_config = read_json(str(model / "scheduler" / "scheduler_config.json"))
     evals = [read_json(p) for p in args.eval]
     training = read_training_log(args.training_log)
+    likelihood = read_json(args.likelihood) if args.likelihood else None
     pixel_unshuffle = read_json(str(model / "model_index.json")).get("pixel_unshuffle", 1)
     if args.grid:
         if not os.path.isfile(args.grid):
@@ -172,7 +191,7 @@ def main(argv=None):
     for path in (Path(args.out), model / "README.md"):  # the same card; only the picture's relative link differs
         grid = os.path.relpath(model / GRID_NAME, path.parent) if args.grid else None
         path.write_text(render_card(args.name or model.name, unet_config, scheduler_config, evals, training, grid,
-                                    args.in_progress, pixel_unshuffle))
+                                    args.in_progress, pixel_unshuffle, likelihood))
     print(f"wrote {args.out} and {model / 'README.md'}")
     return 0
 

@@ -52,6 +52,14 @@ def test_card_numbers_come_from_the_results(smoke_pipeline_dir, tmp_path):
     run_command(["-m", "pipeline.model_card", "--model", str(model), "--eval", str(tmp_path / "eval.json"),
                  "--training_log", str(tmp_path / "log.jsonl"), "--out", str(out)])
     assert "2.50 CPU-hours (2 CPU cores) from step 262 on; the first 262 steps were not timed." in out.read_text()
+    likelihood = {"bpd_mean": 3.4567, "bpd_stderr": 0.0123, "num_images": 16, "split": "train",
+                  "options": {"rtol": 1e-5, "atol": 1e-5, "eps": 1e-5, "hutchinson": "rademacher"}}
+    (tmp_path / "likelihood.json").write_text(json.dumps(likelihood))
+    run_command(["-m", "pipeline.model_card", "--model", str(model), "--likelihood", str(tmp_path / "likelihood.json"),
+                 "--out", str(out)])
+    card = out.read_text()
+    assert "**3.457 ± 0.012 bits/dim** (mean ± standard error) on 16 images of the official train split" in card
+    assert "rtol 1e-05, atol 1e-05, from t = 1e-05" in card and "not a held-out likelihood" in card
 
 
 def test_card_without_evaluation_is_labelled_early(smoke_pipeline_dir, tmp_path):
