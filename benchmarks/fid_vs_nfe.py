@@ -26,10 +26,11 @@ from pipeline.cli import run_cli  # noqa: E402
 from pipeline.plots import PALETTE, line_chart  # noqa: E402
 from pipeline.schedulers import ALL_SAMPLERS  # noqa: E402
 
-# The grid of the samplers issue: DDPM 1000; DDIM 10/20/50/100; DPM-Solver++ 10/15/20/25; Heun with 18 steps
-# (2 x 18 - 1 = 35 NFE); predictor-corrector (2 NFE per step); adaptive RK45 (steps unused: NFE is measured).
-GRID = {"ddim": [10, 20, 50, 100], "dpm++2m": [10, 15, 20, 25], "heun": [18], "ode-rk45": [1], "pc": [500],
-        "ddpm": [1000]}
+# The grid of the samplers issue: DDPM 1000; DDIM 10/20/50/100 (exact ODE and with x0 clipping); DPM-Solver++
+# 10/15/20/25; Heun with 18 steps (2 x 18 - 1 = 35 NFE); predictor-corrector (2 NFE per step); adaptive RK45 (steps
+# unused: NFE is measured).
+GRID = {"ddim": [10, 20, 50, 100], "ddim-clip": [10, 20, 50, 100], "dpm++2m": [10, 15, 20, 25], "heun": [18],
+        "ode-rk45": [1], "pc": [500], "ddpm": [1000]}
 APPROXIMATE_NFE = {"heun": lambda steps: 2 * steps - 1, "pc": lambda steps: 2 * steps, "ode-rk45": lambda _: 150}
 
 

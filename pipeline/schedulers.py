@@ -9,6 +9,14 @@ Karras-sigma schedulers also puts sigma_min at the first trained step t = 0. x0 
 DDPMScheduler's default config) is switched off for DDIM and Heun, which would otherwise clip every x0 prediction and
 leave the ODE; DDPM keeps the training config's value (Ho et al. clip in ancestral sampling).
 
+``ddim-clip`` is diffusers' default DDIM: x0 clipped to [-1, 1] but the step keeps the network's *unclipped* noise
+estimate, x_s = sqrt(abar_s) clip(x0_hat) + sqrt(1 - abar_s - sigma^2) eps_hat (+ sigma z). This is not the ODE: where
+the clip binds, the part of x_t that the clip removed is dropped instead of carried to the next step. An undertrained
+network's x0_hat at high noise is amplified noise (x0_hat = (x_t - sigma eps_hat) / sqrt(abar), 1 / sqrt(abar) ~ 150 at
+t = T - 1); the exact ODE, DPM-Solver++ (with or without thresholding, which re-derives eps from the clipped x0) and
+DDPM's posterior mean all keep that error in x_t and end in a saturated colour cast; ``ddim-clip`` does not (REPORT
+Section 6.4). With the exact denoiser x0_hat stays in range and ``ddim-clip`` is ``ddim``.
+
 The score-SDE samplers (``SDE_SAMPLERS``) are not schedulers; pass them as ``pipeline(sampler=name)`` (see
 ``pipeline.sde``).
 """
@@ -29,6 +37,7 @@ DIFFUSERS_SAMPLERS = {
     "ddpm": (DDPMScheduler, {"timestep_spacing": "trailing"}),
     # eta is given to the pipeline call (0 = deterministic DDIM). The last step lands on alpha_bar_0, like training.
     "ddim": (DDIMScheduler, {"clip_sample": False, "set_alpha_to_one": False, "timestep_spacing": "trailing"}),
+    "ddim-clip": (DDIMScheduler, {"clip_sample": True, "set_alpha_to_one": False, "timestep_spacing": "trailing"}),
     # Multistep 2nd order; final_sigmas_type="zero" (the default) already makes the last step to sigma = 0 first
     # order (diffusers forces lower_order_final there), so euler_at_final is not needed for few steps.
     "dpm++2m": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2,
@@ -64,8 +73,8 @@ def check_steps(name: str, steps: int, num_train_timesteps: int = 1000) -> None:
     25, 50, 100, 200, 250, 500; with 400 or 30 steps the noise level drifts off the schedule)."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    if name == "ddim" and num_train_timesteps % steps:
-        raise ValueError(f"ddim needs a step count dividing T = {num_train_timesteps}, got {steps}")
+    if name in ("ddim", "ddim-clip") and num_train_timesteps % steps:
+        raise ValueError(f"{name} needs a step count dividing T = {num_train_timesteps}, got {steps}")
 
 
 def nfe(name: str, steps: int, corrector_steps: int = 1) -> int | None:

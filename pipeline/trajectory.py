@@ -23,7 +23,7 @@ from .images import make_grid
 from .schedulers import check_steps
 
 # Schedulers whose step returns pred_original_sample (the x0 estimate shown in the bottom rows).
-TRAJECTORY_SAMPLERS = ("ddim", "ddpm")
+TRAJECTORY_SAMPLERS = ("ddim", "ddim-clip", "ddpm")
 
 
 def snapshot_indices(steps: int, count: int) -> list[int]:

@@ -26,7 +26,7 @@ COSINE_V = dict(DDPMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type
 SHAPE = (3, 4, 4)
 N_SAMPLES = 3000
 # steps per sampler for the moment test (bias well below 5 SE; see the module docstring)
-MOMENT_STEPS = {"ddpm": 1000, "ddim": 500, "dpm++2m": 100, "euler": 400, "heun": 50, "unipc": 100,
+MOMENT_STEPS = {"ddpm": 1000, "ddim": 500, "ddim-clip": 500, "dpm++2m": 100, "euler": 400, "heun": 50, "unipc": 100,
                 "pc": 300, "ode-heun": 50, "ode-rk45": 1}
 
 
@@ -128,6 +128,35 @@ def test_ddim_eta0_is_exact_for_a_point_mass():
     exact = model.pf_ode_exact(exact_noise(64), 1.0, model.sde.t_min)
     for steps in (1, 2, 5, 10):
         assert (run_pipeline(model, LINEAR, "ddim", steps, 64) - exact).abs().max() < 1e-4
+
+
+def test_ddim_clip_is_ddim_while_x0_stays_in_range():
+    """With the exact denoiser of data well inside [-1, 1], E[x_0 | x_t] never leaves [-1, 1]: no clip binds, and
+    ddim-clip gives ddim's samples bit for bit."""
+    model = make_gaussian(LINEAR, dtype=torch.float64, mu_max=0.2, s_range=(0.05, 0.1))
+    for steps in (10, 50):
+        torch.testing.assert_close(run_pipeline(model, LINEAR, "ddim-clip", steps, 64),
+                                   run_pipeline(model, LINEAR, "ddim", steps, 64), rtol=0, atol=0)
+
+
+def test_ddim_clip_drops_what_the_clip_removes():
+    """Where the clip binds, ddim-clip steps to sqrt(abar_s) clip(x0_hat) + sqrt(1 - abar_s) eps_hat with the
+    network's unclipped eps_hat (diffusers' default DDIM, use_clipped_model_output=False): the clipped-off part of
+    x_t is not carried to x_s. The ODE step (ddim) keeps it; re-deriving eps from the clipped x0 (as DPM-Solver++
+    thresholding does) would keep it too: x_s - sqrt(abar_s) clip(x0_hat) would then be (sigma_s / sigma_t)(x_t -
+    sqrt(abar_t) clip(x0_hat))."""
+    x_t, eps_hat = torch.full((1, *SHAPE), 0.3, dtype=torch.float64), torch.full((1, *SHAPE), -0.5, dtype=torch.float64)
+    clipped, exact = make_scheduler("ddim-clip", LINEAR), make_scheduler("ddim", LINEAR)
+    for scheduler in (clipped, exact):
+        scheduler.set_timesteps(10)
+    t, s = int(clipped.timesteps[0]), int(clipped.timesteps[1])
+    abar_t, abar_s = (float(clipped.alphas_cumprod[i]) for i in (t, s))
+    x0_hat = (x_t - math.sqrt(1 - abar_t) * eps_hat) / math.sqrt(abar_t)
+    assert x0_hat.min() > 50                                                # far outside [-1, 1] at t = T - 1
+    x_s = clipped.step(eps_hat, t, x_t, eta=0.0).prev_sample
+    torch.testing.assert_close(x_s, math.sqrt(abar_s) * x0_hat.clamp(-1, 1) + math.sqrt(1 - abar_s) * eps_hat)
+    torch.testing.assert_close(exact.step(eps_hat, t, x_t, eta=0.0).prev_sample,
+                               math.sqrt(abar_s) * x0_hat + math.sqrt(1 - abar_s) * eps_hat)
 
 
 def test_sde_euler_step_reproduces_diffusers_ddim_trajectory():
@@ -242,8 +271,10 @@ def test_unknown_names_and_options_are_rejected():
     with pytest.raises(ValueError, match="400"):
         check_steps("ddim", 400)
     check_steps("ddim", 500)
+    with pytest.raises(ValueError, match="ddim-clip.*30"):
+        check_steps("ddim-clip", 30)
     check_steps("dpm++2m", 400)
-    assert set(ALL_SAMPLERS) == set(DIFFUSERS_SAMPLERS) | set(SDE_SAMPLERS) and len(ALL_SAMPLERS) == 9
+    assert set(ALL_SAMPLERS) == set(DIFFUSERS_SAMPLERS) | set(SDE_SAMPLERS) and len(ALL_SAMPLERS) == 10
 
 
 def test_sde_samplers_run_a_real_unet2dmodel():
