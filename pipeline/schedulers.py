@@ -12,10 +12,10 @@ leave the ODE; DDPM keeps the training config's value (Ho et al. clip in ancestr
 ``ddim-clip`` is diffusers' default DDIM: x0 clipped to [-1, 1] but the step keeps the network's *unclipped* noise
 estimate, x_s = sqrt(abar_s) clip(x0_hat) + sqrt(1 - abar_s - sigma^2) eps_hat (+ sigma z). This is not the ODE: where
 the clip binds, the part of x_t that the clip removed is dropped instead of carried to the next step. An undertrained
-network's x0_hat at high noise is amplified noise (x0_hat = (x_t - sigma eps_hat) / sqrt(abar), 1 / sqrt(abar) ~ 150 at
-t = T - 1); the exact ODE, DPM-Solver++ (with or without thresholding, which re-derives eps from the clipped x0) and
-DDPM's posterior mean all keep that error in x_t and end in a saturated colour cast; ``ddim-clip`` does not (REPORT
-Section 6.4). With the exact denoiser x0_hat stays in range and ``ddim-clip`` is ``ddim``.
+network's x0_hat at high noise is its eps error amplified (x0_hat = (x_t - sigma eps_hat) / sqrt(abar), 1 / sqrt(abar)
+~ 157 at t = T - 1); the clip bounds it, and with eta = 0 the next step's noise is the network's own eps_hat rather than
+fresh noise. On our step-5,843 checkpoint this gives faces where the exact ODE samplers give saturated noise and DDPM gives
+colour casts (REPORT Section 6.4). With x0_hat in range (e.g. the exact denoiser) ``ddim-clip`` is ``ddim``.
 
 The score-SDE samplers (``SDE_SAMPLERS``) are not schedulers; pass them as ``pipeline(sampler=name)`` (see
 ``pipeline.sde``).
