@@ -19,6 +19,7 @@ from pathlib import Path
 import yaml
 
 from .cli import run_cli
+from .schedulers import DIFFUSERS_SAMPLERS
 from .training_log import read_records
 
 GRID_NAME = "samples.png"
@@ -72,6 +73,42 @@ def likelihood_line(result: dict) -> str:
     return line
 
 
+def best_sampler(evals: list[dict]) -> dict | None:
+    """The evaluation with the lowest FID among those with the most samples (FID is biased in N, so only equal-N
+    values compare), restricted to diffusers samplers, which a Hub user can configure without this project."""
+    usable = [result for result in evals if result["sampler"] in DIFFUSERS_SAMPLERS]
+    if not usable:
+        return None
+    most = max(result["num_samples"] for result in usable)
+    return min((result for result in usable if result["num_samples"] == most), key=lambda result: result["fid"])
+
+
+def use_section(evals: list[dict]) -> list[str]:
+    """Loading code that samples with the best measured sampler, configured exactly as ``pipeline.schedulers`` does
+    but written with diffusers names only."""
+    best = best_sampler(evals)
+    imports, setup, steps = "from diffusers import DiffusionPipeline", [], 50
+    if best:
+        scheduler_class, overrides = DIFFUSERS_SAMPLERS[best["sampler"]]
+        imports += f", {scheduler_class.__name__}"
+        setup = [f"pipe.scheduler = {scheduler_class.__name__}.from_config(",
+                 "    pipe.scheduler.config, " + ", ".join(f"{key}={value!r}" for key, value in overrides.items())
+                 + ")"]
+        steps = best["steps"]
+    lines = ["## Use", "", "```python", "import torch", imports, "",
+             'pipe = DiffusionPipeline.from_pretrained("REPO_OR_PATH", custom_pipeline="pipeline_celeba",',
+             "                                         trust_remote_code=True)", *setup,
+             f"images = pipe(batch_size=16, num_inference_steps={steps}, "
+             "generator=torch.Generator().manual_seed(0)).images", "```", "",
+             "The repository carries `pipeline_celeba.py` (the `CelebADiffusionPipeline`); the scheduler saved with the "
+             "model is the training `DDPMScheduler`, whose config every diffusers scheduler can be built from "
+             "(same noise schedule and prediction type)."]
+    if best:
+        lines[-1] += (f" The code above samples with `{best['sampler']}` at {best['steps']} steps, the sampler with "
+                      f"the lowest {best['label']} below.")
+    return lines + [""]
+
+
 def render_card(model_name: str, unet_config: dict, scheduler_config: dict, evals: list[dict],
                 training: dict | None, grid: str | None, in_progress: bool = False, pixel_unshuffle: int = 1,
                 likelihood: dict | None = None) -> str:
@@ -104,16 +141,8 @@ def render_card(model_name: str, unet_config: dict, scheduler_config: dict, eval
                   "checkpoints replace them.", ""]
     if grid:
         lines += [f"![samples]({grid})", ""]
-    lines += ["## Use", "", "```python", "import torch", "from diffusers import DiffusionPipeline", "",
-              'pipe = DiffusionPipeline.from_pretrained("REPO_OR_PATH", custom_pipeline="pipeline_celeba",',
-              "                                         trust_remote_code=True)",
-              "images = pipe(batch_size=16, num_inference_steps=50, generator=torch.Generator().manual_seed(0)).images",
-              "```", "",
-              "The repository carries `pipeline_celeba.py` (the `CelebADiffusionPipeline`); the scheduler saved with the "
-              "model is the training `DDPMScheduler` (ancestral sampling, x0 clipped). Any diffusers scheduler plugs in "
-              "with `pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)`; the evaluation "
-              "below says which samplers were measured on these weights.", "",
-              "## Model", "",
+    lines += use_section(evals)
+    lines += ["## Model", "",
               f"- `UNet2DModel`: {size}x{size}{unshuffled}, block_out_channels {list(unet_config['block_out_channels'])}, "
               f"{unet_config['layers_per_block']} ResNet layers per block, blocks {list(unet_config['down_block_types'])}.",
               f"- Diffusion: T = {scheduler_config['num_train_timesteps']}, {schedule} beta "

@@ -5,7 +5,9 @@ import shutil
 
 import yaml
 
-from conftest import run_command
+from conftest import ROOT, run_command
+
+from pipeline.schedulers import make_scheduler
 
 
 def header(text: str) -> dict:
@@ -44,6 +46,17 @@ def test_card_numbers_come_from_the_results(smoke_pipeline_dir, tmp_path):
     assert "| 23.46 | 12.34 ± 1.10 | 0.612 | 0.432 |" in card
     assert "2,000 optimisation steps, 64,000 training images seen. 2.50 CPU-hours (2 CPU cores)" in card
     assert "early checkpoint" not in card and "intermediate checkpoint" not in card
+    # the loading code samples with the measured sampler, configured like pipeline.schedulers; it runs as written
+    assert "lowest FID-10k below" in card
+    snippet = card.split("```python\n")[1].split("```")[0]
+    assert "DPMSolverMultistepScheduler.from_config(" in snippet and "num_inference_steps=20" in snippet
+    shutil.copy(ROOT / "pipeline" / "pipeline_celeba.py", model)     # what pipeline.publish uploads with the weights
+    namespace = {}
+    exec(snippet.replace("REPO_OR_PATH", str(model)).replace("batch_size=16", "batch_size=2"), namespace)
+    pipe = namespace["pipe"]
+    assert type(pipe.scheduler).__name__ == "DPMSolverMultistepScheduler" and len(namespace["images"]) == 2
+    trained = json.loads((model / "scheduler" / "scheduler_config.json").read_text())
+    assert dict(pipe.scheduler.config) == dict(make_scheduler("dpm++2m", trained).config)
     run_command(["-m", "pipeline.model_card", "--model", str(model), "--eval", str(tmp_path / "eval.json"),
                  "--training_log", str(tmp_path / "log.jsonl"), "--in_progress", "--out", str(out)])
     assert "intermediate checkpoint of a training run that continues** (step 2,000" in out.read_text()
