@@ -8,8 +8,8 @@ schedule, min-SNR-5 loss weighting, and a "simple diffusion" UNet on 2x2 pixel-u
 long run's 1000, since the budgets are short. Each recipe runs ``accelerate launch train_unet.py
 --max_train_minutes M`` alone on the machine (resumable: an interrupted recipe continues from its checkpoint and its
 wall clock, summed over resumes: keep the machine otherwise idle, since contention and pauses count against the
-budget), then ``pipeline.evaluate`` (FID-N, bf16 UNet, by default DDPM at 20 steps: at these short budgets the
-unclipped ODE samplers DDIM/DPM-Solver++ still give saturated noise, REPORT Section 6.4) against the cached reference of all official-train images. A recipe whose results JSON exists for the same budget, sample
+budget), then ``pipeline.evaluate`` (FID-N, bf16 UNet, by default DDIM with x0 clipping at 20 steps, ``ddim-clip``: early
+in training the unclipped ODE samplers DDIM/DPM-Solver++ still give saturated noise, REPORT Section 6.4) against the cached reference of all official-train images. A recipe whose results JSON exists for the same budget, sample
 count and seed is skipped, so the study can span several sessions.
 Writes results/recipes/<recipe>.json and results/recipes/summary.json.
 """
@@ -72,7 +72,7 @@ def main(argv=None) -> int:
     parser.add_argument("--minutes", type=float, default=45.0, help="wall-clock training budget per recipe")
     parser.add_argument("--recipes", nargs="*", default=list(RECIPES), help=f"subset of {list(RECIPES)}")
     parser.add_argument("--num_samples", type=int, default=2000, help="FID-N")
-    parser.add_argument("--scheduler", default="ddpm", help="sampler that scores every recipe (pipeline.evaluate)")
+    parser.add_argument("--scheduler", default="ddim-clip", help="sampler that scores every recipe (pipeline.evaluate)")
     parser.add_argument("--steps", type=int, default=20, help="its number of steps")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)

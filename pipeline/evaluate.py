@@ -287,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="pipeline folder to sample from (generation mode)")
     p.add_argument("--num_samples", type=int, default=10000)
-    p.add_argument("--scheduler", default="ddpm", help="sampler name, see pipeline/schedulers.py")
+    p.add_argument("--scheduler", default="ddim-clip", help="sampler name, see pipeline/schedulers.py")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--eta", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0, help="generation, KID subsets, P/R and memorization subsets")

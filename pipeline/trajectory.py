@@ -1,4 +1,5 @@
-"""How a face emerges from noise: x_t and the model's estimate of x_0 at several t along one sampling trajectory.
+"""How a face emerges from noise: x_t and the model's estimate of x_0 at several t along one sampling trajectory
+(``ddim-clip`` by default, 50 steps).
 
     python -m pipeline.trajectory --model pretrained/celeba-64 --out results/samples/trajectory.png
 
@@ -84,7 +85,7 @@ def trajectory_picture(timesteps: list[int], samples: torch.Tensor, estimates: t
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=DEFAULT_MODEL, help="pipeline folder")
-    parser.add_argument("--scheduler", default="ddpm", choices=TRAJECTORY_SAMPLERS)
+    parser.add_argument("--scheduler", default="ddim-clip", choices=TRAJECTORY_SAMPLERS)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--num_images", type=int, default=4, help="trajectories shown (two rows each)")
     parser.add_argument("--snapshots", type=int, default=8, help="columns: steps shown, first and last included")
