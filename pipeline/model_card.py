@@ -1,8 +1,9 @@
 """Write the Hub model card from the results JSON files, so the numbers in it cannot drift from the measurements.
 
-    python -m pipeline.model_card --model pretrained/celeba-64 --eval results/nfe/ddpm-20_n2000.json \
+    python -m pipeline.model_card --model pretrained/celeba-64 --name celeba-64 \
+        --eval results/nfe/ddim-clip-20_n2000.json results/nfe/ddpm-20_n2000.json \
         --likelihood results/likelihood.json --training_log results/training_log.jsonl \
-        --grid results/samples/ddpm-20/grid_x4.png --in_progress --out model_card.md
+        --grid results/samples/ddim-clip-20/grid_x4.png --in_progress --out model_card.md
 
 The same text is written to MODEL/README.md: it is the README of the published Hub repo.
 """
