@@ -27,7 +27,6 @@ from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers import DDPMScheduler, UNet2DModel
-from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel, compute_snr
 from tqdm.auto import tqdm
 
@@ -39,6 +38,7 @@ from pipeline.data import TrainStream, load_celeba
 from pipeline.evaluate import fid_against_reference, load_or_compute_reference
 from pipeline.generate import generate
 from pipeline.images import make_grid
+from pipeline.lr_schedules import build_lr_scheduler, check_resumed_learning_rate
 from pipeline.model_card import read_training_log, render_card
 from pipeline.noise_schedules import shifted_cosine_betas
 from pipeline.preprocess import Preprocessing, random_hflip, to_model_range
@@ -91,8 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_train_minutes", type=float, default=None, help="also stop (checkpoint, save the pipeline) "
                    "once the run's wall-clock time, summed over resumes, reaches this budget")
     p.add_argument("--learning_rate", type=float, default=2e-4)
-    p.add_argument("--lr_scheduler", type=str, default="cosine")
+    p.add_argument("--lr_scheduler", type=str, default="cosine", help="a diffusers schedule (cosine, "
+                   "constant_with_warmup, ...) or warmup_stable_decay (pipeline/lr_schedules.py)")
     p.add_argument("--lr_warmup_steps", type=int, default=500)
+    p.add_argument("--lr_decay_steps", type=int, default=None, help="warmup_stable_decay: the final N steps before "
+                   "--max_train_steps anneal the LR linearly to 0; a constant-LR run may be resumed with a cooldown")
     p.add_argument("--adam_beta1", type=float, default=0.9)
     p.add_argument("--adam_beta2", type=float, default=0.999)
     p.add_argument("--adam_weight_decay", type=float, default=0.0)
@@ -329,9 +332,11 @@ def main(argv=None):
     model, noise_scheduler = build_model_and_scheduler(args)
     set_seed(args.seed, device_specific=True)  # then per-process noise; a resume restores the saved RNG states
     optimizer, ema = build_optimizer_and_ema(model, args)
-    lr_scheduler = get_scheduler(args.lr_scheduler, optimizer,
-                                 num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
-                                 num_training_steps=args.max_train_steps * accelerator.num_processes)
+    # accelerate steps a prepared scheduler once per process per optimizer step, hence the scaling
+    lr_scheduler = build_lr_scheduler(
+        args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+        num_training_steps=args.max_train_steps * accelerator.num_processes,
+        num_decay_steps=None if args.lr_decay_steps is None else args.lr_decay_steps * accelerator.num_processes)
     stream = TrainStream(
         load_celeba(args.dataset_name, args.dataset_config_name, args.train_data_dir, args.split),
         Preprocessing(resolution=args.resolution, crop_size=args.crop_size, crop_offset_y=args.crop_offset_y),
@@ -358,6 +363,7 @@ def main(argv=None):
         else:
             accelerator.load_state(str(checkpoint))
             global_step = int(checkpoint.name.split("-")[1])
+            check_resumed_learning_rate(lr_scheduler.scheduler, global_step)
             with open(checkpoint / f"stream_rank{accelerator.process_index}.json") as handle:
                 stream.load_state_dict(json.load(handle))
             clock_file = checkpoint / f"clock_rank{accelerator.process_index}.json"
@@ -438,7 +444,8 @@ def main(argv=None):
         accelerator.log(logs, step=global_step)
 
         due = (args.checkpointing_steps and global_step % args.checkpointing_steps == 0) or (
-            args.checkpointing_minutes and time.monotonic() - last_checkpoint_time > 60 * args.checkpointing_minutes)
+            args.checkpointing_minutes and time.monotonic() - last_checkpoint_time > 60 * args.checkpointing_minutes
+        ) or global_step == args.max_train_steps  # the last step too: the log's final record, a resumable end
         flags = agreed([due, stop["requested"], out_of_time()])
         fid_due = args.eval_fid_every and global_step % args.eval_fid_every == 0
         if fid_due and accelerator.is_main_process:

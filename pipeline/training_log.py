@@ -91,24 +91,41 @@ def eval_record(records: list[dict], evaluation: dict, step: int) -> dict:
                             f"train images (pipeline.evaluate)"}
 
 
+def fid_series(records: list[dict]) -> dict[str, list[tuple[int, float]]]:
+    """FID records grouped into curves by sample count and sampler ("FID-2000, ddpm-20"): numbers measured with
+    different samplers are not one curve."""
+    series: dict[str, list[tuple[int, float]]] = {}
+    for record in records:
+        for key in record:
+            if re.fullmatch(r"fid_\d+", key):  # not fid_protocol
+                sampler = record.get("fid_protocol", "").split(",")[0]
+                label = key.replace("fid_", "FID-") + (f", {sampler}" if sampler else "")
+                series.setdefault(label, []).append((record["step"], record[key]))
+    return {label: sorted(points) for label, points in sorted(series.items())}
+
+
 def plot_training_log(records: list[dict], path: str) -> None:
-    """Loss (mean over each logging interval, log scale) and any FID records against the optimisation step."""
+    """Loss (mean over each logging interval, log scale), the learning rate, and any FID curves against the
+    optimisation step."""
     from .plots import PALETTE, line_chart
 
+    def panel(curves: dict[tuple, list[tuple[int, float]]], y_label: str, log_y: bool = False) -> dict:
+        return {"lines": {color: ([s for s, _ in points], [v for _, v in points], 2) for color, points in curves.items()},
+                "markers": curves, "log_y": log_y, "y_label": y_label}
+
     losses = [(r["step"], r["loss"]) for r in records if r.get("loss") is not None]
-    fid_keys = sorted({key for r in records for key in r if re.fullmatch(r"fid_\d+", key)})  # not fid_protocol
-    panels = [{"lines": {PALETTE[0]: ([s for s, _ in losses], [v for _, v in losses], 2)},
-               "markers": {PALETTE[0]: losses}, "log_y": True,
-               "y_label": "training loss (mean since the previous record), log scale"}]
+    rates = [(r["step"], r["lr"]) for r in records if r.get("lr") is not None]
+    panels = [panel({PALETTE[0]: losses}, "training loss (mean since the previous record), log scale", log_y=True)]
     legend = {"loss": PALETTE[0]}
-    if fid_keys:
-        fid_lines = {}
-        for index, key in enumerate(fid_keys, start=1):
-            points = sorted((r["step"], r[key]) for r in records if key in r)
-            fid_lines[PALETTE[index]] = ([s for s, _ in points], [v for _, v in points], 2)
-            legend[key.replace("fid_", "FID-")] = PALETTE[index]
-        panels.append({"lines": fid_lines, "markers": {c: list(zip(xs, ys)) for c, (xs, ys, _) in fid_lines.items()},
-                       "y_label": "FID (EMA weights) against the training-split reference"})
+    if rates:
+        panels.append(panel({PALETTE[-1]: rates}, "learning rate at the checkpoint"))
+        legend["learning rate"] = PALETTE[-1]
+    fids = fid_series(records)
+    if fids:
+        colors = dict(zip(fids, PALETTE[1:-1]))
+        panels.append(panel({colors[label]: points for label, points in fids.items()},
+                            "FID (EMA weights) against the training-split reference"))
+        legend.update(colors)
     clocked = [r for r in records if "cpu_hours" in r]
     last = clocked[-1] if clocked else records[-1]
     title = f"training curve: {last['step']:,} steps, {last['images_seen']:,} images" + (

@@ -7,12 +7,14 @@ import sys
 import time
 from argparse import Namespace
 
+import pytest
 import torch
 from PIL import Image
 from diffusers import DDPMScheduler, UNet2DModel
 from safetensors.torch import load_file
 
 from conftest import FIXTURE, ROOT, run_command, subprocess_env, train_args
+from pipeline.lr_schedules import build_lr_scheduler
 from train_unet import cpu_thread_advice, diffusion_loss, parse_args
 
 RESUME_FLAGS = ["--max_train_steps", 12, "--checkpointing_steps", 4, "--checkpoints_total_limit", 5,
@@ -132,6 +134,45 @@ def test_time_budget_ends_the_run_with_a_checkpoint_and_the_pipeline(tmp_path):
     assert "resumed from" in again.stderr and "time budget" not in again.stderr  # spent: not even one more step
     assert json.loads((out / "run_summary_rank0.json").read_text())["global_step"] == 1
     assert not (out / "checkpoint-2").exists()
+
+
+def test_warmup_stable_decay_is_constant_with_warmup_then_a_linear_cooldown_to_zero():
+    def learning_rates(name, **lengths):
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.5)
+        scheduler = build_lr_scheduler(name, optimizer, num_warmup_steps=4, num_training_steps=20, **lengths)
+        rates = []
+        for _ in range(20):
+            rates.append(scheduler.get_last_lr()[0])
+            optimizer.step()
+            scheduler.step()
+        return rates + scheduler.get_last_lr()
+
+    wsd = learning_rates("warmup_stable_decay", num_decay_steps=8)
+    assert wsd[:12] == learning_rates("constant_with_warmup")[:12]  # diffusers' schedule until the decay starts
+    assert wsd[2] == 0.25 and wsd[4:13] == [0.5] * 9
+    assert wsd[12:] == [0.5 * (20 - step) / 8 for step in range(12, 21)]  # 0.5 at the start, 0 at max_train_steps
+    for bad in (None, 0, 17):
+        with pytest.raises(ValueError, match="--lr_decay_steps between 1 and max_train_steps - lr_warmup_steps = 16"):
+            learning_rates("warmup_stable_decay", num_decay_steps=bad)
+    with pytest.raises(ValueError, match="--lr_decay_steps applies only to --lr_scheduler warmup_stable_decay"):
+        learning_rates("cosine", num_decay_steps=8)
+
+
+def test_cooldown_added_on_resume_equals_the_schedule_from_the_start(tmp_path):
+    """A constant-LR run resumed with a warmup-stable-decay cooldown trains exactly like a run that had the cooldown
+    scheduled from step 0; a changed schedule whose LR would jump at the checkpoint is refused."""
+    cooldown = ["--lr_scheduler", "warmup_stable_decay", "--lr_decay_steps", 4, "--max_train_steps", 8]
+    run_command(train_args(tmp_path / "straight", *cooldown))
+    resumed = tmp_path / "resumed"
+    run_command(train_args(resumed, "--max_train_steps", 4))  # smoke.yaml: constant_with_warmup
+    jump = run_command(train_args(resumed, *cooldown[:3], 6, *cooldown[4:], "--resume_from_checkpoint", "latest"),
+                       check=False)
+    assert jump.returncode == 2 and "has lr 0.000666667 at step 4, but the checkpoint trained with lr 0.001" in jump.stderr
+    run_command(train_args(resumed, *cooldown, "--resume_from_checkpoint", "latest"))
+    weights = "unet/diffusion_pytorch_model.safetensors"
+    assert tensors_equal(tmp_path / "straight" / weights, resumed / weights)
+    final = json.loads((resumed / "training_log.jsonl").read_text().splitlines()[-1])
+    assert final["step"] == 8 and final["lr"] == 0.0
 
 
 def test_two_process_cpu_run(tmp_path):

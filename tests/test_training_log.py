@@ -5,6 +5,7 @@ import json
 from PIL import Image
 
 from conftest import run_command
+from pipeline.training_log import fid_series
 
 
 def test_plot_of_checkpoint_and_fid_records(tmp_path):
@@ -19,6 +20,11 @@ def test_plot_of_checkpoint_and_fid_records(tmp_path):
     assert "5 records" in result.stdout
     with Image.open(tmp_path / "curve.png") as picture:
         assert picture.height > 600  # two panels: loss, and FID because the log has FID records
+    with_rates = [{**r, "lr": 1e-4} if "loss" in r else r for r in records]
+    log.write_text("".join(json.dumps(r) + "\n" for r in with_rates))
+    run_command(["-m", "pipeline.training_log", "--log", str(log), "--plot", str(tmp_path / "curve3.png")])
+    with Image.open(tmp_path / "curve3.png") as three, Image.open(tmp_path / "curve.png") as two:
+        assert three.height > two.height  # a learning-rate panel: the log records the rate
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     failed = run_command(["-m", "pipeline.training_log", "--log", str(empty), "--plot", str(tmp_path / "x.png")],
@@ -42,3 +48,13 @@ def test_an_evaluation_of_a_checkpoint_becomes_an_fid_record_of_its_step(tmp_pat
                               "--step", "300"], check=False)
     assert wrong_step.returncode == 2 and "no record at step 300" in wrong_step.stderr
     assert len(log.read_text().splitlines()) == 2  # the failed call appended nothing
+
+
+def test_fid_records_of_different_samplers_are_different_curves():
+    records = [{"step": 100, "fid_2000": 90.0, "fid_protocol": "ddpm-20, seed 0"},
+               {"step": 300, "fid_2000": 70.0, "fid_protocol": "ddim-clip-20, seed 0"},
+               {"step": 200, "fid_2000": 80.0, "fid_protocol": "ddpm-20, seed 0"},
+               {"step": 200, "fid_1000": 85.0},
+               {"step": 200, "loss": 0.1, "cpu_hours": 0.2}]
+    assert fid_series(records) == {"FID-1000": [(200, 85.0)], "FID-2000, ddim-clip-20": [(300, 70.0)],
+                                   "FID-2000, ddpm-20": [(100, 90.0), (200, 80.0)]}
