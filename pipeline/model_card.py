@@ -2,8 +2,8 @@
 
     python -m pipeline.model_card --model pretrained/celeba-64 --name celeba-64 \
         --eval results/nfe/ddim-clip-20_n2000.json results/nfe/ddpm-20_n2000.json \
-        --likelihood results/likelihood.json --training_log results/training_log.jsonl \
-        --grid results/samples/ddim-clip-20/grid_x4.png --in_progress --out model_card.md
+        --likelihood results/likelihood.json --training_log results/training_log.jsonl --training_step 8591 \
+        --grid results/samples/ddim-clip-20/grid_x4.png --out model_card.md
 
 The same text is written to MODEL/README.md: it is the README of the published Hub repo.
 """
@@ -34,14 +34,18 @@ def read_json(path: str) -> dict:
         return json.load(handle)
 
 
-def read_training_log(path: str | None) -> dict | None:
-    """The last checkpoint record of a training_log.jsonl (cumulative steps, images, CPU-hours), or None."""
+def read_training_log(path: str | None, step: int | None = None) -> dict | None:
+    """The checkpoint record of the shipped weights (cumulative steps, images, CPU-hours): the one at ``step``, by
+    default the last; ``last_step`` says how far the run went on. None without a log."""
     if not path:
         return None
     checkpoints = [record for record in read_records(path) if "cpu_hours" in record]
     if not checkpoints:
         raise ValueError(f"training log {path} has no checkpoint records (step, images_seen, cpu_hours)")
-    return checkpoints[-1]
+    chosen = checkpoints[-1] if step is None else next((r for r in checkpoints if r["step"] == step), None)
+    if chosen is None:
+        raise ValueError(f"training log {path} has no checkpoint record at step {step}")
+    return {**chosen, "last_step": checkpoints[-1]["step"]}
 
 
 def sampler_label(result: dict) -> str:
@@ -161,9 +165,11 @@ def render_card(model_name: str, unet_config: dict, scheduler_config: dict, eval
                        f"{counted_from:,} on; the first {counted_from:,} steps were not timed.")
         else:
             compute = "CPU time was not recorded for the whole run."
+        went_on = (f" The run went on to step {training['last_step']:,}; these are the weights of step "
+                   f"{training['step']:,}." if training.get("last_step", training["step"]) > training["step"] else "")
         lines += ["## Compute", "",
                   f"{training['step']:,} optimisation steps, {training['images_seen']:,} training images seen. "
-                  + compute, ""]
+                  + compute + went_on, ""]
     lines += ["## Evaluation", ""]
     if evals:
         lines += ["| protocol | sampler | FID | KID (x1e3) | precision | recall |", "|---|---|---|---|---|---|"]
@@ -200,6 +206,8 @@ def main(argv=None):
     parser.add_argument("--eval", nargs="*", default=[], help="pipeline.evaluate JSON files")
     parser.add_argument("--likelihood", default=None, help="pipeline.likelihood JSON (bits/dim)")
     parser.add_argument("--training_log", default=None, help="training_log.jsonl of the run")
+    parser.add_argument("--training_step", type=int, default=None, help="checkpoint step of the shipped weights "
+                        "(default: the log's last checkpoint)")
     parser.add_argument("--grid", default=None, help="sample grid picture: copied into the model folder as "
                         f"{GRID_NAME} (so the published repo shows it) and linked from both cards")
     parser.add_argument("--in_progress", action="store_true",
@@ -210,7 +218,7 @@ def main(argv=None):
     unet_config = read_json(str(model / "unet" / "config.json"))
     scheduler_config = read_json(str(model / "scheduler" / "scheduler_config.json"))
     evals = [read_json(p) for p in args.eval]
-    training = read_training_log(args.training_log)
+    training = read_training_log(args.training_log, args.training_step)
     likelihood = read_json(args.likelihood) if args.likelihood else None
     pixel_unshuffle = read_json(str(model / "model_index.json")).get("pixel_unshuffle", 1)
     if args.grid:

@@ -65,6 +65,13 @@ def test_card_numbers_come_from_the_results(smoke_pipeline_dir, tmp_path):
     run_command(["-m", "pipeline.model_card", "--model", str(model), "--eval", str(tmp_path / "eval.json"),
                  "--training_log", str(tmp_path / "log.jsonl"), "--out", str(out)])
     assert "2.50 CPU-hours (2 CPU cores) from step 262 on; the first 262 steps were not timed." in out.read_text()
+    run_command(["-m", "pipeline.model_card", "--model", str(model), "--training_log", str(tmp_path / "log.jsonl"),
+                 "--training_step", "1000", "--out", str(out)])  # shipped weights older than the run's end
+    assert ("1,000 optimisation steps, 32,000 training images seen. CPU time was not recorded for the whole run. The "
+            "run went on to step 2,000; these are the weights of step 1,000.") in out.read_text()
+    missing = run_command(["-m", "pipeline.model_card", "--model", str(model), "--training_log",
+                           str(tmp_path / "log.jsonl"), "--training_step", "1500", "--out", str(out)], check=False)
+    assert missing.returncode == 2 and "has no checkpoint record at step 1500" in missing.stderr
     likelihood = {"bpd_mean": 3.4567, "bpd_stderr": 0.0123, "num_images": 16, "split": "train",
                   "options": {"rtol": 1e-5, "atol": 1e-5, "eps": 1e-5, "hutchinson": "rademacher"}}
     (tmp_path / "likelihood.json").write_text(json.dumps(likelihood))
