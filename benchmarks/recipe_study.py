@@ -65,6 +65,14 @@ def train_command(name: str, args) -> list[str]:
             "--max_train_minutes", str(args.minutes), *as_flags({**COMMON, **RECIPES[name]})]
 
 
+def require_full_budget(name: str, training: dict, minutes: float) -> None:
+    """A training stopped by a signal also exits 0; scoring it would record a short run as the recipe's result."""
+    trained = 60 * training["wall_hours"]
+    if trained < minutes:
+        raise ValueError(f"{name}: training stopped after {trained:.1f} of its {minutes:g} minutes (interrupted?); "
+                         f"rerun the same command to resume it")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train_data_dir", required=True)
@@ -94,10 +102,11 @@ def main(argv=None) -> int:
         command = train_command(name, args)
         print(f"{name}: training for {args.minutes} minutes", flush=True)
         subprocess.run(command, cwd=ROOT, check=True)
+        training = read_training_log(str(run_dir(name, args) / "training_log.jsonl"))
+        require_full_budget(name, training, args.minutes)
         evaluate.main(["--model", str(run_dir(name, args)), "--train_data_dir", args.train_data_dir, "--num_samples",
                        str(args.num_samples), "--scheduler", args.scheduler, "--steps", str(args.steps), "--seed", str(args.seed),
                        "--mixed_precision", "bf16", "--out", str(path)])
-        training = read_training_log(str(run_dir(name, args) / "training_log.jsonl"))
         result = json.loads(path.read_text())
         path.write_text(json.dumps({**result, **protocol, "recipe": name, "overrides": {**COMMON, **RECIPES[name]},
                                     "base_config": args.base_config, "train_command": " ".join(command[1:]),

@@ -2,6 +2,9 @@
 
 import json
 
+import pytest
+
+from benchmarks.recipe_study import require_full_budget
 from conftest import FIXTURE, run_command
 
 
@@ -21,3 +24,9 @@ def test_two_recipes_train_for_the_budget_are_scored_and_then_skipped(tmp_path):
     assert again.stdout.count("done before") == 2
     bad = run_command([*argv, "--recipes", "nope"], env=env, check=False)
     assert bad.returncode == 2 and "unknown recipes ['nope']" in bad.stderr
+
+
+def test_a_recipe_stopped_before_its_budget_is_not_scored():
+    require_full_budget("eps-linear", {"wall_hours": 0.75}, 45.0)
+    with pytest.raises(ValueError, match=r"eps-linear: training stopped after 30.0 of its 45 minutes"):
+        require_full_budget("eps-linear", {"wall_hours": 0.5}, 45.0)
