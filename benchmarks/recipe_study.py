@@ -65,6 +65,14 @@ def train_command(name: str, args) -> list[str]:
             "--max_train_minutes", str(args.minutes), *as_flags({**COMMON, **RECIPES[name]})]
 
 
+def run_training(name: str, command: list[str]) -> None:
+    """A failed or killed training is resumable: say so in one line rather than a CalledProcessError traceback."""
+    returncode = subprocess.run(command, cwd=ROOT).returncode
+    if returncode != 0:
+        raise ValueError(f"{name}: training exited with status {returncode} (its log is above); "
+                         f"rerun the same command to resume it")
+
+
 def require_full_budget(name: str, training: dict, minutes: float) -> None:
     """A training stopped by a signal also exits 0; scoring it would record a short run as the recipe's result."""
     trained = 60 * training["wall_hours"]
@@ -101,7 +109,7 @@ def main(argv=None) -> int:
             continue
         command = train_command(name, args)
         print(f"{name}: training for {args.minutes} minutes", flush=True)
-        subprocess.run(command, cwd=ROOT, check=True)
+        run_training(name, command)
         training = read_training_log(str(run_dir(name, args) / "training_log.jsonl"))
         require_full_budget(name, training, args.minutes)
         evaluate.main(["--model", str(run_dir(name, args)), "--train_data_dir", args.train_data_dir, "--num_samples",

@@ -1,10 +1,11 @@
 """benchmarks/recipe_study.py: equal-time training per recipe, then FID; done recipes are skipped."""
 
 import json
+import sys
 
 import pytest
 
-from benchmarks.recipe_study import require_full_budget
+from benchmarks.recipe_study import require_full_budget, run_training
 from conftest import FIXTURE, run_command
 
 
@@ -30,3 +31,9 @@ def test_a_recipe_stopped_before_its_budget_is_not_scored():
     require_full_budget("eps-linear", {"wall_hours": 0.75}, 45.0)
     with pytest.raises(ValueError, match=r"eps-linear: training stopped after 30.0 of its 45 minutes"):
         require_full_budget("eps-linear", {"wall_hours": 0.5}, 45.0)
+
+
+def test_a_failed_or_killed_training_is_one_error_to_rerun():
+    run_training("eps-linear", [sys.executable, "-c", "pass"])
+    with pytest.raises(ValueError, match=r"eps-linear: training exited with status -15 .* rerun the same command"):
+        run_training("eps-linear", [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGTERM)"])
