@@ -2,7 +2,8 @@
 
     python benchmarks/fid_vs_nfe.py --model pretrained/celeba-64 --train_data_dir ../shared/celeba --num_samples 2000
 
-Each (sampler, steps, N) point is one ``pipeline.evaluate`` run, written to ``results/nfe/<sampler>-<steps>_n<N>.json``.
+Each (sampler, steps, N) point is one ``pipeline.evaluate`` run, written to ``results/nfe/<sampler>-<steps>_n<N>.json``
+(``ddpm+mc:20``: DDPM with the mean-colour correction, ``pipeline.mean_colour``).
 A point whose JSON already exists for the same weights (SHA-256 of the UNet file), seed and precision is reused, so
 the sweep can be spread over several working sessions: on 2 cores the UNet of configs/celeba64_cpu.yaml manages
 ~44 image-NFE/s in bf16, so 2,000 samples cost ~45 s per NFE (DDPM-1000: 12 h). ``--points ddim:10,20 dpm++2m:20``
@@ -31,20 +32,24 @@ from pipeline.schedulers import ALL_SAMPLERS  # noqa: E402
 # unused: NFE is measured).
 GRID = {"ddim": [10, 20, 50, 100], "ddim-clip": [10, 20, 50, 100], "dpm++2m": [10, 15, 20, 25], "heun": [18],
         "ode-rk45": [1], "pc": [500], "ddpm": [1000]}
+# a point name with this suffix (e.g. ddpm+mc:20) samples with the mean-colour correction (pipeline.mean_colour)
+MEAN_COLOUR = "+mc"
 APPROXIMATE_NFE = {"heun": lambda steps: 2 * steps - 1, "pc": lambda steps: 2 * steps, "ode-rk45": lambda _: 150}
 
 
 def parse_points(values: list[str] | None) -> list[tuple[str, int]]:
-    """``["ddim:10,20", "pc:500"]`` -> [("ddim", 10), ("ddim", 20), ("pc", 500)]; None -> the whole GRID."""
+    """``["ddim:10,20", "pc:500"]`` -> [("ddim", 10), ("ddim", 20), ("pc", 500)]; None -> the whole GRID.
+
+    A sampler name may end in ``+mc`` (``ddpm+mc:20``): the same sampler with the mean-colour correction."""
     grid = GRID if not values else {}
     for value in values or []:
         name, _, steps = value.partition(":")
-        if name not in ALL_SAMPLERS or not steps:
-            raise ValueError(f"--points entries look like ddim:10,20 with a sampler of {list(ALL_SAMPLERS)}; "
-                             f"got {value!r}")
+        if name.removesuffix(MEAN_COLOUR) not in ALL_SAMPLERS or not steps:
+            raise ValueError(f"--points entries look like ddim:10,20 or ddim+mc:20 with a sampler of "
+                             f"{list(ALL_SAMPLERS)}; got {value!r}")
         grid[name] = [int(s) for s in steps.split(",")]
     points = [(name, steps) for name, all_steps in grid.items() for steps in all_steps]
-    return sorted(points, key=lambda p: APPROXIMATE_NFE.get(p[0], lambda s: s)(p[1]))
+    return sorted(points, key=lambda p: APPROXIMATE_NFE.get(p[0].removesuffix(MEAN_COLOUR), lambda s: s)(p[1]))
 
 
 def measured_under(path: Path, protocol: dict) -> bool:
@@ -96,11 +101,14 @@ def main(argv=None) -> int:
         if measured_under(path, protocol):
             print(f"{path}: reused")
             continue
+        correction = ["--mean_colour_correction"] if sampler.endswith(MEAN_COLOUR) else []
         evaluate.main(["--model", args.model, "--train_data_dir", args.train_data_dir, "--num_samples",
-                       str(args.num_samples), "--scheduler", sampler, "--steps", str(steps), "--seed", str(args.seed),
-                       "--mixed_precision", args.mixed_precision, "--out", str(path)])
+                       str(args.num_samples), "--scheduler", sampler.removesuffix(MEAN_COLOUR), "--steps", str(steps),
+                       "--seed", str(args.seed), "--mixed_precision", args.mixed_precision, "--out", str(path),
+                       *correction])
         result = json.loads(path.read_text())
-        path.write_text(json.dumps({**result, "unet_sha256": protocol["unet_sha256"]}, indent=1))
+        # the point's name (with +mc) as its sampler, so that tables and plots keep the two apart
+        path.write_text(json.dumps({**result, "sampler": sampler, "unet_sha256": protocol["unet_sha256"]}, indent=1))
     rows = []
     for path in filter(lambda p: measured_under(p, protocol), sorted(out_dir.glob("*.json"))):
         result = json.loads(path.read_text())

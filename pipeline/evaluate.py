@@ -231,7 +231,8 @@ def evaluate_model(args) -> dict:
                                           args.inception_batch_size)
     started = time.perf_counter()
     images, measured_nfe = generate(pipe, args.num_samples, args.scheduler, args.steps, args.seed, args.batch_size,
-                                    args.eta, mixed_precision=args.mixed_precision)
+                                    args.eta, mixed_precision=args.mixed_precision,
+                                    mean_colour_correction=args.mean_colour_correction)
     generation_seconds = time.perf_counter() - started
     if args.save_samples:
         from .images import save_pngs
@@ -247,7 +248,8 @@ def evaluate_model(args) -> dict:
     result.update({
         "label": label(args.num_samples), "num_samples": args.num_samples, "model": args.model,
         "sampler": args.scheduler, "steps": args.steps, "nfe": measured_nfe, "eta": args.eta,
-        "mixed_precision": args.mixed_precision,
+        "mixed_precision": args.mixed_precision, "mean_colour_correction": args.mean_colour_correction,
+        "mean_colour_prior": pipe.config.mean_colour_prior if args.mean_colour_correction else None,
         "seed": args.seed, "resolution": args.resolution, "preprocessing": reference_prep(args).to_dict(),
         "reference": {**reference["fields"], "num_images": reference["num"], "cache_file": reference["cache_file"],
                       "from_cache": reference["from_cache"]},
@@ -311,6 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch_size", type=int, default=64, help="generation batch size")
     p.add_argument("--mixed_precision", default="no", choices=["no", "bf16"],
                    help="bf16: generate with the UNet under bf16 autocast (~2x faster on CPUs with AVX512_BF16)")
+    p.add_argument("--mean_colour_correction", action="store_true",
+                   help="sample with the closed-form mean colour (pipeline.mean_colour; needs the model's prior)")
     p.add_argument("--inception_batch_size", type=int, default=BATCH_SIZE)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores); use 1 while "
                    "another job holds a core (measured: 6.8 img/s with 1 thread, 2.1 with 2, next to training)")

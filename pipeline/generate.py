@@ -50,12 +50,13 @@ def unet_precision(pipe: CelebADiffusionPipeline, mixed_precision: str):
 
 def generate(pipe: CelebADiffusionPipeline, num_images: int, scheduler: str, steps: int, seed: int,
              batch_size: int = 64, eta: float = 0.0, progress: bool = True,
-             mixed_precision: str = "no") -> tuple[np.ndarray, float]:
+             mixed_precision: str = "no", mean_colour_correction: bool = False) -> tuple[np.ndarray, float]:
     """``num_images`` uint8 NHWC images and the measured network evaluations (NFE) per batch.
 
     Batch ``i`` uses seed ``seed + i``, so results do not depend on timing. NFE is counted with a forward hook on the
     UNet, so it is exact for adaptive solvers too. ``mixed_precision="bf16"`` runs the UNet under bf16 autocast
-    (about 2x faster on a CPU with AVX512_BF16, see results/bench/sampling.json); sampler arithmetic stays fp32."""
+    (about 2x faster on a CPU with AVX512_BF16, see results/bench/sampling.json); sampler arithmetic stays fp32.
+    ``mean_colour_correction`` replaces the network's estimate of the image's mean colour (``pipeline.mean_colour``)."""
     precision = unet_precision(pipe, mixed_precision)
     sampler = configure_sampler(pipe, scheduler)
     check_steps(scheduler, steps, pipe.train_scheduler_config.num_train_timesteps)
@@ -69,7 +70,8 @@ def generate(pipe: CelebADiffusionPipeline, num_images: int, scheduler: str, ste
             generator = torch.Generator().manual_seed(seed + index)
             with precision:
                 images = pipe(batch_size=min(batch_size, num_images - start), num_inference_steps=steps,
-                              generator=generator, eta=eta, output_type="np", sampler=sampler).images
+                              generator=generator, eta=eta, output_type="np", sampler=sampler,
+                              mean_colour_correction=mean_colour_correction).images
             batches.append((images * 255).round().astype(np.uint8))
     finally:
         hook.remove()
@@ -89,6 +91,8 @@ def main(argv=None):
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--mixed_precision", default="no", choices=MIXED_PRECISION,
                         help="bf16: UNet under bf16 autocast, ~2x faster on CPUs with AVX512_BF16")
+    parser.add_argument("--mean_colour_correction", action="store_true",
+                        help="closed-form mean colour instead of the network's (needs the model's mean_colour_prior)")
     parser.add_argument("--out", default="samples")
     parser.add_argument("--upscale", type=int, default=4, help="nearest-neighbour factor of the viewing grid")
     args = parser.parse_args(argv)
@@ -98,7 +102,7 @@ def main(argv=None):
     pipe = load_pipeline(args.model)
     started = time.perf_counter()
     images, nfe = generate(pipe, args.num_images, args.scheduler, args.steps, args.seed, args.batch_size, args.eta,
-                           mixed_precision=args.mixed_precision)
+                           mixed_precision=args.mixed_precision, mean_colour_correction=args.mean_colour_correction)
     seconds = time.perf_counter() - started
     save_pngs(images, args.out)
     grid = images[:64]
@@ -106,7 +110,8 @@ def main(argv=None):
     make_grid(grid, upscale=args.upscale).save(os.path.join(args.out, f"grid_x{args.upscale}.png"))
     with open(os.path.join(args.out, "generation.json"), "w") as handle:
         json.dump({"model": args.model, "scheduler": args.scheduler, "steps": args.steps, "nfe": nfe, "eta": args.eta,
-                   "mixed_precision": args.mixed_precision, "seed": args.seed, "num_images": args.num_images,
+                   "mixed_precision": args.mixed_precision, "mean_colour_correction": args.mean_colour_correction,
+                   "seed": args.seed, "num_images": args.num_images,
                    "seconds": round(seconds, 2)}, handle, indent=1)
     print(f"wrote {args.num_images} images and grid.png to {args.out} ({seconds:.1f} s)")
     return 0

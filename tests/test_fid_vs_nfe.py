@@ -1,23 +1,32 @@
 """benchmarks/fid_vs_nfe.py: one pipeline.evaluate run per (sampler, steps), reused when the protocol matches."""
 
 import json
+import shutil
 
 from conftest import FIXTURE, run_command
 
+from pipeline.mean_colour import MeanColourPrior, write_prior
+
 
 def test_sweep_writes_points_summary_and_plot_then_reuses_them(smoke_pipeline_dir, tmp_path):
-    out = tmp_path / "nfe"
-    argv = ["benchmarks/fid_vs_nfe.py", "--model", str(smoke_pipeline_dir), "--train_data_dir", str(FIXTURE),
-            "--num_samples", "8", "--points", "ddim:2", "dpm++2m:3", "--mixed_precision", "no", "--out_dir", str(out)]
+    out, model = tmp_path / "nfe", tmp_path / "model"
+    shutil.copytree(smoke_pipeline_dir, model)
+    write_prior(str(model), MeanColourPrior([0.0, -0.1, -0.2], [[0.05, 0.04, 0.03], [0.04, 0.05, 0.04],
+                                                               [0.03, 0.04, 0.05]], 100))
+    argv = ["benchmarks/fid_vs_nfe.py", "--model", str(model), "--train_data_dir", str(FIXTURE), "--num_samples", "8",
+            "--points", "ddim:2", "ddim+mc:2", "dpm++2m:3", "--mixed_precision", "no", "--out_dir", str(out)]
     env = {"CELEBA_DIFFUSION_CACHE": str(tmp_path / "cache")}
     run_command(argv, env=env)
     summary = json.loads((out / "summary.json").read_text())
-    assert [(p["sampler"], p["steps"], p["nfe"]) for p in summary["points"]] == [("ddim", 2, 2), ("dpm++2m", 3, 3)]
+    assert [(p["sampler"], p["steps"], p["nfe"]) for p in summary["points"]] == [
+        ("ddim", 2, 2), ("ddim+mc", 2, 2), ("dpm++2m", 3, 3)]
     assert all(p["num_samples"] == 8 and p["label"] == "FID-8" for p in summary["points"])
-    assert (out / "ddim-2_n8.json").is_file()
+    assert json.loads((out / "ddim-2_n8.json").read_text())["mean_colour_correction"] is False
+    assert json.loads((out / "ddim+mc-2_n8.json").read_text())["mean_colour_correction"] is True
+    assert summary["points"][0]["fid"] != summary["points"][1]["fid"]  # the correction changes the samples
     assert all(p["fid"] > 0 for p in summary["points"]) and (out / "fid_vs_nfe.png").is_file()
     again = run_command(argv, env=env)
-    assert again.stdout.count("reused") == 2 and json.loads((out / "summary.json").read_text()) == summary
+    assert again.stdout.count("reused") == 3 and json.loads((out / "summary.json").read_text()) == summary
     bad = run_command([*argv, "--points", "ddim10", "--out_dir", str(tmp_path / "never")], env=env, check=False)
     assert bad.returncode == 2 and "--points entries look like ddim:10,20" in bad.stderr
     assert not (tmp_path / "never").exists()
