@@ -101,11 +101,11 @@ def main(argv=None) -> int:
         if measured_under(path, protocol):
             print(f"{path}: reused")
             continue
-        correction = ["--mean_colour_correction"] if sampler.endswith(MEAN_COLOUR) else []
+        correction = "--mean_colour_correction" if sampler.endswith(MEAN_COLOUR) else "--no-mean_colour_correction"
         evaluate.main(["--model", args.model, "--train_data_dir", args.train_data_dir, "--num_samples",
                        str(args.num_samples), "--scheduler", sampler.removesuffix(MEAN_COLOUR), "--steps", str(steps),
                        "--seed", str(args.seed), "--mixed_precision", args.mixed_precision, "--out", str(path),
-                       *correction])
+                       correction])
         result = json.loads(path.read_text())
         # the point's name (with +mc) as its sampler, so that tables and plots keep the two apart
         path.write_text(json.dumps({**result, "sampler": sampler, "unet_sha256": protocol["unet_sha256"]}, indent=1))

@@ -50,13 +50,14 @@ def unet_precision(pipe: CelebADiffusionPipeline, mixed_precision: str):
 
 def generate(pipe: CelebADiffusionPipeline, num_images: int, scheduler: str, steps: int, seed: int,
              batch_size: int = 64, eta: float = 0.0, progress: bool = True,
-             mixed_precision: str = "no", mean_colour_correction: bool = False) -> tuple[np.ndarray, float]:
+             mixed_precision: str = "no", mean_colour_correction: bool | None = None) -> tuple[np.ndarray, float]:
     """``num_images`` uint8 NHWC images and the measured network evaluations (NFE) per batch.
 
     Batch ``i`` uses seed ``seed + i``, so results do not depend on timing. NFE is counted with a forward hook on the
     UNet, so it is exact for adaptive solvers too. ``mixed_precision="bf16"`` runs the UNet under bf16 autocast
     (about 2x faster on a CPU with AVX512_BF16, see results/bench/sampling.json); sampler arithmetic stays fp32.
-    ``mean_colour_correction`` replaces the network's estimate of the image's mean colour (``pipeline.mean_colour``)."""
+    ``mean_colour_correction`` replaces the network's estimate of the image's mean colour (``pipeline.mean_colour``;
+    None: when the pipeline has a prior)."""
     precision = unet_precision(pipe, mixed_precision)
     sampler = configure_sampler(pipe, scheduler)
     check_steps(scheduler, steps, pipe.train_scheduler_config.num_train_timesteps)
@@ -82,17 +83,18 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default=DEFAULT_MODEL, help="pipeline folder (model_index.json, unet/, scheduler/)")
     parser.add_argument("--num_images", type=int, default=64)
-    # ddim-clip by default: the lowest FID-2k at 20 NFE on the shipped (still early) checkpoint, whose exact ODE
-    # samplers (DDIM, DPM-Solver++) do not yet give faces (README, Results)
-    parser.add_argument("--scheduler", default="ddim-clip", help="sampler name, see pipeline/schedulers.py")
+    # DDPM (with the mean-colour correction, on by default for a pipeline that has a prior) by default: the lowest
+    # FID-2k at 20 NFE measured on the shipped checkpoint (README, Results)
+    parser.add_argument("--scheduler", default="ddpm", help="sampler name, see pipeline/schedulers.py")
     parser.add_argument("--steps", type=int, default=20, help="number of sampler steps")
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 = deterministic)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--mixed_precision", default="no", choices=MIXED_PRECISION,
                         help="bf16: UNet under bf16 autocast, ~2x faster on CPUs with AVX512_BF16")
-    parser.add_argument("--mean_colour_correction", action="store_true",
-                        help="closed-form mean colour instead of the network's (needs the model's mean_colour_prior)")
+    parser.add_argument("--mean_colour_correction", action=argparse.BooleanOptionalAction, default=None,
+                        help="closed-form mean colour instead of the network's (pipeline.mean_colour); default: when "
+                             "the model has a mean_colour_prior")
     parser.add_argument("--out", default="samples")
     parser.add_argument("--upscale", type=int, default=4, help="nearest-neighbour factor of the viewing grid")
     args = parser.parse_args(argv)
@@ -108,9 +110,10 @@ def main(argv=None):
     grid = images[:64]
     make_grid(grid).save(os.path.join(args.out, "grid.png"))
     make_grid(grid, upscale=args.upscale).save(os.path.join(args.out, f"grid_x{args.upscale}.png"))
+    corrected = pipe.resolve_mean_colour_correction(args.mean_colour_correction)
     with open(os.path.join(args.out, "generation.json"), "w") as handle:
         json.dump({"model": args.model, "scheduler": args.scheduler, "steps": args.steps, "nfe": nfe, "eta": args.eta,
-                   "mixed_precision": args.mixed_precision, "mean_colour_correction": args.mean_colour_correction,
+                   "mixed_precision": args.mixed_precision, "mean_colour_correction": corrected,
                    "seed": args.seed, "num_images": args.num_images,
                    "seconds": round(seconds, 2)}, handle, indent=1)
     print(f"wrote {args.num_images} images and grid.png to {args.out} ({seconds:.1f} s)")

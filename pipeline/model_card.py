@@ -48,10 +48,16 @@ def read_training_log(path: str | None, step: int | None = None) -> dict | None:
     return {**chosen, "last_step": checkpoints[-1]["step"]}
 
 
+def sampler_of(result: dict) -> tuple[str, bool]:
+    """(sampler name, whether it sampled with the mean-colour correction); fid_vs_nfe names the latter ``NAME+mc``."""
+    return result["sampler"].removesuffix("+mc"), bool(result.get("mean_colour_correction"))
+
+
 def sampler_label(result: dict) -> str:
     nfe, bf16 = result.get("nfe"), result.get("mixed_precision") == "bf16"
-    return (f"{result['sampler']}, {result['steps']} steps" + (f", {nfe:g} NFE" if nfe else "")
-            + (", bf16 UNet" if bf16 else ""))
+    name, corrected = sampler_of(result)
+    return (f"{name}{' + mean-colour correction' if corrected else ''}, {result['steps']} steps"
+            + (f", {nfe:g} NFE" if nfe else "") + (", bf16 UNet" if bf16 else ""))
 
 
 def metrics_yaml(evals: list[dict]) -> list[dict]:
@@ -81,7 +87,7 @@ def likelihood_line(result: dict) -> str:
 def best_sampler(evals: list[dict]) -> dict | None:
     """The evaluation with the lowest FID among those with the most samples (FID is biased in N, so only equal-N
     values compare), restricted to diffusers samplers, which a Hub user can configure without this project."""
-    usable = [result for result in evals if result["sampler"] in DIFFUSERS_SAMPLERS]
+    usable = [result for result in evals if sampler_of(result)[0] in DIFFUSERS_SAMPLERS]
     if not usable:
         return None
     most = max(result["num_samples"] for result in usable)
@@ -92,9 +98,11 @@ def use_section(evals: list[dict]) -> list[str]:
     """Loading code that samples with the best measured sampler, configured exactly as ``pipeline.schedulers`` does
     but written with diffusers names only."""
     best = best_sampler(evals)
-    imports, setup, steps = "from diffusers import DiffusionPipeline", [], 50
+    imports, setup, steps, correction = "from diffusers import DiffusionPipeline", [], 50, ""
     if best:
-        scheduler_class, overrides = DIFFUSERS_SAMPLERS[best["sampler"]]
+        name, corrected = sampler_of(best)
+        correction = ", mean_colour_correction=True" if corrected else ""
+        scheduler_class, overrides = DIFFUSERS_SAMPLERS[name]
         imports += f", {scheduler_class.__name__}"
         setup = [f"pipe.scheduler = {scheduler_class.__name__}.from_config(",
                  "    pipe.scheduler.config, " + ", ".join(f"{key}={value!r}" for key, value in overrides.items())
@@ -103,14 +111,18 @@ def use_section(evals: list[dict]) -> list[str]:
     lines = ["## Use", "", "```python", "import torch", imports, "",
              'pipe = DiffusionPipeline.from_pretrained("REPO_OR_PATH", custom_pipeline="pipeline_celeba",',
              "                                         trust_remote_code=True)", *setup,
-             f"images = pipe(batch_size=16, num_inference_steps={steps}, "
+             f"images = pipe(batch_size=16, num_inference_steps={steps}{correction}, "
              "generator=torch.Generator().manual_seed(0)).images", "```", "",
              "The repository carries `pipeline_celeba.py` (the `CelebADiffusionPipeline`); the scheduler saved with the "
              "model is the training `DDPMScheduler`, whose config every diffusers scheduler can be built from "
              "(same noise schedule and prediction type)."]
     if best:
-        lines[-1] += (f" The code above samples with `{best['sampler']}` at {best['steps']} steps, the sampler with "
-                      f"the lowest {best['label']} below.")
+        lines[-1] += (f" The code above samples with `{sampler_label(best)}`, the sampler with the lowest "
+                      f"{best['label']} below.")
+    if correction:
+        lines[-1] += (" `mean_colour_correction=True` replaces the network's estimate of the image's mean colour, "
+                      "which this network gets wrong, by its closed-form posterior mean under a Gaussian prior fitted "
+                      "on the training images (`mean_colour_prior` in model_index.json).")
     return lines + [""]
 
 

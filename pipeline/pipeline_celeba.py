@@ -139,6 +139,15 @@ class CelebADiffusionPipeline(DiffusionPipeline):
         factor = self.config.pixel_unshuffle
         return self.unet if factor == 1 else PixelUnshuffleDenoiser(self.unet, factor)
 
+    def resolve_mean_colour_correction(self, requested: bool | None) -> bool:
+        """Whether a call samples with the mean-colour correction: as requested, or (None) when there is a prior."""
+        if requested is None:
+            return self.config.mean_colour_prior is not None
+        if requested and self.config.mean_colour_prior is None:
+            raise ValueError("mean_colour_correction needs the pipeline's mean_colour_prior; fit it with "
+                             "python -m pipeline.mean_colour --model PATH --train_data_dir DIR")
+        return requested
+
     @torch.inference_mode()
     def __call__(
         self,
@@ -149,7 +158,7 @@ class CelebADiffusionPipeline(DiffusionPipeline):
         output_type: str = "pil",
         return_dict: bool = True,
         sampler: str | None = None,
-        mean_colour_correction: bool = False,
+        mean_colour_correction: bool | None = None,
         callback_on_step_end=None,
         **sampler_kwargs,
     ):
@@ -161,17 +170,15 @@ class CelebADiffusionPipeline(DiffusionPipeline):
         ``callback_on_step_end(pipe, step_index, timestep, tensors)`` is called after every scheduler step with
         ``tensors`` = {"sample": x_t, "prev_sample": the next x, "pred_original_sample": the scheduler's x0 estimate
         or None}, e.g. to record a denoising trajectory; its return value is ignored.
-        ``mean_colour_correction=True`` samples with ``MeanColourDenoiser`` (needs the pipeline's mean_colour_prior).
+        ``mean_colour_correction`` samples with ``MeanColourDenoiser``: True needs the pipeline's mean_colour_prior,
+        None (the default) uses it when the pipeline has one.
         """
         if output_type not in ("pil", "np", "pt"):
             raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
         denoiser = self.denoiser
-        if mean_colour_correction:
-            if self.config.mean_colour_prior is None:
-                raise ValueError("mean_colour_correction needs the pipeline's mean_colour_prior; fit it with "
-                                 "python -m pipeline.mean_colour --model PATH --train_data_dir DIR")
-            denoiser = MeanColourDenoiser(denoiser, self.scheduler.alphas_cumprod, self.scheduler.config.prediction_type,
-                                          self.config.mean_colour_prior)
+        if self.resolve_mean_colour_correction(mean_colour_correction):
+            denoiser = MeanColourDenoiser(denoiser, self.scheduler.alphas_cumprod,
+                                          self.scheduler.config.prediction_type, self.config.mean_colour_prior)
         size = denoiser.config.sample_size
         size = (size, size) if isinstance(size, int) else tuple(size)
         shape = (batch_size, denoiser.config.in_channels, *size)

@@ -35,7 +35,8 @@ def snapshot_indices(steps: int, count: int) -> list[int]:
 
 
 def record_trajectory(pipe, scheduler: str, steps: int, num_images: int, snapshots: int, seed: int,
-                      mixed_precision: str = "no") -> tuple[list[int], torch.Tensor, torch.Tensor]:
+                      mixed_precision: str = "no", mean_colour_correction: bool | None = None,
+                      ) -> tuple[list[int], torch.Tensor, torch.Tensor]:
     """Timesteps t, x_t and x0_hat at the snapshot steps: tensors of shape (snapshots, N, C, H, W)."""
     if scheduler not in TRAJECTORY_SAMPLERS:
         raise ValueError(f"--scheduler must be one of {TRAJECTORY_SAMPLERS} (they report x0_hat), got {scheduler!r}")
@@ -53,7 +54,7 @@ def record_trajectory(pipe, scheduler: str, steps: int, num_images: int, snapsho
     pipe.set_progress_bar_config(disable=True)
     with unet_precision(pipe, mixed_precision):
         pipe(batch_size=num_images, num_inference_steps=steps, generator=torch.Generator().manual_seed(seed),
-             output_type="pt", callback_on_step_end=keep)
+             output_type="pt", callback_on_step_end=keep, mean_colour_correction=mean_colour_correction)
     return timesteps, torch.stack(samples), torch.stack(estimates)
 
 
@@ -85,12 +86,15 @@ def trajectory_picture(timesteps: list[int], samples: torch.Tensor, estimates: t
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=DEFAULT_MODEL, help="pipeline folder")
-    parser.add_argument("--scheduler", default="ddim-clip", choices=TRAJECTORY_SAMPLERS)
+    parser.add_argument("--scheduler", default="ddpm", choices=TRAJECTORY_SAMPLERS)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--num_images", type=int, default=4, help="trajectories shown (two rows each)")
     parser.add_argument("--snapshots", type=int, default=8, help="columns: steps shown, first and last included")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--mixed_precision", default="no", choices=MIXED_PRECISION)
+    parser.add_argument("--mean_colour_correction", action=argparse.BooleanOptionalAction, default=None,
+                        help="closed-form mean colour instead of the network's (pipeline.mean_colour); default: when "
+                             "the model has a mean_colour_prior")
     parser.add_argument("--upscale", type=int, default=2, help="nearest-neighbour factor for viewing")
     parser.add_argument("--out", default="results/samples/trajectory.png")
     args = parser.parse_args(argv)
@@ -99,12 +103,14 @@ def main(argv=None) -> int:
     torch.set_num_threads(os.cpu_count() or 1)
     pipe = load_pipeline(args.model)
     timesteps, samples, estimates = record_trajectory(pipe, args.scheduler, args.steps, args.num_images,
-                                                      args.snapshots, args.seed, args.mixed_precision)
+                                                      args.snapshots, args.seed, args.mixed_precision,
+                                                      args.mean_colour_correction)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     trajectory_picture(timesteps, samples, estimates, args.upscale).save(args.out)
     with open(os.path.splitext(args.out)[0] + ".json", "w") as handle:
         json.dump({"model": args.model, "scheduler": args.scheduler, "steps": args.steps, "timesteps": timesteps,
-                   "num_images": args.num_images, "seed": args.seed, "mixed_precision": args.mixed_precision},
+                   "num_images": args.num_images, "seed": args.seed, "mixed_precision": args.mixed_precision,
+                   "mean_colour_correction": pipe.resolve_mean_colour_correction(args.mean_colour_correction)},
                   handle, indent=1)
     print(f"wrote {args.out} ({len(timesteps)} snapshots of {args.num_images} trajectories)")
     return 0

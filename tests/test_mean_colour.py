@@ -122,6 +122,7 @@ def test_fit_command_stores_the_prior_that_from_pretrained_reads_back(smoke_pipe
     pipe = CelebADiffusionPipeline.from_pretrained(model)
     with pytest.raises(ValueError, match="mean_colour_correction needs the pipeline's mean_colour_prior"):
         pipe(num_inference_steps=2, mean_colour_correction=True)
+    assert pipe.resolve_mean_colour_correction(None) is False  # without a prior, the default is not to correct
     run_command(["-m", "pipeline.mean_colour", "--model", str(model), "--train_data_dir", str(FIXTURE),
                  "--num_images", "6"])
     stored = json.loads((model / "model_index.json").read_text())["mean_colour_prior"]
@@ -132,9 +133,15 @@ def test_fit_command_stores_the_prior_that_from_pretrained_reads_back(smoke_pipe
     loaded = CelebADiffusionPipeline.from_pretrained(model)
     assert loaded.config.mean_colour_prior == stored
     loaded.set_progress_bar_config(disable=True)
-    out = loaded(num_inference_steps=2, output_type="pt", mean_colour_correction=True,
-                 generator=torch.Generator().manual_seed(0)).images
-    assert out.shape == (1, 3, size, size) and torch.isfinite(out).all()
+
+    def sample(**kwargs):
+        return loaded(num_inference_steps=2, output_type="pt", generator=torch.Generator().manual_seed(0),
+                      **kwargs).images
+
+    corrected = sample(mean_colour_correction=True)
+    assert corrected.shape == (1, 3, size, size) and torch.isfinite(corrected).all()
+    assert torch.equal(sample(), corrected)  # with a prior, the default is to correct
+    assert not torch.equal(sample(mean_colour_correction=False), corrected)
     loaded.save_pretrained(tmp_path / "again")
     assert json.loads((tmp_path / "again" / "model_index.json").read_text())["mean_colour_prior"] == stored
 

@@ -7,6 +7,7 @@ import yaml
 
 from conftest import ROOT, run_command
 
+from pipeline.mean_colour import MeanColourPrior, write_prior
 from pipeline.schedulers import make_scheduler
 
 
@@ -91,3 +92,28 @@ def test_card_without_evaluation_is_labelled_early(smoke_pipeline_dir, tmp_path)
     result = run_command(["-m", "pipeline.model_card", "--model", str(model), "--eval", str(tmp_path / "nope.json"),
                           "--out", str(tmp_path / "x.md")], check=False)
     assert result.returncode == 2 and "results file not found" in result.stderr
+
+
+def test_card_samples_with_the_mean_colour_correction_when_it_measured_best(smoke_pipeline_dir, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(smoke_pipeline_dir, model)
+    write_prior(str(model), MeanColourPrior([0.0, -0.1, -0.2], [[0.05, 0.0, 0.0], [0.0, 0.05, 0.0], [0.0, 0.0, 0.05]],
+                                            10))
+    base = {"label": "FID-2k", "kid_mean": 0.05, "kid_std": 0.001, "precision": 0.2, "recall": 0.2, "steps": 20,
+            "nfe": 20, "num_samples": 2000, "resolution": 32, "reference": {"num_images": 20000}}
+    evals = [{**base, "fid": 70.0, "sampler": "ddim-clip"},
+             {**base, "fid": 50.0, "sampler": "ddpm+mc", "mean_colour_correction": True}]
+    paths = []
+    for index, evaluation in enumerate(evals):
+        paths.append(tmp_path / f"eval{index}.json")
+        paths[-1].write_text(json.dumps(evaluation))
+    out = tmp_path / "model_card.md"
+    run_command(["-m", "pipeline.model_card", "--model", str(model), "--eval", *map(str, paths), "--out", str(out)])
+    card = out.read_text()
+    assert "| ddpm + mean-colour correction, 20 steps, 20 NFE |" in card
+    snippet = card.split("```python\n")[1].split("```")[0]
+    assert "DDPMScheduler.from_config(" in snippet and "mean_colour_correction=True" in snippet
+    shutil.copy(ROOT / "pipeline" / "pipeline_celeba.py", model)
+    namespace = {}
+    exec(snippet.replace("REPO_OR_PATH", str(model)).replace("batch_size=16", "batch_size=2"), namespace)
+    assert len(namespace["images"]) == 2
