@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -39,6 +40,7 @@ from pipeline.evaluate import fid_against_reference, load_or_compute_reference
 from pipeline.generate import generate
 from pipeline.images import make_grid
 from pipeline.lr_schedules import build_lr_scheduler, check_resumed_learning_rate
+from pipeline.mean_colour import MeanColourStatistics
 from pipeline.model_card import read_training_log, render_card
 from pipeline.noise_schedules import shifted_cosine_betas
 from pipeline.preprocess import Preprocessing, random_hflip, to_model_range
@@ -252,7 +254,7 @@ def state_checksum(model: torch.nn.Module) -> str:
 
 
 @contextlib.contextmanager
-def ema_pipeline(accelerator, model, ema, noise_scheduler, pixel_unshuffle: int):
+def ema_pipeline(accelerator, model, ema, noise_scheduler, pixel_unshuffle: int, mean_colour_prior: dict | None = None):
     """The pipeline with the EMA weights swapped in for the duration of the block (training weights restored)."""
     unet = accelerator.unwrap_model(model)
     if ema is not None:
@@ -260,7 +262,8 @@ def ema_pipeline(accelerator, model, ema, noise_scheduler, pixel_unshuffle: int)
         ema.copy_to(unet.parameters())
     unet.eval()
     try:
-        pipe = CelebADiffusionPipeline(unet=unet, scheduler=noise_scheduler, pixel_unshuffle=pixel_unshuffle)
+        pipe = CelebADiffusionPipeline(unet=unet, scheduler=noise_scheduler, pixel_unshuffle=pixel_unshuffle,
+                                       mean_colour_prior=mean_colour_prior)
         pipe.set_progress_bar_config(disable=True)
         yield pipe
     finally:
@@ -269,10 +272,27 @@ def ema_pipeline(accelerator, model, ema, noise_scheduler, pixel_unshuffle: int)
         unet.train()
 
 
-def save_ema_pipeline(accelerator, model, ema, noise_scheduler, args, folder) -> None:
-    """The shippable pipeline (EMA weights, training scheduler): at the end of a run and inside every checkpoint,
-    so the latest weights can be published or committed while the run goes on."""
-    with ema_pipeline(accelerator, model, ema, noise_scheduler, args.pixel_unshuffle) as pipe:
+def fitted_mean_colour_prior(accelerator, statistics: MeanColourStatistics) -> dict | None:
+    """The mean-colour prior of every image trained on so far, all processes together (a collective call).
+
+    The saved pipeline carries it, so its samplers use the mean-colour correction by default
+    (pipeline/mean_colour.py); the in-training FID and sample grids do not, so their protocol stays the same."""
+    packed = statistics.to_tensor()
+    if accelerator.num_processes > 1:
+        packed = accelerator.reduce(packed.to(accelerator.device), reduction="sum").cpu()
+    total = MeanColourStatistics()
+    total.load_tensor(packed)
+    if total.count < 2:
+        logger.warning("trained on %d image(s): too few for a mean-colour prior, the pipeline is saved without one",
+                       total.count)
+        return None
+    return dataclasses.asdict(total.prior())
+
+
+def save_ema_pipeline(accelerator, model, ema, noise_scheduler, args, folder, mean_colour_prior: dict | None) -> None:
+    """The shippable pipeline (EMA weights, training scheduler, mean-colour prior): at the end of a run and inside
+    every checkpoint, so the latest weights can be published or committed while the run goes on."""
+    with ema_pipeline(accelerator, model, ema, noise_scheduler, args.pixel_unshuffle, mean_colour_prior) as pipe:
         pipe.save_pretrained(str(folder), safe_serialization=True)
 
 
@@ -348,7 +368,7 @@ def main(argv=None):
     if ema is not None:
         accelerator.register_for_checkpointing(ema)
 
-    global_step, clock, losses = 0, TrainingClock(), LossMeter()
+    global_step, clock, losses, mean_colours = 0, TrainingClock(), LossMeter(), MeanColourStatistics()
     training_log = os.path.join(args.output_dir, "training_log.jsonl")
     reference = None
     if args.eval_fid_every and accelerator.is_main_process:
@@ -371,6 +391,12 @@ def main(argv=None):
                 clock.load_state_dict(json.loads(clock_file.read_text()))
             else:
                 clock.counted_from_step = global_step
+            colours_file = checkpoint / f"mean_colours_rank{accelerator.process_index}.json"
+            if colours_file.is_file():
+                mean_colours.load_state_dict(json.loads(colours_file.read_text()))
+            else:  # a checkpoint from before the prior was fitted in training: it counts from here
+                logger.warning("%s has no mean-colour sums: the prior is fitted on the images from step %d on",
+                               checkpoint, global_step)
             logger.info("resumed from %s at step %d", checkpoint, global_step)
     if accelerator.is_main_process:
         os.makedirs(args.output_dir, exist_ok=True)
@@ -387,12 +413,14 @@ def main(argv=None):
 
     def checkpoint_now(extra_log: dict | None = None):
         rank = accelerator.process_index
+        prior = fitted_mean_colour_prior(accelerator, mean_colours)
         save_checkpoint_atomically(
             accelerator, args.output_dir, global_step, args.checkpoints_total_limit,
             per_process_files={f"stream_rank{rank}.json": json.dumps(stream.state_dict()),
-                               f"clock_rank{rank}.json": json.dumps(clock.state_dict())},
+                               f"clock_rank{rank}.json": json.dumps(clock.state_dict()),
+                               f"mean_colours_rank{rank}.json": json.dumps(mean_colours.state_dict())},
             main_process_writer=lambda folder: save_ema_pipeline(accelerator, model, ema, noise_scheduler, args,
-                                                                 folder / "pipeline"),
+                                                                 folder / "pipeline", prior),
         )
         cpu_seconds = torch.tensor([clock.cpu_seconds], dtype=torch.float64)
         if accelerator.num_processes > 1:
@@ -425,6 +453,7 @@ def main(argv=None):
         pixels, keys = next(batches)
         if len(first_keys) < 256:
             first_keys.extend(keys)
+        mean_colours.update(to_model_range(pixels))
         loss = training_step(accelerator, model, optimizer, lr_scheduler, noise_scheduler, pixels, args)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite loss {loss.item()} at step {global_step + 1}")
@@ -480,8 +509,9 @@ def main(argv=None):
     if stream.skipped_corrupt:
         logger.warning("skipped %d corrupt images: %s", len(stream.skipped_corrupt), stream.skipped_corrupt[:20],
                        main_process_only=False)
+    prior = fitted_mean_colour_prior(accelerator, mean_colours)
     if accelerator.is_main_process:
-        save_ema_pipeline(accelerator, model, ema, noise_scheduler, args, args.output_dir)
+        save_ema_pipeline(accelerator, model, ema, noise_scheduler, args, args.output_dir, prior)
         logger.info("saved the %s pipeline to %s", "EMA" if ema is not None else "final", args.output_dir)
         if args.push_to_hub:
             try:

@@ -8,9 +8,11 @@ schedule, min-SNR-5 loss weighting, and a "simple diffusion" UNet on 2x2 pixel-u
 long run's 1000, since the budgets are short. Each recipe runs ``accelerate launch train_unet.py
 --max_train_minutes M`` alone on the machine (resumable: an interrupted recipe continues from its checkpoint and its
 wall clock, summed over resumes: keep the machine otherwise idle, since contention and pauses count against the
-budget), then ``pipeline.evaluate`` (FID-N, bf16 UNet, by default DDIM with x0 clipping at 20 steps, ``ddim-clip``: early
-in training the unclipped ODE samplers DDIM/DPM-Solver++ still give saturated noise, REPORT Section 6.4) against the cached reference of all official-train images. A recipe whose results JSON exists for the same budget, sample
-count and seed is skipped, so the study can span several sessions.
+budget), then ``pipeline.evaluate`` (FID-N, bf16 UNet, by default DDIM with x0 clipping at 20 steps, ``ddim-clip``:
+early in training the unclipped ODE samplers DDIM/DPM-Solver++ still give saturated noise, REPORT Section 6.4)
+against the cached reference of all official-train images, always without the mean-colour correction (the study
+compares what the networks learned; a prior in a recipe's pipeline would otherwise switch it on). A recipe whose
+results JSON exists for the same budget, sample count and seed is skipped, so the study can span several sessions.
 Writes results/recipes/<recipe>.json and results/recipes/summary.json.
 """
 
@@ -113,8 +115,8 @@ def main(argv=None) -> int:
         training = read_training_log(str(run_dir(name, args) / "training_log.jsonl"))
         require_full_budget(name, training, args.minutes)
         evaluate.main(["--model", str(run_dir(name, args)), "--train_data_dir", args.train_data_dir, "--num_samples",
-                       str(args.num_samples), "--scheduler", args.scheduler, "--steps", str(args.steps), "--seed", str(args.seed),
-                       "--mixed_precision", "bf16", "--out", str(path)])
+                       str(args.num_samples), "--scheduler", args.scheduler, "--steps", str(args.steps), "--seed",
+                       str(args.seed), "--mixed_precision", "bf16", "--no-mean_colour_correction", "--out", str(path)])
         result = json.loads(path.read_text())
         path.write_text(json.dumps({**result, **protocol, "recipe": name, "overrides": {**COMMON, **RECIPES[name]},
                                     "base_config": args.base_config, "train_command": " ".join(command[1:]),

@@ -17,7 +17,8 @@ and the posterior mean of the noise's mean is, exactly for this model,
 noise estimate minus its spatial mean and adds this value instead; ``pipe(..., mean_colour_correction=True)`` and the
 ``--mean_colour_correction`` flag of the commands use it. For Gaussian data with independent pixels it gives back the
 exact denoiser (tested); for faces it ignores what the rest of the image says about the mean colour, which at high
-noise is little. This module fits the prior and stores it in the pipeline's model_index.json (``mean_colour_prior``):
+noise is little. The prior lives in the pipeline's model_index.json (``mean_colour_prior``): train_unet.py fits it
+from the batches it trains on (``MeanColourStatistics``), and this module's command fits it for an existing pipeline:
 
     python -m pipeline.mean_colour --model pretrained/celeba-64 --train_data_dir ../shared/celeba
 """
@@ -50,15 +51,18 @@ class MeanColourPrior:
         if mean.ndim != 1 or cov.shape != (mean.size, mean.size):
             raise ValueError(f"mean_colour_prior needs a mean of C values and a C x C covariance, got shapes "
                              f"{mean.shape} and {cov.shape}")
-        if not np.allclose(cov, cov.T) or np.linalg.eigvalsh(cov).min() < 0:
+        if not np.allclose(cov, cov.T) or np.linalg.eigvalsh(cov).min() < -1e-12:  # rounding of identical images
             raise ValueError("mean_colour_prior covariance must be symmetric positive semi-definite")
 
 
 class MeanColourStatistics:
-    """Running sums of per-image mean colours, so any number of images can be fitted in one pass."""
+    """Running sums of per-image mean colours, so any number of images can be fitted in one pass (or during
+    training, from the batches it trains on: the sums are checkpointed and added over processes)."""
 
-    def __init__(self):
-        self.count, self.total, self.outer = 0, 0.0, 0.0
+    def __init__(self, channels: int = 3):
+        self.count = 0
+        self.total = torch.zeros(channels, dtype=torch.float64)
+        self.outer = torch.zeros(channels, channels, dtype=torch.float64)
 
     def update(self, images: torch.Tensor) -> None:
         """Add a batch of images in the model range [-1, 1], NCHW."""
@@ -66,6 +70,27 @@ class MeanColourStatistics:
         self.count += means.shape[0]
         self.total = self.total + means.sum(0)
         self.outer = self.outer + means.T @ means
+
+    def to_tensor(self) -> torch.Tensor:
+        """count, sums and outer products in one float64 vector: one all-reduce adds them over processes."""
+        return torch.cat([torch.tensor([float(self.count)], dtype=torch.float64), self.total, self.outer.flatten()])
+
+    def load_tensor(self, packed: torch.Tensor) -> None:
+        """The inverse of ``to_tensor`` (e.g. after summing it over processes)."""
+        channels = self.total.numel()
+        packed = packed.double().cpu()
+        if packed.shape != (1 + channels + channels ** 2,):
+            raise ValueError(f"packed mean-colour statistics for {channels} channels need {1 + channels + channels ** 2}"
+                             f" values, got shape {tuple(packed.shape)}")
+        self.count = int(packed[0].item())
+        self.total = packed[1:1 + channels].clone()
+        self.outer = packed[1 + channels:].reshape(channels, channels).clone()
+
+    def state_dict(self) -> dict:
+        return {"packed": self.to_tensor().tolist()}  # JSON floats round-trip float64 exactly
+
+    def load_state_dict(self, state: dict) -> None:
+        self.load_tensor(torch.tensor(state["packed"], dtype=torch.float64))
 
     def prior(self) -> MeanColourPrior:
         if self.count < 2:

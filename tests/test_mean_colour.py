@@ -116,9 +116,31 @@ def test_statistics_are_the_mean_and_covariance_of_the_image_means():
         MeanColourStatistics().prior()
 
 
+def test_statistics_summed_over_shards_and_restored_from_json_equal_one_pass():
+    """What training does: each process keeps its own sums, checkpoints them as JSON, and they are added at save."""
+    images = torch.rand(40, 3, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    whole, shards = MeanColourStatistics(), [MeanColourStatistics(), MeanColourStatistics()]
+    for index, batch in enumerate(images.split(5)):
+        whole.update(batch)
+        shards[index % 2].update(batch)
+    restored = MeanColourStatistics()
+    restored.load_state_dict(json.loads(json.dumps(shards[0].state_dict())))
+    assert torch.equal(restored.to_tensor(), shards[0].to_tensor())
+    summed = MeanColourStatistics()
+    summed.load_tensor(restored.to_tensor() + shards[1].to_tensor())
+    assert summed.count == 40
+    np.testing.assert_allclose(summed.prior().mean, whole.prior().mean, rtol=1e-12)
+    np.testing.assert_allclose(summed.prior().covariance, whole.prior().covariance, rtol=1e-10)
+    with pytest.raises(ValueError, match="for 3 channels need 13 values, got shape"):
+        summed.load_tensor(torch.zeros(12))
+
+
 def test_fit_command_stores_the_prior_that_from_pretrained_reads_back(smoke_pipeline_dir, tmp_path):
     model = tmp_path / "model"
     shutil.copytree(smoke_pipeline_dir, model)
+    index = json.loads((model / "model_index.json").read_text())
+    assert index.pop("mean_colour_prior")["num_images"] == 32  # train_unet.py fitted it on its 8 x 4 images
+    (model / "model_index.json").write_text(json.dumps(index))
     pipe = CelebADiffusionPipeline.from_pretrained(model)
     with pytest.raises(ValueError, match="mean_colour_correction needs the pipeline's mean_colour_prior"):
         pipe(num_inference_steps=2, mean_colour_correction=True)

@@ -19,6 +19,7 @@ def test_two_recipes_train_for_the_budget_are_scored_and_then_skipped(tmp_path):
     assert [row["recipe"] for row in summary["recipes"]] == ["eps-linear", "unshuffle2-shifted-cosine"]
     assert summary["protocol"]["scheduler"] == "ddim-clip" and summary["protocol"]["steps"] == 20
     assert all(row["steps"] == 1 and row["fid"] > 0 and row["label"] == "FID-4" for row in summary["recipes"])
+    assert json.loads((tmp_path / "recipes" / "eps-linear.json").read_text())["mean_colour_correction"] is False
     unshuffled = json.loads((tmp_path / "runs" / "unshuffle2-shifted-cosine-0.001min" / "model_index.json").read_text())
     assert unshuffled["pixel_unshuffle"] == 2
     again = run_command(argv, env=env)
