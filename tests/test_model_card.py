@@ -21,7 +21,7 @@ def test_card_numbers_come_from_the_results(smoke_pipeline_dir, tmp_path):
     shutil.copytree(smoke_pipeline_dir, model)
     evaluation = {"label": "FID-10k", "fid": 23.4567, "kid_mean": 0.01234, "kid_std": 0.0011, "precision": 0.61234,
                   "recall": 0.4321, "sampler": "dpm++2m", "steps": 20, "nfe": 20, "num_samples": 10000,
-                  "resolution": 32, "reference": {"num_images": 20000}}
+                  "resolution": 32, "reference": {"num_images": 20000}, "mixed_precision": "bf16"}
     (tmp_path / "eval.json").write_text(json.dumps(evaluation))
     log = [{"step": 1000, "images_seen": 32000, "cpu_hours": 1.0},
            {"step": 2000, "images_seen": 64000, "cpu_hours": 2.5, "hardware": "2 CPU cores",
@@ -48,7 +48,8 @@ def test_card_numbers_come_from_the_results(smoke_pipeline_dir, tmp_path):
     assert "2,000 optimisation steps, 64,000 training images seen. 2.50 CPU-hours (2 CPU cores)" in card
     assert "early checkpoint" not in card and "intermediate checkpoint" not in card
     # the loading code samples with the measured sampler, configured like pipeline.schedulers; it runs as written
-    assert "lowest FID-10k below" in card
+    assert "samples with `dpm++2m, 20 steps, 20 NFE`, the sampler with the lowest FID-10k below" in card
+    assert "measured with the UNet under bf16 autocast; the code runs it in fp32" in card  # as the snippet does
     snippet = card.split("```python\n")[1].split("```")[0]
     assert "DPMSolverMultistepScheduler.from_config(" in snippet and "num_inference_steps=20" in snippet
     shutil.copy(ROOT / "pipeline" / "pipeline_celeba.py", model)     # what pipeline.publish uploads with the weights
