@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -45,6 +44,7 @@ from pipeline.model_card import read_training_log, render_card
 from pipeline.noise_schedules import shifted_cosine_betas
 from pipeline.preprocess import Preprocessing, random_hflip, to_model_range
 from pipeline.publish import publish
+from pipeline.sample_store import weights_checksum
 from pipeline.training_log import LossMeter, TrainingClock, append_record
 
 logger = get_logger(__name__)
@@ -243,14 +243,6 @@ def training_step(accelerator, model, optimizer, lr_scheduler, noise_scheduler, 
             lr_scheduler.step()
             optimizer.zero_grad(set_to_none=True)
     return loss.detach()
-
-
-def state_checksum(model: torch.nn.Module) -> str:
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 @contextlib.contextmanager
@@ -503,7 +495,7 @@ def main(argv=None):
     summary = {"rank": accelerator.process_index, "world_size": accelerator.num_processes,
                "global_step": global_step, "images_seen_by_rank": global_step * args.train_batch_size
                * args.gradient_accumulation_steps, "first_keys": first_keys[:256],
-               "skipped_corrupt_images": stream.skipped_corrupt, "unet_sha256": state_checksum(unet)}
+               "skipped_corrupt_images": stream.skipped_corrupt, "unet_sha256": weights_checksum(unet)}
     with open(os.path.join(args.output_dir, f"run_summary_rank{accelerator.process_index}.json"), "w") as handle:
         json.dump(summary, handle, indent=1)
     if stream.skipped_corrupt:

@@ -8,7 +8,8 @@ A point whose JSON already exists for the same weights (SHA-256 of the UNet file
 the sweep can be spread over several working sessions: on 2 cores the UNet of configs/celeba64_cpu.yaml manages
 ~44 image-NFE/s in bf16, so 2,000 samples cost ~45 s per NFE (DDPM-1000: 12 h). ``--points ddim:10,20 dpm++2m:20``
 restricts the grid; expensive points can be run with a smaller ``--num_samples`` (KID is unbiased in N, FID is not,
-so compare small-N points by KID). Points run cheapest first. Then ``results/nfe/summary.json`` (every point measured
+so compare small-N points by KID). With ``--resume_dir DIR`` each point keeps its finished batches in
+``DIR/<sampler>-<steps>_n<N>/``, so even a point longer than a session resumes exactly. Points run cheapest first. Then ``results/nfe/summary.json`` (every point measured
 on these weights, with its N) and ``results/nfe/fid_vs_nfe.png`` (FID and KID vs NFE, log x).
 """
 
@@ -90,6 +91,8 @@ def main(argv=None) -> int:
     parser.add_argument("--mixed_precision", default="bf16", choices=["no", "bf16"])
     parser.add_argument("--points", nargs="*", default=None, help="e.g. ddim:10,20 dpm++2m:20 (default: full grid)")
     parser.add_argument("--out_dir", default="results/nfe")
+    parser.add_argument("--resume_dir", default=None, help="keep each point's finished sample batches under this "
+                        "folder (pipeline.evaluate --resume_dir), so an interrupted point continues where it stopped")
     args = parser.parse_args(argv)
     points = parse_points(args.points)  # bad input fails before anything is written
     out_dir = Path(args.out_dir)
@@ -102,7 +105,8 @@ def main(argv=None) -> int:
             print(f"{path}: reused")
             continue
         correction = "--mean_colour_correction" if sampler.endswith(MEAN_COLOUR) else "--no-mean_colour_correction"
-        evaluate.main(["--model", args.model, "--train_data_dir", args.train_data_dir, "--num_samples",
+        resume = ["--resume_dir", str(Path(args.resume_dir) / path.stem)] if args.resume_dir else []
+        evaluate.main([*resume, "--model", args.model, "--train_data_dir", args.train_data_dir, "--num_samples",
                        str(args.num_samples), "--scheduler", sampler.removesuffix(MEAN_COLOUR), "--steps", str(steps),
                        "--seed", str(args.seed), "--mixed_precision", args.mixed_precision, "--out", str(path),
                        correction])

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from .cli import run_cli
 from .images import make_grid, save_pngs
 from .pipeline_celeba import CelebADiffusionPipeline
+from .sample_store import BatchStore, weights_checksum
 from .schedulers import SDE_SAMPLERS, check_steps, make_scheduler
 
 DEFAULT_MODEL = "pretrained/celeba-64"
@@ -48,35 +49,57 @@ def unet_precision(pipe: CelebADiffusionPipeline, mixed_precision: str):
     return torch.autocast(pipe.device.type, dtype=torch.bfloat16, enabled=mixed_precision == "bf16")
 
 
+def open_batch_store(folder: str | os.PathLike, pipe: CelebADiffusionPipeline, scheduler: str, steps: int, seed: int,
+                     batch_size: int = 64, eta: float = 0.0, mixed_precision: str = "no",
+                     mean_colour_correction: bool | None = None) -> BatchStore:
+    """A ``BatchStore`` for ``generate`` with these arguments: everything that decides a batch's images is its key."""
+    configure_sampler(pipe, scheduler)  # keeps the training scheduler's config
+    corrected = pipe.resolve_mean_colour_correction(mean_colour_correction)
+    return BatchStore(folder, {
+        "unet_sha256": weights_checksum(pipe.unet), "train_scheduler": dict(pipe.train_scheduler_config),
+        "pixel_unshuffle": pipe.config.pixel_unshuffle, "scheduler": scheduler, "steps": steps, "seed": seed,
+        "batch_size": batch_size, "eta": eta, "mixed_precision": mixed_precision, "mean_colour_correction": corrected,
+        "mean_colour_prior": pipe.config.mean_colour_prior if corrected else None})
+
+
 def generate(pipe: CelebADiffusionPipeline, num_images: int, scheduler: str, steps: int, seed: int,
-             batch_size: int = 64, eta: float = 0.0, progress: bool = True,
-             mixed_precision: str = "no", mean_colour_correction: bool | None = None) -> tuple[np.ndarray, float]:
+             batch_size: int = 64, eta: float = 0.0, progress: bool = True, mixed_precision: str = "no",
+             mean_colour_correction: bool | None = None, store: BatchStore | None = None) -> tuple[np.ndarray, float]:
     """``num_images`` uint8 NHWC images and the measured network evaluations (NFE) per batch.
 
     Batch ``i`` uses seed ``seed + i``, so results do not depend on timing. NFE is counted with a forward hook on the
     UNet, so it is exact for adaptive solvers too. ``mixed_precision="bf16"`` runs the UNet under bf16 autocast
     (about 2x faster on a CPU with AVX512_BF16, see results/bench/sampling.json); sampler arithmetic stays fp32.
     ``mean_colour_correction`` replaces the network's estimate of the image's mean colour (``pipeline.mean_colour``;
-    None: when the pipeline has a prior)."""
+    None: when the pipeline has a prior). ``store`` (``open_batch_store`` with the same arguments) keeps every
+    finished batch on disk and reuses those already there, so an interrupted run resumes with identical results."""
     precision = unet_precision(pipe, mixed_precision)
     sampler = configure_sampler(pipe, scheduler)
     check_steps(scheduler, steps, pipe.train_scheduler_config.num_train_timesteps)
     pipe.set_progress_bar_config(disable=True)
     calls = []
     hook = pipe.unet.register_forward_hook(lambda *_: calls.append(1))
-    batches = []
+    batches, evaluations = [], []
     try:
         for index, start in enumerate(tqdm(range(0, num_images, batch_size), desc=f"{scheduler}-{steps}",
                                            unit="batch", disable=not progress)):
-            generator = torch.Generator().manual_seed(seed + index)
-            with precision:
-                images = pipe(batch_size=min(batch_size, num_images - start), num_inference_steps=steps,
-                              generator=generator, eta=eta, output_type="np", sampler=sampler,
-                              mean_colour_correction=mean_colour_correction).images
-            batches.append((images * 255).round().astype(np.uint8))
+            size = min(batch_size, num_images - start)
+            finished = store.load(index, size) if store is not None else None
+            if finished is None:
+                calls.clear()
+                generator = torch.Generator().manual_seed(seed + index)
+                with precision:
+                    images = pipe(batch_size=size, num_inference_steps=steps, generator=generator, eta=eta,
+                                  output_type="np", sampler=sampler,
+                                  mean_colour_correction=mean_colour_correction).images
+                finished = (images * 255).round().astype(np.uint8), len(calls)
+                if store is not None:
+                    store.save(index, *finished)
+            batches.append(finished[0])
+            evaluations.append(finished[1])
     finally:
         hook.remove()
-    return np.concatenate(batches), len(calls) / len(batches)
+    return np.concatenate(batches), sum(evaluations) / len(evaluations)
 
 
 def main(argv=None):

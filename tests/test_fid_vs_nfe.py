@@ -27,6 +27,17 @@ def test_sweep_writes_points_summary_and_plot_then_reuses_them(smoke_pipeline_di
     assert all(p["fid"] > 0 for p in summary["points"]) and (out / "fid_vs_nfe.png").is_file()
     again = run_command(argv, env=env)
     assert again.stdout.count("reused") == 3 and json.loads((out / "summary.json").read_text()) == summary
+    # a point whose evaluation was interrupted after its samples were made: --resume_dir reuses them exactly
+    measured = json.loads((out / "ddim-2_n8.json").read_text())
+    (out / "ddim-2_n8.json").unlink()
+    resumable = [*argv, "--points", "ddim:2", "--resume_dir", str(tmp_path / "batches")]
+    run_command(resumable, env=env)
+    assert json.loads((out / "ddim-2_n8.json").read_text())["resumed_batches"] == 0
+    assert (tmp_path / "batches" / "ddim-2_n8" / "batch_000000_n8.npz").is_file()
+    (out / "ddim-2_n8.json").unlink()
+    run_command(resumable, env=env)
+    resumed = json.loads((out / "ddim-2_n8.json").read_text())
+    assert resumed["resumed_batches"] == 1 and resumed["fid"] == measured["fid"] and resumed["nfe"] == measured["nfe"]
     bad = run_command([*argv, "--points", "ddim10", "--out_dir", str(tmp_path / "never")], env=env, check=False)
     assert bad.returncode == 2 and "--points entries look like ddim:10,20" in bad.stderr
     assert not (tmp_path / "never").exists()

@@ -1,0 +1,75 @@
+"""Generated batches kept on disk, so that a generation longer than a working session resumes where it stopped.
+
+Batch ``i`` of ``pipeline.generate.generate`` depends only on the generation settings and on the seed ``seed + i``,
+so a finished batch can be stored and reused: a rerun with the same settings loads the batches that exist, generates
+the missing ones, and returns exactly what an uninterrupted run returns (an FID-10k at 25 NFE takes ~1.75 h on two
+cores; a 1000-step point days). The settings (UNet weights checksum, sampler, steps, seed, batch size, eta,
+precision, mean-colour correction and prior, training scheduler) are written next to the batches; a folder holding
+batches of other settings is one error naming the settings that differ.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+SETTINGS_FILE = "settings.json"
+
+
+def weights_checksum(module: torch.nn.Module) -> str:
+    """SHA-256 of a module's state (names and values): the identity of weights in memory."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+class BatchStore:
+    """A folder of finished batches (``batch_<index>_n<size>.npz``: uint8 NHWC images and the batch's NFE), each
+    written to a temporary file and renamed, so an interruption never leaves a half-written batch."""
+
+    def __init__(self, folder: str | os.PathLike, settings: dict):
+        self.folder = Path(folder)
+        self.loaded = 0
+        settings = json.loads(json.dumps(settings, sort_keys=True))  # as it reads back from disk
+        path = self.folder / SETTINGS_FILE
+        if path.is_file():
+            stored = json.loads(path.read_text())
+            differing = sorted(key for key in stored.keys() | settings.keys() if stored.get(key) != settings.get(key))
+            if differing:
+                changes = "; ".join(f"{key}: {stored.get(key)!r} there, {settings.get(key)!r} now" for key in differing)
+                raise ValueError(f"{self.folder} holds batches generated with other settings ({changes}); "
+                                 f"use another folder or delete it")
+            found = len(list(self.folder.glob("batch_*.npz")))
+            print(f"{self.folder}: {found} finished batch(es) found, continuing", file=sys.stderr)
+        else:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            partial = path.with_name(SETTINGS_FILE + ".partial")
+            partial.write_text(json.dumps(settings, indent=1, sort_keys=True))
+            os.replace(partial, path)
+
+    def _path(self, index: int, size: int) -> Path:
+        return self.folder / f"batch_{index:06d}_n{size}.npz"
+
+    def load(self, index: int, size: int) -> tuple[np.ndarray, int] | None:
+        """(images, NFE) of batch ``index`` with ``size`` images, or None if it was not finished."""
+        path = self._path(index, size)
+        if not path.is_file():
+            return None
+        with np.load(path) as data:
+            self.loaded += 1
+            return data["images"], int(data["nfe"])
+
+    def save(self, index: int, images: np.ndarray, nfe: int) -> None:
+        path = self._path(index, len(images))
+        partial = path.with_name(path.name + ".partial")
+        with open(partial, "wb") as handle:
+            np.savez(handle, images=images, nfe=np.int64(nfe))
+        os.replace(partial, path)
