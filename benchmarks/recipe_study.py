@@ -3,8 +3,10 @@
     python benchmarks/recipe_study.py --train_data_dir ../shared/celeba --minutes 45
 
 Recipes are overrides of configs/celeba64_cpu.yaml (64x64, epsilon, linear schedule): v-prediction, the cosine
-schedule, min-SNR-5 loss weighting, and a "simple diffusion" UNet on 2x2 pixel-unshuffled input (a 32x32 model with
-12 channels) with the cosine schedule shifted for 64x64 (base 32). All recipes use a 250-step warm-up instead of the
+schedule, min-SNR-5 loss weighting, a "simple diffusion" UNet on 2x2 pixel-unshuffled input (a 32x32 model with
+12 channels) with the cosine schedule shifted for 64x64 (base 32), and the same UNet trained on 32x32 images (its
+samples are upsampled to the base resolution with the references' filter before scoring, so every recipe is scored
+as a maker of 64x64 faces against the same reference). All recipes use a 250-step warm-up instead of the
 long run's 1000, since the budgets are short. Each recipe runs ``accelerate launch train_unet.py
 --max_train_minutes M`` alone on the machine (resumable: an interrupted recipe continues from its checkpoint and its
 wall clock, summed over resumes: keep the machine otherwise idle, since contention and pauses count against the
@@ -25,6 +27,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from pipeline import evaluate  # noqa: E402
@@ -39,6 +43,7 @@ RECIPES = {
     "v-linear": {"prediction_type": "v_prediction"},
     "eps-cosine": {"ddpm_beta_schedule": "squaredcos_cap_v2"},
     "eps-linear-minsnr5": {"snr_gamma": 5.0},
+    "eps-linear-32px": {"resolution": 32},
     "unshuffle2-shifted-cosine": {"pixel_unshuffle": 2, "ddpm_beta_schedule": "shifted_cosine",
                                   "shifted_cosine_base_resolution": 32, "block_out_channels": [64, 128, 128],
                                   "down_block_types": ["DownBlock2D", "AttnDownBlock2D", "DownBlock2D"],
@@ -65,6 +70,14 @@ def train_command(name: str, args) -> list[str]:
             "no", "train_unet.py", "--config", args.base_config, "--train_data_dir", args.train_data_dir,
             "--output_dir", str(run_dir(name, args)), "--resume_from_checkpoint", "latest",
             "--max_train_minutes", str(args.minutes), *as_flags({**COMMON, **RECIPES[name]})]
+
+
+def base_resolution(base_config: str) -> int:
+    """Every recipe is scored at the base config's resolution (a 32x32 recipe's samples are resized to it)."""
+    if not os.path.isfile(base_config):
+        raise FileNotFoundError(f"base config not found: {base_config}")
+    with open(base_config) as handle:
+        return int((yaml.safe_load(handle) or {}).get("resolution", 64))
 
 
 def run_training(name: str, command: list[str]) -> None:
@@ -103,7 +116,8 @@ def main(argv=None) -> int:
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     protocol = {"minutes": args.minutes, "num_samples": args.num_samples, "seed": args.seed,
-                "base_config": args.base_config, "scheduler": args.scheduler, "steps": args.steps}
+                "base_config": args.base_config, "scheduler": args.scheduler, "steps": args.steps,
+                "resolution": base_resolution(args.base_config)}
     for name in args.recipes:
         path = out_dir / f"{name}.json"
         if path.is_file() and all(json.loads(path.read_text()).get(k) == v for k, v in protocol.items()):
@@ -116,7 +130,8 @@ def main(argv=None) -> int:
         require_full_budget(name, training, args.minutes)
         evaluate.main(["--model", str(run_dir(name, args)), "--train_data_dir", args.train_data_dir, "--num_samples",
                        str(args.num_samples), "--scheduler", args.scheduler, "--steps", str(args.steps), "--seed",
-                       str(args.seed), "--mixed_precision", "bf16", "--no-mean_colour_correction", "--out", str(path)])
+                       str(args.seed), "--resolution", str(protocol["resolution"]), "--mixed_precision", "bf16",
+                       "--no-mean_colour_correction", "--out", str(path)])
         result = json.loads(path.read_text())
         path.write_text(json.dumps({**result, **protocol, "recipe": name, "overrides": {**COMMON, **RECIPES[name]},
                                     "base_config": args.base_config, "train_command": " ".join(command[1:]),

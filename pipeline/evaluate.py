@@ -30,7 +30,7 @@ from .data import HUB_CONFIG, ExamplePreprocessor, example_key, load_celeba, rea
 from .images import make_grid
 from .inception import BATCH_SIZE, DESCRIPTION, RESIZE_FILTER, extract_features, load_inception, weights_sha1
 from .metrics import feature_stats, frechet_distance, kernel_inception_distance, memorization, precision_recall
-from .preprocess import RESAMPLE_FILTERS, Preprocessing
+from .preprocess import RESAMPLE_FILTERS, Preprocessing, resize_samples
 
 # CELEBA_DIFFUSION_CACHE moves every cache of the project (tests point it at a temporary folder)
 DEFAULT_CACHE_DIR = Path(os.environ.get("CELEBA_DIFFUSION_CACHE", "~/.cache/celeba-diffusion")).expanduser() / "ref_stats"
@@ -225,7 +225,8 @@ def evaluate_model(args) -> dict:
     if args.num_samples < 2 or args.steps <= 0:
         raise ValueError("--num_samples must be at least 2 and --steps positive")
     pipe = load_pipeline(args.model)
-    args.resolution = args.resolution or int(pipe.denoiser.config.sample_size)  # image side, also when unshuffled
+    sample_resolution = int(pipe.denoiser.config.sample_size)  # image side, also when unshuffled
+    args.resolution = args.resolution or sample_resolution
     reference = load_or_compute_reference(args.train_data_dir, args.dataset_name, args.dataset_config_name,
                                           args.split, reference_prep(args), args.num_reference, args.cache_dir,
                                           args.inception_batch_size)
@@ -236,6 +237,7 @@ def evaluate_model(args) -> dict:
     started = time.perf_counter()
     images, measured_nfe = generate(pipe, args.num_samples, **sampling, store=store)
     generation_seconds = time.perf_counter() - started
+    images = resize_samples(images, args.resolution, args.resample)
     corrected = pipe.resolve_mean_colour_correction(args.mean_colour_correction)
     if args.save_samples:
         from .images import save_pngs
@@ -253,7 +255,7 @@ def evaluate_model(args) -> dict:
         "sampler": args.scheduler, "steps": args.steps, "nfe": measured_nfe, "eta": args.eta,
         "mixed_precision": args.mixed_precision, "mean_colour_correction": corrected,
         "mean_colour_prior": pipe.config.mean_colour_prior if corrected else None,
-        "seed": args.seed, "resolution": args.resolution, "preprocessing": reference_prep(args).to_dict(),
+        "seed": args.seed, "resolution": args.resolution, "sample_resolution": sample_resolution, "preprocessing": reference_prep(args).to_dict(),
         "reference": {**reference["fields"], "num_images": reference["num"], "cache_file": reference["cache_file"],
                       "from_cache": reference["from_cache"]},
         "memorization": {**mem["summary"], "heldout": heldout_info, "closest_pairs": pairs,
@@ -305,7 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset_config_name", default=HUB_CONFIG)
     p.add_argument("--split", default="train", help="reference split (the training split by default)")
     p.add_argument("--num_reference", type=int, default=None, help="reference images (default: all of the split)")
-    p.add_argument("--resolution", type=int, default=None, help="default: the model's sample_size")
+    p.add_argument("--resolution", type=int, default=None, help="scoring resolution (default: the model's "
+                   "sample_size); samples of another size are resized to it with --resample, like the references")
     p.add_argument("--crop_size", type=int, default=140, help="must match training")
     p.add_argument("--crop_offset_y", type=int, default=0, help="must match training")
     p.add_argument("--resample", default="bilinear", choices=sorted(RESAMPLE_FILTERS), help="must match training")

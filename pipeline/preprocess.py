@@ -72,6 +72,17 @@ def preprocess_image(image: Image.Image, prep: Preprocessing) -> np.ndarray:
     return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).copy()
 
 
+def resize_samples(images: np.ndarray, resolution: int, resample: str) -> np.ndarray:
+    """uint8 NHWC images resized to ``resolution`` with the filter the reference images were given, so that samples
+    of a model trained at another resolution (e.g. 32x32) can be scored against the same reference (e.g. 64x64)."""
+    if images.ndim != 4 or images.dtype != np.uint8:
+        raise ValueError(f"resize_samples expects uint8 NHWC images, got {images.dtype} {images.shape}")
+    if images.shape[1:3] == (resolution, resolution):
+        return images
+    return np.stack([np.asarray(Image.fromarray(image).resize((resolution, resolution), RESAMPLE_FILTERS[resample]))
+                     for image in images])
+
+
 def to_model_range(pixels: torch.Tensor) -> torch.Tensor:
     """uint8 [0, 255] -> float [-1, 1]."""
     return pixels.float().div(127.5).sub(1.0)

@@ -10,7 +10,7 @@ from PIL import Image, ImageFilter
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
-from conftest import FIXTURE
+from conftest import FIXTURE, run_command
 from pipeline.cli import run_cli
 from pipeline.data import load_eval_images
 from pipeline.evaluate import (fid_against_reference, load_or_compute_reference, main, reference_fields,
@@ -18,7 +18,7 @@ from pipeline.evaluate import (fid_against_reference, load_or_compute_reference,
 from pipeline.inception import extract_features, legacy_bilinear_matrix, load_inception, weights_path
 from pipeline.metrics import (PrecomputedFeatures, feature_stats, frechet_distance, kernel_inception_distance,
                               memorization, nearest_neighbors, precision_recall)
-from pipeline.preprocess import Preprocessing
+from pipeline.preprocess import Preprocessing, resize_samples
 
 HALF = 12  # images per real set; small, but the images are fixed, so every ordering below is deterministic
 
@@ -191,3 +191,26 @@ def test_cli_bad_input_is_one_line_error(argv, message, capsys, tmp_path):
     assert run_cli(main, [*argv, "--out", str(tmp_path / "x.json")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and "\n" not in err
+
+
+def test_resize_samples_keeps_flat_colours_and_matching_sizes():
+    flat = np.zeros((2, 32, 32, 3), dtype=np.uint8) + np.array([10, 128, 250], dtype=np.uint8)
+    up = resize_samples(flat, 64, "bilinear")
+    assert up.shape == (2, 64, 64, 3) and (up == flat[:, :1, :1]).all()
+    mixed = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    assert resize_samples(mixed, 64, "bicubic") is mixed
+    down = resize_samples(mixed, 32, "box")  # box = the mean of each 2x2 block
+    blocks = mixed.reshape(2, 32, 2, 32, 2, 3).astype(float).mean(axis=(2, 4))
+    assert np.abs(down.astype(float) - blocks).max() <= 1
+
+
+def test_a_32px_model_is_scored_against_64px_references(smoke_pipeline_dir, tmp_path):
+    out = tmp_path / "eval.json"
+    run_command(["-m", "pipeline.evaluate", "--model", str(smoke_pipeline_dir), "--train_data_dir", str(FIXTURE),
+                 "--num_samples", "4", "--steps", "2", "--resolution", "64", "--num_heldout", "8", "--out", str(out)],
+                env={"CELEBA_DIFFUSION_CACHE": str(tmp_path / "cache")})
+    result = json.loads(out.read_text())
+    assert result["sample_resolution"] == 32 and result["resolution"] == 64 and result["fid"] > 0
+    assert result["reference"]["preprocessing"]["resolution"] == 64
+    pairs = Image.open(result["memorization"]["closest_pairs_picture"])
+    assert pairs.height == 2 * (2 * (64 + 2) + 2)  # samples (resized) and training images both 64x64, upscaled x2

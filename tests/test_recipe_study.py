@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from benchmarks.recipe_study import require_full_budget, run_training
+from benchmarks.recipe_study import RECIPES, base_resolution, require_full_budget, run_training
 from conftest import FIXTURE, run_command
 
 
@@ -38,3 +38,10 @@ def test_a_failed_or_killed_training_is_one_error_to_rerun():
     run_training("eps-linear", [sys.executable, "-c", "pass"])
     with pytest.raises(ValueError, match=r"eps-linear: training exited with status -15 .* rerun the same command"):
         run_training("eps-linear", [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGTERM)"])
+
+
+def test_every_recipe_is_scored_at_the_base_resolution():
+    assert base_resolution("configs/celeba64_cpu.yaml") == 64 and base_resolution("configs/smoke.yaml") == 32
+    assert RECIPES["eps-linear-32px"] == {"resolution": 32}
+    with pytest.raises(FileNotFoundError, match="base config not found: nope.yaml"):
+        base_resolution("nope.yaml")
