@@ -310,6 +310,13 @@ def evaluate_fid(accelerator, model, ema, noise_scheduler, args, reference) -> f
     return fid_against_reference(images, reference)
 
 
+def end_training_together(accelerator) -> None:
+    """Destroy the process group on all ranks at once: a rank that destroys it while another is still saving can
+    leave gloo hanging at exit (seen once in CI with 2 CPU processes)."""
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+
+
 def cpu_thread_advice(threads: int, cores: int, local_processes: int) -> str | None:
     """Why a CPU run is slow when it need not be: `accelerate launch` sets OMP_NUM_THREADS=1 unless told otherwise."""
     per_process = max(cores // local_processes, 1)
@@ -481,7 +488,7 @@ def main(argv=None):
             last_checkpoint_time = time.monotonic()
         if flags[1] > 0:
             logger.info("stopped by signal at step %d; resume with --resume_from_checkpoint latest", global_step)
-            accelerator.end_training()
+            end_training_together(accelerator)
             return 0
         if flags[2] > 0:
             logger.info("time budget of %s minutes reached at step %d", args.max_train_minutes, global_step)
@@ -515,7 +522,7 @@ def main(argv=None):
             Path(args.output_dir, "README.md").write_text(card)
             url = publish(args.output_dir, args.hub_model_id, args.hub_private_repo, args.hub_token)
             logger.info("published to %s", url)
-    accelerator.end_training()
+    end_training_together(accelerator)
     return 0
 
 
