@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from pipeline import evaluate  # noqa: E402
-from pipeline.cli import run_cli  # noqa: E402
+from pipeline.cli import DEFAULT_DEVICE, device_argument, run_cli  # noqa: E402
 from pipeline.plots import PALETTE, line_chart  # noqa: E402
 from pipeline.schedulers import ALL_SAMPLERS  # noqa: E402
 
@@ -89,6 +89,9 @@ def main(argv=None) -> int:
     parser.add_argument("--num_samples", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--mixed_precision", default="bf16", choices=["no", "bf16"])
+    parser.add_argument("--device", type=device_argument, default=DEFAULT_DEVICE,
+                        help="where the UNet and Inception run (recorded per point; a point measured on another "
+                             "device with the same weights, seed and precision is reused)")
     parser.add_argument("--points", nargs="*", default=None, help="e.g. ddim:10,20 dpm++2m:20 (default: full grid)")
     parser.add_argument("--out_dir", default="results/nfe")
     parser.add_argument("--resume_dir", default=None, help="keep each point's finished sample batches under this "
@@ -108,8 +111,8 @@ def main(argv=None) -> int:
         resume = ["--resume_dir", str(Path(args.resume_dir) / path.stem)] if args.resume_dir else []
         evaluate.main([*resume, "--model", args.model, "--train_data_dir", args.train_data_dir, "--num_samples",
                        str(args.num_samples), "--scheduler", sampler.removesuffix(MEAN_COLOUR), "--steps", str(steps),
-                       "--seed", str(args.seed), "--mixed_precision", args.mixed_precision, "--out", str(path),
-                       correction])
+                       "--seed", str(args.seed), "--mixed_precision", args.mixed_precision, "--device", args.device,
+                       "--out", str(path), correction])
         result = json.loads(path.read_text())
         # the point's name (with +mc) as its sampler, so that tables and plots keep the two apart
         path.write_text(json.dumps({**result, "sampler": sampler, "unet_sha256": protocol["unet_sha256"]}, indent=1))
@@ -118,7 +121,7 @@ def main(argv=None) -> int:
         result = json.loads(path.read_text())
         rows.append({key: result[key] for key in ("label", "num_samples", "sampler", "steps", "nfe", "fid", "kid_mean",
                                                   "kid_std", "precision", "recall", "generation_seconds")}
-                    | {"file": str(path)})
+                    | {"device": result.get("device", "cpu"), "file": str(path)})  # points before --device: CPU
     rows.sort(key=lambda row: (row["sampler"], row["nfe"], row["num_samples"]))
     first = json.loads(Path(rows[0]["file"]).read_text())
     summary = {"protocol": {**protocol, "model": args.model, "reference": first["reference"],

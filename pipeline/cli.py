@@ -2,9 +2,26 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 
+import torch
+
 from .preprocess import CorruptImageError
+
+# the --device of every command that runs a network: the GPU when there is one
+DEFAULT_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def device_argument(name: str) -> str:
+    """argparse type of --device: a torch device this machine has (``cpu``, ``cuda``, ``cuda:1``, ...)."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise argparse.ArgumentTypeError(f"{name!r} is not a torch device ({error})") from None
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise argparse.ArgumentTypeError(f"{name!r}: torch sees {torch.cuda.device_count()} CUDA device(s) here")
+    return name
 
 USER_ERRORS = (FileNotFoundError, NotADirectoryError, ValueError, CorruptImageError, FloatingPointError,
                ConnectionError)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .cli import run_cli
+from .cli import DEFAULT_DEVICE, device_argument, run_cli
 from .images import make_grid, save_pngs
 from .pipeline_celeba import CelebADiffusionPipeline
 from .sample_store import BatchStore, weights_checksum
@@ -21,11 +21,11 @@ from .schedulers import SDE_SAMPLERS, check_steps, make_scheduler
 DEFAULT_MODEL = "pretrained/celeba-64"
 
 
-def load_pipeline(model: str) -> CelebADiffusionPipeline:
-    """Load a saved pipeline folder, with a clear error when it is not one."""
+def load_pipeline(model: str, device: str = "cpu") -> CelebADiffusionPipeline:
+    """Load a saved pipeline folder onto ``device``, with a clear error when it is not one."""
     if not os.path.isfile(os.path.join(model, "model_index.json")):
         raise FileNotFoundError(f"no pipeline at {model} (model_index.json missing)")
-    return CelebADiffusionPipeline.from_pretrained(model)
+    return CelebADiffusionPipeline.from_pretrained(model).to(device)
 
 
 def configure_sampler(pipe: CelebADiffusionPipeline, name: str) -> str | None:
@@ -59,7 +59,7 @@ def open_batch_store(folder: str | os.PathLike, pipe: CelebADiffusionPipeline, s
         "unet_sha256": weights_checksum(pipe.unet), "train_scheduler": dict(pipe.train_scheduler_config),
         "pixel_unshuffle": pipe.config.pixel_unshuffle, "scheduler": scheduler, "steps": steps, "seed": seed,
         "batch_size": batch_size, "eta": eta, "mixed_precision": mixed_precision, "mean_colour_correction": corrected,
-        "mean_colour_prior": pipe.config.mean_colour_prior if corrected else None})
+        "mean_colour_prior": pipe.config.mean_colour_prior if corrected else None, "device": pipe.device.type})
 
 
 def generate(pipe: CelebADiffusionPipeline, num_images: int, scheduler: str, steps: int, seed: int,
@@ -67,7 +67,8 @@ def generate(pipe: CelebADiffusionPipeline, num_images: int, scheduler: str, ste
              mean_colour_correction: bool | None = None, store: BatchStore | None = None) -> tuple[np.ndarray, float]:
     """``num_images`` uint8 NHWC images and the measured network evaluations (NFE) per batch.
 
-    Batch ``i`` uses seed ``seed + i``, so results do not depend on timing. NFE is counted with a forward hook on the
+    Batch ``i`` uses seed ``seed + i`` (a CPU generator, so the initial noise is the same on every device), so results
+    do not depend on timing. NFE is counted with a forward hook on the
     UNet, so it is exact for adaptive solvers too. ``mixed_precision="bf16"`` runs the UNet under bf16 autocast
     (about 2x faster on a CPU with AVX512_BF16, see results/bench/sampling.json); sampler arithmetic stays fp32.
     ``mean_colour_correction`` replaces the network's estimate of the image's mean colour (``pipeline.mean_colour``;
@@ -115,6 +116,8 @@ def main(argv=None):
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--mixed_precision", default="no", choices=MIXED_PRECISION,
                         help="bf16: UNet under bf16 autocast, ~2x faster on CPUs with AVX512_BF16")
+    parser.add_argument("--device", type=device_argument, default=DEFAULT_DEVICE,
+                        help="where the UNet runs (default: cuda if available)")
     parser.add_argument("--mean_colour_correction", action=argparse.BooleanOptionalAction, default=None,
                         help="closed-form mean colour instead of the network's (pipeline.mean_colour); default: when "
                              "the model has a mean_colour_prior")
@@ -124,7 +127,7 @@ def main(argv=None):
     if args.num_images <= 0 or args.steps <= 0:
         raise ValueError("--num_images and --steps must be positive")
     torch.set_num_threads(os.cpu_count() or 1)
-    pipe = load_pipeline(args.model)
+    pipe = load_pipeline(args.model, args.device)
     started = time.perf_counter()
     images, nfe = generate(pipe, args.num_images, args.scheduler, args.steps, args.seed, args.batch_size, args.eta,
                            mixed_precision=args.mixed_precision, mean_colour_correction=args.mean_colour_correction)
@@ -137,7 +140,7 @@ def main(argv=None):
     with open(os.path.join(args.out, "generation.json"), "w") as handle:
         json.dump({"model": args.model, "scheduler": args.scheduler, "steps": args.steps, "nfe": nfe, "eta": args.eta,
                    "mixed_precision": args.mixed_precision, "mean_colour_correction": corrected,
-                   "seed": args.seed, "num_images": args.num_images,
+                   "device": pipe.device.type, "seed": args.seed, "num_images": args.num_images,
                    "seconds": round(seconds, 2)}, handle, indent=1)
     print(f"wrote {args.num_images} images and grid.png to {args.out} ({seconds:.1f} s)")
     return 0

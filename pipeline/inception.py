@@ -112,13 +112,14 @@ class InceptionFeatures(nn.Module):
 
     @torch.inference_mode()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net(self.preprocess(images)).float()
+        """Features on the CPU, where the statistics and the metrics are computed, whatever the network's device."""
+        return self.net(self.preprocess(images)).float().cpu()
 
 
-@functools.lru_cache(maxsize=1)
-def load_inception() -> InceptionFeatures:
-    """The shared extractor of this process (loading the 87 MB network takes a second or two)."""
-    return InceptionFeatures()
+@functools.lru_cache(maxsize=2)
+def load_inception(device: str = "cpu") -> InceptionFeatures:
+    """The shared extractor of this process on ``device`` (loading the 87 MB network takes a second or two)."""
+    return InceptionFeatures(device=device)
 
 
 def _batches(images, batch_size: int):

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from scipy.integrate import solve_ivp
 
+from .cli import DEFAULT_DEVICE, device_argument
 from .sde import NoisePredictor, VPSDE
 
 LEVELS = 256                              # 8-bit data
@@ -146,7 +147,7 @@ def main(argv=None) -> dict:
                         help="ODE start time t of the data (score_sde: 1e-5; 1/T: the first trained step)")
     parser.add_argument("--hutchinson", default="rademacher", choices=["rademacher", "gaussian"])
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", type=device_argument, default=DEFAULT_DEVICE)
     parser.add_argument("--out", default="results/likelihood.json")
     args = parser.parse_args(argv)
 

@@ -103,14 +103,15 @@ class MeanColourDenoiser(WrappedDenoiser):
     def forward(self, sample, timestep, return_dict: bool = True):
         out = self.unet(sample, timestep).sample.to(torch.float64)   # bf16 cannot hold a 1/64-sized shift
         x = sample.to(torch.float64)
-        alpha, sigma = self.alpha_sigma(timestep, x.shape[0])
+        alpha, sigma = (value.to(x.device) for value in self.alpha_sigma(timestep, x.shape[0]))
+        mean, covariance = self.mean.to(x.device), self.covariance.to(x.device)
         a, s = alpha[..., None, None], sigma[..., None, None]
         kind = self.prediction_type
         eps = out if kind == "epsilon" else a * out + s * x if kind == "v_prediction" else (x - a * out) / s
         pixels = x.shape[2] * x.shape[3]
-        eye = torch.eye(self.mean.numel(), dtype=torch.float64)
-        precision = alpha[:, :, None] ** 2 * self.covariance + (sigma[:, :, None] ** 2 / pixels) * eye  # (B, C, C)
-        residual = x.mean(dim=(2, 3)) - alpha * self.mean                                              # (B, C)
+        eye = torch.eye(mean.numel(), dtype=torch.float64, device=x.device)
+        precision = alpha[:, :, None] ** 2 * covariance + (sigma[:, :, None] ** 2 / pixels) * eye  # (B, C, C)
+        residual = x.mean(dim=(2, 3)) - alpha * mean                                            # (B, C)
         eps_mean = sigma / pixels * torch.linalg.solve(precision, residual)
         eps = eps - eps.mean(dim=(2, 3), keepdim=True) + eps_mean[..., None, None]
         out = eps if kind == "epsilon" else (eps - s * x) / a if kind == "v_prediction" else (x - s * eps) / a

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from .cli import run_cli
+from .cli import DEFAULT_DEVICE, device_argument, run_cli
 from .generate import DEFAULT_MODEL, MIXED_PRECISION, configure_sampler, load_pipeline, unet_precision
 from .images import make_grid
 from .schedulers import check_steps
@@ -48,8 +48,8 @@ def record_trajectory(pipe, scheduler: str, steps: int, num_images: int, snapsho
     def keep(_pipe, index, t, tensors):
         if index in wanted:
             timesteps.append(int(t))
-            samples.append(tensors["sample"].float())
-            estimates.append(tensors["pred_original_sample"].float())
+            samples.append(tensors["sample"].float().cpu())
+            estimates.append(tensors["pred_original_sample"].float().cpu())
 
     pipe.set_progress_bar_config(disable=True)
     with unet_precision(pipe, mixed_precision):
@@ -95,13 +95,15 @@ def main(argv=None) -> int:
     parser.add_argument("--mean_colour_correction", action=argparse.BooleanOptionalAction, default=None,
                         help="closed-form mean colour instead of the network's (pipeline.mean_colour); default: when "
                              "the model has a mean_colour_prior")
+    parser.add_argument("--device", type=device_argument, default=DEFAULT_DEVICE,
+                        help="where the UNet runs (default: cuda if available)")
     parser.add_argument("--upscale", type=int, default=2, help="nearest-neighbour factor for viewing")
     parser.add_argument("--out", default="results/samples/trajectory.png")
     args = parser.parse_args(argv)
     if args.num_images <= 0 or args.upscale <= 0:
         raise ValueError("--num_images and --upscale must be positive")
     torch.set_num_threads(os.cpu_count() or 1)
-    pipe = load_pipeline(args.model)
+    pipe = load_pipeline(args.model, args.device)
     timesteps, samples, estimates = record_trajectory(pipe, args.scheduler, args.steps, args.num_images,
                                                       args.snapshots, args.seed, args.mixed_precision,
                                                       args.mean_colour_correction)

@@ -7,6 +7,7 @@ exact denoiser that has lost its mean (what our U-Net does, REPORT Section 6.4) 
 
 import json
 import shutil
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -72,6 +73,24 @@ def test_correction_restores_the_exact_denoiser_at_integer_and_fractional_labels
         want = exact(x, timestep).sample
         assert (broken(x, timestep).sample - want).abs().max() > 1e-4  # the broken model is wrong
         torch.testing.assert_close(corrected(x, timestep).sample, want, rtol=1e-9, atol=1e-9)
+
+
+class ZeroNoise(torch.nn.Module):
+    """A stand-in UNet that predicts zero noise on whatever device its input is."""
+
+    config = SimpleNamespace(in_channels=3, sample_size=SIZE)
+
+    def forward(self, sample, timestep):
+        return UNet2DOutput(sample=torch.zeros_like(sample))
+
+
+def test_correction_runs_on_the_device_of_its_input():
+    """The prior and the schedule are kept on the CPU; an input on another device must not meet them there. torch's
+    shape-only "meta" device refuses to mix with CPU tensors as a GPU does, so it stands in for one here."""
+    corrected = MeanColourDenoiser(ZeroNoise(), DDPMScheduler.from_config(schedule()).alphas_cumprod, "epsilon", PRIOR)
+    x = torch.empty(2, 3, SIZE, SIZE, device="meta")
+    out = corrected(x, torch.tensor(999)).sample  # (a meta timestep has no value to interpolate the schedule at)
+    assert out.device.type == "meta" and out.shape == x.shape and out.dtype == torch.float32
 
 
 def test_alpha_sigma_interpolates_like_the_vp_sde():

@@ -9,6 +9,7 @@ from diffusers import DDIMScheduler, DDPMScheduler, DiffusionPipeline, UNet2DMod
 
 from conftest import ROOT, run_command
 from pipeline import CelebADiffusionPipeline
+from pipeline.cli import DEFAULT_DEVICE
 from pipeline.generate import generate
 
 
@@ -100,6 +101,7 @@ def test_generate_cli_writes_pngs_and_grids(smoke_pipeline_dir, tmp_path):
     assert (out / "grid.png").is_file() and (out / "grid_x4.png").is_file()
     record = json.loads((out / "generation.json").read_text())
     assert record["steps"] == 4 and record["nfe"] == 4  # counted UNet calls per batch
+    assert record["device"] == DEFAULT_DEVICE.split(":")[0]
     again = tmp_path / "again"
     run_command(["-m", "pipeline.generate", "--model", str(smoke_pipeline_dir), "--num_images", "5",
                  "--batch_size", "2", "--steps", "4", "--scheduler", "ddim", "--out", str(again)])
@@ -111,3 +113,10 @@ def test_generate_cli_errors_are_one_line(tmp_path):
                           str(tmp_path / "o")], check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"no pipeline at {tmp_path / 'missing'}" in result.stderr
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:99"])
+def test_device_names_a_device_this_machine_has(device, tmp_path):
+    result = run_command(["-m", "pipeline.generate", "--device", device, "--out", str(tmp_path / "o")], check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"argument --device: {device!r}" in result.stderr
