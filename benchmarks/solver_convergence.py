@@ -10,7 +10,7 @@ Distances are RMS over pixels of the 8-bit images, in levels (0-255), mean and m
 ``--num_images`` of the FID protocol's first batch (same seed, same initial noise), with the UNet in bf16 like the FID
 points by default (its rounding shows in the check's distance); samplers named ``NAME+mc`` use the mean-colour
 correction.
-Writes results/nfe/solver_convergence.json.
+Writes results/solver_convergence.json.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--mixed_precision", default="bf16", choices=MIXED_PRECISION)
     parser.add_argument("--device", type=device_argument, default=DEFAULT_DEVICE)
-    parser.add_argument("--out", default="results/nfe/solver_convergence.json")
+    parser.add_argument("--out", default="results/solver_convergence.json")
     args = parser.parse_args(argv)
     if args.num_images <= 0:
         raise ValueError("--num_images must be positive")
