@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -53,9 +54,13 @@ def parse_points(values: list[str] | None) -> list[tuple[str, int]]:
     return sorted(points, key=lambda p: APPROXIMATE_NFE.get(p[0].removesuffix(MEAN_COLOUR), lambda s: s)(p[1]))
 
 
+POINT_FILE = re.compile(r".+-\d+_n\d+\.json")  # <sampler>-<steps>_n<N>.json, as main() names each point
+
+
 def measured_under(path: Path, protocol: dict) -> bool:
-    """Whether the point file exists and was measured on these weights with this seed and precision."""
-    if not path.is_file() or path.name == "summary.json":
+    """Whether ``path`` is a point file measured on these weights with this seed and precision (other JSONs in the
+    folder, such as summary.json, are not points)."""
+    if not path.is_file() or not POINT_FILE.fullmatch(path.name):
         return False
     result = json.loads(path.read_text())
     return all(result.get(key) == value for key, value in protocol.items())
