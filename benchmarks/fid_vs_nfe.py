@@ -8,7 +8,9 @@ A point whose JSON already exists for the same weights (SHA-256 of the UNet file
 the sweep can be spread over several working sessions: on 2 cores the UNet of configs/celeba64_cpu.yaml manages
 ~44 image-NFE/s in bf16, so 2,000 samples cost ~45 s per NFE (DDPM-1000: 12 h). ``--points ddim:10,20 dpm++2m:20``
 restricts the grid; expensive points can be run with a smaller ``--num_samples`` (KID is unbiased in N, FID is not,
-so compare small-N points by KID). With ``--resume_dir DIR`` each point keeps its finished batches in
+so compare small-N points by KID). ``ode-rk45`` points run the UNet in float32 whatever ``--mixed_precision`` says
+(its adaptive step-size control cannot work with bf16 outputs: ``pipeline.generate.unet_precision``); each point's JSON
+records its precision. With ``--resume_dir DIR`` each point keeps its finished batches in
 ``DIR/<sampler>-<steps>_n<N>/``, so even a point longer than a session resumes exactly. Points run cheapest first. Then ``results/nfe/summary.json`` (every point measured
 on these weights, with its N) and ``results/nfe/fid_vs_nfe.png`` (FID and KID vs NFE, log x).
 """
@@ -36,7 +38,9 @@ GRID = {"ddim": [10, 20, 50, 100], "ddim-clip": [10, 20, 50, 100], "dpm++2m": [1
         "ode-rk45": [1], "pc": [500], "ddpm": [1000]}
 # a point name with this suffix (e.g. ddpm+mc:20) samples with the mean-colour correction (pipeline.mean_colour)
 MEAN_COLOUR = "+mc"
-APPROXIMATE_NFE = {"heun": lambda steps: 2 * steps - 1, "pc": lambda steps: 2 * steps, "ode-rk45": lambda _: 150}
+# ode-rk45: measured on the shipped weights at rtol = atol = 1e-5 in float32 (results/bench/rk45_nfe.json)
+APPROXIMATE_NFE = {"heun": lambda steps: 2 * steps - 1, "pc": lambda steps: 2 * steps, "ode-rk45": lambda _: 750}
+FLOAT32_ONLY = ("ode-rk45",)  # samplers that refuse bf16 (pipeline.generate.unet_precision)
 
 
 def parse_points(values: list[str] | None) -> list[tuple[str, int]]:
@@ -57,13 +61,19 @@ def parse_points(values: list[str] | None) -> list[tuple[str, int]]:
 POINT_FILE = re.compile(r".+-\d+_n\d+\.json")  # <sampler>-<steps>_n<N>.json, as main() names each point
 
 
+def point_precision(sampler: str, mixed_precision: str) -> str:
+    """The sweep's precision, except float32 ("no") for the samplers that cannot run in bf16."""
+    return "no" if sampler.removesuffix(MEAN_COLOUR) in FLOAT32_ONLY else mixed_precision
+
+
 def measured_under(path: Path, protocol: dict) -> bool:
     """Whether ``path`` is a point file measured on these weights with this seed and precision (other JSONs in the
     folder, such as summary.json, are not points)."""
     if not path.is_file() or not POINT_FILE.fullmatch(path.name):
         return False
     result = json.loads(path.read_text())
-    return all(result.get(key) == value for key, value in protocol.items())
+    expected = {**protocol, "mixed_precision": point_precision(result.get("sampler", ""), protocol["mixed_precision"])}
+    return all(result.get(key) == value for key, value in expected.items())
 
 
 def plot(summary: list[dict], path: Path, title: str) -> None:
@@ -116,8 +126,8 @@ def main(argv=None) -> int:
         resume = ["--resume_dir", str(Path(args.resume_dir) / path.stem)] if args.resume_dir else []
         evaluate.main([*resume, "--model", args.model, "--train_data_dir", args.train_data_dir, "--num_samples",
                        str(args.num_samples), "--scheduler", sampler.removesuffix(MEAN_COLOUR), "--steps", str(steps),
-                       "--seed", str(args.seed), "--mixed_precision", args.mixed_precision, "--device", args.device,
-                       "--out", str(path), correction])
+                       "--seed", str(args.seed), "--mixed_precision", point_precision(sampler, args.mixed_precision),
+                       "--device", args.device, "--out", str(path), correction])
         result = json.loads(path.read_text())
         # the point's name (with +mc) as its sampler, so that tables and plots keep the two apart
         path.write_text(json.dumps({**result, "sampler": sampler, "unet_sha256": protocol["unet_sha256"]}, indent=1))
@@ -125,7 +135,8 @@ def main(argv=None) -> int:
     for path in filter(lambda p: measured_under(p, protocol), sorted(out_dir.glob("*.json"))):
         result = json.loads(path.read_text())
         rows.append({key: result[key] for key in ("label", "num_samples", "sampler", "steps", "nfe", "fid", "kid_mean",
-                                                  "kid_std", "precision", "recall", "generation_seconds")}
+                                                  "kid_std", "precision", "recall", "generation_seconds",
+                                                  "mixed_precision")}
                     | {"device": result.get("device", "cpu"), "file": str(path)})  # points before --device: CPU
     rows.sort(key=lambda row: (row["sampler"], row["nfe"], row["num_samples"]))
     first = json.loads(Path(rows[0]["file"]).read_text())

@@ -42,10 +42,18 @@ def configure_sampler(pipe: CelebADiffusionPipeline, name: str) -> str | None:
 MIXED_PRECISION = ("no", "bf16")
 
 
-def unet_precision(pipe: CelebADiffusionPipeline, mixed_precision: str):
-    """The context to sample in: bf16 autocast for the UNet's matrix products, or nothing."""
+def unet_precision(pipe: CelebADiffusionPipeline, mixed_precision: str, scheduler: str):
+    """The context to sample in: bf16 autocast for the UNet's matrix products, or nothing.
+
+    Not bf16 for the adaptive ``ode-rk45``: its step-size control needs network outputs accurate to well below its
+    tolerance (1e-5), and bf16 keeps about 3 significant digits, so its steps shrink until a batch takes thousands
+    of evaluations instead of hundreds (benchmarks/rk45_nfe.py measures both)."""
     if mixed_precision not in MIXED_PRECISION:
         raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION}, got {mixed_precision!r}")
+    if scheduler == "ode-rk45" and mixed_precision == "bf16":
+        raise ValueError("ode-rk45 cannot sample under bf16: its adaptive step-size control chases the UNet's bf16 "
+                         "rounding, which costs thousands of evaluations per batch (results/bench/rk45_nfe.json); "
+                         "use mixed_precision 'no' (--mixed_precision no)")
     return torch.autocast(pipe.device.type, dtype=torch.bfloat16, enabled=mixed_precision == "bf16")
 
 
@@ -74,7 +82,7 @@ def generate(pipe: CelebADiffusionPipeline, num_images: int, scheduler: str, ste
     ``mean_colour_correction`` replaces the network's estimate of the image's mean colour (``pipeline.mean_colour``;
     None: when the pipeline has a prior). ``store`` (``open_batch_store`` with the same arguments) keeps every
     finished batch on disk and reuses those already there, so an interrupted run resumes with identical results."""
-    precision = unet_precision(pipe, mixed_precision)
+    precision = unet_precision(pipe, mixed_precision, scheduler)
     sampler = configure_sampler(pipe, scheduler)
     check_steps(scheduler, steps, pipe.train_scheduler_config.num_train_timesteps)
     pipe.set_progress_bar_config(disable=True)

@@ -1,10 +1,15 @@
 """benchmarks/fid_vs_nfe.py: one pipeline.evaluate run per (sampler, steps), reused when the protocol matches."""
 
+import argparse
 import json
 import shutil
+from pathlib import Path
+
+import pytest
 
 from conftest import FIXTURE, run_command
 
+from benchmarks import fid_vs_nfe
 from pipeline.mean_colour import MeanColourPrior, write_prior
 
 
@@ -41,3 +46,33 @@ def test_sweep_writes_points_summary_and_plot_then_reuses_them(smoke_pipeline_di
     bad = run_command([*argv, "--points", "ddim10", "--out_dir", str(tmp_path / "never")], env=env, check=False)
     assert bad.returncode == 2 and "--points entries look like ddim:10,20" in bad.stderr
     assert not (tmp_path / "never").exists()
+
+
+
+def test_rk45_points_run_in_float32_within_a_bf16_sweep_and_join_its_summary(smoke_pipeline_dir, tmp_path,
+                                                                             monkeypatch):
+    """The wiring only: pipeline.evaluate is replaced by a stand-in that records the precision it was given."""
+    def fake_evaluate(argv):
+        parser = argparse.ArgumentParser()
+        for option in ("--out", "--mixed_precision", "--scheduler", "--steps", "--num_samples", "--seed"):
+            parser.add_argument(option)
+        args, _ = parser.parse_known_args(argv)
+        Path(args.out).write_text(json.dumps({
+            "label": f"FID-{args.num_samples}", "num_samples": int(args.num_samples), "sampler": args.scheduler,
+            "steps": int(args.steps), "nfe": 2.0, "fid": 1.0, "kid_mean": 0.0, "kid_std": 0.0, "precision": 1.0,
+            "recall": 1.0, "generation_seconds": 1.0, "mixed_precision": args.mixed_precision, "seed": int(args.seed),
+            "reference": {"num_images": 4}, "resolution": 8}))
+        return 0
+
+    monkeypatch.setattr(fid_vs_nfe.evaluate, "main", fake_evaluate)
+    out = tmp_path / "nfe"
+    argv = ["--model", str(smoke_pipeline_dir), "--train_data_dir", str(FIXTURE), "--num_samples", "4",
+            "--points", "ddim:2", "ode-rk45+mc:1", "--mixed_precision", "bf16", "--out_dir", str(out)]
+    assert fid_vs_nfe.main(argv) == 0
+    assert json.loads((out / "ode-rk45+mc-1_n4.json").read_text())["mixed_precision"] == "no"
+    assert json.loads((out / "ddim-2_n4.json").read_text())["mixed_precision"] == "bf16"
+    summary = json.loads((out / "summary.json").read_text())
+    assert [(p["sampler"], p["mixed_precision"]) for p in summary["points"]] == [("ddim", "bf16"),
+                                                                                 ("ode-rk45+mc", "no")]
+    monkeypatch.setattr(fid_vs_nfe.evaluate, "main", lambda argv: pytest.fail(f"not reused: {argv}"))
+    assert fid_vs_nfe.main(argv) == 0  # both points are recognised as measured under this sweep's protocol

@@ -93,6 +93,15 @@ def test_bf16_generation_runs_the_unet_in_bf16_and_stays_close_to_fp32(scheduler
         generate(pipe, 1, scheduler, 4, seed=0, mixed_precision="fp16")
 
 
+def test_adaptive_rk45_refuses_bf16_before_sampling():
+    pipe = tiny_pipeline()
+    calls = []
+    pipe.unet.register_forward_hook(lambda *_: calls.append(1))
+    with pytest.raises(ValueError, match="ode-rk45 cannot sample under bf16"):
+        generate(pipe, 1, "ode-rk45", 1, seed=0, progress=False, mixed_precision="bf16")
+    assert calls == []
+
+
 def test_generate_cli_writes_pngs_and_grids(smoke_pipeline_dir, tmp_path):
     out = tmp_path / "samples"
     run_command(["-m", "pipeline.generate", "--model", str(smoke_pipeline_dir), "--num_images", "5",
