@@ -217,13 +217,16 @@ def label(num_samples: int) -> str:
 
 
 def evaluate_model(args) -> dict:
-    from .generate import generate, load_pipeline, open_batch_store  # diffusers is only needed in this mode
+    # diffusers is only needed in this mode
+    from .generate import check_sampling, generate, load_pipeline, open_batch_store, parse_sampler_options
     from .schedulers import ALL_SAMPLERS
 
     if args.scheduler not in ALL_SAMPLERS:
         raise ValueError(f"unknown scheduler {args.scheduler!r}; choose one of {list(ALL_SAMPLERS)}")
     if args.num_samples < 2 or args.steps <= 0:
         raise ValueError("--num_samples must be at least 2 and --steps positive")
+    options = parse_sampler_options(args.sampler_option)
+    check_sampling(args.scheduler, args.mixed_precision, options)  # before the reference, which can take minutes
     pipe = load_pipeline(args.model, args.device)
     sample_resolution = int(pipe.denoiser.config.sample_size)  # image side, also when unshuffled
     args.resolution = args.resolution or sample_resolution
@@ -232,7 +235,7 @@ def evaluate_model(args) -> dict:
                                           args.inception_batch_size, device=args.device)
     sampling = {"scheduler": args.scheduler, "steps": args.steps, "seed": args.seed, "batch_size": args.batch_size,
                 "eta": args.eta, "mixed_precision": args.mixed_precision,
-                "mean_colour_correction": args.mean_colour_correction}
+                "mean_colour_correction": args.mean_colour_correction, "sampler_options": options}
     store = open_batch_store(args.resume_dir, pipe, **sampling) if args.resume_dir else None
     started = time.perf_counter()
     images, measured_nfe = generate(pipe, args.num_samples, **sampling, store=store)
@@ -253,7 +256,8 @@ def evaluate_model(args) -> dict:
     pairs = closest_pairs_picture(images, mem, train_keys, args, picture)
     result.update({
         "label": label(args.num_samples), "num_samples": args.num_samples, "model": args.model,
-        "sampler": args.scheduler, "steps": args.steps, "nfe": measured_nfe, "eta": args.eta,
+        "sampler": args.scheduler, "sampler_options": options, "steps": args.steps, "nfe": measured_nfe,
+        "eta": args.eta,
         "mixed_precision": args.mixed_precision, "mean_colour_correction": corrected,
         "mean_colour_prior": pipe.config.mean_colour_prior if corrected else None, "device": pipe.device.type,
         "seed": args.seed, "resolution": args.resolution, "sample_resolution": sample_resolution,
@@ -328,6 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mean_colour_correction", action=argparse.BooleanOptionalAction, default=None,
                    help="closed-form mean colour instead of the network's (pipeline.mean_colour); default: when "
                         "the model has a mean_colour_prior")
+    p.add_argument("--sampler_option", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="options of the score-SDE samplers (pipeline/sde.py OPTIONS), e.g. rtol=1e-3 atol=1e-3 for "
+                        "ode-rk45")
     p.add_argument("--inception_batch_size", type=int, default=BATCH_SIZE)
     p.add_argument("--device", type=device_argument, default=DEFAULT_DEVICE,
                    help="where the UNet and Inception run (default: cuda if available); metrics run on the CPU")

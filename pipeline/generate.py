@@ -17,6 +17,7 @@ from .images import make_grid, save_pngs
 from .pipeline_celeba import CelebADiffusionPipeline
 from .sample_store import BatchStore, weights_checksum
 from .schedulers import SDE_SAMPLERS, check_steps, make_scheduler
+from .sde import OPTIONS as SDE_OPTIONS
 
 DEFAULT_MODEL = "pretrained/celeba-64"
 
@@ -42,24 +43,53 @@ def configure_sampler(pipe: CelebADiffusionPipeline, name: str) -> str | None:
 MIXED_PRECISION = ("no", "bf16")
 
 
-def unet_precision(pipe: CelebADiffusionPipeline, mixed_precision: str, scheduler: str):
-    """The context to sample in: bf16 autocast for the UNet's matrix products, or nothing.
-
-    Not bf16 for the adaptive ``ode-rk45``: its step-size control needs network outputs accurate to well below its
-    tolerance (1e-5), and bf16 keeps about 3 significant digits, so its steps shrink until a batch takes thousands
-    of evaluations instead of hundreds (benchmarks/rk45_nfe.py measures both)."""
+def unet_precision(pipe: CelebADiffusionPipeline, mixed_precision: str):
+    """The context to sample in: bf16 autocast for the UNet's matrix products, or nothing."""
     if mixed_precision not in MIXED_PRECISION:
         raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION}, got {mixed_precision!r}")
+    return torch.autocast(pipe.device.type, dtype=torch.bfloat16, enabled=mixed_precision == "bf16")
+
+
+def parse_sampler_options(values: list[str] | None) -> dict:
+    """``["rtol=1e-3", "grid=karras"]`` -> {"rtol": 0.001, "grid": "karras"}: ints and floats where they parse."""
+    options = {}
+    for value in values or []:
+        key, separator, text = value.partition("=")
+        if not separator or not key or not text:
+            raise ValueError(f"--sampler_option entries look like rtol=1e-3 or grid=karras; got {value!r}")
+        for kind in (int, float, str):
+            try:
+                options[key] = kind(text)
+                break
+            except ValueError:
+                continue
+    return options
+
+
+def check_sampling(scheduler: str, mixed_precision: str, sampler_options: dict | None = None) -> None:
+    """One clear error, before any sampling (and before a long reference computation), for settings that cannot work.
+
+    ``sampler_options`` belong to the score-SDE samplers (``pipeline.sde.OPTIONS``). The adaptive ``ode-rk45`` does
+    not run under bf16: its step-size control needs network outputs accurate to well below its tolerance (1e-5), and
+    bf16 keeps about 3 significant digits, so its steps shrink until a batch takes thousands of evaluations instead of
+    hundreds (benchmarks/rk45_nfe.py measures both)."""
     if scheduler == "ode-rk45" and mixed_precision == "bf16":
         raise ValueError("ode-rk45 cannot sample under bf16: its adaptive step-size control chases the UNet's bf16 "
                          "rounding, which costs thousands of evaluations per batch (results/bench/rk45_nfe.json); "
                          "use mixed_precision 'no' (--mixed_precision no)")
-    return torch.autocast(pipe.device.type, dtype=torch.bfloat16, enabled=mixed_precision == "bf16")
+    if sampler_options:
+        if scheduler not in SDE_SAMPLERS:
+            raise ValueError(f"sampler options are for the score-SDE samplers {list(SDE_SAMPLERS)}; "
+                             f"{scheduler!r} takes none (got {sorted(sampler_options)})")
+        unknown = sorted(set(sampler_options) - set(SDE_OPTIONS[scheduler]))
+        if unknown:
+            raise ValueError(f"{scheduler} does not take sampler option(s) {unknown}; it takes "
+                             f"{sorted(SDE_OPTIONS[scheduler])}")
 
 
 def open_batch_store(folder: str | os.PathLike, pipe: CelebADiffusionPipeline, scheduler: str, steps: int, seed: int,
                      batch_size: int = 64, eta: float = 0.0, mixed_precision: str = "no",
-                     mean_colour_correction: bool | None = None) -> BatchStore:
+                     mean_colour_correction: bool | None = None, sampler_options: dict | None = None) -> BatchStore:
     """A ``BatchStore`` for ``generate`` with these arguments: everything that decides a batch's images is its key."""
     configure_sampler(pipe, scheduler)  # keeps the training scheduler's config
     corrected = pipe.resolve_mean_colour_correction(mean_colour_correction)
@@ -67,12 +97,15 @@ def open_batch_store(folder: str | os.PathLike, pipe: CelebADiffusionPipeline, s
         "unet_sha256": weights_checksum(pipe.unet), "train_scheduler": dict(pipe.train_scheduler_config),
         "pixel_unshuffle": pipe.config.pixel_unshuffle, "scheduler": scheduler, "steps": steps, "seed": seed,
         "batch_size": batch_size, "eta": eta, "mixed_precision": mixed_precision, "mean_colour_correction": corrected,
-        "mean_colour_prior": pipe.config.mean_colour_prior if corrected else None, "device": pipe.device.type})
+        "mean_colour_prior": pipe.config.mean_colour_prior if corrected else None, "device": pipe.device.type,
+        # only when given, so that batches stored before sampler options existed keep their key
+        **({"sampler_options": sampler_options} if sampler_options else {})})
 
 
 def generate(pipe: CelebADiffusionPipeline, num_images: int, scheduler: str, steps: int, seed: int,
              batch_size: int = 64, eta: float = 0.0, progress: bool = True, mixed_precision: str = "no",
-             mean_colour_correction: bool | None = None, store: BatchStore | None = None) -> tuple[np.ndarray, float]:
+             mean_colour_correction: bool | None = None, store: BatchStore | None = None,
+             sampler_options: dict | None = None) -> tuple[np.ndarray, float]:
     """``num_images`` uint8 NHWC images and the measured network evaluations (NFE) per batch.
 
     Batch ``i`` uses seed ``seed + i`` (a CPU generator, so the initial noise is the same on every device), so results
@@ -81,8 +114,10 @@ def generate(pipe: CelebADiffusionPipeline, num_images: int, scheduler: str, ste
     (about 2x faster on a CPU with AVX512_BF16, see results/bench/sampling.json); sampler arithmetic stays fp32.
     ``mean_colour_correction`` replaces the network's estimate of the image's mean colour (``pipeline.mean_colour``;
     None: when the pipeline has a prior). ``store`` (``open_batch_store`` with the same arguments) keeps every
-    finished batch on disk and reuses those already there, so an interrupted run resumes with identical results."""
-    precision = unet_precision(pipe, mixed_precision, scheduler)
+    finished batch on disk and reuses those already there, so an interrupted run resumes with identical results.
+    ``sampler_options`` go to a score-SDE sampler (e.g. {"rtol": 1e-3, "atol": 1e-3} for ode-rk45)."""
+    check_sampling(scheduler, mixed_precision, sampler_options)
+    precision = unet_precision(pipe, mixed_precision)
     sampler = configure_sampler(pipe, scheduler)
     check_steps(scheduler, steps, pipe.train_scheduler_config.num_train_timesteps)
     pipe.set_progress_bar_config(disable=True)
@@ -99,8 +134,8 @@ def generate(pipe: CelebADiffusionPipeline, num_images: int, scheduler: str, ste
                 generator = torch.Generator().manual_seed(seed + index)
                 with precision:
                     images = pipe(batch_size=size, num_inference_steps=steps, generator=generator, eta=eta,
-                                  output_type="np", sampler=sampler,
-                                  mean_colour_correction=mean_colour_correction).images
+                                  output_type="np", sampler=sampler, mean_colour_correction=mean_colour_correction,
+                                  **(sampler_options or {})).images
                 finished = (images * 255).round().astype(np.uint8), len(calls)
                 if store is not None:
                     store.save(index, *finished)
@@ -129,16 +164,22 @@ def main(argv=None):
     parser.add_argument("--mean_colour_correction", action=argparse.BooleanOptionalAction, default=None,
                         help="closed-form mean colour instead of the network's (pipeline.mean_colour); default: when "
                              "the model has a mean_colour_prior")
+    parser.add_argument("--sampler_option", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="options of the score-SDE samplers (pipeline/sde.py OPTIONS), e.g. rtol=1e-3 atol=1e-3 "
+                             "for ode-rk45, snr=0.17 corrector_steps=2 for pc")
     parser.add_argument("--out", default="samples")
     parser.add_argument("--upscale", type=int, default=4, help="nearest-neighbour factor of the viewing grid")
     args = parser.parse_args(argv)
     if args.num_images <= 0 or args.steps <= 0:
         raise ValueError("--num_images and --steps must be positive")
+    options = parse_sampler_options(args.sampler_option)
+    check_sampling(args.scheduler, args.mixed_precision, options)
     torch.set_num_threads(os.cpu_count() or 1)
     pipe = load_pipeline(args.model, args.device)
     started = time.perf_counter()
     images, nfe = generate(pipe, args.num_images, args.scheduler, args.steps, args.seed, args.batch_size, args.eta,
-                           mixed_precision=args.mixed_precision, mean_colour_correction=args.mean_colour_correction)
+                           mixed_precision=args.mixed_precision, mean_colour_correction=args.mean_colour_correction,
+                           sampler_options=options)
     seconds = time.perf_counter() - started
     save_pngs(images, args.out)
     grid = images[:64]
@@ -146,7 +187,8 @@ def main(argv=None):
     make_grid(grid, upscale=args.upscale).save(os.path.join(args.out, f"grid_x{args.upscale}.png"))
     corrected = pipe.resolve_mean_colour_correction(args.mean_colour_correction)
     with open(os.path.join(args.out, "generation.json"), "w") as handle:
-        json.dump({"model": args.model, "scheduler": args.scheduler, "steps": args.steps, "nfe": nfe, "eta": args.eta,
+        json.dump({"model": args.model, "scheduler": args.scheduler, "sampler_options": options, "steps": args.steps,
+                   "nfe": nfe, "eta": args.eta,
                    "mixed_precision": args.mixed_precision, "mean_colour_correction": corrected,
                    "device": pipe.device.type, "seed": args.seed, "num_images": args.num_images,
                    "seconds": round(seconds, 2)}, handle, indent=1)

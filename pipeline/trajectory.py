@@ -52,7 +52,7 @@ def record_trajectory(pipe, scheduler: str, steps: int, num_images: int, snapsho
             estimates.append(tensors["pred_original_sample"].float().cpu())
 
     pipe.set_progress_bar_config(disable=True)
-    with unet_precision(pipe, mixed_precision, scheduler):
+    with unet_precision(pipe, mixed_precision):
         pipe(batch_size=num_images, num_inference_steps=steps, generator=torch.Generator().manual_seed(seed),
              output_type="pt", callback_on_step_end=keep, mean_colour_correction=mean_colour_correction)
     return timesteps, torch.stack(samples), torch.stack(estimates)

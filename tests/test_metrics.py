@@ -183,6 +183,9 @@ def test_folder_fid_equals_fid_helper(real, tmp_path):
     ([], "give either --model"),
     (["--model", "/nonexistent/model"], "no pipeline at"),
     (["--model", "x", "--scheduler", "nope"], "unknown scheduler"),
+    (["--model", "x", "--scheduler", "ode-rk45", "--mixed_precision", "bf16"], "ode-rk45 cannot sample under bf16"),
+    (["--model", "x", "--scheduler", "ddim", "--sampler_option", "rtol=1e-3"], "'ddim' takes none"),
+    (["--model", "x", "--scheduler", "pc", "--sampler_option", "snr"], "--sampler_option entries look like"),
     (["--fake_dir", "EMPTY", "--ref_dir", "EMPTY"], "holds 0 images"),
 ])
 def test_cli_bad_input_is_one_line_error(argv, message, capsys, tmp_path):

@@ -10,7 +10,7 @@ from diffusers import DDIMScheduler, DDPMScheduler, DiffusionPipeline, UNet2DMod
 from conftest import ROOT, run_command
 from pipeline import CelebADiffusionPipeline
 from pipeline.cli import DEFAULT_DEVICE
-from pipeline.generate import generate
+from pipeline.generate import generate, parse_sampler_options
 
 
 def tiny_pipeline(scheduler_class=DDPMScheduler):
@@ -115,6 +115,30 @@ def test_generate_cli_writes_pngs_and_grids(smoke_pipeline_dir, tmp_path):
     run_command(["-m", "pipeline.generate", "--model", str(smoke_pipeline_dir), "--num_images", "5",
                  "--batch_size", "2", "--steps", "4", "--scheduler", "ddim", "--out", str(again)])
     assert (out / "00004.png").read_bytes() == (again / "00004.png").read_bytes()  # seeded per batch
+
+
+def test_sampler_options_are_parsed_checked_and_reach_the_score_sde_sampler():
+    assert parse_sampler_options(["corrector_steps=2", "snr=0.17", "grid=karras", "rtol=1e-3"]) == {
+        "corrector_steps": 2, "snr": 0.17, "grid": "karras", "rtol": 1e-3}
+    with pytest.raises(ValueError, match="look like rtol=1e-3"):
+        parse_sampler_options(["snr"])
+    pipe = tiny_pipeline()
+    plain, plain_nfe = generate(pipe, 2, "pc", 3, seed=0, batch_size=2, progress=False)
+    more, more_nfe = generate(pipe, 2, "pc", 3, seed=0, batch_size=2, progress=False,
+                              sampler_options={"corrector_steps": 2})
+    assert (plain_nfe, more_nfe) == (6, 9) and not np.array_equal(plain, more)  # 3 steps x (1 + corrector steps)
+    with pytest.raises(ValueError, match=r"pc does not take sampler option\(s\) \['rtol'\]"):
+        generate(pipe, 2, "pc", 3, seed=0, progress=False, sampler_options={"rtol": 1e-3})
+    with pytest.raises(ValueError, match="'ddim' takes none"):
+        generate(pipe, 2, "ddim", 3, seed=0, progress=False, sampler_options={"snr": 0.1})
+
+
+def test_generate_cli_records_sampler_options(smoke_pipeline_dir, tmp_path):
+    out = tmp_path / "pc"
+    run_command(["-m", "pipeline.generate", "--model", str(smoke_pipeline_dir), "--num_images", "2", "--steps", "2",
+                 "--scheduler", "pc", "--sampler_option", "corrector_steps=2", "grid=karras", "--out", str(out)])
+    record = json.loads((out / "generation.json").read_text())
+    assert record["sampler_options"] == {"corrector_steps": 2, "grid": "karras"} and record["nfe"] == 6
 
 
 def test_generate_cli_errors_are_one_line(tmp_path):
