@@ -3,7 +3,8 @@
     python benchmarks/fid_vs_nfe.py --model pretrained/celeba-64 --train_data_dir ../shared/celeba --num_samples 2000
 
 Each (sampler, steps, N) point is one ``pipeline.evaluate`` run, written to ``results/nfe/<sampler>-<steps>_n<N>.json``
-(``ddpm+mc:20``: DDPM with the mean-colour correction, ``pipeline.mean_colour``).
+(``ddpm+mc:20``: DDPM with the mean-colour correction, ``pipeline.mean_colour``; ``ode-rk45+mc,rtol=0.001,atol=0.001:1``:
+with score-SDE sampler options, as ``pipeline.evaluate --sampler_option`` takes them).
 A point whose JSON already exists for the same weights (SHA-256 of the UNet file), seed and precision is reused, so
 the sweep can be spread over several working sessions: on 2 cores the UNet of configs/celeba64_cpu.yaml manages
 ~44 image-NFE/s in bf16, so 2,000 samples cost ~45 s per NFE (DDPM-1000: 12 h). ``--points ddim:10,20 dpm++2m:20``
@@ -28,6 +29,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from pipeline import evaluate  # noqa: E402
 from pipeline.cli import DEFAULT_DEVICE, device_argument, run_cli  # noqa: E402
+from pipeline.generate import check_sampling, parse_sampler_options  # noqa: E402
 from pipeline.plots import PALETTE, line_chart  # noqa: E402
 from pipeline.schedulers import ALL_SAMPLERS  # noqa: E402
 
@@ -43,27 +45,42 @@ APPROXIMATE_NFE = {"heun": lambda steps: 2 * steps - 1, "pc": lambda steps: 2 * 
 FLOAT32_ONLY = ("ode-rk45",)  # samplers that refuse bf16 (pipeline.generate.unet_precision)
 
 
-def parse_points(values: list[str] | None) -> list[tuple[str, int]]:
+def split_point_name(name: str) -> tuple[str, bool, dict]:
+    """``"ode-rk45+mc,rtol=1e-3"`` -> ("ode-rk45", True, {"rtol": 0.001}): sampler, correction, sampler options."""
+    sampler, *options = name.split(",")
+    return sampler.removesuffix(MEAN_COLOUR), sampler.endswith(MEAN_COLOUR), parse_sampler_options(options)
+
+
+def point_name(sampler: str, corrected: bool, options: dict) -> str:
+    """The canonical name of a point (options sorted, numbers as Python prints them): file names and plot labels."""
+    return sampler + MEAN_COLOUR * corrected + "".join(f",{key}={value}" for key, value in sorted(options.items()))
+
+
+def parse_points(values: list[str] | None, mixed_precision: str = "bf16") -> list[tuple[str, int]]:
     """``["ddim:10,20", "pc:500"]`` -> [("ddim", 10), ("ddim", 20), ("pc", 500)]; None -> the whole GRID.
 
-    A sampler name may end in ``+mc`` (``ddpm+mc:20``): the same sampler with the mean-colour correction."""
+    A sampler name may end in ``+mc`` (``ddpm+mc:20``): the same sampler with the mean-colour correction; then
+    ``,KEY=VALUE`` options of a score-SDE sampler (``ode-rk45+mc,rtol=1e-3,atol=1e-3:1``), checked here."""
     grid = GRID if not values else {}
     for value in values or []:
         name, _, steps = value.partition(":")
-        if name.removesuffix(MEAN_COLOUR) not in ALL_SAMPLERS or not steps:
-            raise ValueError(f"--points entries look like ddim:10,20 or ddim+mc:20 with a sampler of "
-                             f"{list(ALL_SAMPLERS)}; got {value!r}")
-        grid[name] = [int(s) for s in steps.split(",")]
+        sampler = name.split(",")[0].removesuffix(MEAN_COLOUR)
+        if sampler not in ALL_SAMPLERS or not steps:
+            raise ValueError(f"--points entries look like ddim:10,20, ddim+mc:20 or ode-rk45+mc,rtol=1e-3:1 with a "
+                             f"sampler of {list(ALL_SAMPLERS)}; got {value!r}")
+        sampler, corrected, options = split_point_name(name)
+        check_sampling(sampler, point_precision(sampler, mixed_precision), options)
+        grid[point_name(sampler, corrected, options)] = [int(s) for s in steps.split(",")]
     points = [(name, steps) for name, all_steps in grid.items() for steps in all_steps]
-    return sorted(points, key=lambda p: APPROXIMATE_NFE.get(p[0].removesuffix(MEAN_COLOUR), lambda s: s)(p[1]))
+    return sorted(points, key=lambda p: APPROXIMATE_NFE.get(split_point_name(p[0])[0], lambda s: s)(p[1]))
 
 
-POINT_FILE = re.compile(r".+-\d+_n\d+\.json")  # <sampler>-<steps>_n<N>.json, as main() names each point
+POINT_FILE = re.compile(r".+-\d+_n\d+\.json")  # <point name>-<steps>_n<N>.json, as main() names each point
 
 
-def point_precision(sampler: str, mixed_precision: str) -> str:
+def point_precision(name: str, mixed_precision: str) -> str:
     """The sweep's precision, except float32 ("no") for the samplers that cannot run in bf16."""
-    return "no" if sampler.removesuffix(MEAN_COLOUR) in FLOAT32_ONLY else mixed_precision
+    return "no" if split_point_name(name)[0] in FLOAT32_ONLY else mixed_precision
 
 
 def measured_under(path: Path, protocol: dict) -> bool:
@@ -112,25 +129,27 @@ def main(argv=None) -> int:
     parser.add_argument("--resume_dir", default=None, help="keep each point's finished sample batches under this "
                         "folder (pipeline.evaluate --resume_dir), so an interrupted point continues where it stopped")
     args = parser.parse_args(argv)
-    points = parse_points(args.points)  # bad input fails before anything is written
+    points = parse_points(args.points, args.mixed_precision)  # bad input fails before anything is written
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     protocol = {"seed": args.seed, "mixed_precision": args.mixed_precision,
                 "unet_sha256": evaluate.weights_sha256(args.model)}
-    for sampler, steps in points:
-        path = out_dir / f"{sampler}-{steps}_n{args.num_samples}.json"
+    for name, steps in points:
+        path = out_dir / f"{name}-{steps}_n{args.num_samples}.json"
         if measured_under(path, protocol):
             print(f"{path}: reused")
             continue
-        correction = "--mean_colour_correction" if sampler.endswith(MEAN_COLOUR) else "--no-mean_colour_correction"
+        sampler, corrected, options = split_point_name(name)
+        correction = "--mean_colour_correction" if corrected else "--no-mean_colour_correction"
         resume = ["--resume_dir", str(Path(args.resume_dir) / path.stem)] if args.resume_dir else []
-        evaluate.main([*resume, "--model", args.model, "--train_data_dir", args.train_data_dir, "--num_samples",
-                       str(args.num_samples), "--scheduler", sampler.removesuffix(MEAN_COLOUR), "--steps", str(steps),
-                       "--seed", str(args.seed), "--mixed_precision", point_precision(sampler, args.mixed_precision),
+        sampler_options = ["--sampler_option", *(f"{key}={value}" for key, value in options.items())] if options else []
+        evaluate.main([*resume, *sampler_options, "--model", args.model, "--train_data_dir", args.train_data_dir,
+                       "--num_samples", str(args.num_samples), "--scheduler", sampler, "--steps", str(steps),
+                       "--seed", str(args.seed), "--mixed_precision", point_precision(name, args.mixed_precision),
                        "--device", args.device, "--out", str(path), correction])
         result = json.loads(path.read_text())
-        # the point's name (with +mc) as its sampler, so that tables and plots keep the two apart
-        path.write_text(json.dumps({**result, "sampler": sampler, "unet_sha256": protocol["unet_sha256"]}, indent=1))
+        # the point's name (with +mc and options) as its sampler, so that tables and plots keep them apart
+        path.write_text(json.dumps({**result, "sampler": name, "unet_sha256": protocol["unet_sha256"]}, indent=1))
     rows = []
     for path in filter(lambda p: measured_under(p, protocol), sorted(out_dir.glob("*.json"))):
         result = json.loads(path.read_text())

@@ -17,7 +17,7 @@ from .images import make_grid, save_pngs
 from .pipeline_celeba import CelebADiffusionPipeline
 from .sample_store import BatchStore, weights_checksum
 from .schedulers import SDE_SAMPLERS, check_steps, make_scheduler
-from .sde import OPTIONS as SDE_OPTIONS
+from .sde import check_options as check_sde_options
 
 DEFAULT_MODEL = "pretrained/celeba-64"
 
@@ -81,10 +81,7 @@ def check_sampling(scheduler: str, mixed_precision: str, sampler_options: dict |
         if scheduler not in SDE_SAMPLERS:
             raise ValueError(f"sampler options are for the score-SDE samplers {list(SDE_SAMPLERS)}; "
                              f"{scheduler!r} takes none (got {sorted(sampler_options)})")
-        unknown = sorted(set(sampler_options) - set(SDE_OPTIONS[scheduler]))
-        if unknown:
-            raise ValueError(f"{scheduler} does not take sampler option(s) {unknown}; it takes "
-                             f"{sorted(SDE_OPTIONS[scheduler])}")
+        check_sde_options(scheduler, sampler_options)
 
 
 def open_batch_store(folder: str | os.PathLike, pipe: CelebADiffusionPipeline, scheduler: str, steps: int, seed: int,

@@ -236,6 +236,13 @@ def pf_ode_rk45(model: NoisePredictor, x, t_start: float, t_end: float, rtol: fl
     return torch.from_numpy(solution.y[:, -1] * alpha_end).to(x.device, x.dtype).reshape(shape)
 
 
+def check_options(name: str, options: dict) -> None:
+    """One error naming every option that score-SDE sampler ``name`` does not take (before any network call)."""
+    unknown = sorted(set(options) - set(OPTIONS[name]))
+    if unknown:
+        raise ValueError(f"{name} does not take sampler option(s) {unknown}; it takes {sorted(OPTIONS[name])}")
+
+
 @dataclass
 class SampleResult:
     images: torch.Tensor   # data space, [-1, 1] scale (not clamped), NCHW
@@ -250,9 +257,7 @@ def sample_with_stats(unet, scheduler_config, name: str, num_inference_steps: in
     """
     if name not in SAMPLERS:
         raise ValueError(f"unknown score-SDE sampler {name!r}; choose one of {list(SAMPLERS)}")
-    unknown = sorted(set(options) - set(OPTIONS[name]))
-    if unknown:
-        raise TypeError(f"sampler {name!r} does not take option(s) {unknown}; it takes {sorted(OPTIONS[name])}")
+    check_options(name, options)
     opts = {**OPTIONS[name], **options}
 
     sde = VPSDE(scheduler_config)

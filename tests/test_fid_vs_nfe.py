@@ -51,12 +51,16 @@ def test_sweep_writes_points_summary_and_plot_then_reuses_them(smoke_pipeline_di
 
 def test_rk45_points_run_in_float32_within_a_bf16_sweep_and_join_its_summary(smoke_pipeline_dir, tmp_path,
                                                                              monkeypatch):
-    """The wiring only: pipeline.evaluate is replaced by a stand-in that records the precision it was given."""
+    """The wiring only: pipeline.evaluate is replaced by a stand-in that records the precision and options it got."""
+    given_options = {}
+
     def fake_evaluate(argv):
         parser = argparse.ArgumentParser()
         for option in ("--out", "--mixed_precision", "--scheduler", "--steps", "--num_samples", "--seed"):
             parser.add_argument(option)
+        parser.add_argument("--sampler_option", nargs="*", default=[])
         args, _ = parser.parse_known_args(argv)
+        given_options[Path(args.out).name] = sorted(args.sampler_option)
         Path(args.out).write_text(json.dumps({
             "label": f"FID-{args.num_samples}", "num_samples": int(args.num_samples), "sampler": args.scheduler,
             "steps": int(args.steps), "nfe": 2.0, "fid": 1.0, "kid_mean": 0.0, "kid_std": 0.0, "precision": 1.0,
@@ -67,12 +71,28 @@ def test_rk45_points_run_in_float32_within_a_bf16_sweep_and_join_its_summary(smo
     monkeypatch.setattr(fid_vs_nfe.evaluate, "main", fake_evaluate)
     out = tmp_path / "nfe"
     argv = ["--model", str(smoke_pipeline_dir), "--train_data_dir", str(FIXTURE), "--num_samples", "4",
-            "--points", "ddim:2", "ode-rk45+mc:1", "--mixed_precision", "bf16", "--out_dir", str(out)]
+            "--points", "ddim:2", "ode-rk45+mc:1", "ode-rk45+mc,rtol=1e-3,atol=1e-3:1", "--mixed_precision", "bf16",
+            "--out_dir", str(out)]
     assert fid_vs_nfe.main(argv) == 0
+    loose = "ode-rk45+mc,atol=0.001,rtol=0.001-1_n4.json"  # canonical: options sorted, numbers as Python prints them
+    assert given_options == {"ddim-2_n4.json": [], "ode-rk45+mc-1_n4.json": [], loose: ["atol=0.001", "rtol=0.001"]}
     assert json.loads((out / "ode-rk45+mc-1_n4.json").read_text())["mixed_precision"] == "no"
+    assert json.loads((out / loose).read_text())["mixed_precision"] == "no"
     assert json.loads((out / "ddim-2_n4.json").read_text())["mixed_precision"] == "bf16"
     summary = json.loads((out / "summary.json").read_text())
-    assert [(p["sampler"], p["mixed_precision"]) for p in summary["points"]] == [("ddim", "bf16"),
-                                                                                 ("ode-rk45+mc", "no")]
+    assert [(p["sampler"], p["mixed_precision"]) for p in summary["points"]] == [
+        ("ddim", "bf16"), ("ode-rk45+mc", "no"), ("ode-rk45+mc,atol=0.001,rtol=0.001", "no")]
     monkeypatch.setattr(fid_vs_nfe.evaluate, "main", lambda argv: pytest.fail(f"not reused: {argv}"))
-    assert fid_vs_nfe.main(argv) == 0  # both points are recognised as measured under this sweep's protocol
+    assert fid_vs_nfe.main(argv) == 0  # every point is recognised as measured under this sweep's protocol
+    same = [*argv[:-5], "ode-rk45+mc,atol=0.001,rtol=1e-3:1", *argv[-4:]]  # the same options, spelled differently
+    assert fid_vs_nfe.main(same) == 0
+
+
+@pytest.mark.parametrize("point, message", [
+    ("ddim,rtol=1e-3:2", "'ddim' takes none"),
+    ("pc,rtol=1e-3:500", r"pc does not take sampler option\(s\) \['rtol'\]"),
+    ("ode-rk45,rtol:1", "look like rtol=1e-3"),
+])
+def test_bad_sampler_options_in_a_point_fail_before_anything_runs(point, message):
+    with pytest.raises(ValueError, match=message):
+        fid_vs_nfe.parse_points([point])
