@@ -13,7 +13,7 @@ so compare small-N points by KID). ``ode-rk45`` points run the UNet in float32 w
 (its adaptive step-size control cannot work with bf16 outputs: ``pipeline.generate.unet_precision``); each point's JSON
 records its precision. With ``--resume_dir DIR`` each point keeps its finished batches in
 ``DIR/<sampler>-<steps>_n<N>/``, so even a point longer than a session resumes exactly. Points run cheapest first. Then ``results/nfe/summary.json`` (every point measured
-on these weights, with its N) and ``results/nfe/fid_vs_nfe.png`` (FID and KID vs NFE, log x).
+on these weights, with its N) and ``results/nfe/fid_vs_nfe.png`` (vs NFE, log x: FID of the points at the largest N, KID of all).
 """
 
 from __future__ import annotations
@@ -93,22 +93,36 @@ def measured_under(path: Path, protocol: dict) -> bool:
     return all(result.get(key) == value for key, value in expected.items())
 
 
-def plot(summary: list[dict], path: Path, title: str) -> None:
-    """Two panels over NFE (log scale): FID and KID, one line per sampler (largest N per point)."""
-    samplers = sorted({row["sampler"] for row in summary})
-    colors = {name: PALETTE[index % len(PALETTE)] for index, name in enumerate(samplers)}
+def panel_points(summary: list[dict]) -> dict[str, dict[str, list[tuple[float, float]]]]:
+    """{"fid": {sampler: [(NFE, FID), ...]}, "kid_mean": {...}}, one value per (sampler, steps): the one with the most
+    samples. FID only at the sweep's largest N, since it is biased upwards at small N and a point measured on fewer
+    samples would look worse than it is; KID, unbiased in N, at whatever N a point has."""
     best = {}
-    for row in summary:  # one value per (sampler, steps): the one with the most samples
+    for row in summary:
         key = (row["sampler"], row["steps"])
         if key not in best or row["num_samples"] > best[key]["num_samples"]:
             best[key] = row
+    largest = max(row["num_samples"] for row in summary)
+    panels = {"fid": {}, "kid_mean": {}}
+    for row in sorted(best.values(), key=lambda r: (r["sampler"], r["nfe"])):
+        for metric, points in panels.items():
+            if metric == "kid_mean" or row["num_samples"] == largest:
+                points.setdefault(row["sampler"], []).append((row["nfe"], row[metric]))
+    return panels
+
+
+def plot(summary: list[dict], path: Path, title: str) -> None:
+    """Two panels over NFE (log scale): FID (largest N only) and KID, one line per sampler (``panel_points``)."""
+    samplers = sorted({row["sampler"] for row in summary})
+    colors = {name: PALETTE[index % len(PALETTE)] for index, name in enumerate(samplers)}
+    largest = max(row["num_samples"] for row in summary)
     panels = []
-    for metric, label in (("fid", "FID (lower is better; biased upwards at small N)"),
-                          ("kid_mean", "KID (lower is better; unbiased in N)")):
-        points = {colors[name]: sorted((r["nfe"], r[metric]) for r in best.values() if r["sampler"] == name)
-                  for name in samplers}
-        panels.append({"lines": {c: ([n for n, _ in p], [v for _, v in p], 2) for c, p in points.items()},
-                       "markers": points, "y_label": label})
+    for metric, points in panel_points(summary).items():
+        label = {"fid": f"FID at N = {largest} (lower is better; biased upwards at small N)",
+                 "kid_mean": "KID at each point's N (lower is better; unbiased in N)"}[metric]
+        by_color = {colors[name]: values for name, values in points.items()}
+        panels.append({"lines": {c: ([n for n, _ in p], [v for _, v in p], 2) for c, p in by_color.items()},
+                       "markers": by_color, "y_label": label})
     nfes = [row["nfe"] for row in summary]
     line_chart(str(path), title, "network evaluations per sample (NFE, log scale)", panels, colors,
                min_x=min(nfes) / 1.2, max_x=max(nfes) * 1.2, log_x=True)

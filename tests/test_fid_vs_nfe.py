@@ -96,3 +96,15 @@ def test_rk45_points_run_in_float32_within_a_bf16_sweep_and_join_its_summary(smo
 def test_bad_sampler_options_in_a_point_fail_before_anything_runs(point, message):
     with pytest.raises(ValueError, match=message):
         fid_vs_nfe.parse_points([point])
+
+
+def test_fid_panel_keeps_only_the_largest_n_and_kid_panel_every_point():
+    """FID is biased upwards at small N, so a 64-sample point must not sit on the FID panel beside 2,000-sample ones."""
+    def row(sampler, steps, n, fid):
+        return {"sampler": sampler, "steps": steps, "nfe": float(steps), "num_samples": n, "fid": fid,
+                "kid_mean": fid / 1000}
+    summary = [row("ddpm+mc", 20, 2000, 34.0), row("ddpm+mc", 1000, 64, 120.0), row("ddim", 20, 64, 300.0),
+               row("ddim", 20, 2000, 185.0), row("ddim", 10, 2000, 197.0)]
+    panels = fid_vs_nfe.panel_points(summary)
+    assert panels["fid"] == {"ddim": [(10.0, 197.0), (20.0, 185.0)], "ddpm+mc": [(20.0, 34.0)]}
+    assert panels["kid_mean"] == {"ddim": [(10.0, 0.197), (20.0, 0.185)], "ddpm+mc": [(20.0, 0.034), (1000.0, 0.12)]}
