@@ -64,11 +64,10 @@ def parse_points(values: list[str] | None, mixed_precision: str = "bf16") -> lis
     grid = GRID if not values else {}
     for value in values or []:
         name, _, steps = value.partition(":")
-        sampler = name.split(",")[0].removesuffix(MEAN_COLOUR)
+        sampler, corrected, options = split_point_name(name)
         if sampler not in ALL_SAMPLERS or not steps:
             raise ValueError(f"--points entries look like ddim:10,20, ddim+mc:20 or ode-rk45+mc,rtol=1e-3:1 with a "
                              f"sampler of {list(ALL_SAMPLERS)}; got {value!r}")
-        sampler, corrected, options = split_point_name(name)
         check_sampling(sampler, point_precision(sampler, mixed_precision), options)
         grid[point_name(sampler, corrected, options)] = [int(s) for s in steps.split(",")]
     points = [(name, steps) for name, all_steps in grid.items() for steps in all_steps]
