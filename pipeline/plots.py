@@ -59,10 +59,13 @@ def draw_panel(draw, font, box, lines: dict, markers: dict, max_x: float, log_y:
 def line_chart(path: str, title: str, x_label: str, panels: list[dict], legend: dict[str, tuple],
                min_x: float, max_x: float, log_x: bool = False, width: int = 900, panel_height: int = 340) -> None:
     """Panels stacked over one shared x axis, saved as PNG. Each panel: dict(lines=..., markers=..., y_label=...,
-    log_y=False) as for ``draw_panel``; ``legend`` maps names to colors."""
+    log_y=False) as for ``draw_panel``; ``legend`` maps names to colors. The legend gets its own column right of
+    the panels, as wide as its longest name, so no name is cut and no curve is hidden under it."""
+    font = ImageFont.load_default()
+    legend_width = 50 + max((math.ceil(font.getlength(name)) for name in legend), default=0)
     height = 50 + len(panels) * (panel_height + 60) + 20
-    image = Image.new("RGB", (width, height), "white")
-    draw, font = ImageDraw.Draw(image), ImageFont.load_default()
+    image = Image.new("RGB", (width + legend_width, height), "white")
+    draw = ImageDraw.Draw(image)
     draw.text((20, 10), title, fill="black", font=font)
     for index, panel in enumerate(panels):
         top = 60 + index * (panel_height + 60)
@@ -72,6 +75,6 @@ def line_chart(path: str, title: str, x_label: str, panels: list[dict], legend: 
     draw.text((width // 2 - 3 * len(x_label), height - 30), x_label, fill="black", font=font)
     for row, (name, color) in enumerate(legend.items()):
         y = 75 + 16 * row
-        draw.line([width - 190, y, width - 160, y], fill=color, width=3)
-        draw.text((width - 152, y - 6), name, fill="black", font=font)
+        draw.line([width - 10, y, width + 20, y], fill=color, width=3)
+        draw.text((width + 28, y - 6), name, fill="black", font=font)
     image.save(path)
