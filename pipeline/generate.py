@@ -117,7 +117,8 @@ def generate(pipe: CelebADiffusionPipeline, num_images: int, scheduler: str, ste
     precision = unet_precision(pipe, mixed_precision)
     sampler = configure_sampler(pipe, scheduler)
     check_steps(scheduler, steps, pipe.train_scheduler_config.num_train_timesteps)
-    pipe.set_progress_bar_config(disable=True)
+    # the pipeline's own per-step bar under the batch bar: a batch of DDPM-1000 takes tens of minutes on a CPU
+    pipe.set_progress_bar_config(disable=not progress, leave=False, desc="steps of this batch")
     calls = []
     hook = pipe.unet.register_forward_hook(lambda *_: calls.append(1))
     batches, evaluations = [], []

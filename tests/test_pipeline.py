@@ -93,6 +93,16 @@ def test_bf16_generation_runs_the_unet_in_bf16_and_stays_close_to_fp32(scheduler
         generate(pipe, 1, scheduler, 4, seed=0, mixed_precision="fp16")
 
 
+@pytest.mark.parametrize("scheduler", ["ddpm", "pc"])
+def test_generate_shows_each_batch_steps_only_with_progress(scheduler, capsys):
+    pipe = tiny_pipeline()
+    generate(pipe, 4, scheduler, 3, seed=0, batch_size=2, progress=True)
+    shown = capsys.readouterr().err
+    assert "steps of this batch" in shown and "3/3" in shown and "2/2 [" in shown  # per-step bar, then batches
+    generate(pipe, 4, scheduler, 3, seed=0, batch_size=2, progress=False)
+    assert capsys.readouterr().err == ""
+
+
 def test_adaptive_rk45_refuses_bf16_before_sampling():
     pipe = tiny_pipeline()
     calls = []
