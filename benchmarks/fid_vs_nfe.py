@@ -169,7 +169,9 @@ def main(argv=None) -> int:
         rows.append({key: result[key] for key in ("label", "num_samples", "sampler", "steps", "nfe", "fid", "kid_mean",
                                                   "kid_std", "precision", "recall", "generation_seconds",
                                                   "mixed_precision")}
-                    | {"device": result.get("device", "cpu"), "file": str(path)})  # points before --device: CPU
+                    # points before --device ran on the CPU; before kid_generated_se, it was not recorded
+                    | {"device": result.get("device", "cpu"), "kid_generated_se": result.get("kid_generated_se"),
+                       "file": str(path)})
     rows.sort(key=lambda row: (row["sampler"], row["nfe"], row["num_samples"]))
     first = json.loads(Path(rows[0]["file"]).read_text())
     summary = {"protocol": {**protocol, "model": args.model, "reference": first["reference"],

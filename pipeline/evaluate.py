@@ -29,7 +29,8 @@ from .cli import DEFAULT_DEVICE, device_argument, run_cli
 from .data import HUB_CONFIG, ExamplePreprocessor, example_key, load_celeba, read_official_layout
 from .images import make_grid
 from .inception import BATCH_SIZE, DESCRIPTION, RESIZE_FILTER, extract_features, load_inception, weights_sha1
-from .metrics import feature_stats, frechet_distance, kernel_inception_distance, memorization, precision_recall
+from .metrics import (feature_stats, frechet_distance, kernel_inception_distance, kid_generated_standard_error,
+                      memorization, precision_recall)
 from .preprocess import RESAMPLE_FILTERS, Preprocessing, resize_samples
 
 # CELEBA_DIFFUSION_CACHE moves every cache of the project (tests point it at a temporary folder)
@@ -153,11 +154,13 @@ def score_features(fake: torch.Tensor, real: torch.Tensor, real_stats: dict | No
     started = time.perf_counter()
     fid = frechet_distance(real_stats or feature_stats(real), feature_stats(fake))
     kid_mean, kid_std, kid_size = kernel_inception_distance(real, fake, kid_subset_size, kid_subsets, seed)
+    kid_generated_se = kid_generated_standard_error(real, fake, seed=seed)
     real_pr = real
     if len(real) > len(fake):
         real_pr = real[torch.randperm(len(real), generator=torch.Generator().manual_seed(seed))[:len(fake)]]
     precision, recall = precision_recall(real_pr, fake, pr_k)
-    return {"fid": fid, "kid_mean": kid_mean, "kid_std": kid_std, "precision": precision, "recall": recall,
+    return {"fid": fid, "kid_mean": kid_mean, "kid_std": kid_std, "kid_generated_se": kid_generated_se,
+            "precision": precision, "recall": recall,
             "kid": {"subset_size": kid_size, "subsets": kid_subsets, "kernel": "(x.y/2048 + 1)^3", "seed": seed},
             "precision_recall": {"k": pr_k, "num_real": len(real_pr), "num_fake": len(fake),
                                  "real_subset": "seeded random subset of the reference" if len(real_pr) < len(real)
@@ -366,7 +369,8 @@ def main(argv=None) -> int:
     with open(args.out, "w") as handle:
         json.dump(result, handle, indent=1)
     print(f"{result['label']}: FID {result['fid']:.2f}  KID {result['kid_mean'] * 1e3:.2f}e-3 "
-          f"(+-{result['kid_std'] * 1e3:.2f}e-3)  precision {result['precision']:.3f}  recall {result['recall']:.3f}"
+          f"(+-{result['kid_std'] * 1e3:.2f}e-3 over subsets, +-{result['kid_generated_se'] * 1e3:.2f}e-3 from the "
+          f"{result['num_samples']} samples)  precision {result['precision']:.3f}  recall {result['recall']:.3f}"
           f"  -> {args.out}")
     return 0
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image, ImageFilter
 from torchmetrics.image.fid import FrechetInceptionDistance
-from torchmetrics.image.kid import KernelInceptionDistance
+from torchmetrics.image.kid import KernelInceptionDistance, poly_kernel
 
 from conftest import FIXTURE, run_command
 from pipeline.cli import run_cli
@@ -17,7 +17,7 @@ from pipeline.evaluate import (fid_against_reference, load_or_compute_reference,
                                reference_key)
 from pipeline.inception import extract_features, legacy_bilinear_matrix, load_inception, weights_path
 from pipeline.metrics import (PrecomputedFeatures, feature_stats, frechet_distance, kernel_inception_distance,
-                              memorization, nearest_neighbors, precision_recall)
+                              kid_generated_standard_error, memorization, nearest_neighbors, precision_recall)
 from pipeline.preprocess import Preprocessing, resize_samples
 
 HALF = 12  # images per real set; small, but the images are fixed, so every ordering below is deterministic
@@ -110,6 +110,20 @@ def test_kid_of_two_real_halves_is_near_zero(real):
     assert size == 6 and abs(mean) <= std
     far_mean, far_std, _ = kernel_inception_distance(real["fa"], real["fb"] + 1.0, subset_size=6, subsets=50)
     assert far_mean > 3 * far_std
+
+
+def test_kid_generated_standard_error_matches_the_spread_over_repeated_draws():
+    """Gaussian toy features: with the reference fixed, the part of KID that depends on the generated set
+    (mean_{i != j} k(x_i, x_j) - 2 mean k(x, y)) varies over independent draws of that set as the estimate says."""
+    generator = torch.Generator().manual_seed(0)
+    real = torch.randn(500, 8, generator=generator, dtype=torch.float64)
+    spread, estimates = [], []
+    for _ in range(200):
+        fake = 0.3 + 1.1 * torch.randn(64, 8, generator=generator, dtype=torch.float64)
+        within = poly_kernel(fake, fake).fill_diagonal_(0)
+        spread.append(float(within.sum() / (64 * 63) - 2 * poly_kernel(fake, real).mean()))
+        estimates.append(kid_generated_standard_error(real, fake))
+    assert np.std(spread, ddof=1) == pytest.approx(np.mean(estimates), rel=0.15)
 
 
 def test_precision_recall_self_and_far():
