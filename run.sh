@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One entry point that needs only Python 3.11: creates/updates the project venv, then runs a task.
 #   ./run.sh generate [pipeline.generate flags]   faces from the shipped pipeline -> samples/
-#   ./run.sh test [pytest flags]                  the whole test suite
+#   ./run.sh test [pytest flags]                  the whole test suite (two workers; add -n 0 for one process)
 #   ./run.sh python ARGS...                       anything else inside the venv
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -23,7 +23,8 @@ task=${1:-}
 shift || true
 case "$task" in
   generate) exec "$VENV/bin/python" -m pipeline.generate "$@" ;;
-  test) exec "$VENV/bin/python" -m pytest -q "$@" tests ;;
+  # two pytest-xdist workers, one per core (tests spend much of their time in single-threaded subprocesses); -n 0 for one
+  test) exec "$VENV/bin/python" -m pytest -q -n 2 "$@" tests ;;
   python) exec "$VENV/bin/python" "$@" ;;
   *) echo "usage: ./run.sh generate|test|python [args...]" >&2; exit 2 ;;
 esac

@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "celeba"
 SMOKE_CONFIG = ROOT / "configs" / "smoke.yaml"
 
-torch.set_num_threads(2)
+# two cores: two threads for one test process, one each when pytest-xdist runs two workers side by side
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 
 def subprocess_env() -> dict:

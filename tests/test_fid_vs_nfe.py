@@ -5,23 +5,26 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from conftest import FIXTURE, run_command
 
 from benchmarks import fid_vs_nfe
 from pipeline.mean_colour import MeanColourPrior, write_prior
+from pipeline.plots import PALETTE
 
 
-def test_sweep_writes_points_summary_and_plot_then_reuses_them(smoke_pipeline_dir, tmp_path):
+@pytest.mark.usefixtures("one_torch_thread")  # restores this process's thread count, which evaluate.main sets
+def test_sweep_writes_points_summary_and_plot_then_reuses_them(smoke_pipeline_dir, tmp_path, monkeypatch, capsys):
     out, model = tmp_path / "nfe", tmp_path / "model"
     shutil.copytree(smoke_pipeline_dir, model)
     write_prior(str(model), MeanColourPrior([0.0, -0.1, -0.2], [[0.05, 0.04, 0.03], [0.04, 0.05, 0.04],
                                                                [0.03, 0.04, 0.05]], 100))
-    argv = ["benchmarks/fid_vs_nfe.py", "--model", str(model), "--train_data_dir", str(FIXTURE), "--num_samples", "8",
+    argv = ["--model", str(model), "--train_data_dir", str(FIXTURE), "--num_samples", "8",
             "--points", "ddim:2", "ddim+mc:2", "dpm++2m:3", "--mixed_precision", "no", "--out_dir", str(out)]
-    env = {"CELEBA_DIFFUSION_CACHE": str(tmp_path / "cache")}
-    run_command(argv, env=env)
+    run_command(["benchmarks/fid_vs_nfe.py", *argv], env={"CELEBA_DIFFUSION_CACHE": str(tmp_path / "cache")})
     summary = json.loads((out / "summary.json").read_text())
     assert [(p["sampler"], p["steps"], p["nfe"]) for p in summary["points"]] == [
         ("ddim", 2, 2), ("ddim+mc", 2, 2), ("dpm++2m", 3, 3)]
@@ -30,23 +33,25 @@ def test_sweep_writes_points_summary_and_plot_then_reuses_them(smoke_pipeline_di
     assert json.loads((out / "ddim+mc-2_n8.json").read_text())["mean_colour_correction"] is True
     assert summary["points"][0]["fid"] != summary["points"][1]["fid"]  # the correction changes the samples
     assert all(p["fid"] > 0 for p in summary["points"]) and (out / "fid_vs_nfe.png").is_file()
-    again = run_command(argv, env=env)
-    assert again.stdout.count("reused") == 3 and json.loads((out / "summary.json").read_text()) == summary
+    # the rest in this process (a subprocess costs seconds of imports each), on the reference cached above
+    monkeypatch.setattr(fid_vs_nfe.evaluate, "DEFAULT_CACHE_DIR", tmp_path / "cache" / "ref_stats")
+    capsys.readouterr()
+    assert fid_vs_nfe.main(argv) == 0
+    assert capsys.readouterr().out.count("reused") == 3 and json.loads((out / "summary.json").read_text()) == summary
     # a point whose evaluation was interrupted after its samples were made: --resume_dir reuses them exactly
     measured = json.loads((out / "ddim-2_n8.json").read_text())
     (out / "ddim-2_n8.json").unlink()
     resumable = [*argv, "--points", "ddim:2", "--resume_dir", str(tmp_path / "batches")]
-    run_command(resumable, env=env)
+    assert fid_vs_nfe.main(resumable) == 0
     assert json.loads((out / "ddim-2_n8.json").read_text())["resumed_batches"] == 0
     assert (tmp_path / "batches" / "ddim-2_n8" / "batch_000000_n8.npz").is_file()
     (out / "ddim-2_n8.json").unlink()
-    run_command(resumable, env=env)
+    assert fid_vs_nfe.main(resumable) == 0
     resumed = json.loads((out / "ddim-2_n8.json").read_text())
     assert resumed["resumed_batches"] == 1 and resumed["fid"] == measured["fid"] and resumed["nfe"] == measured["nfe"]
-    bad = run_command([*argv, "--points", "ddim10", "--out_dir", str(tmp_path / "never")], env=env, check=False)
-    assert bad.returncode == 2 and "--points entries look like ddim:10,20" in bad.stderr
+    with pytest.raises(ValueError, match="--points entries look like ddim:10,20"):
+        fid_vs_nfe.main([*argv, "--points", "ddim10", "--out_dir", str(tmp_path / "never")])
     assert not (tmp_path / "never").exists()
-
 
 
 def test_rk45_points_run_in_float32_within_a_bf16_sweep_and_join_its_summary(smoke_pipeline_dir, tmp_path,
@@ -106,5 +111,19 @@ def test_fid_panel_keeps_only_the_largest_n_and_kid_panel_every_point():
     summary = [row("ddpm+mc", 20, 2000, 34.0), row("ddpm+mc", 1000, 64, 120.0), row("ddim", 20, 64, 300.0),
                row("ddim", 20, 2000, 185.0), row("ddim", 10, 2000, 197.0)]
     panels = fid_vs_nfe.panel_points(summary)
-    assert panels["fid"] == {"ddim": [(10.0, 197.0), (20.0, 185.0)], "ddpm+mc": [(20.0, 34.0)]}
-    assert panels["kid_mean"] == {"ddim": [(10.0, 0.197), (20.0, 0.185)], "ddpm+mc": [(20.0, 0.034), (1000.0, 0.12)]}
+    assert panels["fid"] == {"ddim": [(10.0, 197.0, 2000), (20.0, 185.0, 2000)], "ddpm+mc": [(20.0, 34.0, 2000)]}
+    assert panels["kid_mean"] == {"ddim": [(10.0, 0.197, 2000), (20.0, 0.185, 2000)],
+                                  "ddpm+mc": [(20.0, 0.034, 2000), (1000.0, 0.12, 64)]}
+
+
+def test_plot_gives_every_sampler_its_own_colour_or_refuses(tmp_path):
+    """Lines are keyed by colour: a sampler sharing another's colour would vanish from the plot without a word."""
+    def summary(count):
+        return [{"sampler": f"s{i}", "steps": 10, "nfe": 10.0 * (1 + i), "num_samples": 128 if i % 2 else 2000,
+                 "fid": 100.0 + i, "kid_mean": 0.1 + i / 100} for i in range(count)]
+    path = tmp_path / "plot.png"
+    fid_vs_nfe.plot(summary(len(PALETTE)), path, "t")
+    panels = np.asarray(Image.open(path))[:, :860]  # left of the legend column (the panels end at 870)
+    assert set(PALETTE) <= {tuple(color) for color in panels.reshape(-1, 3)}
+    with pytest.raises(ValueError, match=f"{len(PALETTE) + 1} samplers in the summary but {len(PALETTE)} colours"):
+        fid_vs_nfe.plot(summary(len(PALETTE) + 1), path, "t")
