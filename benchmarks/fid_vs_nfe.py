@@ -92,8 +92,8 @@ def measured_under(path: Path, protocol: dict) -> bool:
     return all(result.get(key) == value for key, value in expected.items())
 
 
-def panel_points(summary: list[dict]) -> dict[str, dict[str, list[tuple[float, float]]]]:
-    """{"fid": {sampler: [(NFE, FID), ...]}, "kid_mean": {...}}, one value per (sampler, steps): the one with the most
+def panel_points(summary: list[dict]) -> dict[str, dict[str, list[tuple[float, float, int]]]]:
+    """{"fid": {sampler: [(NFE, FID, N), ...]}, "kid_mean": {...}}, one value per (sampler, steps): the one with the most
     samples. FID only at the sweep's largest N, since it is biased upwards at small N and a point measured on fewer
     samples would look worse than it is; KID, unbiased in N, at whatever N a point has."""
     best = {}
@@ -106,22 +106,30 @@ def panel_points(summary: list[dict]) -> dict[str, dict[str, list[tuple[float, f
     for row in sorted(best.values(), key=lambda r: (r["sampler"], r["nfe"])):
         for metric, points in panels.items():
             if metric == "kid_mean" or row["num_samples"] == largest:
-                points.setdefault(row["sampler"], []).append((row["nfe"], row[metric]))
+                points.setdefault(row["sampler"], []).append((row["nfe"], row[metric], row["num_samples"]))
     return panels
 
 
 def plot(summary: list[dict], path: Path, title: str) -> None:
-    """Two panels over NFE (log scale): FID (largest N only) and KID, one line per sampler (``panel_points``)."""
+    """Two panels over NFE (log scale): FID (largest N only) and KID, one colour per sampler (``panel_points``); lines
+    join the points at the largest N, so a point measured on fewer samples stands apart as a lone marker."""
     samplers = sorted({row["sampler"] for row in summary})
-    colors = {name: PALETTE[index % len(PALETTE)] for index, name in enumerate(samplers)}
+    if len(samplers) > len(PALETTE):  # lines are keyed by colour: two samplers must never share one
+        raise ValueError(f"{len(samplers)} samplers in the summary but {len(PALETTE)} colours: "
+                         "sweep fewer samplers per --out_dir")
+    colors = dict(zip(samplers, PALETTE))
     largest = max(row["num_samples"] for row in summary)
     panels = []
     for metric, points in panel_points(summary).items():
         label = {"fid": f"FID at N = {largest} (lower is better; biased upwards at small N)",
-                 "kid_mean": "KID at each point's N (lower is better; unbiased in N)"}[metric]
-        by_color = {colors[name]: values for name, values in points.items()}
-        panels.append({"lines": {c: ([n for n, _ in p], [v for _, v in p], 2) for c, p in by_color.items()},
-                       "markers": by_color, "y_label": label})
+                 "kid_mean": f"KID at each point's N (lower is better; unbiased in N); lone markers: N < {largest}"
+                 }[metric]
+        lines = {colors[name]: [(nfe, value) for nfe, value, n in values if n == largest]
+                 for name, values in points.items()}
+        panels.append({"lines": {color: ([x for x, _ in p], [y for _, y in p], 2) for color, p in lines.items()},
+                       "markers": {colors[name]: [(nfe, value) for nfe, value, _ in values]
+                                   for name, values in points.items()},
+                       "y_label": label})
     nfes = [row["nfe"] for row in summary]
     line_chart(str(path), title, "network evaluations per sample (NFE, log scale)", panels, colors,
                min_x=min(nfes) / 1.2, max_x=max(nfes) * 1.2, log_x=True)

@@ -7,7 +7,24 @@ import math
 from PIL import Image, ImageDraw, ImageFont
 
 PALETTE = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (148, 103, 189), (140, 86, 75),
-           (227, 119, 194), (127, 127, 127)]
+           (227, 119, 194), (188, 189, 34), (23, 190, 207), (0, 0, 0), (127, 127, 127)]
+
+
+def axis_ticks(lo: float, hi: float, log: bool) -> list[float]:
+    """Round tick values inside [lo, hi] (data units), so axes read 10, 20, 50 instead of 8.333, 22.52: on a log
+    axis the 1-2-5 values of each decade (every mantissa 1-9 if that gives fewer than three), on a linear one
+    multiples of a 1, 2, 2.5 or 5 step that give about five ticks."""
+    if log:
+        decades = range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
+        for mantissas in ((1, 2, 5), range(1, 10)):
+            ticks = [m * 10.0**k for k in decades for m in mantissas if lo <= m * 10.0**k <= hi]
+            if len(ticks) >= 3:
+                break
+        return ticks
+    raw = (hi - lo) / 5 or 1.0
+    magnitude = 10.0 ** math.floor(math.log10(raw))
+    step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
+    return [i * step for i in range(math.ceil(lo / step), math.floor(hi / step) + 1)]
 
 
 def draw_panel(draw, font, box, lines: dict, markers: dict, max_x: float, log_y: bool, y_label: str,
@@ -33,17 +50,14 @@ def draw_panel(draw, font, box, lines: dict, markers: dict, max_x: float, log_y:
                 top + (bottom - top) * (1 - (transform(value) - y_lo) / (y_hi - y_lo)))
 
     draw.rectangle([left, top, right, bottom], outline="black")
-    for i in range(6):
-        level = y_lo + (y_hi - y_lo) * i / 5
-        value = 10**level if log_y else level
+    for value in axis_ticks(10**y_lo if log_y else y_lo, 10**y_hi if log_y else y_hi, log_y):
         y = xy(min_x, value)[1]
         draw.line([left - 5, y, right, y], fill=(225, 225, 225))
         draw.text((left - 70, y - 6), f"{value:.4g}", fill="black", font=font)
-    for i in range(6):
-        level = x_lo + (x_hi - x_lo) * i / 5
-        x = left + (right - left) * i / 5
+    for value in axis_ticks(min_x, max_x, log_x):
+        x = xy(value, 10**y_lo if log_y else y_lo)[0]
         draw.line([x, bottom, x, bottom + 5], fill="black")
-        draw.text((x - 10, bottom + 8), f"{10**level if log_x else level:.4g}", fill="black", font=font)
+        draw.text((x - 10, bottom + 8), f"{value:.4g}", fill="black", font=font)
     draw.text((left, top - 16), y_label, fill="black", font=font)
     if zero_line:
         draw.line([xy(min_x, 0.0), xy(max_x, 0.0)], fill="black")

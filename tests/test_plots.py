@@ -1,9 +1,10 @@
-"""pipeline.plots.line_chart: the legend sits in its own column, sized to its longest name."""
+"""pipeline.plots: the legend sits in its own column, sized to its longest name; axes get round ticks."""
 
 import numpy as np
+import pytest
 from PIL import Image
 
-from pipeline.plots import line_chart
+from pipeline.plots import axis_ticks, line_chart
 
 BLUE, RED = (31, 119, 180), (214, 39, 40)
 
@@ -24,3 +25,11 @@ def test_legend_column_fits_long_names_and_leaves_the_panels_alone(tmp_path):
     # the first swatch (30 px long) lies in the legend column, right of the panels (which end at width - 30)
     blue = np.nonzero((long_image[75] == BLUE).all(axis=-1))[0]
     assert (blue > width - 30).sum() == 31 and blue.max() == width + 20
+
+
+def test_axis_ticks_are_round_values_inside_the_range():
+    assert axis_ticks(8.33, 1200, log=True) == [10, 20, 50, 100, 200, 500, 1000]
+    assert axis_ticks(0.015, 0.05, log=True) == pytest.approx([0.02, 0.03, 0.04, 0.05])  # too few 1-2-5 values
+    assert axis_ticks(0.0093, 0.163, log=False) == pytest.approx([0.05, 0.1, 0.15])
+    assert axis_ticks(-1.0, 1.0, log=False) == pytest.approx([-1.0, -0.5, 0.0, 0.5, 1.0])
+    assert axis_ticks(0, 12200, log=False) == [0, 2500, 5000, 7500, 10000]
