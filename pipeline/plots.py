@@ -27,6 +27,11 @@ def axis_ticks(lo: float, hi: float, log: bool) -> list[float]:
     return [i * step for i in range(math.ceil(lo / step), math.floor(hi / step) + 1)]
 
 
+def tick_label(value: float) -> str:
+    """Whole numbers in full with thousands separators (10,000, not 1e+04); others to four significant digits."""
+    return f"{round(value):,}" if value == round(value) and abs(value) < 1e7 else f"{value:.4g}"
+
+
 def draw_panel(draw, font, box, lines: dict, markers: dict, max_x: float, log_y: bool, y_label: str,
                zero_line: bool = False, min_x: float = 0.0, log_x: bool = False):
     """One plot panel in ``box`` = (left, top, right, bottom): lines {color: (xs, ys, width)}, markers {color: [(x, y)]}.
@@ -53,11 +58,11 @@ def draw_panel(draw, font, box, lines: dict, markers: dict, max_x: float, log_y:
     for value in axis_ticks(10**y_lo if log_y else y_lo, 10**y_hi if log_y else y_hi, log_y):
         y = xy(min_x, value)[1]
         draw.line([left - 5, y, right, y], fill=(225, 225, 225))
-        draw.text((left - 70, y - 6), f"{value:.4g}", fill="black", font=font)
+        draw.text((left - 70, y - 6), tick_label(value), fill="black", font=font)
     for value in axis_ticks(min_x, max_x, log_x):
         x = xy(value, 10**y_lo if log_y else y_lo)[0]
         draw.line([x, bottom, x, bottom + 5], fill="black")
-        draw.text((x - 10, bottom + 8), f"{value:.4g}", fill="black", font=font)
+        draw.text((x - 10, bottom + 8), tick_label(value), fill="black", font=font)
     draw.text((left, top - 16), y_label, fill="black", font=font)
     if zero_line:
         draw.line([xy(min_x, 0.0), xy(max_x, 0.0)], fill="black")

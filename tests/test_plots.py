@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.plots import axis_ticks, line_chart
+from pipeline.plots import axis_ticks, line_chart, tick_label
 
 BLUE, RED = (31, 119, 180), (214, 39, 40)
 
@@ -33,3 +33,8 @@ def test_axis_ticks_are_round_values_inside_the_range():
     assert axis_ticks(0.0093, 0.163, log=False) == pytest.approx([0.05, 0.1, 0.15])
     assert axis_ticks(-1.0, 1.0, log=False) == pytest.approx([-1.0, -0.5, 0.0, 0.5, 1.0])
     assert axis_ticks(0, 12200, log=False) == [0, 2500, 5000, 7500, 10000]
+
+
+def test_tick_labels_write_whole_numbers_in_full():
+    assert [tick_label(v) for v in (10000.0, 1000, 2500, 0.05, 5e-05, 0.1 + 0.2)] == [
+        "10,000", "1,000", "2,500", "0.05", "5e-05", "0.3"]
