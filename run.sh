@@ -23,8 +23,9 @@ task=${1:-}
 shift || true
 case "$task" in
   generate) exec "$VENV/bin/python" -m pipeline.generate "$@" ;;
-  # two pytest-xdist workers, one per core (tests spend much of their time in single-threaded subprocesses); -n 0 for one
-  test) exec "$VENV/bin/python" -m pytest -q -n 2 "$@" tests ;;
+  # two pytest-xdist workers, one per core (tests spend much of their time in single-threaded subprocesses); -n 0 for one.
+  # No path given: pytest collects from the repository root, where only tests/ holds tests (it skips .venv)
+  test) exec "$VENV/bin/python" -m pytest -q -n 2 "$@" ;;
   python) exec "$VENV/bin/python" "$@" ;;
   *) echo "usage: ./run.sh generate|test|python [args...]" >&2; exit 2 ;;
 esac
