@@ -11,7 +11,8 @@ metrics use it, and reference features can be cached (``pipeline.evaluate``).
   Tests check the value against both of them.
 * KID is torchmetrics' KernelInceptionDistance fed with precomputed features (``PrecomputedFeatures``). Its ± is the
   spread over random subsets, which misses the generated set's own sampling error once every subset holds all of it
-  (N <= subset size); ``kid_generated_standard_error`` measures that part.
+  (N <= subset size); ``kid_generated_standard_error`` measures that part, and
+  ``kid_paired_difference_standard_error`` the error of a difference between two samplers fed the same noise.
 * Precision/recall (Kynkaenniemi et al. 2019) and nearest neighbours use ``torch.cdist`` in row chunks, so memory stays
   at chunk x N distances.
 """
@@ -86,20 +87,36 @@ def kernel_inception_distance(real: torch.Tensor, fake: torch.Tensor, subset_siz
     return float(mean), float(std), size
 
 
-def kid_generated_standard_error(real: torch.Tensor, fake: torch.Tensor, max_real: int = 5000, seed: int = 0) -> float:
-    """Standard error of KID due to the generated set being a finite sample, whatever the subset scheme.
-
-    KID is an unbiased MMD^2 U-statistic; its first-order (Hoeffding) term in the generated samples x_i is
-    2 (a_i - E a) / n with a_i = mean_{j != i} k(x_i, x_j) - mean_y k(x_i, y), so SE = 2 std(a) / sqrt(n). Accurate
-    when the two distributions differ (a toy test checks it against repeated draws); when they are equal the term
-    vanishes and the estimate errs on the large side. ``max_real`` reference rows (seeded) stand in for E_y."""
+def kid_sample_contributions(real: torch.Tensor, fake: torch.Tensor, max_real: int = 5000, seed: int = 0) -> torch.Tensor:
+    """a_i = mean_{j != i} k(x_i, x_j) - mean_y k(x_i, y) per generated sample x_i: KID is an unbiased MMD^2
+    U-statistic whose first-order (Hoeffding) term in the generated samples is 2 (a_i - E a) / n. ``max_real``
+    reference rows (seeded) stand in for E_y."""
     if len(real) > max_real:
         real = real[torch.randperm(len(real), generator=torch.Generator().manual_seed(seed))[:max_real]]
     real, fake = real.double(), fake.double()
     within = poly_kernel(fake, fake)
     within.fill_diagonal_(0)
-    contributions = within.sum(1) / (len(fake) - 1) - poly_kernel(fake, real).mean(1)
+    return within.sum(1) / (len(fake) - 1) - poly_kernel(fake, real).mean(1)
+
+
+def kid_generated_standard_error(real: torch.Tensor, fake: torch.Tensor, max_real: int = 5000, seed: int = 0) -> float:
+    """Standard error of KID due to the generated set being a finite sample, whatever the subset scheme:
+    2 std(a) / sqrt(n) (``kid_sample_contributions``). Accurate when the two distributions differ (a toy test checks
+    it against repeated draws); when they are equal the term vanishes and the estimate errs on the large side."""
+    contributions = kid_sample_contributions(real, fake, max_real, seed)
     return float(2 * contributions.std() / len(fake) ** 0.5)
+
+
+def kid_paired_difference_standard_error(real: torch.Tensor, fake_a: torch.Tensor, fake_b: torch.Tensor,
+                                         max_real: int = 5000, seed: int = 0) -> float:
+    """Standard error of KID(a) - KID(b) when row i of both sets came from the same draw (two deterministic samplers
+    started from the same noise): 2 std(a_i - b_i) / sqrt(n). What the two samples share cancels, so this is
+    smaller than the unpaired sqrt(se_a^2 + se_b^2) by as much as the samplers agree."""
+    if fake_a.shape != fake_b.shape:
+        raise ValueError(f"paired sets must have the same shape, got {tuple(fake_a.shape)} and {tuple(fake_b.shape)}")
+    difference = (kid_sample_contributions(real, fake_a, max_real, seed)
+                  - kid_sample_contributions(real, fake_b, max_real, seed))
+    return float(2 * difference.std() / len(fake_a) ** 0.5)
 
 
 # ---------------------------------------------------------------------------------------------- neighbourhoods

@@ -73,3 +73,21 @@ class BatchStore:
         with open(partial, "wb") as handle:
             np.savez(handle, images=images, nfe=np.int64(nfe))
         os.replace(partial, path)
+
+
+def read_batches(folder: str | os.PathLike) -> tuple[np.ndarray, dict]:
+    """(all images of a batch folder in batch order, the settings they were generated with), for scoring stored
+    samples again; a folder without settings or with a gap between its batches is one error naming it."""
+    folder = Path(folder)
+    settings_path = folder / SETTINGS_FILE
+    if not settings_path.is_file():
+        raise FileNotFoundError(f"{folder} is not a folder of stored batches: {SETTINGS_FILE} is missing")
+    paths = sorted(folder.glob("batch_*.npz"))
+    indices = [int(path.name.split("_")[1]) for path in paths]
+    if not paths or indices != list(range(len(paths))):
+        raise ValueError(f"{folder}: batches {indices} found; expected 0 .. n-1 without gaps (an unfinished run?)")
+    batches = []
+    for path in paths:
+        with np.load(path) as data:
+            batches.append(data["images"])
+    return np.concatenate(batches), json.loads(settings_path.read_text())

@@ -17,7 +17,8 @@ from pipeline.evaluate import (fid_against_reference, load_or_compute_reference,
                                reference_key)
 from pipeline.inception import extract_features, legacy_bilinear_matrix, load_inception, weights_path
 from pipeline.metrics import (PrecomputedFeatures, feature_stats, frechet_distance, kernel_inception_distance,
-                              kid_generated_standard_error, memorization, nearest_neighbors, precision_recall)
+                              kid_generated_standard_error, kid_paired_difference_standard_error, memorization,
+                              nearest_neighbors, precision_recall)
 from pipeline.preprocess import Preprocessing, resize_samples
 
 HALF = 12  # images per real set; small, but the images are fixed, so every ordering below is deterministic
@@ -112,18 +113,42 @@ def test_kid_of_two_real_halves_is_near_zero(real):
     assert far_mean > 3 * far_std
 
 
+def kid_generated_part(real: torch.Tensor, fake: torch.Tensor) -> float:
+    """The part of KID that depends on the generated set: mean_{i != j} k(x_i, x_j) - 2 mean k(x, y)."""
+    within = poly_kernel(fake, fake).fill_diagonal_(0)
+    return float(within.sum() / (len(fake) * (len(fake) - 1)) - 2 * poly_kernel(fake, real).mean())
+
+
 def test_kid_generated_standard_error_matches_the_spread_over_repeated_draws():
-    """Gaussian toy features: with the reference fixed, the part of KID that depends on the generated set
-    (mean_{i != j} k(x_i, x_j) - 2 mean k(x, y)) varies over independent draws of that set as the estimate says."""
+    """Gaussian toy features: with the reference fixed, KID's generated part varies over independent draws of the
+    generated set as the estimate says."""
     generator = torch.Generator().manual_seed(0)
     real = torch.randn(500, 8, generator=generator, dtype=torch.float64)
     spread, estimates = [], []
     for _ in range(200):
         fake = 0.3 + 1.1 * torch.randn(64, 8, generator=generator, dtype=torch.float64)
-        within = poly_kernel(fake, fake).fill_diagonal_(0)
-        spread.append(float(within.sum() / (64 * 63) - 2 * poly_kernel(fake, real).mean()))
+        spread.append(kid_generated_part(real, fake))
         estimates.append(kid_generated_standard_error(real, fake))
     assert np.std(spread, ddof=1) == pytest.approx(np.mean(estimates), rel=0.15)
+
+
+def test_kid_paired_difference_standard_error_matches_repeated_draws_of_shared_noise():
+    """Two "samplers" map the same latent draws to nearby features: the difference of their KIDs varies over draws as
+    the paired estimate says, several times less than the unpaired error would claim."""
+    generator = torch.Generator().manual_seed(0)
+    real = torch.randn(500, 8, generator=generator, dtype=torch.float64)
+    differences, paired, unpaired = [], [], []
+    for _ in range(200):
+        latent = torch.randn(64, 8, generator=generator, dtype=torch.float64)
+        fake_a = 0.3 + 1.1 * latent
+        fake_b = 0.35 + 1.1 * latent + 0.1 * torch.randn(64, 8, generator=generator, dtype=torch.float64)
+        differences.append(kid_generated_part(real, fake_a) - kid_generated_part(real, fake_b))
+        paired.append(kid_paired_difference_standard_error(real, fake_a, fake_b))
+        unpaired.append(np.hypot(kid_generated_standard_error(real, fake_a), kid_generated_standard_error(real, fake_b)))
+    assert np.std(differences, ddof=1) == pytest.approx(np.mean(paired), rel=0.15)
+    assert np.mean(paired) < np.mean(unpaired) / 3
+    with pytest.raises(ValueError, match=r"same shape, got \(64, 8\) and \(63, 8\)"):
+        kid_paired_difference_standard_error(real, fake_a, fake_b[1:])
 
 
 def test_precision_recall_self_and_far():

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from pipeline.generate import generate, load_pipeline, open_batch_store
+from pipeline.sample_store import read_batches
 
 SETTINGS = {"scheduler": "ddim", "steps": 4, "seed": 5, "batch_size": 2, "mixed_precision": "no"}
 
@@ -28,3 +29,16 @@ def test_resumed_generation_equals_an_uninterrupted_one(smoke_pipeline_dir, tmp_
         next(pipe.unet.parameters()).add_(1e-3)
     with pytest.raises(ValueError, match=r"other settings \(unet_sha256: "):
         open_batch_store(folder, pipe, **SETTINGS)
+
+
+def test_read_batches_returns_the_stored_images_in_order(smoke_pipeline_dir, tmp_path):
+    pipe = load_pipeline(str(smoke_pipeline_dir))
+    folder = tmp_path / "batches"
+    images, _ = generate(pipe, 5, progress=False, store=open_batch_store(folder, pipe, **SETTINGS), **SETTINGS)
+    stored, settings = read_batches(folder)
+    assert np.array_equal(stored, images) and settings["seed"] == 5 and settings["batch_size"] == 2
+    (folder / "batch_000001_n2.npz").unlink()
+    with pytest.raises(ValueError, match=r"batches \[0, 2\] found; expected 0 .. n-1 without gaps"):
+        read_batches(folder)
+    with pytest.raises(FileNotFoundError, match="settings.json is missing"):
+        read_batches(tmp_path)
