@@ -16,6 +16,7 @@ import argparse
 import hashlib
 import json
 import os
+import platform
 import sys
 import time
 from pathlib import Path
@@ -214,6 +215,16 @@ def reference_prep(args) -> Preprocessing:
                          resample=args.resample)
 
 
+def cpu_description() -> dict:
+    """The CPU a result came from: its model name and the instruction set torch chose kernels for. Samples made on
+    hosts with other kernels can differ in their last bits (REPORT 6.4), so every result records it."""
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in (cpuinfo.read_text().splitlines() if cpuinfo.is_file() else [])
+             if line.startswith("model name")]
+    return {"model_name": names[0] if names else platform.processor(),
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
+
+
 def label(num_samples: int) -> str:
     """FID-10k style label: FID depends on the sample count, so every number carries it."""
     return f"FID-{num_samples / 1000:g}k" if num_samples >= 1000 else f"FID-{num_samples}"
@@ -364,7 +375,8 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     result = evaluate_model(args) if args.model else evaluate_folders(args)
     result.update({"feature_extractor": DESCRIPTION, "network_sha1": weights_sha1(), "resize_filter": RESIZE_FILTER,
-                   "threads": torch.get_num_threads(), "total_seconds": time.perf_counter() - started})
+                   "threads": torch.get_num_threads(), "cpu": cpu_description(),
+                   "total_seconds": time.perf_counter() - started})
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "w") as handle:
         json.dump(result, handle, indent=1)

@@ -214,6 +214,8 @@ def test_folder_fid_equals_fid_helper(real, tmp_path):
     assert np.abs(ref["mu"] - real["fa"][:4].double().mean(0).numpy()).max() < 1e-4
     assert ours["num_samples"] == 4 and ours["label"] == "FID-4" and ours["resize_filter"] == "nv_bilinear_float"
     assert {"kid_mean", "kid_std", "precision", "recall", "features_per_second", "total_seconds"} <= set(ours)
+    assert ours["cpu"]["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability() != ""
+    assert isinstance(ours["cpu"]["model_name"], str)
 
 
 @pytest.mark.parametrize("argv, message", [
