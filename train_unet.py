@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from pipeline import CelebADiffusionPipeline
 from pipeline.pipeline_celeba import PixelUnshuffleDenoiser
+from pipeline.architecture import build_unet, check_group_norm
 from pipeline.checkpoints import resolve_checkpoint, save_checkpoint_atomically
 from pipeline.cli import run_cli
 from pipeline.data import TrainStream, load_celeba
@@ -74,7 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--up_block_types", type=str, nargs="+",
                    default=["UpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D"])
     p.add_argument("--attention_head_dim", type=int, default=None)
-    p.add_argument("--norm_num_groups", type=int, default=32)
+    p.add_argument("--norm_num_groups", type=int, default=32, help="GroupNorm groups at every level; each level needs "
+                   ">= 2 channels per group (pipeline/architecture.py)")
+    p.add_argument("--allow_instance_norm", action="store_true", help="build a UNet with 1 channel per GroupNorm "
+                   "group anyway (an InstanceNorm: the denoiser cannot see its input's mean colour or noise scale)")
     p.add_argument("--dropout", type=float, default=0.0)
     p.add_argument("--pixel_unshuffle", type=int, default=1, help="f > 1: the UNet works on f x f pixel-unshuffled "
                    "images (resolution/f square, 3 f^2 channels), at the cost of a resolution/f model")
@@ -85,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shifted_cosine_base_resolution", type=int, default=None, help="shifted_cosine: log-SNR "
                    "shifted by 2 log(base/resolution) (default: the resolution, i.e. no shift)")
     p.add_argument("--prediction_type", type=str, default="epsilon", choices=["epsilon", "v_prediction", "sample"])
+    p.add_argument("--rescale_betas_zero_snr", action=argparse.BooleanOptionalAction, default=False,
+                   help="rescale the betas to zero terminal SNR (Lin et al. 2024; use with v_prediction)")
     p.add_argument("--snr_gamma", type=float, default=None, help="min-SNR-gamma loss weighting (Hang et al. 2023)")
     # optimisation
     p.add_argument("--train_batch_size", type=int, default=32, help="per process")
@@ -92,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_train_steps", type=int, default=1000)
     p.add_argument("--max_train_minutes", type=float, default=None, help="also stop (checkpoint, save the pipeline) "
                    "once the run's wall-clock time, summed over resumes, reaches this budget")
+    p.add_argument("--max_train_cpu_hours", type=float, default=None, help="also stop once the run's CPU time "
+                   "(all processes, summed over resumes) reaches this budget: equal-compute comparisons")
     p.add_argument("--learning_rate", type=float, default=2e-4)
     p.add_argument("--lr_scheduler", type=str, default="cosine", help="a diffusers schedule (cosine, "
                    "constant_with_warmup, ...) or warmup_stable_decay (pipeline/lr_schedules.py)")
@@ -164,29 +172,31 @@ def parse_args(argv=None) -> argparse.Namespace:
                      f"{args.resolution}")
     if args.shifted_cosine_base_resolution is not None and args.ddpm_beta_schedule != "shifted_cosine":
         parser.error("--shifted_cosine_base_resolution needs --ddpm_beta_schedule shifted_cosine")
+    try:
+        check_group_norm(args.block_out_channels, args.norm_num_groups, args.allow_instance_norm)
+    except ValueError as error:
+        parser.error(str(error))
     return args
 
 
 def build_model_and_scheduler(args):
     """The UNet2DModel and the DDPM training scheduler described by the flags."""
     factor = args.pixel_unshuffle
-    model = UNet2DModel(
-        sample_size=args.resolution // factor, in_channels=3 * factor**2, out_channels=3 * factor**2,
-        layers_per_block=args.layers_per_block,
-        block_out_channels=tuple(args.block_out_channels), down_block_types=tuple(args.down_block_types),
-        up_block_types=tuple(args.up_block_types), attention_head_dim=args.attention_head_dim,
-        norm_num_groups=args.norm_num_groups, dropout=args.dropout,
-    )
+    model = build_unet(args.resolution // factor, 3 * factor**2, args.block_out_channels, args.layers_per_block,
+                       args.down_block_types, args.up_block_types, args.norm_num_groups, args.attention_head_dim,
+                       args.dropout, args.allow_instance_norm)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if args.ddpm_beta_schedule == "shifted_cosine":
         base = args.resolution if args.shifted_cosine_base_resolution is None else args.shifted_cosine_base_resolution
         betas = shifted_cosine_betas(args.ddpm_num_steps, base, args.resolution)
         noise_scheduler = DDPMScheduler(num_train_timesteps=args.ddpm_num_steps, trained_betas=betas,
-                                        prediction_type=args.prediction_type)
+                                        prediction_type=args.prediction_type,
+                                        rescale_betas_zero_snr=args.rescale_betas_zero_snr)
     else:
         noise_scheduler = DDPMScheduler(num_train_timesteps=args.ddpm_num_steps,
-                                        beta_schedule=args.ddpm_beta_schedule, prediction_type=args.prediction_type)
+                                        beta_schedule=args.ddpm_beta_schedule, prediction_type=args.prediction_type,
+                                        rescale_betas_zero_snr=args.rescale_betas_zero_snr)
     return model, noise_scheduler
 
 
@@ -432,7 +442,10 @@ def main(argv=None):
                                          "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **(extra_log or {})})
 
     def out_of_time() -> bool:
-        return args.max_train_minutes is not None and clock.wall_seconds >= 60 * args.max_train_minutes
+        """Budgets: wall clock of this process; CPU time of all processes (this one's, times their number)."""
+        return (args.max_train_minutes is not None and clock.wall_seconds >= 60 * args.max_train_minutes) or (
+            args.max_train_cpu_hours is not None
+            and clock.cpu_seconds * accelerator.num_processes >= 3600 * args.max_train_cpu_hours)
 
     def agreed(flags: list[bool]) -> torch.Tensor:
         """Flags summed over processes: every process must take the same checkpoint/stop decisions, or collective
@@ -491,7 +504,8 @@ def main(argv=None):
             end_training_together(accelerator)
             return 0
         if flags[2] > 0:
-            logger.info("time budget of %s minutes reached at step %d", args.max_train_minutes, global_step)
+            logger.info("time budget (%s wall minutes, %s CPU-hours) reached at step %d", args.max_train_minutes,
+                        args.max_train_cpu_hours, global_step)
             time_is_up = True
         if args.save_images_steps and global_step % args.save_images_steps == 0 and accelerator.is_main_process:
             save_sample_grid(accelerator, model, ema, noise_scheduler, args, global_step)

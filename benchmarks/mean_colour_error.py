@@ -29,6 +29,7 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from benchmarks.denoiser_response import noise_estimate  # noqa: E402
 from pipeline.cli import run_cli  # noqa: E402
 from pipeline.data import load_eval_images  # noqa: E402
 from pipeline.generate import load_pipeline  # noqa: E402
@@ -36,13 +37,6 @@ from pipeline.pipeline_celeba import MeanColourDenoiser  # noqa: E402
 from pipeline.preprocess import Preprocessing, to_model_range  # noqa: E402
 
 LABELS = [999, 950, 900, 800, 700, 600, 500, 300, 100, 10]
-
-
-def noise_estimate(denoiser, prediction_type: str, x: torch.Tensor, label: int, alpha: float, sigma: float):
-    out = denoiser(x, torch.full((x.shape[0],), label)).sample.double()
-    x = x.double()
-    return out if prediction_type == "epsilon" else alpha * out + sigma * x if prediction_type == "v_prediction" \
-        else (x - alpha * out) / sigma
 
 
 def errors(eps_hat: torch.Tensor, eps: torch.Tensor, alpha: float, sigma: float) -> dict:

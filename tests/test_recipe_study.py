@@ -1,27 +1,29 @@
-"""benchmarks/recipe_study.py: equal-time training per recipe, then FID; done recipes are skipped."""
+"""benchmarks/recipe_study.py: equal-CPU-time training per recipe, then FID per scoring sampler; done ones skipped."""
 
 import json
 import sys
 
 import pytest
 
-from benchmarks.recipe_study import RECIPES, base_resolution, require_full_budget, run_training
+from benchmarks.recipe_study import RECIPES, SCORING_SAMPLERS, as_flags, require_full_budget, run_training
 from conftest import FIXTURE, run_command
 
 
 def test_two_recipes_train_for_the_budget_are_scored_and_then_skipped(tmp_path):
     argv = ["benchmarks/recipe_study.py", "--train_data_dir", str(FIXTURE), "--base_config", "configs/smoke.yaml",
-            "--minutes", "0.001", "--recipes", "eps-linear", "unshuffle2-shifted-cosine", "--num_samples", "4",
+            "--cpu_hours", "0.00001", "--recipes", "eps-linear", "v-zsnr", "--num_samples", "4",
             "--threads", "1", "--runs_dir", str(tmp_path / "runs"), "--out_dir", str(tmp_path / "recipes")]
     env = {"CELEBA_DIFFUSION_CACHE": str(tmp_path / "cache")}
     run_command(argv, env=env, timeout=600)
     summary = json.loads((tmp_path / "recipes" / "summary.json").read_text())
-    assert [row["recipe"] for row in summary["recipes"]] == ["eps-linear", "unshuffle2-shifted-cosine"]
-    assert summary["protocol"]["scheduler"] == "ddim-clip" and summary["protocol"]["steps"] == 20
-    assert all(row["steps"] == 1 and row["fid"] > 0 and row["label"] == "FID-4" for row in summary["recipes"])
-    assert json.loads((tmp_path / "recipes" / "eps-linear.json").read_text())["mean_colour_correction"] is False
-    unshuffled = json.loads((tmp_path / "runs" / "unshuffle2-shifted-cosine-0.001min" / "model_index.json").read_text())
-    assert unshuffled["pixel_unshuffle"] == 2
+    assert [(row["recipe"], row["sampler"]) for row in summary["recipes"]] == [
+        (recipe, sampler) for recipe in ("eps-linear", "v-zsnr") for sampler, _ in SCORING_SAMPLERS]
+    assert all(row["steps"] >= 1 and row["fid"] > 0 and row["label"] == "FID-4" for row in summary["recipes"])
+    result = json.loads((tmp_path / "recipes" / "v-zsnr_dpm++2m-20.json").read_text())
+    assert result["mean_colour_correction"] is False and result["nfe"] == 20
+    scheduler = json.loads((tmp_path / "runs" / "v-zsnr-1e-05cpuh" / "scheduler" / "scheduler_config.json").read_text())
+    assert scheduler["prediction_type"] == "v_prediction" and scheduler["rescale_betas_zero_snr"] is True
+    assert (tmp_path / "recipes" / "eps-linear_grid.png").is_file()
     again = run_command(argv, env=env)
     assert again.stdout.count("done before") == 2
     bad = run_command([*argv, "--recipes", "nope"], env=env, check=False)
@@ -29,9 +31,9 @@ def test_two_recipes_train_for_the_budget_are_scored_and_then_skipped(tmp_path):
 
 
 def test_a_recipe_stopped_before_its_budget_is_not_scored():
-    require_full_budget("eps-linear", {"wall_hours": 0.75}, 45.0)
-    with pytest.raises(ValueError, match=r"eps-linear: training stopped after 30.0 of its 45 minutes"):
-        require_full_budget("eps-linear", {"wall_hours": 0.5}, 45.0)
+    require_full_budget("eps-linear", {"cpu_hours": 2.01}, 2.0)
+    with pytest.raises(ValueError, match=r"eps-linear: training stopped after 1.50 of its 2 CPU-hours"):
+        require_full_budget("eps-linear", {"cpu_hours": 1.5}, 2.0)
 
 
 def test_a_failed_or_killed_training_is_one_error_to_rerun():
@@ -40,8 +42,7 @@ def test_a_failed_or_killed_training_is_one_error_to_rerun():
         run_training("eps-linear", [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGTERM)"])
 
 
-def test_every_recipe_is_scored_at_the_base_resolution():
-    assert base_resolution("configs/celeba64_cpu.yaml") == 64 and base_resolution("configs/smoke.yaml") == 32
-    assert RECIPES["eps-linear-32px"] == {"resolution": 32}
-    with pytest.raises(FileNotFoundError, match="base config not found: nope.yaml"):
-        base_resolution("nope.yaml")
+def test_recipe_overrides_become_train_flags():
+    assert as_flags(RECIPES["v-zsnr"]) == ["--prediction_type", "v_prediction", "--rescale_betas_zero_snr"]
+    assert as_flags({"random_flip": False, "block_out_channels": [32, 64]}) == [
+        "--no-random_flip", "--block_out_channels", "32", "64"]
