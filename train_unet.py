@@ -26,7 +26,7 @@ import yaml
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import ProjectConfiguration, set_seed
-from diffusers import DDPMScheduler, UNet2DModel
+from diffusers import DDPMScheduler, EDMEulerScheduler, UNet2DModel
 from diffusers.training_utils import EMAModel, compute_snr
 from tqdm.auto import tqdm
 
@@ -91,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prediction_type", type=str, default="epsilon", choices=["epsilon", "v_prediction", "sample"])
     p.add_argument("--rescale_betas_zero_snr", action=argparse.BooleanOptionalAction, default=False,
                    help="rescale the betas to zero terminal SNR (Lin et al. 2024; use with v_prediction)")
+    p.add_argument("--preconditioning", default="ddpm", choices=["ddpm", "edm"], help="ddpm: discrete-time DDPM "
+                   "noising of --prediction_type; edm: Karras et al. 2022 (c_skip/c_out/c_in/c_noise of diffusers' "
+                   "EDMEulerScheduler, log-normal sigma, EDM loss weight), saved with that scheduler")
+    p.add_argument("--edm_sigma_data", type=float, default=0.5)
+    p.add_argument("--edm_p_mean", type=float, default=-1.2, help="edm: mean of log sigma in training")
+    p.add_argument("--edm_p_std", type=float, default=1.2, help="edm: std of log sigma in training")
     p.add_argument("--snr_gamma", type=float, default=None, help="min-SNR-gamma loss weighting (Hang et al. 2023)")
     # optimisation
     p.add_argument("--train_batch_size", type=int, default=32, help="per process")
@@ -172,6 +178,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                      f"{args.resolution}")
     if args.shifted_cosine_base_resolution is not None and args.ddpm_beta_schedule != "shifted_cosine":
         parser.error("--shifted_cosine_base_resolution needs --ddpm_beta_schedule shifted_cosine")
+    if args.preconditioning == "edm" and (args.prediction_type != "epsilon" or args.snr_gamma is not None
+                                          or args.rescale_betas_zero_snr or args.ddpm_beta_schedule != "linear"):
+        parser.error("--preconditioning edm has its own target, weighting and noise levels: leave --prediction_type, "
+                     "--snr_gamma, --rescale_betas_zero_snr and --ddpm_beta_schedule at their defaults")
     try:
         check_group_norm(args.block_out_channels, args.norm_num_groups, args.allow_instance_norm)
     except ValueError as error:
@@ -180,13 +190,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def build_model_and_scheduler(args):
-    """The UNet2DModel and the DDPM training scheduler described by the flags."""
+    """The UNet2DModel and the training scheduler described by the flags (DDPMScheduler, or EDMEulerScheduler)."""
     factor = args.pixel_unshuffle
     model = build_unet(args.resolution // factor, 3 * factor**2, args.block_out_channels, args.layers_per_block,
                        args.down_block_types, args.up_block_types, args.norm_num_groups, args.attention_head_dim,
                        args.dropout, args.allow_instance_norm)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if args.preconditioning == "edm":
+        return model, EDMEulerScheduler(sigma_data=args.edm_sigma_data, num_train_timesteps=args.ddpm_num_steps)
     if args.ddpm_beta_schedule == "shifted_cosine":
         base = args.resolution if args.shifted_cosine_base_resolution is None else args.shifted_cosine_base_resolution
         betas = shifted_cosine_betas(args.ddpm_num_steps, base, args.resolution)
@@ -213,8 +225,25 @@ def build_optimizer_and_ema(model, args, **optimizer_overrides):
     return optimizer, ema
 
 
+def edm_loss(model, noise_scheduler: EDMEulerScheduler, clean, args):
+    """EDM training loss: sigma log-normal, x = y + sigma n, the preconditioned denoiser D(x; sigma) against y with
+    weight (sigma^2 + sigma_data^2) / (sigma sigma_data)^2, which gives the network's own output a unit-variance
+    target at every sigma."""
+    log_sigma = torch.randn(clean.shape[0], device=clean.device) * args.edm_p_std + args.edm_p_mean
+    sigma = log_sigma.exp().view(-1, 1, 1, 1)
+    noisy = clean + sigma * torch.randn_like(clean)
+    output = model(noise_scheduler.precondition_inputs(noisy, sigma),
+                   noise_scheduler.precondition_noise(sigma.flatten())).sample.float()
+    denoised = noise_scheduler.precondition_outputs(noisy, output, sigma)
+    sigma_data = noise_scheduler.config.sigma_data
+    weight = (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
+    return (weight * (denoised - clean) ** 2).mean()
+
+
 def diffusion_loss(model, noise_scheduler, clean, args):
-    """DDPM training loss: noise a batch at random timesteps and regress the chosen target."""
+    """DDPM training loss: noise a batch at random timesteps and regress the chosen target (EDM: ``edm_loss``)."""
+    if isinstance(noise_scheduler, EDMEulerScheduler):
+        return edm_loss(model, noise_scheduler, clean, args)
     noise = torch.randn_like(clean)
     timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (clean.shape[0],), device=clean.device)
     noisy = noise_scheduler.add_noise(clean, noise, timesteps)
@@ -294,6 +323,8 @@ def fitted_mean_colour_prior(accelerator, statistics: MeanColourStatistics) -> d
 def save_ema_pipeline(accelerator, model, ema, noise_scheduler, args, folder, mean_colour_prior: dict | None) -> None:
     """The shippable pipeline (EMA weights, training scheduler, mean-colour prior): at the end of a run and inside
     every checkpoint, so the latest weights can be published or committed while the run goes on."""
+    if args.preconditioning == "edm":  # the correction is written for the DDPM schedule
+        mean_colour_prior = None
     with ema_pipeline(accelerator, model, ema, noise_scheduler, args.pixel_unshuffle, mean_colour_prior) as pipe:
         pipe.save_pretrained(str(folder), safe_serialization=True)
 

@@ -3,14 +3,16 @@
     python benchmarks/recipe_study.py --train_data_dir ../shared/celeba --cpu_hours 2
 
 Recipes are overrides of configs/celeba64_cpu.yaml (64x64, 8 GroupNorm groups, epsilon, linear schedule):
-``eps-linear`` as it is; ``v-zsnr``, v-prediction on the betas rescaled to zero terminal SNR; ``diffusers-example``,
+``eps-linear`` as it is; ``v-zsnr``, v-prediction on the betas rescaled to zero terminal SNR; ``edm``, EDM's
+preconditioning, noise distribution and loss weight (``--preconditioning edm``); ``diffusers-example``,
 the recipe of diffusers' train_unconditional.py (epsilon, lr 1e-4 after 500 warm-up steps, EMA up to 0.9999, weight
 decay 1e-6, its six-level UNet with attention at the 4x4 level) scaled to this machine: a quarter of its widths and of
 its GroupNorm groups, so every group keeps the example's 4 channels. All recipes but the example use a 250-step
 warm-up. Each recipe runs ``accelerate launch train_unet.py --max_train_cpu_hours H`` (resumable: an interrupted
 recipe continues from its checkpoint, its CPU time summed over resumes), then ``pipeline.evaluate`` with each scoring
 sampler (FID-N, bf16 UNet, seed 0, no mean-colour correction) against the cached reference of all official-train
-images: DDPM and DPM-Solver++(2M), the stochastic and the fast deterministic sampler, each at 20 NFE. A scored
+images: DDPM and DPM-Solver++(2M), the stochastic and the fast deterministic sampler, each at 20 NFE (for ``edm``,
+EDM's SDE and ODE DPM-Solver++(2M) on its Karras sigmas). A scored
 (recipe, sampler) whose JSON exists for the same budget and protocol is skipped, so the study can span several
 sessions. Writes <out_dir>/<recipe>_<sampler>-<steps>.json, a sample grid per recipe and <out_dir>/summary.json.
 """
@@ -40,13 +42,20 @@ COMMON = {"lr_warmup_steps": 250, "max_train_steps": 10**9, "save_images_steps":
 RECIPES = {
     "eps-linear": {},
     "v-zsnr": {"prediction_type": "v_prediction", "rescale_betas_zero_snr": True},
+    "edm": {"preconditioning": "edm"},
     "diffusers-example": {"learning_rate": 1e-4, "lr_warmup_steps": 500, "ema_max_decay": 0.9999,
                           "adam_weight_decay": 1e-6, "block_out_channels": [32, 32, 64, 64, 128, 128],
                           "norm_num_groups": 8,
                           "down_block_types": ["DownBlock2D"] * 4 + ["AttnDownBlock2D", "DownBlock2D"],
                           "up_block_types": ["UpBlock2D", "AttnUpBlock2D"] + ["UpBlock2D"] * 4},
 }
+# (stochastic, deterministic) sampler at 20 NFE each, for the DDPM-trained recipes and for the EDM one
 SCORING_SAMPLERS = (("ddpm", 20), ("dpm++2m", 20))
+EDM_SCORING_SAMPLERS = (("edm-dpm++2m-sde", 20), ("edm-dpm++2m", 20))
+
+
+def scoring_samplers(name: str) -> tuple:
+    return EDM_SCORING_SAMPLERS if RECIPES[name].get("preconditioning") == "edm" else SCORING_SAMPLERS
 
 
 def as_flags(overrides: dict) -> list[str]:
@@ -88,11 +97,11 @@ def require_full_budget(name: str, training: dict, cpu_hours: float) -> None:
                          f"CPU-hours (interrupted?); rerun the same command to resume it")
 
 
-def save_grid(model: Path, path: Path, seed: int) -> None:
-    """16 samples of every scoring sampler (rows of 8, in SCORING_SAMPLERS order) from the same seed."""
+def save_grid(model: Path, path: Path, seed: int, samplers: tuple) -> None:
+    """8 samples of every scoring sampler (a row each, stochastic first) from the same seed."""
     pipe = load_pipeline(str(model), "cpu")
     images = [generate(pipe, 8, sampler, steps, seed, mixed_precision="bf16", mean_colour_correction=False,
-                       progress=False)[0] for sampler, steps in SCORING_SAMPLERS]
+                       progress=False)[0] for sampler, steps in samplers]
     make_grid(np.concatenate(images), columns=8, upscale=2).save(path)
 
 
@@ -129,7 +138,7 @@ def main(argv=None) -> int:
     protocol = {"cpu_hours": args.cpu_hours, "num_samples": args.num_samples, "seed": args.seed,
                 "base_config": args.base_config}
     for name in args.recipes:
-        todo = [(s, n) for s, n in SCORING_SAMPLERS if not matches(result_path(out_dir, name, s, n), protocol)]
+        todo = [(s, n) for s, n in scoring_samplers(name) if not matches(result_path(out_dir, name, s, n), protocol)]
         if not todo:
             print(f"{name}: done before")
             continue
@@ -138,7 +147,7 @@ def main(argv=None) -> int:
         run_training(name, command)
         training = read_training_log(str(run_dir(name, args) / "training_log.jsonl"))
         require_full_budget(name, training, args.cpu_hours)
-        save_grid(run_dir(name, args), out_dir / f"{name}_grid.png", args.seed)
+        save_grid(run_dir(name, args), out_dir / f"{name}_grid.png", args.seed, scoring_samplers(name))
         for sampler, steps in todo:
             path = result_path(out_dir, name, sampler, steps)
             evaluate.main(["--model", str(run_dir(name, args)), "--train_data_dir", args.train_data_dir,
@@ -151,7 +160,7 @@ def main(argv=None) -> int:
                                         "train_command": " ".join(command[1:]), "training": training}, indent=1))
     rows = []
     for name in RECIPES:
-        for sampler, steps in SCORING_SAMPLERS:
+        for sampler, steps in scoring_samplers(name):
             path = result_path(out_dir, name, sampler, steps)
             if matches(path, protocol):
                 result = json.loads(path.read_text())

@@ -16,7 +16,7 @@ from .cli import DEFAULT_DEVICE, device_argument, run_cli
 from .images import make_grid, save_pngs
 from .pipeline_celeba import CelebADiffusionPipeline
 from .sample_store import BatchStore, weights_checksum
-from .schedulers import SDE_SAMPLERS, check_steps, make_scheduler
+from .schedulers import EDM_SAMPLERS, SDE_SAMPLERS, check_steps, is_edm, make_scheduler
 from .sde import check_options as check_sde_options
 
 DEFAULT_MODEL = "pretrained/celeba-64"
@@ -35,6 +35,9 @@ def configure_sampler(pipe: CelebADiffusionPipeline, name: str) -> str | None:
     if not hasattr(pipe, "train_scheduler_config"):
         pipe.train_scheduler_config = pipe.scheduler.config
     if name in SDE_SAMPLERS:
+        if is_edm(pipe.train_scheduler_config):
+            raise ValueError(f"{name!r} solves the DDPM model's VP-SDE; this model was trained with EDM "
+                             f"preconditioning: choose one of {list(EDM_SAMPLERS)}")
         return name
     pipe.scheduler = make_scheduler(name, pipe.train_scheduler_config)
     return None

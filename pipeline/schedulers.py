@@ -27,6 +27,8 @@ from diffusers import (
     DDIMScheduler,
     DDPMScheduler,
     DPMSolverMultistepScheduler,
+    EDMDPMSolverMultistepScheduler,
+    EDMEulerScheduler,
     EulerDiscreteScheduler,
     HeunDiscreteScheduler,
     UniPCMultistepScheduler,
@@ -46,7 +48,12 @@ DIFFUSERS_SAMPLERS = {
     "heun": (HeunDiscreteScheduler, {"use_karras_sigmas": True, "timestep_spacing": "linspace",
                                      "clip_sample": False}),
     "unipc": (UniPCMultistepScheduler, {"timestep_spacing": "linspace"}),
+    # for models trained with EDM preconditioning (train_unet.py --preconditioning edm): Karras sigmas, rho = 7
+    "edm-euler": (EDMEulerScheduler, {}),
+    "edm-dpm++2m": (EDMDPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    "edm-dpm++2m-sde": (EDMDPMSolverMultistepScheduler, {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}),
 }
+EDM_SAMPLERS = ("edm-euler", "edm-dpm++2m", "edm-dpm++2m-sde")
 SDE_SAMPLERS = ("pc", "ode-heun", "ode-rk45")
 ALL_SAMPLERS = (*DIFFUSERS_SAMPLERS, *SDE_SAMPLERS)
 
@@ -63,8 +70,18 @@ def make_scheduler(name: str, train_scheduler_config) -> object:
     if name not in DIFFUSERS_SAMPLERS:
         hint = f" ({name!r} is a score-SDE sampler: use pipeline(sampler=...))" if name in SDE_SAMPLERS else ""
         raise ValueError(f"unknown scheduler {name!r}; choose one of {sorted(DIFFUSERS_SAMPLERS)}{hint}")
+    trained_edm = is_edm(train_scheduler_config)
+    if trained_edm != (name in EDM_SAMPLERS):
+        kind, offered = ("EDM", EDM_SAMPLERS) if trained_edm else ("DDPM", sorted(set(ALL_SAMPLERS) - set(EDM_SAMPLERS)))
+        raise ValueError(f"sampler {name!r} does not fit a model trained with {kind} preconditioning; choose one of "
+                         f"{list(offered)}")
     scheduler_class, overrides = DIFFUSERS_SAMPLERS[name]
     return scheduler_class.from_config(explicit_config(train_scheduler_config), **overrides)
+
+
+def is_edm(scheduler_config) -> bool:
+    """Whether a training scheduler config is EDM's (sigma_data), not a DDPM beta schedule."""
+    return "sigma_data" in dict(scheduler_config)
 
 
 def check_steps(name: str, steps: int, num_train_timesteps: int = 1000) -> None:
