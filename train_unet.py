@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import difflib
 import json
 import logging
 import os
@@ -34,7 +35,7 @@ from pipeline import CelebADiffusionPipeline
 from pipeline.pipeline_celeba import PixelUnshuffleDenoiser
 from pipeline.architecture import build_unet, check_group_norm
 from pipeline.checkpoints import resolve_checkpoint, save_checkpoint_atomically
-from pipeline.cli import run_cli
+from pipeline.cli import ArgumentParser, run_cli
 from pipeline.data import TrainStream, load_celeba
 from pipeline.evaluate import fid_against_reference, load_or_compute_reference
 from pipeline.generate import generate
@@ -52,7 +53,7 @@ logger = get_logger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", type=str, default=None, help="YAML file of defaults for any flag below")
     # data
     p.add_argument("--dataset_name", type=str, default=None, help="Hub id or local path of a dataset in the "
@@ -104,8 +105,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_train_steps", type=int, default=1000)
     p.add_argument("--max_train_minutes", type=float, default=None, help="also stop (checkpoint, save the pipeline) "
                    "once the run's wall-clock time, summed over resumes, reaches this budget")
-    p.add_argument("--max_train_cpu_hours", type=float, default=None, help="also stop once the run's CPU time "
-                   "(all processes, summed over resumes) reaches this budget: equal-compute comparisons")
     p.add_argument("--learning_rate", type=float, default=2e-4)
     p.add_argument("--lr_scheduler", type=str, default="cosine", help="a diffusers schedule (cosine, "
                    "constant_with_warmup, ...) or warmup_stable_decay (pipeline/lr_schedules.py)")
@@ -125,7 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ema_max_decay", type=float, default=0.9999)
     p.add_argument("--ema_foreach", action=argparse.BooleanOptionalAction, default=False,
                    help="update the EMA weights with torch._foreach ops (EMAModel(foreach=True))")
-    p.add_argument("--mixed_precision", type=str, default="no", choices=["no", "fp16", "bf16"])
+    p.add_argument("--mixed_precision", type=str, default=None, choices=["no", "fp16", "bf16"],
+                   help="default: the launcher's (accelerate launch --mixed_precision, or accelerate config); bf16 on "
+                        "CPUs, fp16 only on GPUs")
     p.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=False,
                    help="NHWC memory format (slower for training on our 2-core CPU: results/bench/train_ablation.json)")
     p.add_argument("--seed", type=int, default=0)
@@ -164,28 +165,76 @@ def parse_args(argv=None) -> argparse.Namespace:
         with open(args.config) as handle:
             config = yaml.safe_load(handle) or {}
         known = {action.dest for action in parser._actions}
-        unknown = sorted(set(config) - known)
-        if unknown:
-            parser.error(f"{args.config}: unknown keys {unknown}")
+        for key in sorted(set(config) - known):
+            close = difflib.get_close_matches(key, known, n=1)
+            parser.error(f"{args.config}: unknown key {key!r}" + (f"; did you mean {close[0]!r}?" if close else ""))
         parser.set_defaults(**config)
     args = parser.parse_args(argv)
-    if (args.dataset_name is None) == (args.train_data_dir is None):
-        parser.error("give exactly one of --dataset_name and --train_data_dir")
-    if args.push_to_hub and not args.hub_model_id:
-        parser.error("--push_to_hub needs --hub_model_id")
-    if args.pixel_unshuffle < 1 or args.resolution % args.pixel_unshuffle:
-        parser.error(f"--pixel_unshuffle {args.pixel_unshuffle} must be >= 1 and divide --resolution "
-                     f"{args.resolution}")
-    if args.shifted_cosine_base_resolution is not None and args.ddpm_beta_schedule != "shifted_cosine":
-        parser.error("--shifted_cosine_base_resolution needs --ddpm_beta_schedule shifted_cosine")
-    if args.preconditioning == "edm" and (args.prediction_type != "epsilon" or args.snr_gamma is not None
-                                          or args.rescale_betas_zero_snr or args.ddpm_beta_schedule != "linear"):
-        parser.error("--preconditioning edm has its own target, weighting and noise levels: leave --prediction_type, "
-                     "--snr_gamma, --rescale_betas_zero_snr and --ddpm_beta_schedule at their defaults")
     try:
-        check_group_norm(args.block_out_channels, args.norm_num_groups, args.allow_instance_norm)
+        check_settings(args)
     except ValueError as error:
         parser.error(str(error))
+    return args
+
+
+POSITIVE = ("resolution", "crop_size", "layers_per_block", "ddpm_num_steps", "train_batch_size",
+            "gradient_accumulation_steps", "max_train_steps", "num_validation_images", "validation_inference_steps",
+            "eval_fid_num_samples", "eval_fid_steps", "checkpoints_total_limit", "pixel_unshuffle")
+NON_NEGATIVE = ("lr_warmup_steps", "save_images_steps", "checkpointing_steps", "checkpointing_minutes",
+                "eval_fid_every", "learning_rate", "adam_weight_decay", "dropout", "crop_offset_y",
+                "shuffle_buffer_size")
+
+
+def check_settings(args) -> None:
+    """ValueError naming the first setting that cannot work, before anything is built or written."""
+    for name in POSITIVE:
+        if getattr(args, name) <= 0:
+            raise ValueError(f"--{name} must be positive, got {getattr(args, name)}")
+    for name in NON_NEGATIVE:
+        if getattr(args, name) < 0:
+            raise ValueError(f"--{name} must be >= 0, got {getattr(args, name)}")
+    levels = len(args.block_out_channels)
+    if not len(args.down_block_types) == len(args.up_block_types) == levels:
+        raise ValueError(f"--block_out_channels, --down_block_types and --up_block_types need one entry per level; "
+                         f"got {levels}, {len(args.down_block_types)} and {len(args.up_block_types)}")
+    if args.resolution % args.pixel_unshuffle:
+        raise ValueError(f"--pixel_unshuffle {args.pixel_unshuffle} must divide --resolution {args.resolution}")
+    multiple = args.pixel_unshuffle * 2 ** (levels - 1)
+    if args.resolution % multiple:
+        below, above = args.resolution // multiple * multiple, (args.resolution // multiple + 1) * multiple
+        raise ValueError(f"--resolution {args.resolution} must be a multiple of {multiple} ({levels} UNet levels"
+                         + (f", pixel_unshuffle {args.pixel_unshuffle}" if args.pixel_unshuffle > 1 else "")
+                         + f"), e.g. {', '.join(str(v) for v in (below, above) if v > 0)}")
+    if args.shifted_cosine_base_resolution is not None and args.ddpm_beta_schedule != "shifted_cosine":
+        raise ValueError("--shifted_cosine_base_resolution needs --ddpm_beta_schedule shifted_cosine")
+    if args.preconditioning == "edm" and (args.prediction_type != "epsilon" or args.snr_gamma is not None
+                                          or args.rescale_betas_zero_snr or args.ddpm_beta_schedule != "linear"):
+        raise ValueError("--preconditioning edm has its own target, weighting and noise levels: leave "
+                         "--prediction_type, --snr_gamma, --rescale_betas_zero_snr and --ddpm_beta_schedule at their "
+                         "defaults")
+    check_group_norm(args.block_out_channels, args.norm_num_groups, args.allow_instance_norm)
+    if (args.dataset_name is None) == (args.train_data_dir is None):
+        raise ValueError("give exactly one of --dataset_name and --train_data_dir")
+    if args.push_to_hub and not args.hub_model_id:
+        raise ValueError("--push_to_hub needs --hub_model_id")
+
+
+def resolve_mixed_precision(flag: str | None, on_gpu: bool) -> tuple[str, str]:
+    """(precision, where it came from): the flag (or YAML key), else the launcher's choice (``accelerate launch
+    --mixed_precision`` or ``accelerate config``, passed as ACCELERATE_MIXED_PRECISION), else "no". fp16 needs a GPU:
+    CPU autocast runs it as float32 (slower than bf16, no gain), so it is refused."""
+    if flag is not None:
+        precision, source = flag, "--mixed_precision"
+    elif os.environ.get("ACCELERATE_MIXED_PRECISION"):
+        precision, source = os.environ["ACCELERATE_MIXED_PRECISION"], "the launcher (accelerate launch / config)"
+    else:
+        precision, source = "no", "the default"
+    if precision == "fp16" and not on_gpu:
+        raise ValueError(f"mixed precision fp16 (from {source}) needs a GPU; on a CPU use bf16 "
+                         "(--mixed_precision bf16), which CPUs with AVX512_BF16 or AMX run about twice as fast")
+    if precision not in ("no", "fp16", "bf16"):
+        raise ValueError(f"mixed precision {precision!r} (from {source}) must be no, fp16 or bf16")
+    return precision, source
     return args
 
 
@@ -370,17 +419,19 @@ def cpu_thread_advice(threads: int, cores: int, local_processes: int) -> str | N
 
 def main(argv=None):
     args = parse_args(argv)
+    on_gpu = torch.cuda.is_available() or torch.backends.mps.is_available()
+    mixed_precision, precision_source = resolve_mixed_precision(args.mixed_precision, on_gpu)
     accelerator = Accelerator(
-        # without an accelerator, cpu=True lets torchrun start a gloo (MULTI_CPU) process group
-        cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available()),
+        cpu=not on_gpu,  # without an accelerator, cpu=True lets torchrun start a gloo (MULTI_CPU) process group
         gradient_accumulation_steps=args.gradient_accumulation_steps,
-        mixed_precision=args.mixed_precision,
+        mixed_precision=mixed_precision,
         log_with=None if args.logger == "none" else args.logger,
         project_config=ProjectConfiguration(project_dir=args.output_dir,
                                             logging_dir=os.path.join(args.output_dir, args.logging_dir)),
     )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     logger.info(accelerator.state, main_process_only=False)
+    logger.info("mixed precision: %s (from %s)", accelerator.mixed_precision, precision_source)
     if accelerator.device.type == "cpu":
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         advice = cpu_thread_advice(torch.get_num_threads(), cores,
@@ -473,10 +524,7 @@ def main(argv=None):
                                          "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **(extra_log or {})})
 
     def out_of_time() -> bool:
-        """Budgets: wall clock of this process; CPU time of all processes (this one's, times their number)."""
-        return (args.max_train_minutes is not None and clock.wall_seconds >= 60 * args.max_train_minutes) or (
-            args.max_train_cpu_hours is not None
-            and clock.cpu_seconds * accelerator.num_processes >= 3600 * args.max_train_cpu_hours)
+        return args.max_train_minutes is not None and clock.wall_seconds >= 60 * args.max_train_minutes
 
     def agreed(flags: list[bool]) -> torch.Tensor:
         """Flags summed over processes: every process must take the same checkpoint/stop decisions, or collective
@@ -535,8 +583,7 @@ def main(argv=None):
             end_training_together(accelerator)
             return 0
         if flags[2] > 0:
-            logger.info("time budget (%s wall minutes, %s CPU-hours) reached at step %d", args.max_train_minutes,
-                        args.max_train_cpu_hours, global_step)
+            logger.info("time budget of %s minutes reached at step %d", args.max_train_minutes, global_step)
             time_is_up = True
         if args.save_images_steps and global_step % args.save_images_steps == 0 and accelerator.is_main_process:
             save_sample_grid(accelerator, model, ema, noise_scheduler, args, global_step)

@@ -32,7 +32,7 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from pipeline.cli import run_cli  # noqa: E402
+from pipeline.cli import ArgumentParser, run_cli  # noqa: E402
 from pipeline.data import load_eval_images  # noqa: E402
 from pipeline.generate import load_pipeline  # noqa: E402
 from pipeline.mean_colour import MeanColourStatistics  # noqa: E402
@@ -105,7 +105,7 @@ def response(denoiser, prediction_type: str, alphas_cumprod: torch.Tensor, image
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="pretrained/celeba-64")
     parser.add_argument("--train_data_dir", required=True, help="CelebA in the official layout")
     parser.add_argument("--num_images", type=int, default=32, help="first images of the train split, noised")

@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from pipeline import evaluate  # noqa: E402
-from pipeline.cli import DEFAULT_DEVICE, device_argument, run_cli  # noqa: E402
+from pipeline.cli import ArgumentParser, DEFAULT_DEVICE, device_argument, run_cli  # noqa: E402
 from pipeline.generate import check_sampling, parse_sampler_options  # noqa: E402
 from pipeline.plots import PALETTE, line_chart  # noqa: E402
 from pipeline.schedulers import ALL_SAMPLERS  # noqa: E402
@@ -136,7 +136,7 @@ def plot(summary: list[dict], path: Path, title: str) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="pretrained/celeba-64")
     parser.add_argument("--train_data_dir", required=True, help="CelebA in the official layout (the reference)")
     parser.add_argument("--num_samples", type=int, default=2000)

@@ -30,7 +30,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from benchmarks.denoiser_response import noise_estimate  # noqa: E402
-from pipeline.cli import run_cli  # noqa: E402
+from pipeline.cli import ArgumentParser, run_cli  # noqa: E402
 from pipeline.data import load_eval_images  # noqa: E402
 from pipeline.generate import load_pipeline  # noqa: E402
 from pipeline.pipeline_celeba import MeanColourDenoiser  # noqa: E402
@@ -79,7 +79,7 @@ def measure(pipe, images: torch.Tensor, labels: list[int], seed: int = 0) -> dic
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="pretrained/celeba-64")
     parser.add_argument("--train_data_dir", required=True, help="CelebA in the official layout")
     parser.add_argument("--num_images", type=int, default=64, help="first images of the train split")

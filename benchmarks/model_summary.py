@@ -18,7 +18,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from pipeline.cli import run_cli  # noqa: E402
+from pipeline.cli import ArgumentParser, run_cli  # noqa: E402
 from train_unet import build_model_and_scheduler, parse_args  # noqa: E402
 
 
@@ -63,7 +63,7 @@ def summarize(config: str) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/celeba64_cpu.yaml")
     parser.add_argument("--out", default="results/model_summary.json")
     args = parser.parse_args(argv)

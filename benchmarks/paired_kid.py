@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from pipeline.cli import run_cli  # noqa: E402
+from pipeline.cli import ArgumentParser, run_cli  # noqa: E402
 from pipeline.evaluate import as_nchw_uint8, load_or_compute_reference  # noqa: E402
 from pipeline.inception import extract_features  # noqa: E402
 from pipeline.metrics import (kernel_inception_distance, kid_generated_standard_error,  # noqa: E402
@@ -61,7 +61,7 @@ def paired_kid(real: torch.Tensor, features: dict[str, torch.Tensor], seed: int 
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train_data_dir", required=True, help="CelebA in the official layout (the reference)")
     parser.add_argument("--batches", nargs="+", required=True, help="batch folders kept by --resume_dir (two or more)")
     parser.add_argument("--seed", type=int, default=0, help="KID subsets and reference rows, as pipeline.evaluate")

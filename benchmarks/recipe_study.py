@@ -1,6 +1,6 @@
-"""Which training recipe gives the best sampler-ready model for the same CPU time? Train each, then FID.
+"""Which training recipe gives the best sampler-ready model for the same compute? Train each, then FID.
 
-    python benchmarks/recipe_study.py --train_data_dir ../shared/celeba --cpu_hours 2
+    python benchmarks/recipe_study.py --train_data_dir ../shared/celeba --steps 2000
 
 Recipes are overrides of configs/celeba64_cpu.yaml (64x64, 8 GroupNorm groups, epsilon, linear schedule):
 ``eps-linear`` as it is; ``v-zsnr``, v-prediction on the betas rescaled to zero terminal SNR; ``edm``, EDM's
@@ -8,13 +8,18 @@ preconditioning, noise distribution and loss weight (``--preconditioning edm``);
 the recipe of diffusers' train_unconditional.py (epsilon, lr 1e-4 after 500 warm-up steps, EMA up to 0.9999, weight
 decay 1e-6, its six-level UNet with attention at the 4x4 level) scaled to this machine: a quarter of its widths and of
 its GroupNorm groups, so every group keeps the example's 4 channels. All recipes but the example use a 250-step
-warm-up. Each recipe runs ``accelerate launch train_unet.py --max_train_cpu_hours H`` (resumable: an interrupted
-recipe continues from its checkpoint, its CPU time summed over resumes), then ``pipeline.evaluate`` with each scoring
+warm-up. The budget is compute, counted in training steps of the base UNet (batch 32): the other recipes share that
+UNet and cost the same per step, and the example's UNet gets as many steps as cost the same, by the ratio of the two
+UNets' training-step times measured here first, interleaved, on synthetic batches (``step_cost.json``). Counting
+steps rather than CPU seconds keeps the comparison fair when other work shares the machine. Each recipe runs
+``accelerate launch train_unet.py --max_train_steps N`` (resumable: an interrupted recipe continues exactly from its
+checkpoint), then ``pipeline.evaluate`` with each scoring
 sampler (FID-N, bf16 UNet, seed 0, no mean-colour correction) against the cached reference of all official-train
 images: DDPM and DPM-Solver++(2M), the stochastic and the fast deterministic sampler, each at 20 NFE (for ``edm``,
 EDM's SDE and ODE DPM-Solver++(2M) on its Karras sigmas). A scored
 (recipe, sampler) whose JSON exists for the same budget and protocol is skipped, so the study can span several
-sessions. Writes <out_dir>/<recipe>_<sampler>-<steps>.json, a sample grid per recipe and <out_dir>/summary.json.
+sessions. Writes <out_dir>/<recipe>_<sampler>-<steps>.json, a sample grid per recipe, <out_dir>/step_cost.json and
+<out_dir>/summary.json.
 """
 
 from __future__ import annotations
@@ -22,16 +27,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from pipeline import evaluate  # noqa: E402
-from pipeline.cli import run_cli  # noqa: E402
+from pipeline.cli import ArgumentParser, run_cli  # noqa: E402
 from pipeline.generate import generate, load_pipeline  # noqa: E402
 from pipeline.images import make_grid  # noqa: E402
 from pipeline.model_card import read_training_log  # noqa: E402
@@ -49,6 +57,9 @@ RECIPES = {
                           "down_block_types": ["DownBlock2D"] * 4 + ["AttnDownBlock2D", "DownBlock2D"],
                           "up_block_types": ["UpBlock2D", "AttnUpBlock2D"] + ["UpBlock2D"] * 4},
 }
+BASE = "eps-linear"  # the base config as it is: the unit of the compute budget
+UNET_KEYS = {"block_out_channels", "layers_per_block", "down_block_types", "up_block_types", "norm_num_groups",
+             "pixel_unshuffle", "resolution", "train_batch_size"}
 # (stochastic, deterministic) sampler at 20 NFE each, for the DDPM-trained recipes and for the EDM one
 SCORING_SAMPLERS = (("ddpm", 20), ("dpm++2m", 20))
 EDM_SCORING_SAMPLERS = (("edm-dpm++2m-sde", 20), ("edm-dpm++2m", 20))
@@ -71,15 +82,66 @@ def as_flags(overrides: dict) -> list[str]:
 
 def run_dir(name: str, args) -> Path:
     """One training folder per recipe and budget: a run resumed with another budget would mislabel its result."""
-    return Path(args.runs_dir).expanduser() / f"{name}-{args.cpu_hours:g}cpuh"
+    return Path(args.runs_dir).expanduser() / f"{name}-{args.steps}steps"
 
 
-def train_command(name: str, args) -> list[str]:
+def recipe_args(name: str, base_config: str, overrides: dict | None = None):
+    """train_unet.py's settings of a recipe (no data needed: for building its UNet)."""
+    from train_unet import parse_args
+
+    flags = as_flags({**COMMON, **RECIPES[name], **(overrides or {})})
+    return parse_args(["--config", base_config, "--train_data_dir", "unused", *flags])
+
+
+def measure_step_cost(base_config: str, names: list[str], repeats: int = 5) -> dict:
+    """Seconds per training step (forward, backward, AdamW; bf16 autocast, synthetic batch) of each recipe's UNet,
+    measured interleaved so that both see the same machine; median over ``repeats`` after one warm-up step."""
+    from train_unet import build_model_and_scheduler, build_optimizer_and_ema, diffusion_loss
+
+    setups = {}
+    for name in names:
+        args = recipe_args(name, base_config)
+        torch.manual_seed(0)
+        model, scheduler = build_model_and_scheduler(args)
+        optimizer, _ = build_optimizer_and_ema(model, args)
+        batch = torch.rand(args.train_batch_size, 3, args.resolution, args.resolution) * 2 - 1
+        setups[name] = (model, scheduler, optimizer, batch, args)
+    times = {name: [] for name in names}
+    for repeat in range(repeats + 1):
+        for name in (names if repeat % 2 else names[::-1]):
+            model, scheduler, optimizer, batch, args = setups[name]
+            started = time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = diffusion_loss(model, scheduler, batch, args)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if repeat:
+                times[name].append(time.perf_counter() - started)
+    return {name: {"median_seconds": statistics.median(values), "min_seconds": min(values),
+                   "max_seconds": max(values)} for name, values in times.items()}
+
+
+def step_budgets(args, out_dir: Path) -> dict:
+    """Training steps per recipe for the same compute as ``args.steps`` steps of the base UNet (measured once)."""
+    path = out_dir / "step_cost.json"
+    different = [name for name in RECIPES if set(RECIPES[name]) & UNET_KEYS]
+    cost = json.loads(path.read_text()) if path.is_file() else None
+    if cost is None or cost.get("base_config") != args.base_config or set(cost["recipes"]) != {BASE, *different}:
+        cost = {"base_config": args.base_config, "threads": torch.get_num_threads(),
+                "recipes": measure_step_cost(args.base_config, [BASE, *different])}
+        path.write_text(json.dumps(cost, indent=1))
+    base_seconds = cost["recipes"][BASE]["median_seconds"]
+    return {name: round(args.steps * base_seconds / cost["recipes"][name]["median_seconds"])
+            if name in different else args.steps for name in RECIPES}
+
+
+def train_command(name: str, args, steps: int) -> list[str]:
     return [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
             "--num_cpu_threads_per_process", str(args.threads), "--mixed_precision", "bf16", "--dynamo_backend",
             "no", "train_unet.py", "--config", args.base_config, "--train_data_dir", args.train_data_dir,
             "--output_dir", str(run_dir(name, args)), "--resume_from_checkpoint", "latest",
-            "--max_train_cpu_hours", str(args.cpu_hours), *as_flags({**COMMON, **RECIPES[name]})]
+            *as_flags({**COMMON, **RECIPES[name], "max_train_steps": steps})]
 
 
 def run_training(name: str, command: list[str]) -> None:
@@ -90,11 +152,11 @@ def run_training(name: str, command: list[str]) -> None:
                          f"rerun the same command to resume it")
 
 
-def require_full_budget(name: str, training: dict, cpu_hours: float) -> None:
+def require_full_budget(name: str, training: dict, steps: int) -> None:
     """A training stopped by a signal also exits 0; scoring it would record a short run as the recipe's result."""
-    if training["cpu_hours"] < cpu_hours:
-        raise ValueError(f"{name}: training stopped after {training['cpu_hours']:.2f} of its {cpu_hours:g} "
-                         f"CPU-hours (interrupted?); rerun the same command to resume it")
+    if training["step"] < steps:
+        raise ValueError(f"{name}: training stopped after {training['step']} of its {steps} steps "
+                         f"(interrupted?); rerun the same command to resume it")
 
 
 def save_grid(model: Path, path: Path, seed: int, samplers: tuple) -> None:
@@ -114,10 +176,11 @@ def matches(path: Path, protocol: dict) -> bool:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train_data_dir", required=True)
     parser.add_argument("--base_config", default=BASE_CONFIG, help="the recipes' common starting point")
-    parser.add_argument("--cpu_hours", type=float, default=2.0, help="training budget per recipe (process CPU time)")
+    parser.add_argument("--steps", type=int, default=2000, help="training budget: steps of the base UNet (batch 32; "
+                        "about 2 CPU-hours alone on 2 Zen 4 cores); other UNets get the steps that cost the same")
     parser.add_argument("--recipes", nargs="*", default=list(RECIPES), help=f"subset of {list(RECIPES)}")
     parser.add_argument("--num_samples", type=int, default=2000, help="FID-N")
     parser.add_argument("--seed", type=int, default=0)
@@ -131,22 +194,23 @@ def main(argv=None) -> int:
         raise ValueError(f"unknown recipes {unknown}; choose from {list(RECIPES)}")
     if not os.path.isfile(args.base_config):
         raise FileNotFoundError(f"base config not found: {args.base_config}")
-    if args.cpu_hours <= 0 or args.num_samples < 2:
-        raise ValueError("--cpu_hours must be positive and --num_samples at least 2")
+    if args.steps < 1 or args.num_samples < 2:
+        raise ValueError("--steps must be positive and --num_samples at least 2")
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    protocol = {"cpu_hours": args.cpu_hours, "num_samples": args.num_samples, "seed": args.seed,
+    protocol = {"budget_steps": args.steps, "num_samples": args.num_samples, "seed": args.seed,
                 "base_config": args.base_config}
+    budgets = step_budgets(args, out_dir)
     for name in args.recipes:
         todo = [(s, n) for s, n in scoring_samplers(name) if not matches(result_path(out_dir, name, s, n), protocol)]
         if not todo:
             print(f"{name}: done before")
             continue
-        command = train_command(name, args)
-        print(f"{name}: training for {args.cpu_hours:g} CPU-hours", flush=True)
+        command = train_command(name, args, budgets[name])
+        print(f"{name}: training for {budgets[name]} steps", flush=True)
         run_training(name, command)
         training = read_training_log(str(run_dir(name, args) / "training_log.jsonl"))
-        require_full_budget(name, training, args.cpu_hours)
+        require_full_budget(name, training, budgets[name])
         save_grid(run_dir(name, args), out_dir / f"{name}_grid.png", args.seed, scoring_samplers(name))
         for sampler, steps in todo:
             path = result_path(out_dir, name, sampler, steps)
@@ -170,10 +234,11 @@ def main(argv=None) -> int:
                              "images_seen": result["training"]["images_seen"],
                              "cpu_hours": result["training"]["cpu_hours"], "label": result["label"],
                              "file": str(path)})
-    (out_dir / "summary.json").write_text(json.dumps({"protocol": protocol, "recipes": rows}, indent=1))
+    summary = {"protocol": protocol, "step_budgets": budgets, "recipes": rows}
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     for row in sorted(rows, key=lambda r: r["fid"]):
         print(f"{row['recipe']:>20} {row['sampler']:>8}-{row['nfe']:g}  {row['label']} {row['fid']:7.2f}  "
-              f"{row['steps']:>6} steps in {row['cpu_hours']:.2f} CPU-h")
+              f"{row['steps']:>6} steps ({row['cpu_hours']:.2f} CPU-h)")
     return 0
 
 

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from benchmarks.solver_convergence import rms_levels, summary  # noqa: E402
-from pipeline.cli import DEFAULT_DEVICE, device_argument, run_cli  # noqa: E402
+from pipeline.cli import ArgumentParser, DEFAULT_DEVICE, device_argument, run_cli  # noqa: E402
 from pipeline.evaluate import weights_sha256  # noqa: E402
 from pipeline.generate import load_pipeline  # noqa: E402
 from pipeline.sde import VPSDE  # noqa: E402
@@ -71,7 +71,7 @@ def solve(pipe, num_images: int, seed: int, tolerance: float, bf16: bool, budget
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="pretrained/celeba-64")
     parser.add_argument("--num_images", type=int, default=8)
     parser.add_argument("--tolerances", type=float, nargs="+", default=[1e-5, 1e-4, 1e-3])

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from benchmarks.fid_vs_nfe import MEAN_COLOUR, parse_points  # noqa: E402
-from pipeline.cli import DEFAULT_DEVICE, device_argument, run_cli  # noqa: E402
+from pipeline.cli import ArgumentParser, DEFAULT_DEVICE, device_argument, run_cli  # noqa: E402
 from pipeline.evaluate import weights_sha256  # noqa: E402
 from pipeline.generate import MIXED_PRECISION, generate, load_pipeline  # noqa: E402
 
@@ -69,7 +69,7 @@ def convergence(pipe, points: list[tuple[str, int]], reference: tuple[str, int],
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="pretrained/celeba-64")
     parser.add_argument("--num_images", type=int, default=8)
     parser.add_argument("--points", nargs="*", default=DEFAULT_POINTS, help="e.g. ddim+mc:10,20 heun+mc:18")

@@ -26,7 +26,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from pipeline.cli import run_cli  # noqa: E402
+from pipeline.cli import ArgumentParser, run_cli  # noqa: E402
 from pipeline.data import ExamplePreprocessor, example_key, load_celeba  # noqa: E402
 from pipeline.evaluate import as_nchw_uint8, label, load_or_compute_reference, score_features  # noqa: E402
 from pipeline.images import make_grid  # noqa: E402
@@ -86,7 +86,7 @@ def upsampling_floor(train_data_dir: str, low_resolution: int, num_images: int, 
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train_data_dir", required=True, help="CelebA in the official layout (the reference)")
     parser.add_argument("--low_resolution", type=int, default=32, help="the resolution the model was trained at")
     parser.add_argument("--num_images", type=int, default=2000, help="as many as the samples being compared")

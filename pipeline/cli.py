@@ -23,6 +23,18 @@ def device_argument(name: str) -> str:
         raise argparse.ArgumentTypeError(f"{name!r}: torch sees {torch.cuda.device_count()} CUDA device(s) here")
     return name
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line, ``prog: error: message (see --help)``, not a usage dump; help keeps
+    the description's line breaks."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 USER_ERRORS = (FileNotFoundError, NotADirectoryError, ValueError, CorruptImageError, FloatingPointError,
                ConnectionError)
 

@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .cli import DEFAULT_DEVICE, device_argument, run_cli
+from .cli import ArgumentParser, DEFAULT_DEVICE, device_argument, run_cli
 from .data import HUB_CONFIG, ExamplePreprocessor, example_key, load_celeba, read_official_layout
 from .images import make_grid
 from .inception import BATCH_SIZE, DESCRIPTION, RESIZE_FILTER, extract_features, load_inception, weights_sha1
@@ -315,7 +315,7 @@ def evaluate_folders(args) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="pipeline folder to sample from (generation mode)")
     p.add_argument("--num_samples", type=int, default=10000)
     p.add_argument("--scheduler", default="ddpm", help="sampler name, see pipeline/schedulers.py")

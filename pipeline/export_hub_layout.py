@@ -20,7 +20,7 @@ import datasets
 import yaml
 from tqdm.auto import tqdm
 
-from .cli import run_cli
+from .cli import ArgumentParser, run_cli
 from .data import FEATURES, HUB_CONFIG, IMAGE_DIR, SPLIT_CODES, _generate_official_examples, read_official_layout
 
 CARD_BODY = """
@@ -82,7 +82,7 @@ def export(train_data_dir: str, out_dir: str, max_shard_bytes: int = 500 * 2**20
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train_data_dir", required=True, help="CelebA folder in the official layout")
     parser.add_argument("--out", required=True, help="folder of the local dataset repo to write")
     parser.add_argument("--max_shard_mb", type=float, default=500, help="target parquet shard size")

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .cli import DEFAULT_DEVICE, device_argument, run_cli
+from .cli import ArgumentParser, DEFAULT_DEVICE, device_argument, run_cli
 from .images import make_grid, save_pngs
 from .pipeline_celeba import CelebADiffusionPipeline
 from .sample_store import BatchStore, weights_checksum
@@ -148,7 +148,7 @@ def generate(pipe: CelebADiffusionPipeline, num_images: int, scheduler: str, ste
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("--model", default=DEFAULT_MODEL, help="pipeline folder (model_index.json, unet/, scheduler/)")
     parser.add_argument("--num_images", type=int, default=64)
     # DDPM (with the mean-colour correction, on by default for a pipeline that has a prior) by default: the lowest

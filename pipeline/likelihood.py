@@ -30,7 +30,6 @@ CLI: python -m pipeline.likelihood --model PATH --num_images N [--train_data_dir
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -42,7 +41,7 @@ import numpy as np
 import torch
 from scipy.integrate import solve_ivp
 
-from .cli import DEFAULT_DEVICE, device_argument
+from .cli import ArgumentParser, DEFAULT_DEVICE, device_argument
 from .sde import NoisePredictor, VPSDE
 
 LEVELS = 256                              # 8-bit data
@@ -135,7 +134,7 @@ def bits_per_dim(unet, scheduler_config, images: torch.Tensor, *, batch_size: in
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", required=True, help="saved CelebADiffusionPipeline directory")
     parser.add_argument("--num_images", type=int, required=True)
     parser.add_argument("--train_data_dir", default=None)

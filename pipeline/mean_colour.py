@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .cli import run_cli
+from .cli import ArgumentParser, run_cli
 
 
 @dataclass
@@ -119,7 +119,7 @@ def main(argv=None) -> int:
     from .generate import load_pipeline
     from .preprocess import Preprocessing, to_model_range
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="pipeline folder whose model_index.json gets the prior")
     parser.add_argument("--train_data_dir", help="CelebA in the official layout")
     parser.add_argument("--dataset_name", help="or a Hub dataset with the flwrlabs/celeba schema")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from .cli import run_cli
+from .cli import ArgumentParser, run_cli
 from .schedulers import DIFFUSERS_SAMPLERS
 from .training_log import read_records
 
@@ -216,7 +216,7 @@ def render_card(model_name: str, unet_config: dict, scheduler_config: dict, eval
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="saved pipeline folder")
     parser.add_argument("--name", default=None, help="model name (default: the folder name)")
     parser.add_argument("--eval", nargs="*", default=[], help="pipeline.evaluate JSON files")

@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .cli import run_cli
+from .cli import ArgumentParser, run_cli
 from .model_card import GRID_NAME
 
 PIPELINE_FILE = Path(__file__).with_name("pipeline_celeba.py")
@@ -70,7 +70,7 @@ def publish(model_dir: str, repo_id: str, private: bool = False, token: str | No
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="saved pipeline folder")
     parser.add_argument("--repo_id", required=True, help="USER/NAME on the Hub")
     parser.add_argument("--private", action="store_true")

@@ -16,7 +16,7 @@ import re
 import sys
 import time
 
-from .cli import run_cli
+from .cli import ArgumentParser, run_cli
 
 
 class TrainingClock:
@@ -134,7 +134,7 @@ def plot_training_log(records: list[dict], path: str) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--log", required=True, help="training_log.jsonl written by train_unet.py")
     parser.add_argument("--plot", help="PNG to write")
     parser.add_argument("--add_eval", help="pipeline.evaluate JSON of the EMA weights of checkpoint --step")

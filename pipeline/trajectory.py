@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from .cli import DEFAULT_DEVICE, device_argument, run_cli
+from .cli import ArgumentParser, DEFAULT_DEVICE, device_argument, run_cli
 from .generate import DEFAULT_MODEL, MIXED_PRECISION, configure_sampler, load_pipeline, unet_precision
 from .images import make_grid
 from .schedulers import check_steps
@@ -84,7 +84,7 @@ def trajectory_picture(timesteps: list[int], samples: torch.Tensor, estimates: t
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=DEFAULT_MODEL, help="pipeline folder")
     parser.add_argument("--scheduler", default="ddpm", choices=TRAJECTORY_SAMPLERS)
     parser.add_argument("--steps", type=int, default=50)

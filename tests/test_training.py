@@ -70,7 +70,7 @@ def test_config_and_flags(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("resolutoin: 32\n")
     result = run_command(train_args(tmp_path / "out", "--config", bad), check=False)
-    assert result.returncode == 2 and "unknown keys ['resolutoin']" in result.stderr
+    assert result.returncode == 2 and "unknown key 'resolutoin'; did you mean 'resolution'?" in result.stderr
 
 
 def test_cpu_thread_advice_names_the_launcher_flag():
