@@ -44,8 +44,9 @@ from pipeline.lr_schedules import build_lr_scheduler, check_resumed_learning_rat
 from pipeline.mean_colour import MeanColourStatistics
 from pipeline.model_card import read_training_log, render_card
 from pipeline.noise_schedules import shifted_cosine_betas
+from pipeline.pipeline_folder import save_pipeline_folder
 from pipeline.preprocess import Preprocessing, random_hflip, to_model_range
-from pipeline.publish import publish
+from pipeline.publish import prepare_repo, publish
 from pipeline.sample_store import weights_checksum
 from pipeline.training_log import LossMeter, TrainingClock, append_record
 
@@ -375,7 +376,7 @@ def save_ema_pipeline(accelerator, model, ema, noise_scheduler, args, folder, me
     if args.preconditioning == "edm":  # the correction is written for the DDPM schedule
         mean_colour_prior = None
     with ema_pipeline(accelerator, model, ema, noise_scheduler, args.pixel_unshuffle, mean_colour_prior) as pipe:
-        pipe.save_pretrained(str(folder), safe_serialization=True)
+        save_pipeline_folder(pipe, folder)
 
 
 def save_sample_grid(accelerator, model, ema, noise_scheduler, args, step):
@@ -419,6 +420,8 @@ def cpu_thread_advice(threads: int, cores: int, local_processes: int) -> str | N
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.push_to_hub and int(os.environ.get("RANK", "0")) == 0:
+        prepare_repo(args.hub_model_id, args.hub_private_repo, args.hub_token)  # before hours of training, not after
     on_gpu = torch.cuda.is_available() or torch.backends.mps.is_available()
     mixed_precision, precision_source = resolve_mixed_precision(args.mixed_precision, on_gpu)
     accelerator = Accelerator(
@@ -604,14 +607,15 @@ def main(argv=None):
     if accelerator.is_main_process:
         save_ema_pipeline(accelerator, model, ema, noise_scheduler, args, args.output_dir, prior)
         logger.info("saved the %s pipeline to %s", "EMA" if ema is not None else "final", args.output_dir)
+        try:
+            training = read_training_log(training_log) if os.path.isfile(training_log) else None
+        except ValueError:  # a log without checkpoint records (e.g. only FID records): no compute line
+            training = None
+        name = (args.hub_model_id or Path(args.output_dir).resolve().name).split("/")[-1]
+        card = render_card(name, unet.config, noise_scheduler.config, [], training, None,
+                           pixel_unshuffle=args.pixel_unshuffle)
+        Path(args.output_dir, "README.md").write_text(card)  # every output folder is a publishable Hub folder
         if args.push_to_hub:
-            try:
-                training = read_training_log(training_log) if os.path.isfile(training_log) else None
-            except ValueError:  # a log without checkpoint records (e.g. only FID records): no compute line
-                training = None
-            card = render_card(args.hub_model_id.split("/")[-1], unet.config, noise_scheduler.config, [], training,
-                               None, pixel_unshuffle=args.pixel_unshuffle)
-            Path(args.output_dir, "README.md").write_text(card)
             url = publish(args.output_dir, args.hub_model_id, args.hub_private_repo, args.hub_token)
             logger.info("published to %s", url)
     end_training_together(accelerator)

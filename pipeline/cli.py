@@ -35,7 +35,7 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-USER_ERRORS = (FileNotFoundError, NotADirectoryError, ValueError, CorruptImageError, FloatingPointError,
+USER_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError, CorruptImageError, FloatingPointError,
                ConnectionError)
 
 

@@ -15,18 +15,12 @@ from tqdm.auto import tqdm
 from .cli import ArgumentParser, DEFAULT_DEVICE, device_argument, run_cli
 from .images import make_grid, save_pngs
 from .pipeline_celeba import CelebADiffusionPipeline
+from .pipeline_folder import load_pipeline
 from .sample_store import BatchStore, weights_checksum
 from .schedulers import EDM_SAMPLERS, SDE_SAMPLERS, check_steps, is_edm, make_scheduler
 from .sde import check_options as check_sde_options
 
 DEFAULT_MODEL = "pretrained/celeba-64"
-
-
-def load_pipeline(model: str, device: str = "cpu") -> CelebADiffusionPipeline:
-    """Load a saved pipeline folder onto ``device``, with a clear error when it is not one."""
-    if not os.path.isfile(os.path.join(model, "model_index.json")):
-        raise FileNotFoundError(f"no pipeline at {model} (model_index.json missing)")
-    return CelebADiffusionPipeline.from_pretrained(model).to(device)
 
 
 def configure_sampler(pipe: CelebADiffusionPipeline, name: str) -> str | None:

@@ -150,11 +150,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", default="results/likelihood.json")
     args = parser.parse_args(argv)
 
-    from pipeline import CelebADiffusionPipeline
+    from .pipeline_folder import load_pipeline
     from pipeline.data import load_eval_images
     from pipeline.evaluate import weights_sha256
 
-    pipe = CelebADiffusionPipeline.from_pretrained(args.model)
+    pipe = load_pipeline(args.model)
     pipe.unet.to(args.device).eval().requires_grad_(False)
     unet = pipe.denoiser  # the image-space denoiser (handles pixel-unshuffled UNets)
     size = unet.config.sample_size

@@ -109,11 +109,11 @@ def use_section(evals: list[dict]) -> list[str]:
                  + ")"]
         steps = best["steps"]
     lines = ["## Use", "", "```python", "import torch", imports, "",
-             'pipe = DiffusionPipeline.from_pretrained("REPO_OR_PATH", custom_pipeline="pipeline_celeba",',
-             "                                         trust_remote_code=True)", *setup,
+             'pipe = DiffusionPipeline.from_pretrained("REPO_OR_PATH", trust_remote_code=True)', *setup,
              f"images = pipe(batch_size=16, num_inference_steps={steps}{correction}, "
              "generator=torch.Generator().manual_seed(0)).images", "```", "",
-             "The repository carries `pipeline_celeba.py` (the `CelebADiffusionPipeline`); the scheduler saved with the "
+             "The repository carries `pipeline_celeba.py` (the `CelebADiffusionPipeline`, named in `model_index.json`, so "
+             "`trust_remote_code=True` is all diffusers needs); the scheduler saved with the "
              "model is the training `DDPMScheduler`, whose config every diffusers scheduler can be built from "
              "(same noise schedule and prediction type)."]
     if best:
@@ -128,6 +128,18 @@ def use_section(evals: list[dict]) -> list[str]:
                       "which this network gets wrong, by its closed-form posterior mean under a Gaussian prior fitted "
                       "on the training images (`mean_colour_prior` in model_index.json).")
     return lines + [""]
+
+
+def diffusion_description(scheduler_config) -> str:
+    """One line on the noise process the model was trained with (DDPM betas, or EDM preconditioning)."""
+    if "sigma_data" in scheduler_config:
+        return (f"EDM preconditioning (Karras et al. 2022), sigma_data = {scheduler_config['sigma_data']}, sampled "
+                f"on sigmas from {scheduler_config['sigma_min']} to {scheduler_config['sigma_max']}")
+    schedule = ("custom (`trained_betas`)" if scheduler_config.get("trained_betas")
+                else scheduler_config["beta_schedule"])
+    zero_snr = ", rescaled to zero terminal SNR" if scheduler_config.get("rescale_betas_zero_snr") else ""
+    return (f"T = {scheduler_config['num_train_timesteps']}, {schedule} beta schedule{zero_snr}, prediction type "
+            f"`{scheduler_config['prediction_type']}`")
 
 
 def render_card(model_name: str, unet_config: dict, scheduler_config: dict, evals: list[dict],
@@ -145,8 +157,6 @@ def render_card(model_name: str, unet_config: dict, scheduler_config: dict, eval
             "dataset": {"type": "flwrlabs/celeba", "name": f"CelebA {size}x{size}",
                         "config": "img_align+identity+attr", "split": "train"},
             "metrics": metrics_yaml(evals)}]}]
-    schedule = ("custom (`trained_betas`)" if scheduler_config.get("trained_betas")
-                else scheduler_config["beta_schedule"])
     unshuffled = (f" working on {pixel_unshuffle}x{pixel_unshuffle} pixel-unshuffled input (a "
                   f"{unet_size}x{unet_size} UNet with {unet_config['in_channels']} "
                   "channels)" if pixel_unshuffle > 1 else "")
@@ -166,8 +176,7 @@ def render_card(model_name: str, unet_config: dict, scheduler_config: dict, eval
     lines += ["## Model", "",
               f"- `UNet2DModel`: {size}x{size}{unshuffled}, block_out_channels {list(unet_config['block_out_channels'])}, "
               f"{unet_config['layers_per_block']} ResNet layers per block, blocks {list(unet_config['down_block_types'])}.",
-              f"- Diffusion: T = {scheduler_config['num_train_timesteps']}, {schedule} beta "
-              f"schedule, prediction type `{scheduler_config['prediction_type']}`; weights are the EMA weights.", "",
+              f"- Diffusion: {diffusion_description(scheduler_config)}; weights are the EMA weights.", "",
               "## Training data and preprocessing", "",
               "CelebA aligned-and-cropped faces (official train split; Liu et al., ICCV 2015), streamed with `datasets`. "
               f"Center crop 140x140 of the 178x218 image, antialiased bilinear resize to {size}x{size}, random "

@@ -1,8 +1,8 @@
 """The CelebA diffusion pipeline: a UNet2DModel denoiser driven by any diffusers scheduler.
 
-This file only imports torch and diffusers so that diffusers can load it on its own as a custom pipeline:
-``DiffusionPipeline.from_pretrained(path, custom_pipeline="pipeline/pipeline_celeba.py", trust_remote_code=True)``, or from a Hub repo that
-carries it with ``custom_pipeline="pipeline_celeba", trust_remote_code=True``.
+This file only imports torch and diffusers so that diffusers can load it on its own as a custom pipeline: every saved
+pipeline folder (and Hub repo) carries a copy and names it in model_index.json, so
+``DiffusionPipeline.from_pretrained(path_or_repo, trust_remote_code=True)`` needs no other argument.
 """
 
 from __future__ import annotations

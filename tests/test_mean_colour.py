@@ -18,7 +18,7 @@ from diffusers.models.unets.unet_2d import UNet2DOutput
 from gaussian_model import GaussianDenoiser
 from test_samplers import assert_moments, run_pipeline
 
-from pipeline import CelebADiffusionPipeline
+from pipeline import CelebADiffusionPipeline, load_pipeline
 from pipeline.data import load_eval_images
 from pipeline.mean_colour import MeanColourPrior, MeanColourStatistics
 from pipeline.pipeline_celeba import MeanColourDenoiser
@@ -160,7 +160,7 @@ def test_fit_command_stores_the_prior_that_from_pretrained_reads_back(smoke_pipe
     index = json.loads((model / "model_index.json").read_text())
     assert index.pop("mean_colour_prior")["num_images"] == 32  # train_unet.py fitted it on its 8 x 4 images
     (model / "model_index.json").write_text(json.dumps(index))
-    pipe = CelebADiffusionPipeline.from_pretrained(model)
+    pipe = load_pipeline(str(model))
     with pytest.raises(ValueError, match="mean_colour_correction needs the pipeline's mean_colour_prior"):
         pipe(num_inference_steps=2, mean_colour_correction=True)
     assert pipe.resolve_mean_colour_correction(None) is False  # without a prior, the default is not to correct
@@ -171,7 +171,7 @@ def test_fit_command_stores_the_prior_that_from_pretrained_reads_back(smoke_pipe
     images = to_model_range(load_eval_images(str(FIXTURE), "train", size, 6)).double()
     np.testing.assert_allclose(stored["mean"], images.mean(dim=(0, 2, 3)).numpy(), rtol=1e-9)
     assert stored["num_images"] == 6
-    loaded = CelebADiffusionPipeline.from_pretrained(model)
+    loaded = load_pipeline(str(model))
     assert loaded.config.mean_colour_prior == stored
     loaded.set_progress_bar_config(disable=True)
 

@@ -8,7 +8,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DiffusionPipeline, UNet2DModel
 
 from conftest import ROOT, run_command
-from pipeline import CelebADiffusionPipeline
+from pipeline import CelebADiffusionPipeline, load_pipeline, save_pipeline_folder
 from pipeline.cli import DEFAULT_DEVICE
 from pipeline.generate import generate, parse_sampler_options
 
@@ -164,3 +164,33 @@ def test_device_names_a_device_this_machine_has(device, tmp_path):
     result = run_command(["-m", "pipeline.generate", "--device", device, "--out", str(tmp_path / "o")], check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"argument --device: {device!r}" in result.stderr
+
+
+def test_hub_layout_folder_round_trip_and_shipped_code_in_sync(tmp_path):
+    pipe = tiny_pipeline(DDIMScheduler)
+    save_pipeline_folder(pipe, tmp_path / "model")
+    assert json.loads((tmp_path / "model" / "model_index.json").read_text())["_class_name"] == [
+        "pipeline_celeba", "CelebADiffusionPipeline"]
+    loaded = load_pipeline(str(tmp_path / "model"))
+    assert type(loaded) is CelebADiffusionPipeline and type(loaded.scheduler) is DDIMScheduler
+    kwargs = dict(batch_size=2, num_inference_steps=3, output_type="np")
+    assert np.array_equal(pipe(generator=torch.Generator().manual_seed(1), **kwargs).images,
+                          loaded(generator=torch.Generator().manual_seed(1), **kwargs).images)
+    code = (ROOT / "pipeline" / "pipeline_celeba.py").read_bytes()
+    for folder in sorted((ROOT / "pretrained").iterdir()):  # shipped folders carry today's pipeline code
+        assert (folder / "pipeline_celeba.py").read_bytes() == code, folder
+
+
+def test_loader_says_what_a_folder_is_instead(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    save_pipeline_folder(tiny_pipeline(DDIMScheduler), tmp_path / "checkpoint-5" / "pipeline")
+    with pytest.raises(FileNotFoundError, match=r"checkpoint-5 is a training checkpoint; its pipeline .* is .*pipeline"):
+        load_pipeline(str(tmp_path / "checkpoint-5"))
+    with pytest.raises(FileNotFoundError, match="model_index.json missing"):
+        load_pipeline(str(tmp_path))
+    with pytest.raises(ConnectionError, match=r"fetching it as a Hub repo id failed .*hf download someone/faces"):
+        load_pipeline("someone/faces")
+    weights = tmp_path / "checkpoint-5" / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # truncated
+    with pytest.raises(ValueError, match=r"cannot load the unet from .*diffusion_pytorch_model.safetensors.*corrupt"):
+        load_pipeline(str(tmp_path / "checkpoint-5" / "pipeline"))

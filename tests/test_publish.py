@@ -1,9 +1,12 @@
 """Publishing to the Hub, tested offline against a local stand-in for the Hub API (HF_ENDPOINT)."""
 
+import json
 import shutil
 import socket
+import subprocess
+import sys
 
-from conftest import ROOT, run_command, train_args
+from conftest import ROOT, run_command, subprocess_env, train_args
 from hub_standin import HubStandIn
 
 
@@ -13,6 +16,30 @@ def publish_command(model_dir, card, endpoint, token="hf_test_token", *extra):
            "HF_TOKEN": token or ""}  # HF_HOME: no cached login
     return run_command(["-m", "pipeline.publish", "--model", str(model_dir), "--repo_id", "user/celeba-test",
                         "--card", str(card), *extra], check=False, env=env)
+
+
+def test_the_offline_hub_folder_loads_with_plain_diffusers_from_anywhere(smoke_pipeline_dir, tmp_path):
+    card = tmp_path / "card.md"
+    card.write_text("# card\n")
+    out = tmp_path / "hub"
+    run_command(["-m", "pipeline.publish", "--model", str(smoke_pipeline_dir), "--out", str(out), "--card", str(card)])
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "model_index.json", "pipeline_celeba.py",
+                                                     "scheduler", "unet"]
+    assert json.loads((out / "model_index.json").read_text())["_class_name"] == ["pipeline_celeba",
+                                                                                  "CelebADiffusionPipeline"]
+    load = ("import sys, torch; from diffusers import DiffusionPipeline; "
+            "pipe = DiffusionPipeline.from_pretrained(sys.argv[1], trust_remote_code=True); "
+            "print(type(pipe).__name__, pipe(batch_size=1, num_inference_steps=2, output_type='np').images.shape)")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for folder in (out, smoke_pipeline_dir):  # every training output is already in the Hub layout
+        result = subprocess.run([sys.executable, "-c", load, str(folder)], cwd=elsewhere, capture_output=True,
+                                text=True, timeout=300, env={**subprocess_env(), "PYTHONPATH": ""})
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert result.stdout.strip().splitlines()[-1] == "CelebADiffusionPipeline (1, 32, 32, 3)"
+    again = run_command(["-m", "pipeline.publish", "--model", str(smoke_pipeline_dir), "--out", str(out)],
+                        check=False)
+    assert again.returncode == 2 and "exists and is not empty" in again.stderr
 
 
 def test_upload_sends_exactly_the_pipeline_card_grid_and_code(smoke_pipeline_dir, tmp_path):
@@ -57,6 +84,14 @@ def test_unreachable_endpoint_is_one_clear_error(smoke_pipeline_dir, tmp_path):
     result = publish_command(smoke_pipeline_dir, card, f"http://127.0.0.1:{port}")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"cannot reach the Hub endpoint http://127.0.0.1:{port}" in result.stderr
+
+
+def test_push_to_hub_checks_the_token_before_training(tmp_path):
+    out = tmp_path / "run"
+    result = run_command(train_args(out, "--push_to_hub", "--hub_model_id", "user/smoke"), check=False,
+                         env={"HF_HOME": str(tmp_path / "h"), "HF_TOKEN": ""})
+    assert result.returncode == 2 and "no Hugging Face token: pass --hub_token" in result.stderr
+    assert not out.exists()
 
 
 def test_train_unet_push_to_hub(tmp_path):

@@ -1,0 +1,83 @@
+"""The saved pipeline folder: written in the Hub layout, read back with one clear error for what is not one.
+
+A folder holds ``model_index.json``, ``unet/``, ``scheduler/`` and a copy of ``pipeline_celeba.py``, and its
+``model_index.json`` names the class as ``["pipeline_celeba", "CelebADiffusionPipeline"]``. So
+``DiffusionPipeline.from_pretrained(folder_or_repo, trust_remote_code=True)`` loads it with no other argument, from
+any directory, and the folder is already what the Hub repo should hold.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+from .pipeline_celeba import CelebADiffusionPipeline
+
+PIPELINE_FILE = Path(__file__).with_name("pipeline_celeba.py")
+HUB_CLASS_NAME = [PIPELINE_FILE.stem, "CelebADiffusionPipeline"]
+COMPONENTS = ("unet", "scheduler")
+
+
+def save_pipeline_folder(pipe: CelebADiffusionPipeline, folder: str | os.PathLike) -> None:
+    """``save_pretrained`` (safetensors), then the Hub layout: the custom class named in model_index.json, its code
+    beside it."""
+    folder = Path(folder)
+    pipe.save_pretrained(str(folder), safe_serialization=True)
+    index_path = folder / "model_index.json"
+    index = json.loads(index_path.read_text())
+    index["_class_name"] = HUB_CLASS_NAME
+    index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    shutil.copy2(PIPELINE_FILE, folder / PIPELINE_FILE.name)
+
+
+def looks_like_repo_id(name: str) -> bool:
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not name.startswith((".", "~")) and not os.path.exists(name)
+
+
+def resolve_folder(model: str) -> Path:
+    """The local folder of ``model``: itself, or a Hub repo's snapshot; ValueError/FileNotFoundError saying what
+    ``model`` is instead (a training checkpoint, an unreachable Hub id, a folder without a pipeline)."""
+    folder = Path(model)
+    if not folder.exists() and looks_like_repo_id(model):
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+
+        try:
+            folder = Path(snapshot_download(model))
+        except (LocalEntryNotFoundError, OfflineModeIsEnabled, OSError) as error:
+            raise ConnectionError(f"no folder {model!r} here, and fetching it as a Hub repo id failed "
+                                  f"({type(error).__name__}: offline, or no such repo); download it where there is a "
+                                  f"network (hf download {model} --local-dir DIR) and pass DIR") from None
+    if (folder / "pipeline" / "model_index.json").is_file() and not (folder / "model_index.json").is_file():
+        raise FileNotFoundError(f"{folder} is a training checkpoint; its pipeline (EMA weights) is {folder / 'pipeline'}")
+    if not (folder / "model_index.json").is_file():
+        raise FileNotFoundError(f"no pipeline at {folder} (model_index.json missing)")
+    return folder
+
+
+def load_pipeline(model: str, device: str = "cpu") -> CelebADiffusionPipeline:
+    """A saved pipeline folder (or Hub repo id) as this package's ``CelebADiffusionPipeline`` on ``device``.
+
+    Components are built from what model_index.json names, so the folder's own copy of the pipeline code is not
+    executed; unreadable weights are one error naming the file.
+    """
+    folder = resolve_folder(model)
+    index = json.loads((folder / "model_index.json").read_text())
+    components = {}
+    for name in COMPONENTS:
+        if name not in index:
+            raise ValueError(f"{folder / 'model_index.json'} names no {name}")
+        library, class_name = index[name]
+        component_class = getattr(importlib.import_module(library), class_name)
+        try:
+            components[name] = component_class.from_pretrained(str(folder), subfolder=name)
+        except (OSError, ValueError, RuntimeError) as error:
+            files = sorted(str(path) for path in (folder / name).glob("*") if path.is_file()) or [str(folder / name)]
+            raise ValueError(f"cannot load the {name} from {', '.join(files)}: {str(error).splitlines()[0]} "
+                             f"(truncated or corrupt? save or download it again)") from None
+    config = {key: value for key, value in index.items() if not key.startswith("_") and key not in COMPONENTS}
+    return CelebADiffusionPipeline(**components, **config).to(device)

@@ -1,0 +1,219 @@
+"""The CelebA diffusion pipeline: a UNet2DModel denoiser driven by any diffusers scheduler.
+
+This file only imports torch and diffusers so that diffusers can load it on its own as a custom pipeline: every saved
+pipeline folder (and Hub repo) carries a copy and names it in model_index.json, so
+``DiffusionPipeline.from_pretrained(path_or_repo, trust_remote_code=True)`` needs no other argument.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from types import SimpleNamespace
+
+import torch
+import torch.nn.functional as F
+from diffusers import DiffusionPipeline, ImagePipelineOutput, SchedulerMixin, UNet2DModel
+from diffusers.models.unets.unet_2d import UNet2DOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+# Score-SDE samplers (predictor-corrector, probability-flow ODE) live in `pipeline.sde`; they are not diffusers
+# schedulers, so they are selected by name with `sampler=` and imported only when asked for.
+SDE_SAMPLER_MODULE = "pipeline.sde"
+
+
+class WrappedDenoiser(torch.nn.Module):
+    """A transform around a denoiser (``self.unet``) that samplers see as a UNet2DModel: its config, dtype, device."""
+
+    def __init__(self, unet):
+        super().__init__()
+        self.unet = unet
+
+    @property
+    def config(self):
+        return self.unet.config
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unet.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+
+class PixelUnshuffleDenoiser(WrappedDenoiser):
+    """A UNet2DModel that works on 2x2 (or f x f) pixel-unshuffled images, seen from outside as an image denoiser.
+
+    An image of shape (C, f*S, f*S) is rearranged losslessly into (f*f*C, S, S) ("simple diffusion", Hoogeboom et al.
+    2023), denoised by a UNet of sample_size S with f*f*C channels at the cost of an S x S model, and the prediction is
+    rearranged back. The diffusion itself is unchanged: noise and targets live in image space, pixel by pixel.
+    ``config`` describes the image side (sample_size f*S, in_channels C), like a UNet2DModel's.
+    """
+
+    def __init__(self, unet, factor: int):
+        super().__init__(unet)
+        self.factor = factor
+
+    @property
+    def config(self) -> SimpleNamespace:
+        channels, size = self.unet.config.in_channels, self.unet.config.sample_size
+        if channels % (self.factor * self.factor):
+            raise ValueError(f"a UNet with {channels} channels cannot take {self.factor}x{self.factor} "
+                             "pixel-unshuffled images")
+        size = self.factor * size if isinstance(size, int) else tuple(self.factor * s for s in size)
+        return SimpleNamespace(sample_size=size, in_channels=channels // (self.factor * self.factor))
+
+    def forward(self, sample, timestep, return_dict: bool = True):
+        out = self.unet(F.pixel_unshuffle(sample, self.factor), timestep).sample
+        out = F.pixel_shuffle(out, self.factor)
+        return UNet2DOutput(sample=out) if return_dict else (out,)
+
+
+class MeanColourDenoiser(WrappedDenoiser):
+    """A denoiser whose noise estimate has, as its spatial mean, the closed-form posterior mean of the noise's mean.
+
+    The network's own estimate of that mean is poor (REPORT Section 6.4). With the per-image mean colour modelled as
+    N(mu, S) (``mean_colour_prior``, fitted by ``python -m pipeline.mean_colour``), xbar = mean_hw(x_t) = alpha m +
+    sigma n, n ~ N(0, I/D) for D pixels, and E[n | xbar] = (sigma/D) (alpha^2 S + sigma^2/D I)^{-1} (xbar - alpha mu)
+    replaces the spatial mean of eps_hat; every prediction type is converted to eps and back. (alpha, sigma) at a
+    fractional label interpolate log abar linearly between trained steps, as ``pipeline.sde.VPSDE`` does.
+    """
+
+    def __init__(self, denoiser, alphas_cumprod: torch.Tensor, prediction_type: str, prior: dict):
+        super().__init__(denoiser)
+        self.prediction_type = prediction_type
+        log_abar = alphas_cumprod.double().clamp_min(1e-12).log()  # (the floor: a zero-terminal-SNR schedule)
+        self.neg_log_abar = torch.cat([torch.zeros(1, dtype=torch.float64), -log_abar])
+        self.mean = torch.tensor(prior["mean"], dtype=torch.float64)
+        self.covariance = torch.tensor(prior["covariance"], dtype=torch.float64)
+        if self.mean.numel() != denoiser.config.in_channels:
+            raise ValueError(f"mean_colour_prior has {self.mean.numel()} channels, the model "
+                             f"{denoiser.config.in_channels}")
+
+    def alpha_sigma(self, timestep, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(alpha, sigma) per sample, float64 (B, 1), at integer or fractional labels (clamped to the trained range)."""
+        labels = torch.as_tensor(timestep, dtype=torch.float64).cpu().reshape(-1).expand(batch)
+        position = (labels + 1).clamp(1, len(self.neg_log_abar) - 1)       # node 0 is label -1 (abar = 1)
+        low = position.floor().long().clamp(max=len(self.neg_log_abar) - 2)
+        weight = position - low
+        log_abar = -(self.neg_log_abar[low] * (1 - weight) + self.neg_log_abar[low + 1] * weight)
+        return log_abar.mul(0.5).exp().view(-1, 1), (-log_abar.expm1()).sqrt().view(-1, 1)
+
+    def forward(self, sample, timestep, return_dict: bool = True):
+        out = self.unet(sample, timestep).sample.to(torch.float64)   # bf16 cannot hold a 1/64-sized shift
+        x = sample.to(torch.float64)
+        alpha, sigma = (value.to(x.device) for value in self.alpha_sigma(timestep, x.shape[0]))
+        mean, covariance = self.mean.to(x.device), self.covariance.to(x.device)
+        a, s = alpha[..., None, None], sigma[..., None, None]
+        kind = self.prediction_type
+        eps = out if kind == "epsilon" else a * out + s * x if kind == "v_prediction" else (x - a * out) / s
+        pixels = x.shape[2] * x.shape[3]
+        eye = torch.eye(mean.numel(), dtype=torch.float64, device=x.device)
+        precision = alpha[:, :, None] ** 2 * covariance + (sigma[:, :, None] ** 2 / pixels) * eye  # (B, C, C)
+        residual = x.mean(dim=(2, 3)) - alpha * mean                                            # (B, C)
+        eps_mean = sigma / pixels * torch.linalg.solve(precision, residual)
+        eps = eps - eps.mean(dim=(2, 3), keepdim=True) + eps_mean[..., None, None]
+        out = eps if kind == "epsilon" else (eps - s * x) / a if kind == "v_prediction" else (x - s * eps) / a
+        out = out.to(torch.float32 if sample.dtype == torch.bfloat16 else sample.dtype)
+        return UNet2DOutput(sample=out) if return_dict else (out,)
+
+
+class CelebADiffusionPipeline(DiffusionPipeline):
+    """Unconditional face generation: start from N(0, I) and let the scheduler walk it back to an image.
+
+    ``pixel_unshuffle=f`` (saved in model_index.json) marks a UNet trained on f x f pixel-unshuffled images;
+    ``mean_colour_prior`` ({"mean", "covariance", "num_images"}, also saved there) enables the mean-colour
+    correction."""
+
+    model_cpu_offload_seq = "unet"
+
+    def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin, pixel_unshuffle: int = 1,
+                 mean_colour_prior: dict | None = None):
+        super().__init__()
+        self.register_modules(unet=unet, scheduler=scheduler)
+        self.register_to_config(pixel_unshuffle=pixel_unshuffle, mean_colour_prior=mean_colour_prior)
+
+    @property
+    def denoiser(self):
+        """The image-space denoiser: the UNet itself, or the UNet behind the pixel-unshuffle transform."""
+        factor = self.config.pixel_unshuffle
+        return self.unet if factor == 1 else PixelUnshuffleDenoiser(self.unet, factor)
+
+    def resolve_mean_colour_correction(self, requested: bool | None) -> bool:
+        """Whether a call samples with the mean-colour correction: as requested, or (None) when there is a prior."""
+        if requested is None:
+            return self.config.mean_colour_prior is not None
+        if requested and self.config.mean_colour_prior is None:
+            raise ValueError("mean_colour_correction needs the pipeline's mean_colour_prior; fit it with "
+                             "python -m pipeline.mean_colour --model PATH --train_data_dir DIR")
+        return requested
+
+    @torch.inference_mode()
+    def __call__(
+        self,
+        batch_size: int = 1,
+        num_inference_steps: int = 50,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        eta: float = 0.0,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        sampler: str | None = None,
+        mean_colour_correction: bool | None = None,
+        callback_on_step_end=None,
+        **sampler_kwargs,
+    ):
+        """Generate ``batch_size`` images.
+
+        ``eta`` is passed to schedulers whose ``step`` accepts it (DDIM: 0 = deterministic ODE, 1 = DDPM-like).
+        ``sampler`` names a score-SDE sampler of ``pipeline.sde`` (e.g. ``"pc"``, ``"ode-heun"``) instead of the
+        attached scheduler. ``output_type`` is ``"pil"``, ``"np"`` (float in [0, 1], NHWC) or ``"pt"`` ([-1, 1], NCHW).
+        ``callback_on_step_end(pipe, step_index, timestep, tensors)`` is called after every scheduler step with
+        ``tensors`` = {"sample": x_t, "prev_sample": the next x, "pred_original_sample": the scheduler's x0 estimate
+        or None}, e.g. to record a denoising trajectory; its return value is ignored.
+        ``mean_colour_correction`` samples with ``MeanColourDenoiser``: True needs the pipeline's mean_colour_prior,
+        None (the default) uses it when the pipeline has one.
+        """
+        if output_type not in ("pil", "np", "pt"):
+            raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
+        denoiser = self.denoiser
+        if self.resolve_mean_colour_correction(mean_colour_correction):
+            denoiser = MeanColourDenoiser(denoiser, self.scheduler.alphas_cumprod,
+                                          self.scheduler.config.prediction_type, self.config.mean_colour_prior)
+        size = denoiser.config.sample_size
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        shape = (batch_size, denoiser.config.in_channels, *size)
+        if sampler is not None:
+            if callback_on_step_end is not None:
+                raise ValueError("callback_on_step_end works with diffusers schedulers, not with sampler=")
+            sde = importlib.import_module(SDE_SAMPLER_MODULE)
+            image = sde.sample(denoiser, self.scheduler.config, sampler, num_inference_steps, shape, generator,
+                               progress_bar=self.progress_bar, **sampler_kwargs)
+        else:
+            image = self._sample_with_scheduler(denoiser, shape, num_inference_steps, generator, eta,
+                                                callback_on_step_end)
+        image = image.clamp(-1, 1)
+        if output_type == "pt":
+            return ImagePipelineOutput(images=image) if return_dict else (image,)
+        image = ((image + 1) / 2).permute(0, 2, 3, 1).float().cpu().numpy()
+        if output_type == "pil":
+            image = self.numpy_to_pil(image)
+        return ImagePipelineOutput(images=image) if return_dict else (image,)
+
+    def _sample_with_scheduler(self, denoiser, shape, num_inference_steps, generator, eta, callback_on_step_end):
+        dtype = self.unet.dtype
+        image = randn_tensor(shape, generator=generator, device=self._execution_device, dtype=dtype)
+        self.scheduler.set_timesteps(num_inference_steps, device=self._execution_device)
+        image = image * self.scheduler.init_noise_sigma
+        accepted = inspect.signature(self.scheduler.step).parameters  # Heun/UniPC take neither eta nor generator
+        step_kwargs = {k: v for k, v in {"generator": generator, "eta": eta}.items() if k in accepted}
+        for index, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
+            model_input = self.scheduler.scale_model_input(image, t)
+            model_output = denoiser(model_input, t).sample
+            output = self.scheduler.step(model_output, t, image, **step_kwargs)
+            if callback_on_step_end is not None:
+                callback_on_step_end(self, index, t, {"sample": image, "prev_sample": output.prev_sample,
+                                                      "pred_original_sample": getattr(output, "pred_original_sample",
+                                                                                      None)})
+            image = output.prev_sample
+        return image
