@@ -16,7 +16,6 @@ import difflib
 import json
 import logging
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -34,7 +33,13 @@ from tqdm.auto import tqdm
 from pipeline import CelebADiffusionPipeline
 from pipeline.pipeline_celeba import PixelUnshuffleDenoiser
 from pipeline.architecture import build_unet, check_group_norm
-from pipeline.checkpoints import resolve_checkpoint, save_checkpoint_atomically
+from pipeline.checkpoints import (
+    list_checkpoints,
+    remove_stale_temporaries,
+    resolve_checkpoint,
+    restore_newest_readable,
+    save_checkpoint_atomically,
+)
 from pipeline.cli import ArgumentParser, run_cli
 from pipeline.data import TrainStream, load_celeba
 from pipeline.evaluate import fid_against_reference, load_or_compute_reference
@@ -47,6 +52,7 @@ from pipeline.noise_schedules import shifted_cosine_betas
 from pipeline.pipeline_folder import save_pipeline_folder
 from pipeline.preprocess import Preprocessing, random_hflip, to_model_range
 from pipeline.publish import prepare_repo, publish
+from pipeline.run_control import DataWatchdog, StopSignals
 from pipeline.sample_store import weights_checksum
 from pipeline.training_log import LossMeter, TrainingClock, append_record
 
@@ -67,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crop_offset_y", type=int, default=0)
     p.add_argument("--random_flip", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--shuffle_buffer_size", type=int, default=1000)
+    p.add_argument("--data_timeout_minutes", type=float, default=10.0, help="end the run with an error when one "
+                   "batch takes longer than this to arrive (a stuck data stream; 0 = wait forever)")
     p.add_argument("--skip_corrupt_images", action="store_true", help="count and report undecodable images "
                    "instead of stopping on the first one")
     # model
@@ -181,7 +189,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 POSITIVE = ("resolution", "crop_size", "layers_per_block", "ddpm_num_steps", "train_batch_size",
             "gradient_accumulation_steps", "max_train_steps", "num_validation_images", "validation_inference_steps",
             "eval_fid_num_samples", "eval_fid_steps", "checkpoints_total_limit", "pixel_unshuffle")
-NON_NEGATIVE = ("lr_warmup_steps", "save_images_steps", "checkpointing_steps", "checkpointing_minutes",
+NON_NEGATIVE = ("data_timeout_minutes", "lr_warmup_steps", "save_images_steps", "checkpointing_steps", "checkpointing_minutes",
                 "eval_fid_every", "learning_rate", "adam_weight_decay", "dropout", "crop_offset_y",
                 "shuffle_buffer_size")
 
@@ -401,6 +409,27 @@ def evaluate_fid(accelerator, model, ema, noise_scheduler, args, reference) -> f
     return fid_against_reference(images, reference)
 
 
+def restore_run_state(accelerator, checkpoint: Path, stream, clock: TrainingClock,
+                      mean_colours: MeanColourStatistics) -> None:
+    """Load a checkpoint's accelerate state (model, optimizer, LR schedule, EMA, RNGs) and this process's stream
+    position, clock and mean-colour sums."""
+    step = int(checkpoint.name.split("-")[1])
+    accelerator.load_state(str(checkpoint))
+    rank = accelerator.process_index
+    stream.load_state_dict(json.loads((checkpoint / f"stream_rank{rank}.json").read_text()))
+    clock_file = checkpoint / f"clock_rank{rank}.json"
+    if clock_file.is_file():
+        clock.load_state_dict(json.loads(clock_file.read_text()))
+    else:
+        clock.counted_from_step = step
+    colours_file = checkpoint / f"mean_colours_rank{rank}.json"
+    if colours_file.is_file():
+        mean_colours.load_state_dict(json.loads(colours_file.read_text()))
+    else:  # a checkpoint from before the prior was fitted in training: it counts from here
+        logger.warning("%s has no mean-colour sums: the prior is fitted on the images from step %d on",
+                       checkpoint, step)
+
+
 def end_training_together(accelerator) -> None:
     """Destroy the process group on all ranks at once: a rank that destroys it while another is still saving can
     leave gloo hanging at exit (seen once in CI with 2 CPU processes)."""
@@ -471,39 +500,23 @@ def main(argv=None):
                                                                         args.crop_offset_y),
                                               num_images=args.eval_fid_reference_images)
     if args.resume_from_checkpoint:
-        checkpoint = resolve_checkpoint(args.output_dir, args.resume_from_checkpoint)
-        if checkpoint is None:
+        if accelerator.is_main_process:
+            remove_stale_temporaries(args.output_dir)
+        candidates = (list_checkpoints(args.output_dir) if args.resume_from_checkpoint == "latest"
+                      else [resolve_checkpoint(args.output_dir, args.resume_from_checkpoint)])
+        if not candidates:
             logger.info("no checkpoint in %s yet: starting a new run", args.output_dir)
         else:
-            accelerator.load_state(str(checkpoint))
+            checkpoint = restore_newest_readable(
+                candidates, lambda folder: restore_run_state(accelerator, folder, stream, clock, mean_colours))
             global_step = int(checkpoint.name.split("-")[1])
             check_resumed_learning_rate(lr_scheduler.scheduler, global_step)
-            with open(checkpoint / f"stream_rank{accelerator.process_index}.json") as handle:
-                stream.load_state_dict(json.load(handle))
-            clock_file = checkpoint / f"clock_rank{accelerator.process_index}.json"
-            if clock_file.is_file():
-                clock.load_state_dict(json.loads(clock_file.read_text()))
-            else:
-                clock.counted_from_step = global_step
-            colours_file = checkpoint / f"mean_colours_rank{accelerator.process_index}.json"
-            if colours_file.is_file():
-                mean_colours.load_state_dict(json.loads(colours_file.read_text()))
-            else:  # a checkpoint from before the prior was fitted in training: it counts from here
-                logger.warning("%s has no mean-colour sums: the prior is fitted on the images from step %d on",
-                               checkpoint, global_step)
             logger.info("resumed from %s at step %d", checkpoint, global_step)
     if accelerator.is_main_process:
         os.makedirs(args.output_dir, exist_ok=True)
         accelerator.init_trackers("train_unet", config={k: str(v) for k, v in vars(args).items()})
 
-    stop = {"requested": False}
-
-    def request_stop(signum, _frame):
-        logger.info("signal %d: checkpointing after this step, then exiting", signum, main_process_only=False)
-        stop["requested"] = True
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
+    stop = StopSignals().install()
 
     def checkpoint_now(extra_log: dict | None = None):
         rank = accelerator.process_index
@@ -542,9 +555,11 @@ def main(argv=None):
     start_step = global_step
     model.train()
     batches = iter(stream)
+    watchdog = DataWatchdog(args.data_timeout_minutes).start()
     time_is_up = bool(agreed([out_of_time()])[0] > 0)  # a resumed run whose budget is already spent trains no step
     while global_step < args.max_train_steps and not time_is_up:
-        pixels, keys = next(batches)
+        with watchdog.waiting():
+            pixels, keys = next(batches)
         if len(first_keys) < 256:
             first_keys.extend(keys)
         mean_colours.update(to_model_range(pixels))
@@ -569,7 +584,7 @@ def main(argv=None):
         due = (args.checkpointing_steps and global_step % args.checkpointing_steps == 0) or (
             args.checkpointing_minutes and time.monotonic() - last_checkpoint_time > 60 * args.checkpointing_minutes
         ) or global_step == args.max_train_steps  # the last step too: the log's final record, a resumable end
-        flags = agreed([due, stop["requested"], out_of_time()])
+        checkpoint_due, stop_requested, time_up = (flag > 0 for flag in agreed([due, stop.requested, out_of_time()]))
         fid_due = args.eval_fid_every and global_step % args.eval_fid_every == 0
         if fid_due and accelerator.is_main_process:
             fid = evaluate_fid(accelerator, model, ema, noise_scheduler, args, reference)
@@ -578,19 +593,21 @@ def main(argv=None):
                                          f"fid_{args.eval_fid_num_samples}": fid,
                                          "fid_protocol": f"{args.eval_fid_scheduler}-{args.eval_fid_steps}, seed "
                                                          f"{args.seed}, reference {reference['num']} train images"})
-        if flags.any():
+        if checkpoint_due or stop_requested or time_up:
             checkpoint_now()
             last_checkpoint_time = time.monotonic()
-        if flags[1] > 0:
+        if stop_requested:
             logger.info("stopped by signal at step %d; resume with --resume_from_checkpoint latest", global_step)
+            watchdog.stop()
             end_training_together(accelerator)
             return 0
-        if flags[2] > 0:
+        if time_up:
             logger.info("time budget of %s minutes reached at step %d", args.max_train_minutes, global_step)
             time_is_up = True
         if args.save_images_steps and global_step % args.save_images_steps == 0 and accelerator.is_main_process:
             save_sample_grid(accelerator, model, ema, noise_scheduler, args, global_step)
     progress.close()
+    watchdog.stop()
 
     accelerator.wait_for_everyone()
     unet = accelerator.unwrap_model(model)

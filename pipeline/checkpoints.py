@@ -1,13 +1,27 @@
-"""Training checkpoints that are never half-written: save to a temporary folder, then rename."""
+"""Training checkpoints that are never half-written: save to a temporary folder, then rename; resume from the
+newest one that reads back."""
 
 from __future__ import annotations
 
+import logging
 import os
+import pickle
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from safetensors import SafetensorError
+
 PREFIX = "checkpoint-"
+logger = logging.getLogger(__name__)
+
+
+# what loading a truncated or incomplete checkpoint raises (safetensors headers, torch.load of .bin files, JSON)
+UNREADABLE = (OSError, ValueError, RuntimeError, KeyError, EOFError, pickle.UnpicklingError, SafetensorError)
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (disk full, permissions); the previous checkpoints are intact."""
 
 
 def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
@@ -33,6 +47,27 @@ def resolve_checkpoint(output_dir: str | os.PathLike, value: str) -> Path | None
     return path
 
 
+def remove_stale_temporaries(output_dir: str | os.PathLike) -> None:
+    """Delete the temporary folders of checkpoint saves that a kill interrupted (never resumed from)."""
+    output_dir = Path(output_dir)
+    if output_dir.is_dir():
+        for stale in output_dir.glob(f".{PREFIX}*.tmp"):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def restore_newest_readable(candidates: list[Path], restore: Callable[[Path], None]) -> Path:
+    """``restore(checkpoint)`` for the newest of ``candidates`` (oldest first) that reads back; an unreadable one
+    (truncated weights, missing files) is skipped with a warning naming it. Raises when none can be read."""
+    for checkpoint in reversed(candidates):
+        try:
+            restore(checkpoint)
+            return checkpoint
+        except UNREADABLE as error:
+            logger.warning("%s is unreadable (%s: %s); trying the checkpoint before it", checkpoint,
+                           type(error).__name__, str(error).splitlines()[0] if str(error) else "")
+    raise ValueError(f"none of the checkpoints {[c.name for c in candidates]} could be read back")
+
+
 def save_checkpoint_atomically(accelerator, output_dir: str, step: int, total_limit: int | None,
                                per_process_files: dict[str, str],
                                main_process_writer: Callable[[Path], None] | None = None) -> Path:
@@ -47,11 +82,18 @@ def save_checkpoint_atomically(accelerator, output_dir: str, step: int, total_li
     if accelerator.is_main_process and temporary.exists():
         shutil.rmtree(temporary)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(temporary))
-    for name, text in per_process_files.items():
-        (temporary / name).write_text(text)
-    if main_process_writer is not None and accelerator.is_main_process:
-        main_process_writer(temporary)
+    try:
+        accelerator.save_state(str(temporary))
+        for name, text in per_process_files.items():
+            (temporary / name).write_text(text)
+        if main_process_writer is not None and accelerator.is_main_process:
+            main_process_writer(temporary)
+    except OSError as error:
+        shutil.rmtree(temporary, ignore_errors=True)
+        kept = list_checkpoints(output_dir)
+        raise CheckpointWriteError(error.errno, f"could not write {final.name} in {output_dir} "
+                                   f"({error.strerror or error}); "
+                                   + (f"{kept[-1].name} is intact" if kept else "no earlier checkpoint exists")) from None
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if final.exists():  # a second save at the same step (e.g. on a stop signal): replace it

@@ -7,6 +7,7 @@ import sys
 
 import torch
 
+from .checkpoints import CheckpointWriteError
 from .preprocess import CorruptImageError
 
 # the --device of every command that runs a network: the GPU when there is one
@@ -35,8 +36,8 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-USER_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError, CorruptImageError, FloatingPointError,
-               ConnectionError)
+USER_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError, CorruptImageError,
+               FloatingPointError, ConnectionError, CheckpointWriteError)
 
 
 def run_cli(main, argv=None) -> int:

@@ -33,6 +33,7 @@ from .inception import BATCH_SIZE, DESCRIPTION, RESIZE_FILTER, extract_features,
 from .metrics import (feature_stats, frechet_distance, kernel_inception_distance, kid_generated_standard_error,
                       memorization, precision_recall)
 from .preprocess import RESAMPLE_FILTERS, Preprocessing, resize_samples
+from .schedulers import ALL_SAMPLERS
 
 # CELEBA_DIFFUSION_CACHE moves every cache of the project (tests point it at a temporary folder)
 DEFAULT_CACHE_DIR = Path(os.environ.get("CELEBA_DIFFUSION_CACHE", "~/.cache/celeba-diffusion")).expanduser() / "ref_stats"
@@ -318,7 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="pipeline folder to sample from (generation mode)")
     p.add_argument("--num_samples", type=int, default=10000)
-    p.add_argument("--scheduler", default="ddpm", help="sampler name, see pipeline/schedulers.py")
+    p.add_argument("--scheduler", default="ddpm", metavar="NAME",
+                        help=f"sampler: {', '.join(ALL_SAMPLERS)} (pipeline/schedulers.py)")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--eta", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0, help="generation, KID subsets, P/R and memorization subsets")
@@ -368,7 +370,8 @@ def main(argv=None) -> int:
         raise ValueError("give either --model (generate and score) or --fake_dir with --ref_dir (score folders)")
     if args.fake_dir is not None and args.ref_dir is None:
         raise ValueError("--fake_dir needs --ref_dir")
-    sizes = ("kid_subset_size", "kid_subsets", "pr_k", "batch_size", "inception_batch_size", "num_heldout")
+    sizes = ("num_samples", "steps", "kid_subset_size", "kid_subsets", "pr_k", "batch_size", "inception_batch_size",
+             "num_heldout")
     if min(getattr(args, name) for name in sizes) <= 0:
         raise ValueError(f"{', '.join('--' + name for name in sizes)} must be positive")
     torch.set_num_threads(args.threads or os.cpu_count() or 1)

@@ -17,7 +17,7 @@ from .images import make_grid, save_pngs
 from .pipeline_celeba import CelebADiffusionPipeline
 from .pipeline_folder import load_pipeline
 from .sample_store import BatchStore, weights_checksum
-from .schedulers import EDM_SAMPLERS, SDE_SAMPLERS, check_steps, is_edm, make_scheduler
+from .schedulers import ALL_SAMPLERS, EDM_SAMPLERS, SDE_SAMPLERS, check_steps, is_edm, make_scheduler
 from .sde import check_options as check_sde_options
 
 DEFAULT_MODEL = "pretrained/celeba-64"
@@ -70,6 +70,8 @@ def check_sampling(scheduler: str, mixed_precision: str, sampler_options: dict |
     not run under bf16: its step-size control needs network outputs accurate to well below its tolerance (1e-5), and
     bf16 keeps about 3 significant digits, so its steps shrink until a batch takes thousands of evaluations instead of
     hundreds (benchmarks/rk45_nfe.py measures both)."""
+    if scheduler not in ALL_SAMPLERS:
+        raise ValueError(f"unknown sampler {scheduler!r}; choose one of {', '.join(ALL_SAMPLERS)}")
     if scheduler == "ode-rk45" and mixed_precision == "bf16":
         raise ValueError("ode-rk45 cannot sample under bf16: its adaptive step-size control chases the UNet's bf16 "
                          "rounding, which costs thousands of evaluations per batch (results/bench/rk45_nfe.json); "
@@ -147,7 +149,8 @@ def main(argv=None):
     parser.add_argument("--num_images", type=int, default=64)
     # DDPM (with the mean-colour correction, on by default for a pipeline that has a prior) by default: the lowest
     # FID-2k at 20 NFE measured on the shipped checkpoint (README, Results)
-    parser.add_argument("--scheduler", default="ddpm", help="sampler name, see pipeline/schedulers.py")
+    parser.add_argument("--scheduler", default="ddpm", metavar="NAME",
+                        help=f"sampler: {', '.join(ALL_SAMPLERS)} (pipeline/schedulers.py)")
     parser.add_argument("--steps", type=int, default=20, help="number of sampler steps")
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 = deterministic)")
     parser.add_argument("--seed", type=int, default=0)
@@ -165,8 +168,9 @@ def main(argv=None):
     parser.add_argument("--out", default="samples")
     parser.add_argument("--upscale", type=int, default=4, help="nearest-neighbour factor of the viewing grid")
     args = parser.parse_args(argv)
-    if args.num_images <= 0 or args.steps <= 0:
-        raise ValueError("--num_images and --steps must be positive")
+    for name in ("num_images", "steps", "batch_size", "upscale"):
+        if getattr(args, name) <= 0:
+            raise ValueError(f"--{name} must be positive, got {getattr(args, name)}")
     options = parse_sampler_options(args.sampler_option)
     check_sampling(args.scheduler, args.mixed_precision, options)
     torch.set_num_threads(os.cpu_count() or 1)

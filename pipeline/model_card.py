@@ -17,7 +17,6 @@ import shutil
 import sys
 from pathlib import Path
 
-import yaml
 
 from .cli import ArgumentParser, run_cli
 from .schedulers import DIFFUSERS_SAMPLERS
@@ -25,6 +24,8 @@ from .training_log import read_records
 
 GRID_NAME = "samples.png"
 TAGS = ["unconditional-image-generation", "diffusers", "celeba"]
+LICENSE_NAME = "celeba-dataset-release-agreement"
+LICENSE_LINK = "https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html"
 
 
 def read_json(path: str) -> dict:
@@ -60,15 +61,33 @@ def sampler_label(result: dict, precision: bool = True) -> str:
             + (f", {nfe:g} NFE" if nfe else "") + (", bf16 UNet" if bf16 else ""))
 
 
-def metrics_yaml(evals: list[dict]) -> list[dict]:
-    metrics = []
+def eval_results(evals: list[dict], size: int) -> list:
+    """huggingface_hub ``EvalResult``s (FID, KID, precision, recall) of each ``pipeline.evaluate`` result."""
+    from huggingface_hub import EvalResult
+
+    results = []
     for result in evals:
         protocol = f"{result['label']}, {sampler_label(result)}"
-        metrics += [{"type": "fid", "value": round(result["fid"], 2), "name": f"FID ({protocol})"},
-                    {"type": "kid", "value": round(result["kid_mean"], 5), "name": f"KID ({protocol})"},
-                    {"type": "precision", "value": round(result["precision"], 3), "name": f"Precision ({protocol})"},
-                    {"type": "recall", "value": round(result["recall"], 3), "name": f"Recall ({protocol})"}]
-    return metrics
+        for kind, key, digits, title in (("fid", "fid", 2, "FID"), ("kid", "kid_mean", 5, "KID"),
+                                         ("precision", "precision", 3, "Precision"),
+                                         ("recall", "recall", 3, "Recall")):
+            results.append(EvalResult(
+                task_type="unconditional-image-generation", task_name="Unconditional image generation",
+                dataset_type="flwrlabs/celeba", dataset_name=f"CelebA {size}x{size}",
+                dataset_config="img_align+identity+attr", dataset_split="train", metric_type=kind,
+                metric_value=round(result[key], digits), metric_name=f"{title} ({protocol})"))
+    return results
+
+
+def card_header(model_name: str, evals: list[dict], size: int) -> str:
+    """The card's YAML metadata, built with huggingface_hub's ``ModelCardData`` (model-index from ``EvalResult``s)."""
+    from huggingface_hub import ModelCardData
+
+    data = ModelCardData(library_name="diffusers", license="other", license_name=LICENSE_NAME,
+                         license_link=LICENSE_LINK, tags=TAGS, datasets=["flwrlabs/celeba"],
+                         pipeline_tag="unconditional-image-generation", model_name=model_name if evals else None,
+                         eval_results=eval_results(evals, size) or None)
+    return data.to_yaml()
 
 
 def likelihood_line(result: dict) -> str:
@@ -148,19 +167,10 @@ def render_card(model_name: str, unet_config: dict, scheduler_config: dict, eval
     unet_size = unet_config["sample_size"]
     unet_size = unet_size if isinstance(unet_size, int) else unet_size[0]  # square models: an int or a pair
     size = unet_size * pixel_unshuffle  # image side
-    header = {"library_name": "diffusers", "license": "other",
-              "license_name": "celeba-dataset-release-agreement", "tags": TAGS, "datasets": ["flwrlabs/celeba"],
-              "pipeline_tag": "unconditional-image-generation"}
-    if evals:
-        header["model-index"] = [{"name": model_name, "results": [{
-            "task": {"type": "unconditional-image-generation", "name": "Unconditional image generation"},
-            "dataset": {"type": "flwrlabs/celeba", "name": f"CelebA {size}x{size}",
-                        "config": "img_align+identity+attr", "split": "train"},
-            "metrics": metrics_yaml(evals)}]}]
     unshuffled = (f" working on {pixel_unshuffle}x{pixel_unshuffle} pixel-unshuffled input (a "
                   f"{unet_size}x{unet_size} UNet with {unet_config['in_channels']} "
                   "channels)" if pixel_unshuffle > 1 else "")
-    lines = ["---", yaml.safe_dump(header, sort_keys=False).rstrip(), "---", "",
+    lines = ["---", card_header(model_name, evals, size).rstrip(), "---", "",
              f"# {model_name}: unconditional {size}x{size} CelebA faces (DDPM, diffusers UNet2DModel)", ""]
     if training is None or not evals:
         lines += ["> **Status: early checkpoint, not the final model.** "

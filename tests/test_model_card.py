@@ -40,7 +40,8 @@ def test_card_numbers_come_from_the_results(smoke_pipeline_dir, tmp_path):
     assert (model / "README.md").read_text() == card.replace("model/samples.png", "samples.png")
     meta = header(card)
     assert meta["library_name"] == "diffusers" and meta["datasets"] == ["flwrlabs/celeba"]
-    assert meta["tags"] == ["unconditional-image-generation", "diffusers", "celeba"] and meta["license"]
+    assert meta["tags"] == ["unconditional-image-generation", "diffusers", "celeba"] and meta["license"] == "other"
+    assert meta["license_name"] == "celeba-dataset-release-agreement" and meta["license_link"].startswith("https://")
     metrics = {m["type"]: m for m in meta["model-index"][0]["results"][0]["metrics"]}
     assert metrics["fid"]["value"] == 23.46 and "FID-10k, dpm++2m, 20 steps, 20 NFE" in metrics["fid"]["name"]
     assert metrics["precision"]["value"] == 0.612

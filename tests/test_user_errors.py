@@ -51,3 +51,23 @@ def test_the_launchers_precision_reaches_training_and_is_logged(tmp_path):
     refused = run_command(train_args(tmp_path / "fp16", "--mixed_precision", "fp16"), check=False)
     assert refused.returncode == 2 and "needs a GPU; on a CPU use bf16" in refused.stderr
     assert not (tmp_path / "fp16").exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--batch_size", "0"], "--batch_size must be positive, got 0"),
+    (["--steps", "-3"], "--steps must be positive, got -3"),
+    (["--scheduler", "dpm"], "unknown sampler 'dpm'; choose one of ddpm, ddim, ddim-clip, dpm++2m,"),
+])
+def test_bad_generation_settings_are_one_line_before_loading_anything(tmp_path, flags, message):
+    out = tmp_path / "samples"
+    result = run_command(["-m", "pipeline.generate", "--model", str(tmp_path / "none"), "--out", str(out), *flags],
+                         check=False)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1 and message in result.stderr
+    assert not out.exists()
+
+
+def test_help_lists_every_sampler():
+    from pipeline.schedulers import ALL_SAMPLERS
+
+    text = " ".join(run_command(["-m", "pipeline.generate", "--help"]).stdout.split())
+    assert all(name in text for name in ALL_SAMPLERS) and "ode-rk45" in text and "pc," in text
