@@ -194,9 +194,14 @@ def pf_ode_fixed_step(model: NoisePredictor, x, ts, heun: bool = True, progress_
 
 
 def pc_sampler(model: NoisePredictor, x, ts, generator=None, snr: float = 0.16, corrector_steps: int = 1,
-               progress_bar=None):
-    """Langevin corrector + reverse-SDE Euler-Maruyama predictor on the grid ``ts``, then Tweedie denoising."""
+               progress_bar=None, constraint=None):
+    """Langevin corrector + reverse-SDE Euler-Maruyama predictor on the grid ``ts``, then Tweedie denoising.
+
+    ``constraint(x, t)``, if given, is applied after every corrector and predictor update (x then lives at time t):
+    imputation replaces the known coordinates by a fresh sample of their forward process there (``pipeline.editing``).
+    """
     sde, progress_bar = model.sde, progress_bar or (lambda iterable: iterable)
+    constraint = constraint or (lambda x, _t: x)
 
     def noise():
         return randn_tensor(x.shape, generator=generator, device=x.device, dtype=x.dtype)
@@ -209,10 +214,10 @@ def pc_sampler(model: NoisePredictor, x, ts, generator=None, snr: float = 0.16, 
             score, z = model.score(x, t), noise()
             ratio = z.flatten(1).norm(dim=1).mean() / score.flatten(1).norm(dim=1).mean()   # batch means
             step = 2 * alpha_i * float(snr * ratio) ** 2
-            x = x + step * score + math.sqrt(2 * step) * z
+            x = constraint(x + step * score + math.sqrt(2 * step) * z, t)
         if i + 1 < len(ts):
             delta = float(sde.log_alpha_bar(ts[i + 1]) - sde.log_alpha_bar(t))   # int_{t'}^{t} beta dt
-            x = x + delta * (0.5 * x + model.score(x, t)) + math.sqrt(delta) * noise()
+            x = constraint(x + delta * (0.5 * x + model.score(x, t)) + math.sqrt(delta) * noise(), ts[i + 1])
     return model.denoise(x, ts[-1])
 
 

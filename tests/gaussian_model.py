@@ -112,3 +112,51 @@ def make_gaussian(scheduler_config, channels: int = 3, size: int = 4, seed: int 
     lo, hi = s_range
     s = lo + torch.rand(channels, size, size, generator=g, dtype=torch.float64) * (hi - lo)
     return GaussianDenoiser(mu, s, scheduler_config, dtype=dtype)
+
+
+class CorrelatedGaussianDenoiser(GaussianDenoiser):
+    """The exact denoiser of x_0 ~ N(mu, Sigma) with a full covariance over all C*H*W values:
+    E[eps | x_t] = sigma (a^2 Sigma + sigma^2 I)^-1 (x_t - a mu), through Sigma's eigendecomposition."""
+
+    def __init__(self, mu: torch.Tensor, covariance: torch.Tensor, scheduler_config):
+        super().__init__(mu, torch.ones_like(mu), scheduler_config)
+        self.covariance = covariance.to(torch.float64)
+        self.eigenvalues, self.eigenvectors = torch.linalg.eigh(self.covariance)
+
+    def forward(self, sample, timestep, return_dict: bool = True):
+        self.calls += 1
+        x = sample.to(torch.float64)
+        a, sigma = self.coefficients(timestep, x.shape[0])
+        a, sigma = a.view(-1, 1), sigma.view(-1, 1)
+        residual = (x - a.view(-1, 1, 1, 1) * self.mu).flatten(1) @ self.eigenvectors
+        eps = (sigma * residual / (a**2 * self.eigenvalues + sigma**2)) @ self.eigenvectors.T
+        if self.prediction_type != "epsilon":
+            raise ValueError("CorrelatedGaussianDenoiser predicts epsilon only")
+        out = eps.view_as(x)
+        return UNet2DOutput(sample=out) if return_dict else (out,)
+
+    def conditional(self, known: torch.Tensor, mask: torch.Tensor, basis: torch.Tensor):
+        """(mean, covariance) of the unknown basis coordinates of x_0 given the known ones, in the order of
+        ``mask == 0`` flattened over (C, H, W); ``known`` is one C x H x W image."""
+        pixels = self.mu[0].numel()
+        rotation = torch.kron(basis.to(torch.float64), torch.eye(pixels, dtype=torch.float64))  # per-pixel basis
+        mean = rotation @ self.mu.flatten()
+        cov = rotation @ self.covariance @ rotation.T
+        y = rotation @ known.to(torch.float64).flatten()
+        keep = mask.expand_as(known).flatten().bool()
+        gain = cov[~keep][:, keep] @ torch.linalg.inv(cov[keep][:, keep])
+        return mean[~keep] + gain @ (y[keep] - mean[keep]), cov[~keep][:, ~keep] - gain @ cov[keep][:, ~keep]
+
+
+def make_correlated_gaussian(scheduler_config, size: int = 4, seed: int = 0) -> CorrelatedGaussianDenoiser:
+    """3 x size x size Gaussian images: smooth in space (squared-exponential, length 1.5 px), correlated colours of
+    unequal spread (standard deviations 0.24, 0.16, 0.10) around means in [-0.3, 0.3]."""
+    g = torch.Generator().manual_seed(seed)
+    mu = (torch.rand(3, size, size, generator=g, dtype=torch.float64) * 2 - 1) * 0.3
+    coords = torch.stack(torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij"), -1).reshape(-1, 2)
+    spatial = torch.exp(-((coords[:, None] - coords[None]) ** 2).sum(-1).double() / (2 * 1.5**2))
+    scale = torch.tensor([1.2, 0.8, 0.5], dtype=torch.float64)   # unequal: the grey level tells about the colour
+    colour = torch.tensor([[1.0, 0.8, 0.6], [0.8, 1.0, 0.8], [0.6, 0.8, 1.0]], dtype=torch.float64)
+    colour = scale[:, None] * colour * scale[None, :]
+    covariance = 0.04 * torch.kron(colour, spatial) + 1e-4 * torch.eye(3 * size * size, dtype=torch.float64)
+    return CorrelatedGaussianDenoiser(mu, covariance, scheduler_config)
