@@ -72,17 +72,23 @@ def read_mask(value: str, resolution: int, seed: int) -> torch.Tensor:
     return torch.from_numpy(grey <= 127).float()[None, None]
 
 
-def read_face(path: str, resolution: int) -> torch.Tensor:
-    """One face as a 3 x R x R tensor in [-1, 1]: an R x R image as it is, or an aligned CelebA image preprocessed."""
-    image = decode_image(Path(path).read_bytes(), path)
+def face_tensor(image: Image.Image, resolution: int, name: str = "the image") -> torch.Tensor:
+    """One RGB face as a 3 x R x R tensor in [-1, 1]: an R x R image as it is, an aligned CelebA image cropped and
+    resized as in training; anything else is a ValueError naming ``name`` and its size."""
+    image = image.convert("RGB")
     if image.size == (resolution, resolution):
         pixels = np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).copy()
     elif image.size == CELEBA_ALIGNED_SIZE:
         pixels = preprocess_image(image, Preprocessing(resolution=resolution))
     else:
-        raise ValueError(f"{path} is {image.size[0]}x{image.size[1]}; give a {resolution}x{resolution} face or an "
+        raise ValueError(f"{name} is {image.size[0]}x{image.size[1]}; give a {resolution}x{resolution} face or an "
                          f"aligned CelebA image ({CELEBA_ALIGNED_SIZE[0]}x{CELEBA_ALIGNED_SIZE[1]})")
     return to_model_range(torch.from_numpy(pixels))
+
+
+def read_face(path: str, resolution: int) -> torch.Tensor:
+    """``face_tensor`` of an image file."""
+    return face_tensor(decode_image(Path(path).read_bytes(), path), resolution, path)
 
 
 def image_paths(values: list[str]) -> list[str]:

@@ -18,6 +18,11 @@ SMOKE_CONFIG = ROOT / "configs" / "smoke.yaml"
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "browser: drives the demo in headless Chromium (run in CI; fails when the "
+                                       "browser is missing, never skips)")
+
+
 def subprocess_env() -> dict:
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     env.pop("CUDA_VISIBLE_DEVICES", None)

@@ -1,0 +1,268 @@
+"""A browser demo of a saved pipeline (Gradio): generate, inpaint, colorize and interpolate faces.
+
+    python -m pipeline.demo --model pretrained/celeba-64 [--celeba ../shared/celeba] [--host 127.0.0.1 --port 7860]
+
+Each tab is also an API endpoint (``/generate``, ``/inpaint``, ``/colorize``, ``/interpolate``) for
+``gradio_client``. The demo runs offline (no analytics, no share link, local fonts), serves one request at a time
+with a short queue (requests beyond it are refused with a message), shows the expected time of a request before it
+runs, and reports bad input (no mask drawn, a huge or odd-sized upload) in the page. It calls the same functions as
+``pipeline.generate`` and ``pipeline.edit``.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported: nothing may call out
+
+import sys  # noqa: E402
+import time  # noqa: E402
+
+import gradio as gr  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from .cli import DEFAULT_DEVICE, ArgumentParser, device_argument, run_cli  # noqa: E402
+from .edit import face_tensor  # noqa: E402
+from .editing import METHODS, colorize, impute, interpolate  # noqa: E402
+from .generate import generate, unet_precision  # noqa: E402
+from .pipeline_folder import load_pipeline  # noqa: E402
+from .preprocess import to_uint8  # noqa: E402
+from .schedulers import ALL_SAMPLERS, EDM_SAMPLERS, is_edm, nfe  # noqa: E402
+
+MAX_UPLOAD_SIDE = 2048
+MAX_BATCH = 16
+LOCAL_FONTS = dict(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
+
+
+def to_pil(images: torch.Tensor) -> list[Image.Image]:
+    return [Image.fromarray(image) for image in to_uint8(images.float()).permute(0, 2, 3, 1).numpy()]
+
+
+def square_face(array: np.ndarray, resolution: int) -> torch.Tensor:
+    """An uploaded face as 3 x R x R in [-1, 1]: model-sized and aligned CelebA images as in ``pipeline.edit``, any
+    other upload centre-cropped to a square and resized; gr.Error for a missing or huge image."""
+    if array is None:
+        raise gr.Error("Upload a face (or pick one) first.")
+    height, width = array.shape[:2]
+    if max(height, width) > MAX_UPLOAD_SIDE:
+        raise gr.Error(f"The image is {width}x{height}; upload one at most {MAX_UPLOAD_SIDE} pixels on a side.")
+    image = Image.fromarray(np.asarray(array, dtype=np.uint8)).convert("RGB")
+    try:
+        return face_tensor(image, resolution)
+    except ValueError:
+        side = min(image.size)
+        left, top = (image.width - side) // 2, (image.height - side) // 2
+        image = image.crop((left, top, left + side, top + side)).resize((resolution, resolution), Image.BILINEAR)
+        return face_tensor(image, resolution)
+
+
+def drawn_mask(editor: dict | None, resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(face, mask with 1 = known) from an ImageEditor value: the background is the face, every painted pixel of
+    any layer is to be filled."""
+    if editor is None or editor.get("background") is None:
+        raise gr.Error("Upload a face (or pick one) first.")
+    background = np.asarray(editor["background"])
+    face = square_face(background[..., :3], resolution)
+    painted = np.zeros(background.shape[:2], dtype=bool)
+    for layer in editor.get("layers") or []:
+        layer = np.asarray(layer)
+        if layer.ndim == 3 and layer.shape[2] == 4 and layer.shape[:2] == painted.shape:
+            painted |= layer[..., 3] > 0
+    if not painted.any():
+        raise gr.Error("No mask drawn: paint over the region to fill with the brush, then press Inpaint.")
+    fill = Image.fromarray(painted.astype(np.uint8) * 255)
+    if fill.size != (resolution, resolution):
+        side = min(fill.size)
+        left, top = (fill.width - side) // 2, (fill.height - side) // 2
+        fill = fill.crop((left, top, left + side, top + side)).resize((resolution, resolution), Image.NEAREST)
+    known = torch.from_numpy(np.asarray(fill) < 128).float()[None, None]
+    if bool(known.all()):
+        raise gr.Error("The painted region is outside the face crop: paint over the face.")
+    return face, known
+
+
+class FaceDemo:
+    """The demo's actions on one pipeline; every method is an endpoint, its errors are ``gr.Error`` messages."""
+
+    def __init__(self, pipe, mixed_precision: str = "bf16", faces: list[Image.Image] | None = None):
+        self.pipe, self.mixed_precision, self.faces = pipe, mixed_precision, faces or []
+        self.resolution = pipe.denoiser.config.sample_size
+        self.samplers = list(EDM_SAMPLERS) if is_edm(pipe.scheduler.config) else [
+            name for name in ALL_SAMPLERS if name not in EDM_SAMPLERS and name != "ode-rk45"]
+        self.seconds_per_image_evaluation = self._time_one_evaluation()
+
+    def _time_one_evaluation(self) -> float:
+        """Seconds per network evaluation per image, measured once on a batch of 4 (for the time estimates)."""
+        x = torch.zeros(4, 3, self.resolution, self.resolution, device=self.pipe.device)
+        with torch.inference_mode(), unet_precision(self.pipe, self.mixed_precision):
+            self.pipe.denoiser(x, torch.tensor([500] * 4, device=x.device))
+            started = time.perf_counter()
+            self.pipe.denoiser(x, torch.tensor([500] * 4, device=x.device))
+        return (time.perf_counter() - started) / 4
+
+    def estimate(self, evaluations: int, images: int) -> str:
+        seconds = evaluations * images * self.seconds_per_image_evaluation
+        return f"Expected time: about {max(seconds, 1):.0f} s ({evaluations} network evaluations x {images} image(s))."
+
+    def generate_estimate(self, sampler: str, steps: int, batch: int) -> str:
+        return self.estimate(nfe(sampler, int(steps)) or 300, int(batch))
+
+    def edit_estimate(self, method: str, steps: int) -> str:
+        return self.estimate(2 * int(steps) if method == "pc" else int(steps) * 3, 1)
+
+    def generate(self, sampler: str, steps: float, seed: float, batch: float, progress=gr.Progress(track_tqdm=True)):
+        if sampler not in self.samplers:
+            raise gr.Error(f"Unknown sampler {sampler!r}; choose one of {', '.join(self.samplers)}.")
+        if not 1 <= int(batch) <= MAX_BATCH or int(steps) < 1:
+            raise gr.Error(f"Batch must be 1-{MAX_BATCH} and steps at least 1.")
+        try:
+            images, _ = generate(self.pipe, int(batch), sampler, int(steps), int(seed), batch_size=int(batch),
+                                 progress=True, mixed_precision=self.mixed_precision)
+        except ValueError as error:   # e.g. a step count DDIM cannot take
+            raise gr.Error(str(error)) from None
+        return [Image.fromarray(image) for image in images]
+
+    def pick_face(self, event: gr.SelectData) -> dict:
+        """The ImageEditor value of the held-out face clicked in the picker."""
+        face = np.asarray(self.faces[event.index])
+        return {"background": face, "layers": [], "composite": face}
+
+    def _edit_options(self, method: str, steps: float, seed: float) -> dict:
+        if method not in METHODS or int(steps) < 1:
+            raise gr.Error(f"Method must be one of {', '.join(METHODS)} and steps at least 1.")
+        steps = int(steps)
+        options = {"method": method, "steps": steps, "generator": torch.Generator().manual_seed(int(seed))}
+        if method == "repaint":  # jumps of a tenth of the steps, resampled 3 times: ~3x the steps in evaluations
+            options.update(jump_length=max(1, steps // 10), jump_n_sample=3)
+        return options
+
+    def inpaint(self, editor: dict, method: str, steps: float, seed: float, progress=gr.Progress(track_tqdm=True)):
+        face, known = drawn_mask(editor, self.resolution)
+        with unet_precision(self.pipe, self.mixed_precision):
+            result, _ = impute(self.pipe, face[None], known, progress_bar=self.pipe.progress_bar,
+                               **self._edit_options(method, steps, seed))
+        return to_pil(face[None] * known - (1 - known))[0], to_pil(result)[0]
+
+    def colorize(self, image: np.ndarray, method: str, steps: float, seed: float,
+                 progress=gr.Progress(track_tqdm=True)):
+        face = square_face(image, self.resolution)
+        with unet_precision(self.pipe, self.mixed_precision):
+            result, _ = colorize(self.pipe, face[None], progress_bar=self.pipe.progress_bar,
+                                 **self._edit_options(method, steps, seed))
+        return to_pil(face.mean(dim=0, keepdim=True).expand(3, -1, -1)[None])[0], to_pil(result)[0]
+
+    def interpolate(self, first: np.ndarray, second: np.ndarray, frames: float, steps: float,
+                    progress=gr.Progress(track_tqdm=True)):
+        if not 2 <= int(frames) <= MAX_BATCH or int(steps) < 1:
+            raise gr.Error(f"Frames must be 2-{MAX_BATCH} and steps at least 1.")
+        a, b = square_face(first, self.resolution), square_face(second, self.resolution)
+        with unet_precision(self.pipe, self.mixed_precision):
+            return to_pil(interpolate(self.pipe, a, b, int(frames), int(steps)))
+
+
+def build_demo(demo: FaceDemo) -> gr.Blocks:
+    """The Blocks app: a tab per action, each button a named API endpoint."""
+    with gr.Blocks(title="CelebA diffusion", analytics_enabled=False) as app:
+        gr.Markdown("# CelebA 64x64 diffusion\nUnconditional faces from a diffusers `UNet2DModel`, and edits of real "
+                    "faces with the same model. One request runs at a time on this machine.")
+        with gr.Tab("Generate"):
+            with gr.Row():
+                sampler = gr.Dropdown(demo.samplers, value=demo.samplers[0], label="Sampler")
+                steps = gr.Slider(1, 1000, value=20, step=1, label="Steps")
+                seed = gr.Number(0, precision=0, label="Seed")
+                batch = gr.Slider(1, MAX_BATCH, value=8, step=1, label="Images")
+            estimate = gr.Markdown(demo.generate_estimate(demo.samplers[0], 20, 8))
+            button = gr.Button("Generate", variant="primary", elem_id="generate-button")
+            gallery = gr.Gallery(label="Samples", columns=8, format="png", elem_id="generate-gallery")
+            for control in (sampler, steps, batch):
+                control.change(demo.generate_estimate, [sampler, steps, batch], estimate, api_name=False)
+            button.click(demo.generate, [sampler, steps, seed, batch], gallery, api_name="generate")
+        with gr.Tab("Inpaint"):
+            editor = gr.ImageEditor(label="Face: paint over the region to fill", type="numpy", image_mode="RGBA",
+                                    sources=["upload"], elem_id="inpaint-editor",
+                                    brush=gr.Brush(default_size=6, colors=["#ff00ff"], color_mode="fixed"))
+            if demo.faces:
+                picker = gr.Gallery(demo.faces, label="Or pick a held-out face", columns=8, height=140,
+                                    allow_preview=False)
+                picker.select(demo.pick_face, None, editor, api_name=False)
+            with gr.Row():
+                method = gr.Radio(list(METHODS), value="repaint", label="Method")
+                edit_steps = gr.Slider(10, 1000, value=100, step=10, label="Steps")
+                edit_seed = gr.Number(0, precision=0, label="Seed")
+            edit_estimate = gr.Markdown(demo.edit_estimate("repaint", 100))
+            for control in (method, edit_steps):
+                control.change(demo.edit_estimate, [method, edit_steps], edit_estimate, api_name=False)
+            inpaint_button = gr.Button("Inpaint", variant="primary", elem_id="inpaint-button")
+            with gr.Row():
+                seen = gr.Image(label="What the model keeps", type="pil", format="png")
+                filled = gr.Image(label="Inpainted", type="pil", format="png", elem_id="inpaint-result")
+            inpaint_button.click(demo.inpaint, [editor, method, edit_steps, edit_seed], [seen, filled],
+                                 api_name="inpaint")
+        with gr.Tab("Colorize"):
+            with gr.Row(elem_id="colorize-inputs"):
+                colour_input = gr.Image(label="Face (its grey version is coloured)", type="numpy",
+                                        sources=["upload"])
+            with gr.Row():
+                colour_method = gr.Radio(list(METHODS), value="repaint", label="Method")
+                colour_steps = gr.Slider(10, 1000, value=100, step=10, label="Steps")
+                colour_seed = gr.Number(0, precision=0, label="Seed")
+            colour_button = gr.Button("Colorize", variant="primary", elem_id="colorize-button")
+            with gr.Row():
+                grey = gr.Image(label="Grey input", type="pil", format="png")
+                coloured = gr.Image(label="Colorized", type="pil", format="png", elem_id="colorize-result")
+            colour_button.click(demo.colorize, [colour_input, colour_method, colour_steps, colour_seed],
+                                [grey, coloured], api_name="colorize")
+        with gr.Tab("Interpolate"):
+            with gr.Row(elem_id="interpolate-inputs"):
+                first = gr.Image(label="First face", type="numpy", sources=["upload"])
+                second = gr.Image(label="Second face", type="numpy", sources=["upload"])
+            with gr.Row():
+                frames = gr.Slider(2, MAX_BATCH, value=8, step=1, label="Frames")
+                morph_steps = gr.Slider(10, 500, value=50, step=10, label="DDIM steps")
+            morph_button = gr.Button("Interpolate", variant="primary", elem_id="interpolate-button")
+            strip = gr.Gallery(label="Frames", columns=8, format="png", elem_id="interpolate-gallery")
+            morph_button.click(demo.interpolate, [first, second, frames, morph_steps], strip, api_name="interpolate")
+    return app
+
+
+def launch(app: gr.Blocks, host: str, port: int, max_queue: int, block: bool = True):
+    """One request at a time, at most ``max_queue`` waiting; offline: no share link, local fonts, no SSR server."""
+    app.queue(default_concurrency_limit=1, max_size=max_queue)
+    return app.launch(server_name=host, server_port=port, share=False, prevent_thread_lock=not block, quiet=True,
+                      show_error=True, max_file_size="10mb", ssr_mode=False, footer_links=["api"],
+                      theme=gr.themes.Default(**LOCAL_FONTS))
+
+
+def heldout_faces(celeba: str | None, resolution: int, count: int = 16) -> list[Image.Image]:
+    """The first ``count`` faces of CelebA's test split (never trained on), to pick from in the Inpaint tab."""
+    if celeba is None:
+        return []
+    from .data import load_eval_images
+
+    pixels = load_eval_images(celeba, "test", resolution, count)
+    return [Image.fromarray(image) for image in pixels.permute(0, 2, 3, 1).numpy()]
+
+
+def main(argv=None) -> int:
+    parser = ArgumentParser(description=__doc__)
+    parser.add_argument("--model", default="pretrained/celeba-64")
+    parser.add_argument("--celeba", default=None, help="CelebA folder: offer its held-out test faces to edit")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--max_queue", type=int, default=4, help="requests that may wait; more are refused")
+    parser.add_argument("--mixed_precision", default="bf16", choices=["no", "bf16"])
+    parser.add_argument("--device", type=device_argument, default=DEFAULT_DEVICE)
+    args = parser.parse_args(argv)
+    if args.max_queue < 1 or not 0 < args.port < 65536:
+        raise ValueError("--max_queue must be >= 1 and --port in 1-65535")
+    pipe = load_pipeline(args.model, args.device)
+    demo = FaceDemo(pipe, args.mixed_precision, heldout_faces(args.celeba, pipe.denoiser.config.sample_size))
+    print(f"serving {args.model} on http://{args.host}:{args.port}", flush=True)
+    launch(build_demo(demo), args.host, args.port, args.max_queue)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
