@@ -1,0 +1,96 @@
+"""How close are the model's faces to faces it never saw? FID/KID against CelebA's held-out images, with the floor.
+
+    python benchmarks/heldout_eval.py --model pretrained/celeba-64 --train_data_dir ../shared/celeba \
+        --scheduler dpm++2m --steps 20 --out results/heldout/celeba-64_dpm++2m-20.json
+
+The reference is every image of the official valid and test splits present in the folder (never trained on). The
+same scores are computed for as many real training images (a seeded random subset of the train split's cached
+features): that is the floor a perfect model of the training distribution would reach against the same reference
+with the same sample count, since FID is biased at small N. Samples are drawn with the same count. The memorization
+check compares each sample's distance to its nearest training image with that to its nearest held-out image.
+Writes one JSON with model, floor and their difference.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from pipeline.cli import DEFAULT_DEVICE, ArgumentParser, device_argument, run_cli  # noqa: E402
+from pipeline.evaluate import as_nchw_uint8, load_or_compute_reference, score_features  # noqa: E402
+from pipeline.generate import check_sampling, generate, load_pipeline  # noqa: E402
+from pipeline.inception import extract_features, load_inception  # noqa: E402
+from pipeline.metrics import feature_stats, memorization  # noqa: E402
+from pipeline.preprocess import Preprocessing  # noqa: E402
+
+HELDOUT_SPLITS = ("valid", "test")
+
+
+def heldout_features(train_data_dir: str, prep: Preprocessing, cache_dir: str | None, device: str) -> torch.Tensor:
+    """Inception features of every valid and test image present (cached per split)."""
+    return torch.cat([load_or_compute_reference(train_data_dir, split=split, prep=prep, cache_dir=cache_dir,
+                                                device=device)["features"] for split in HELDOUT_SPLITS])
+
+
+def scores(fake: torch.Tensor, heldout: torch.Tensor, seed: int) -> dict:
+    """FID/KID/precision/recall against the held-out set (KID subsets of at most the smaller set's size)."""
+    result = score_features(fake, heldout, feature_stats(heldout), kid_subset_size=min(1000, len(fake),
+                                                                                        len(heldout)), seed=seed)
+    return {key: result[key] for key in ("fid", "kid_mean", "kid_std", "kid_generated_se", "precision", "recall")}
+
+
+def main(argv=None) -> int:
+    parser = ArgumentParser(description=__doc__)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--train_data_dir", required=True, help="CelebA in the official layout, with valid/test")
+    parser.add_argument("--scheduler", default="dpm++2m")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--num_samples", type=int, default=None, help="default: as many as held-out images")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--mixed_precision", default="bf16", choices=["no", "bf16"])
+    parser.add_argument("--device", type=device_argument, default=DEFAULT_DEVICE)
+    parser.add_argument("--cache_dir", default=None)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    check_sampling(args.scheduler, args.mixed_precision)
+    pipe = load_pipeline(args.model, args.device)
+    prep = Preprocessing(resolution=int(pipe.denoiser.config.sample_size))
+    heldout = heldout_features(args.train_data_dir, prep, args.cache_dir, args.device)
+    count = args.num_samples or len(heldout)
+    if count < 2:
+        raise ValueError(f"need at least 2 samples, got {count}")
+    train = load_or_compute_reference(args.train_data_dir, split="train", prep=prep, cache_dir=args.cache_dir,
+                                      device=args.device)["features"]
+    if count > len(train):
+        raise ValueError(f"{count} samples requested, the train split has {len(train)} images for the floor")
+    real = train[torch.randperm(len(train), generator=torch.Generator().manual_seed(args.seed))[:count]]
+    started = time.perf_counter()
+    images, nfe = generate(pipe, count, args.scheduler, args.steps, args.seed, mixed_precision=args.mixed_precision,
+                           mean_colour_correction=False)
+    fake, _ = extract_features(as_nchw_uint8(images), progress=True, model=load_inception(args.device))
+    model, floor = scores(fake, heldout, args.seed), scores(real, heldout, args.seed)
+    result = {
+        "model": args.model, "sampler": args.scheduler, "steps": args.steps, "nfe": nfe, "seed": args.seed,
+        "mixed_precision": args.mixed_precision, "num_samples": count, "num_heldout": len(heldout),
+        "heldout_splits": list(HELDOUT_SPLITS), "preprocessing": prep.to_dict(),
+        "model_scores": model, "train_floor": floor,
+        "fid_above_floor": model["fid"] - floor["fid"], "kid_above_floor": model["kid_mean"] - floor["kid_mean"],
+        "memorization": memorization(fake, train, heldout, args.seed)["summary"],
+        "seconds": time.perf_counter() - started}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    print(f"held-out FID-{count}: model {model['fid']:.2f}, real training images {floor['fid']:.2f} (floor), "
+          f"difference {result['fid_above_floor']:.2f}; KID x1e3 {model['kid_mean'] * 1e3:.2f} vs "
+          f"{floor['kid_mean'] * 1e3:.2f} -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,25 @@
+"""benchmarks/heldout_eval.py: scores against the valid+test images, next to real training images (the floor)."""
+
+import json
+import shutil
+
+from conftest import FIXTURE, run_command
+
+HELDOUT = ("162771.jpg", "162772.jpg", "162773.jpg", "182638.jpg", "182639.jpg", "182640.jpg")
+
+
+def test_model_and_floor_are_scored_against_the_heldout_images(smoke_pipeline_dir, tmp_path):
+    data = tmp_path / "celeba"
+    shutil.copytree(FIXTURE, data)
+    for index, name in enumerate(HELDOUT):  # held-out faces: other real faces under the held-out names
+        shutil.copy(data / "img_align_celeba" / f"{index + 40:06d}.jpg", data / "img_align_celeba" / name)
+    out = tmp_path / "heldout.json"
+    run_command(["benchmarks/heldout_eval.py", "--model", str(smoke_pipeline_dir), "--train_data_dir", str(data),
+                 "--scheduler", "ddpm", "--steps", "3", "--mixed_precision", "no", "--out", str(out)],
+                env={"CELEBA_DIFFUSION_CACHE": str(tmp_path / "cache")}, timeout=600)
+    result = json.loads(out.read_text())
+    assert result["num_heldout"] == 6 and result["num_samples"] == 6   # as many samples as held-out faces
+    # real faces are closer to real held-out faces than an 8-step model's noise is
+    assert result["train_floor"]["fid"] < result["model_scores"]["fid"]
+    assert result["fid_above_floor"] == result["model_scores"]["fid"] - result["train_floor"]["fid"]
+    assert result["memorization"]["num_heldout"] == 6 and "0.5" in result["memorization"]["ratio_quantiles"]
