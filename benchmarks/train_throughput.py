@@ -1,4 +1,5 @@
-"""Training img/s on this CPU: diffusers' own training example (A) vs. our train_unet.py step (B), same UNet.
+"""Training img/s on this CPU: diffusers' own training example (A, at fp32 and at bf16) vs. our train_unet.py step
+(B), same UNet, batch and threads.
 
     python benchmarks/train_throughput.py --config configs/celeba64_cpu.yaml --train_data_dir ../shared/celeba
 
@@ -11,8 +12,11 @@ A  diffusers' examples/unconditional_image_generation/train_unconditional.py wit
    torch DataLoader (shuffle, num_workers=0) over the image files whose transforms re-implement its torchvision
    pipeline with PIL + torch: Resize(resolution) of the shorter side (bilinear, PIL), CenterCrop(resolution)
    (``--center_crop``, as in its README command; RandomCrop otherwise), RandomHorizontalFlip, ToTensor,
-   Normalize([0.5], [0.5]). The model is wrapped by accelerate with mixed_precision="no".
-B  train_unet.py's step with the config's settings plus ``--ours_flags``: TrainStream (decode + crop + resize in
+   Normalize([0.5], [0.5]). The model is wrapped by accelerate twice: with mixed_precision="no" (A_example_fp32,
+   the example's default) and "bf16" (A_example_bf16: what its --mixed_precision bf16 does on a CPU, accelerate's
+   bf16 autocast), so that B is compared like for like.
+B  train_unet.py's step with the config's settings plus ``--ours_flags`` (default ``--mixed_precision bf16``, the
+   precision the launch command gives): TrainStream (decode + crop + resize in
    the training process), accelerate mixed precision, memory format, optimizer and EMA options; the loop body mirrors
    train_unet.main (flip, diffusion_loss, finite check, backward, clip, optimizer, LR schedule, EMA, loss.item()).
    ``--also_ours_flags FLAGS`` adds a third variant "B_also" (the config plus FLAGS), e.g. the settings before the
@@ -135,7 +139,7 @@ def build_diffusers_recipe(args, spec):
     from diffusers.training_utils import EMAModel
 
     torch.manual_seed(spec.get("seed", 0))
-    accelerator = Accelerator(cpu=True, mixed_precision="no")
+    accelerator = Accelerator(cpu=True, mixed_precision=spec.get("mixed_precision", "no"))
     model = UNet2DModel(
         sample_size=args.resolution, in_channels=3, out_channels=3, layers_per_block=args.layers_per_block,
         block_out_channels=tuple(args.block_out_channels), down_block_types=tuple(args.down_block_types),
@@ -209,7 +213,7 @@ def build_ours_recipe(args, spec):
     from train_unet import build_model_and_scheduler, build_optimizer_and_ema, diffusion_loss, training_step
 
     torch.manual_seed(spec.get("seed", 0))
-    accelerator = Accelerator(cpu=True, mixed_precision=args.mixed_precision)
+    accelerator = Accelerator(cpu=True, mixed_precision=args.mixed_precision or "no")
     model, noise_scheduler = build_model_and_scheduler(args)
     if spec.get("attention") == "classic":
         from diffusers.models.attention_processor import Attention, AttnProcessor
@@ -315,7 +319,7 @@ def worker(conn, spec):
             started = time.perf_counter()
             train_step()
             warmup.append(time.perf_counter() - started)
-        precision = "no" if spec["recipe"] == "diffusers" else args.mixed_precision
+        precision = spec.get("mixed_precision", "no") if spec["recipe"] == "diffusers" else args.mixed_precision or "no"
         conn.send({"ready": True, "setup_s": setup_s, "warmup_step_s": warmup, "batch_size": args.train_batch_size,
                    "mixed_precision": precision, "channels_last": spec["recipe"] == "ours" and args.channels_last,
                    "threads": torch.get_num_threads(), "interop_threads": torch.get_num_interop_threads()})
@@ -528,7 +532,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/celeba64_cpu.yaml")
     parser.add_argument("--train_data_dir", default="../shared/celeba")
-    parser.add_argument("--ours_flags", default="", help="train_unet.py flags on top of the config for B")
+    parser.add_argument("--ours_flags", default="--mixed_precision bf16", help="train_unet.py flags on top of the "
+                        "config for B")
     parser.add_argument("--also_ours_flags", default=None, help="measure a third variant B_also: config + these")
     parser.add_argument("--repeats", type=int, default=6)
     parser.add_argument("--steps", type=int, default=3, help="training steps per variant per round")
@@ -540,7 +545,8 @@ def main():
     started, load_start = time.time(), load_average()
     print(f"load average at start {load_start}", flush=True)
     base = {"config": cli.config, "train_data_dir": cli.train_data_dir, "warmup": cli.warmup}
-    specs = {"A_diffusers_example": {**base, "recipe": "diffusers"},
+    specs = {"A_example_fp32": {**base, "recipe": "diffusers", "mixed_precision": "no"},
+             "A_example_bf16": {**base, "recipe": "diffusers", "mixed_precision": "bf16"},
              "B_train_unet": {**base, "recipe": "ours", "flags": cli.ours_flags}}
     if cli.also_ours_flags is not None:
         specs["B_also"] = {**base, "recipe": "ours", "flags": cli.also_ours_flags}
@@ -549,7 +555,7 @@ def main():
         print("training steps, interleaved:", flush=True)
         train_runs = interleave(variants, "train", cli.steps, cli.repeats)
         print("data path alone, interleaved:", flush=True)
-        data_names = {"A_diffusers_example": "A_dataloader_pil_transforms", "B_train_unet": "B_trainstream"}
+        data_names = {"A_example_fp32": "A_dataloader_pil_transforms", "B_train_unet": "B_trainstream"}
         data_runs = interleave({data_names[n]: variants[n] for n in data_names}, "data", cli.data_batches,
                                cli.repeats)
         flops = {name: variants[name].run("flops")["flops_per_image"] for name in data_names}
@@ -578,21 +584,20 @@ def main():
             "threads": variant.info["threads"], "mixed_precision": variant.info["mixed_precision"],
             "channels_last": variant.info["channels_last"], "final_losses": train_runs[name][-1]["losses"],
         }
-    a_runs = train_runs["A_diffusers_example"]
-    result["ratio_B_over_A"] = {
-        "of_medians": (result["variants"]["B_train_unet"]["img_per_s"]["median"]
-                       / result["variants"]["A_diffusers_example"]["img_per_s"]["median"]),
-        "per_round": paired_ratio(train_runs["B_train_unet"], a_runs)}
+    ours = result["variants"]["B_train_unet"]["img_per_s"]["median"]
+    for precision in ("fp32", "bf16"):
+        example = f"A_example_{precision}"
+        result[f"ratio_vs_example_{precision}"] = ours / result["variants"][example]["img_per_s"]["median"]
+        result[f"ratio_vs_example_{precision}_per_round"] = paired_ratio(train_runs["B_train_unet"],
+                                                                        train_runs[example])
     if cli.also_ours_flags is not None:
         result["also_ours_flags"] = cli.also_ours_flags
-        result["ratio_B_also_over_A"] = {
-            "of_medians": (result["variants"]["B_also"]["img_per_s"]["median"]
-                           / result["variants"]["A_diffusers_example"]["img_per_s"]["median"]),
-            "per_round": paired_ratio(train_runs["B_also"], a_runs)}
+        result["ratio_B_also_vs_example_bf16"] = (result["variants"]["B_also"]["img_per_s"]["median"]
+                                                  / result["variants"]["A_example_bf16"]["img_per_s"]["median"])
     for name, runs in data_runs.items():
         result["data_path"][name] = describe_runs(runs)
     for name, flop in flops.items():
-        variant = "A_diffusers_example" if name.startswith("A") else "B_train_unet"
+        variant = "A_example_fp32" if name.startswith("A") else "B_train_unet"
         img_s = result["variants"][variant]["img_per_s"]["median"]
         achieved = flop * img_s / 1e9
         bf16 = variants[variant].info["mixed_precision"] == "bf16"
@@ -606,7 +611,7 @@ def main():
     os.makedirs(os.path.dirname(cli.out), exist_ok=True)
     with open(cli.out, "w") as handle:
         json.dump(result, handle, indent=1)
-    print(json.dumps({k: result[k] for k in ("ratio_B_over_A", "flops")}, indent=1))
+    print(json.dumps({k: result[k] for k in ("ratio_vs_example_fp32", "ratio_vs_example_bf16", "flops")}, indent=1))
     for name, entry in result["variants"].items():
         s = entry["img_per_s"]
         print(f"{name:24s} {s['median']:7.2f} img/s (min {s['min']:.2f}, max {s['max']:.2f}), "
@@ -614,9 +619,11 @@ def main():
     for name, entry in result["data_path"].items():
         s = entry["img_per_s"]
         print(f"{name:28s} {s['median']:8.1f} img/s (min {s['min']:.1f}, max {s['max']:.1f})")
-    r = result["ratio_B_over_A"]
-    print(f"B/A = {r['of_medians']:.2f} (per-round median {r['per_round']['median']:.2f}, "
-          f"{r['per_round']['min']:.2f}-{r['per_round']['max']:.2f}); load {load_start} -> {load_end}")
+    for precision in ("fp32", "bf16"):
+        r = result[f"ratio_vs_example_{precision}_per_round"]
+        print(f"ours / example at {precision} = {result[f'ratio_vs_example_{precision}']:.2f} (per-round median "
+              f"{r['median']:.2f}, {r['min']:.2f}-{r['max']:.2f})")
+    print(f"load {load_start} -> {load_end}")
     print(f"wrote {cli.out}")
 
 
