@@ -145,7 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--logging_dir", type=str, default="logs", help="under output_dir")
     p.add_argument("--save_images_steps", type=int, default=0, help="sample grid every N steps (0 = off)")
     p.add_argument("--num_validation_images", type=int, default=16)
-    p.add_argument("--validation_scheduler", type=str, default="ddim-clip", help="sampler of the sample grids")
+    p.add_argument("--validation_scheduler", type=str, default=None, help="sampler of the sample grids (default: "
+                   "DPM-Solver++(2M), dpm++2m or edm-dpm++2m for the model's family)")
     p.add_argument("--validation_inference_steps", type=int, default=25)
     p.add_argument("--checkpointing_steps", type=int, default=500)
     p.add_argument("--checkpointing_minutes", type=float, default=0, help="also checkpoint every N minutes")
@@ -153,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume_from_checkpoint", type=str, default=None, help='a checkpoint folder or "latest"')
     p.add_argument("--eval_fid_every", type=int, default=0, help="FID of EMA samples every N steps (0 = off)")
     p.add_argument("--eval_fid_num_samples", type=int, default=1000)
-    p.add_argument("--eval_fid_scheduler", type=str, default="ddim-clip")
+    p.add_argument("--eval_fid_scheduler", type=str, default=None, help="sampler of the in-training FID (default: "
+                   "as --validation_scheduler)")
     p.add_argument("--eval_fid_steps", type=int, default=20)
     p.add_argument("--eval_fid_reference_images", type=int, default=None, help="real images in the reference "
                    "statistics (default: all of the training split; computed once, then cached)")
@@ -179,6 +181,9 @@ def parse_args(argv=None) -> argparse.Namespace:
             parser.error(f"{args.config}: unknown key {key!r}" + (f"; did you mean {close[0]!r}?" if close else ""))
         parser.set_defaults(**config)
     args = parser.parse_args(argv)
+    deterministic = "edm-dpm++2m" if args.preconditioning == "edm" else "dpm++2m"
+    args.validation_scheduler = args.validation_scheduler or deterministic
+    args.eval_fid_scheduler = args.eval_fid_scheduler or deterministic
     try:
         check_settings(args)
     except ValueError as error:
@@ -388,8 +393,7 @@ def save_ema_pipeline(accelerator, model, ema, noise_scheduler, args, folder, me
 
 
 def save_sample_grid(accelerator, model, ema, noise_scheduler, args, step):
-    """A grid of EMA samples for TensorBoard and output_dir/samples/ (ddim-clip by default: early in a run the exact ODE
-    samplers give noise)."""
+    """A grid of EMA samples for TensorBoard and output_dir/samples/."""
     with ema_pipeline(accelerator, model, ema, noise_scheduler, args.pixel_unshuffle) as pipe:
         images, _ = generate(pipe, args.num_validation_images, args.validation_scheduler,
                              args.validation_inference_steps, seed=args.seed, progress=False)

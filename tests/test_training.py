@@ -259,7 +259,7 @@ def test_training_log_fid_sample_grids_and_cumulative_cpu_time(tmp_path):
     assert [r["step"] for r in checkpoints] == [4, 8] and [r["step"] for r in fids] == [4, 8]
     assert checkpoints[1]["images_seen"] == 8 * 4 and 0 < checkpoints[0]["cpu_hours"] < checkpoints[1]["cpu_hours"]
     assert all(r["clock_counted_from_step"] == 0 for r in checkpoints)  # the clock covers the whole run
-    assert all(r["fid_6"] > 0 and "ddim-clip-10" in r["fid_protocol"] for r in fids)
+    assert all(r["fid_6"] > 0 and "dpm++2m-10" in r["fid_protocol"] for r in fids)  # the fast ODE sampler
     assert list((tmp_path / "cache" / "ref_stats").glob("*.pt"))  # the reference was cached, not recomputed
     grids = sorted(p.name for p in (out / "samples").glob("*.png"))
     assert grids == ["step_0000004.png", "step_0000008.png"]
