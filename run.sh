@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One entry point that needs only Python 3.11: creates/updates the project venv, then runs a task.
 #   ./run.sh generate [pipeline.generate flags]   faces from the shipped pipeline -> samples/
-#   ./run.sh test [pytest flags]                  the whole test suite (two workers; add -n 0 for one process)
+#   ./run.sh test [pytest flags]                  the test suite (two workers; add -n 0 for one process)
+#   ./run.sh test-slow [pytest flags]             end-to-end runs of the experiment commands (marked slow)
 #   ./run.sh python ARGS...                       anything else inside the venv
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -25,7 +26,8 @@ case "$task" in
   generate) exec "$VENV/bin/python" -m pipeline.generate "$@" ;;
   # two pytest-xdist workers, one per core (tests spend much of their time in single-threaded subprocesses); -n 0 for one.
   # No path given: pytest collects from the repository root, where only tests/ holds tests (it skips .venv)
-  test) exec "$VENV/bin/python" -m pytest -q -n 2 "$@" ;;
+  test) exec "$VENV/bin/python" -m pytest -q -n 2 -m "not slow" "$@" ;;
+  test-slow) exec "$VENV/bin/python" -m pytest -q -n 2 -m slow "$@" ;;
   python) exec "$VENV/bin/python" "$@" ;;
-  *) echo "usage: ./run.sh generate|test|python [args...]" >&2; exit 2 ;;
+  *) echo "usage: ./run.sh generate|test|test-slow|python [args...]" >&2; exit 2 ;;
 esac

@@ -56,6 +56,7 @@ DIFFUSERS_SAMPLERS = {
 EDM_SAMPLERS = ("edm-euler", "edm-dpm++2m", "edm-dpm++2m-sde")
 SDE_SAMPLERS = ("pc", "ode-heun", "ode-rk45")
 ALL_SAMPLERS = (*DIFFUSERS_SAMPLERS, *SDE_SAMPLERS)
+VP_SAMPLERS = tuple(name for name in ALL_SAMPLERS if name not in EDM_SAMPLERS)  # for DDPM-trained models
 
 
 def explicit_config(scheduler_config) -> dict:

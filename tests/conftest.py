@@ -21,6 +21,7 @@ torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 def pytest_configure(config):
     config.addinivalue_line("markers", "browser: drives the demo in headless Chromium (run in CI; fails when the "
                                        "browser is missing, never skips)")
+    config.addinivalue_line("markers", "slow: end-to-end runs of experiment commands (./run.sh test-slow)")
 
 
 def subprocess_env() -> dict:

@@ -160,3 +160,33 @@ def make_correlated_gaussian(scheduler_config, size: int = 4, seed: int = 0) -> 
     colour = scale[:, None] * colour * scale[None, :]
     covariance = 0.04 * torch.kron(colour, spatial) + 1e-4 * torch.eye(3 * size * size, dtype=torch.float64)
     return CorrelatedGaussianDenoiser(mu, covariance, scheduler_config)
+
+
+class EDMGaussianDenoiser(torch.nn.Module):
+    """The network output F that makes EDM's preconditioned denoiser D(x; sigma) = c_skip x + c_out F exact for
+    x_0 ~ N(mu, diag(s^2)) and x = x_0 + sigma n: D = mu + s^2 (x - mu) / (s^2 + sigma^2). It reads sigma and x
+    back from what a UNet is given (c_noise = log(sigma) / 4, c_in x), as diffusers' EDM schedulers call it."""
+
+    def __init__(self, mu: torch.Tensor, s: torch.Tensor, sigma_data: float = 0.5):
+        super().__init__()
+        self.register_buffer("mu", mu.to(torch.float64))
+        self.register_buffer("s", s.to(torch.float64))
+        self.sigma_data = sigma_data
+        self.config = SimpleNamespace(sample_size=mu.shape[-1], in_channels=mu.shape[0])
+
+    @property
+    def dtype(self):
+        return torch.float32
+
+    @property
+    def device(self):
+        return self.mu.device
+
+    def forward(self, sample, timestep, return_dict: bool = True):
+        sigma = (4 * torch.as_tensor(timestep, dtype=torch.float64)).exp().reshape(-1, 1, 1, 1)
+        data = self.sigma_data
+        x = sample.to(torch.float64) * (sigma**2 + data**2).sqrt()
+        denoised = self.mu + self.s**2 * (x - self.mu) / (self.s**2 + sigma**2)
+        c_skip, c_out = data**2 / (sigma**2 + data**2), sigma * data / (sigma**2 + data**2).sqrt()
+        out = ((denoised - c_skip * x) / c_out).to(sample.dtype)
+        return UNet2DOutput(sample=out) if return_dict else (out,)

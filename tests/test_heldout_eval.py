@@ -3,11 +3,14 @@
 import json
 import shutil
 
+import pytest
+
 from conftest import FIXTURE, run_command
 
 HELDOUT = ("162771.jpg", "162772.jpg", "162773.jpg", "182638.jpg", "182639.jpg", "182640.jpg")
 
 
+@pytest.mark.slow
 def test_model_and_floor_are_scored_against_the_heldout_images(smoke_pipeline_dir, tmp_path):
     data = tmp_path / "celeba"
     shutil.copytree(FIXTURE, data)

@@ -105,5 +105,5 @@ def test_train_unet_push_to_hub(tmp_path):
     assert hub.files["unet/diffusion_pytorch_model.safetensors"] == \
         (out / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
     card = hub.files["README.md"].decode()
-    assert card.startswith("---\nlibrary_name: diffusers") and "8 optimisation steps" in card
+    assert card.startswith("---\n") and "\nlibrary_name: diffusers\n" in card.split("---")[1] and "8 optimisation steps" in card
     assert "pipeline_celeba.py" in hub.files

@@ -9,6 +9,7 @@ from benchmarks.recipe_study import RECIPES, SCORING_SAMPLERS, as_flags, require
 from conftest import FIXTURE, run_command
 
 
+@pytest.mark.slow
 def test_two_recipes_train_for_the_budget_are_scored_and_then_skipped(tmp_path):
     argv = ["benchmarks/recipe_study.py", "--train_data_dir", str(FIXTURE), "--base_config", "configs/smoke.yaml",
             "--cpu_hours", "0.00001", "--recipes", "eps-linear", "v-zsnr", "--num_samples", "4",

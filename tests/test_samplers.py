@@ -15,11 +15,13 @@ import pytest
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
 from diffusers.utils.torch_utils import randn_tensor
-from gaussian_model import GaussianDenoiser, make_gaussian
+from diffusers import EDMEulerScheduler
+from gaussian_model import EDMGaussianDenoiser, GaussianDenoiser, make_gaussian
 
 from pipeline import CelebADiffusionPipeline
 from pipeline import sde as S
-from pipeline.schedulers import ALL_SAMPLERS, DIFFUSERS_SAMPLERS, SDE_SAMPLERS, check_steps, make_scheduler, nfe
+from pipeline.schedulers import (ALL_SAMPLERS, DIFFUSERS_SAMPLERS, EDM_SAMPLERS, SDE_SAMPLERS, VP_SAMPLERS, check_steps,
+                                 make_scheduler, nfe)
 
 LINEAR = dict(DDPMScheduler(beta_schedule="linear").config)
 COSINE_V = dict(DDPMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction").config)
@@ -27,7 +29,8 @@ SHAPE = (3, 4, 4)
 N_SAMPLES = 3000
 # steps per sampler for the moment test (bias well below 5 SE; see the module docstring)
 MOMENT_STEPS = {"ddpm": 1000, "ddim": 500, "ddim-clip": 500, "dpm++2m": 100, "euler": 400, "heun": 50, "unipc": 100,
-                "pc": 300, "ode-heun": 50, "ode-rk45": 1}
+                "pc": 300, "ode-heun": 50, "ode-rk45": 1, "edm-euler": 200, "edm-dpm++2m": 50,
+                "edm-dpm++2m-sde": 100}
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -67,10 +70,26 @@ def exact_noise(batch, seed=0, dtype=torch.float64):
 # every sampler reproduces the data distribution
 
 
-@pytest.mark.parametrize("name", ALL_SAMPLERS)
+@pytest.mark.parametrize("name", VP_SAMPLERS)
 def test_sampler_matches_gaussian_moments(name):
     model = gaussian(LINEAR)
     assert_moments(run_pipeline(model, LINEAR, name, MOMENT_STEPS[name], N_SAMPLES), model)
+
+
+@pytest.mark.parametrize("name", EDM_SAMPLERS)
+def test_edm_sampler_matches_gaussian_moments_and_counts_nfe(name):
+    """EDM-preconditioned samplers on the exact EDM denoiser of the same kind of Gaussian data."""
+    reference = gaussian(LINEAR)
+    model = EDMGaussianDenoiser(reference.mu, reference.s)
+    edm = dict(EDMEulerScheduler(sigma_data=0.5).config)
+    pipe = CelebADiffusionPipeline(unet=model, scheduler=make_scheduler(name, edm))
+    pipe.set_progress_bar_config(disable=True)
+    calls = []
+    model.register_forward_hook(lambda *_: calls.append(1))
+    images = pipe(batch_size=N_SAMPLES, num_inference_steps=MOMENT_STEPS[name],
+                  generator=torch.Generator().manual_seed(0), output_type="pt").images
+    assert_moments(images, reference)
+    assert len(calls) == nfe(name, MOMENT_STEPS[name])
 
 
 @pytest.mark.parametrize("name", SDE_SAMPLERS)
@@ -192,7 +211,7 @@ def test_ode_heun_on_the_karras_grid_reproduces_diffusers_heun(config):
 # bookkeeping: NFE, determinism, options, names, schedules
 
 
-@pytest.mark.parametrize("name", ALL_SAMPLERS)
+@pytest.mark.parametrize("name", VP_SAMPLERS)
 def test_nfe_counts_network_calls(name):
     model = gaussian(LINEAR)
     run_pipeline(model, LINEAR, name, 5, 2)
@@ -251,7 +270,7 @@ def test_make_scheduler_keeps_the_training_schedule():
     for config in (DDPMScheduler().config, DDPMScheduler(beta_schedule="squaredcos_cap_v2",
                                                          prediction_type="v_prediction").config):
         trained = DDPMScheduler.from_config(config).alphas_cumprod
-        for name in DIFFUSERS_SAMPLERS:
+        for name in set(DIFFUSERS_SAMPLERS) - set(EDM_SAMPLERS):
             scheduler = make_scheduler(name, config)
             torch.testing.assert_close(scheduler.alphas_cumprod, trained)
             assert scheduler.config.prediction_type == config.prediction_type
@@ -274,7 +293,10 @@ def test_unknown_names_and_options_are_rejected():
     with pytest.raises(ValueError, match="ddim-clip.*30"):
         check_steps("ddim-clip", 30)
     check_steps("dpm++2m", 400)
-    assert set(ALL_SAMPLERS) == set(DIFFUSERS_SAMPLERS) | set(SDE_SAMPLERS) and len(ALL_SAMPLERS) == 10
+    assert set(ALL_SAMPLERS) == set(DIFFUSERS_SAMPLERS) | set(SDE_SAMPLERS) and len(ALL_SAMPLERS) == 13
+    assert set(MOMENT_STEPS) == set(ALL_SAMPLERS) and set(VP_SAMPLERS) | set(EDM_SAMPLERS) == set(ALL_SAMPLERS)
+    with pytest.raises(ValueError, match="does not fit a model trained with DDPM preconditioning"):
+        make_scheduler("edm-euler", LINEAR)
 
 
 def test_sde_samplers_run_a_real_unet2dmodel():

@@ -79,7 +79,7 @@ def test_pixel_unshuffle_denoiser_equals_the_same_model_in_image_space():
 
 def test_bad_options_are_rejected(capsys):
     base = ["--config", "configs/smoke.yaml", "--train_data_dir", "x"]
-    for extra, message in ((["--pixel_unshuffle", "3"], "must be >= 1 and divide --resolution 32"),
+    for extra, message in ((["--pixel_unshuffle", "3"], "--pixel_unshuffle 3 must divide --resolution 32"),
                            (["--shifted_cosine_base_resolution", "16"], "needs --ddpm_beta_schedule shifted_cosine")):
         with pytest.raises(SystemExit):
             parse_args(base + extra)
