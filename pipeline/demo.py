@@ -32,6 +32,11 @@ from .preprocess import to_uint8  # noqa: E402
 from .schedulers import ALL_SAMPLERS, EDM_SAMPLERS, is_edm, nfe  # noqa: E402
 
 MAX_UPLOAD_SIDE = 2048
+
+
+def input_error(message: str) -> gr.Error:
+    """A message shown in the page until the user closes it (bad input, not a crash: no traceback is printed)."""
+    return gr.Error(message, duration=None, print_exception=False)
 MAX_BATCH = 16
 LOCAL_FONTS = dict(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
 
@@ -44,10 +49,10 @@ def square_face(array: np.ndarray, resolution: int) -> torch.Tensor:
     """An uploaded face as 3 x R x R in [-1, 1]: model-sized and aligned CelebA images as in ``pipeline.edit``, any
     other upload centre-cropped to a square and resized; gr.Error for a missing or huge image."""
     if array is None:
-        raise gr.Error("Upload a face (or pick one) first.")
+        raise input_error("Upload a face (or pick one) first.")
     height, width = array.shape[:2]
     if max(height, width) > MAX_UPLOAD_SIDE:
-        raise gr.Error(f"The image is {width}x{height}; upload one at most {MAX_UPLOAD_SIDE} pixels on a side.")
+        raise input_error(f"The image is {width}x{height}; upload one at most {MAX_UPLOAD_SIDE} pixels on a side.")
     image = Image.fromarray(np.asarray(array, dtype=np.uint8)).convert("RGB")
     try:
         return face_tensor(image, resolution)
@@ -62,7 +67,7 @@ def drawn_mask(editor: dict | None, resolution: int) -> tuple[torch.Tensor, torc
     """(face, mask with 1 = known) from an ImageEditor value: the background is the face, every painted pixel of
     any layer is to be filled."""
     if editor is None or editor.get("background") is None:
-        raise gr.Error("Upload a face (or pick one) first.")
+        raise input_error("Upload a face (or pick one) first.")
     background = np.asarray(editor["background"])
     face = square_face(background[..., :3], resolution)
     painted = np.zeros(background.shape[:2], dtype=bool)
@@ -71,7 +76,7 @@ def drawn_mask(editor: dict | None, resolution: int) -> tuple[torch.Tensor, torc
         if layer.ndim == 3 and layer.shape[2] == 4 and layer.shape[:2] == painted.shape:
             painted |= layer[..., 3] > 0
     if not painted.any():
-        raise gr.Error("No mask drawn: paint over the region to fill with the brush, then press Inpaint.")
+        raise input_error("No mask drawn: paint over the region to fill with the brush, then press Inpaint.")
     fill = Image.fromarray(painted.astype(np.uint8) * 255)
     if fill.size != (resolution, resolution):
         side = min(fill.size)
@@ -79,7 +84,7 @@ def drawn_mask(editor: dict | None, resolution: int) -> tuple[torch.Tensor, torc
         fill = fill.crop((left, top, left + side, top + side)).resize((resolution, resolution), Image.NEAREST)
     known = torch.from_numpy(np.asarray(fill) < 128).float()[None, None]
     if bool(known.all()):
-        raise gr.Error("The painted region is outside the face crop: paint over the face.")
+        raise input_error("The painted region is outside the face crop: paint over the face.")
     return face, known
 
 
@@ -114,14 +119,14 @@ class FaceDemo:
 
     def generate(self, sampler: str, steps: float, seed: float, batch: float, progress=gr.Progress(track_tqdm=True)):
         if sampler not in self.samplers:
-            raise gr.Error(f"Unknown sampler {sampler!r}; choose one of {', '.join(self.samplers)}.")
+            raise input_error(f"Unknown sampler {sampler!r}; choose one of {', '.join(self.samplers)}.")
         if not 1 <= int(batch) <= MAX_BATCH or int(steps) < 1:
-            raise gr.Error(f"Batch must be 1-{MAX_BATCH} and steps at least 1.")
+            raise input_error(f"Batch must be 1-{MAX_BATCH} and steps at least 1.")
         try:
             images, _ = generate(self.pipe, int(batch), sampler, int(steps), int(seed), batch_size=int(batch),
                                  progress=True, mixed_precision=self.mixed_precision)
         except ValueError as error:   # e.g. a step count DDIM cannot take
-            raise gr.Error(str(error)) from None
+            raise input_error(str(error)) from None
         return [Image.fromarray(image) for image in images]
 
     def pick_face(self, event: gr.SelectData) -> dict:
@@ -131,7 +136,7 @@ class FaceDemo:
 
     def _edit_options(self, method: str, steps: float, seed: float) -> dict:
         if method not in METHODS or int(steps) < 1:
-            raise gr.Error(f"Method must be one of {', '.join(METHODS)} and steps at least 1.")
+            raise input_error(f"Method must be one of {', '.join(METHODS)} and steps at least 1.")
         steps = int(steps)
         options = {"method": method, "steps": steps, "generator": torch.Generator().manual_seed(int(seed))}
         if method == "repaint":  # jumps of a tenth of the steps, resampled 3 times: ~3x the steps in evaluations
@@ -156,7 +161,7 @@ class FaceDemo:
     def interpolate(self, first: np.ndarray, second: np.ndarray, frames: float, steps: float,
                     progress=gr.Progress(track_tqdm=True)):
         if not 2 <= int(frames) <= MAX_BATCH or int(steps) < 1:
-            raise gr.Error(f"Frames must be 2-{MAX_BATCH} and steps at least 1.")
+            raise input_error(f"Frames must be 2-{MAX_BATCH} and steps at least 1.")
         a, b = square_face(first, self.resolution), square_face(second, self.resolution)
         with unet_precision(self.pipe, self.mixed_precision):
             return to_pil(interpolate(self.pipe, a, b, int(frames), int(steps)))

@@ -12,7 +12,7 @@ from conftest import FIXTURE, run_command
 @pytest.mark.slow
 def test_two_recipes_train_for_the_budget_are_scored_and_then_skipped(tmp_path):
     argv = ["benchmarks/recipe_study.py", "--train_data_dir", str(FIXTURE), "--base_config", "configs/smoke.yaml",
-            "--cpu_hours", "0.00001", "--recipes", "eps-linear", "v-zsnr", "--num_samples", "4",
+            "--steps", "2", "--recipes", "eps-linear", "v-zsnr", "--num_samples", "4",
             "--threads", "1", "--runs_dir", str(tmp_path / "runs"), "--out_dir", str(tmp_path / "recipes")]
     env = {"CELEBA_DIFFUSION_CACHE": str(tmp_path / "cache")}
     run_command(argv, env=env, timeout=600)
@@ -22,7 +22,7 @@ def test_two_recipes_train_for_the_budget_are_scored_and_then_skipped(tmp_path):
     assert all(row["steps"] >= 1 and row["fid"] > 0 and row["label"] == "FID-4" for row in summary["recipes"])
     result = json.loads((tmp_path / "recipes" / "v-zsnr_dpm++2m-20.json").read_text())
     assert result["mean_colour_correction"] is False and result["nfe"] == 20
-    scheduler = json.loads((tmp_path / "runs" / "v-zsnr-1e-05cpuh" / "scheduler" / "scheduler_config.json").read_text())
+    scheduler = json.loads((tmp_path / "runs" / "v-zsnr-2steps" / "scheduler" / "scheduler_config.json").read_text())
     assert scheduler["prediction_type"] == "v_prediction" and scheduler["rescale_betas_zero_snr"] is True
     assert (tmp_path / "recipes" / "eps-linear_grid.png").is_file()
     again = run_command(argv, env=env)
@@ -32,9 +32,9 @@ def test_two_recipes_train_for_the_budget_are_scored_and_then_skipped(tmp_path):
 
 
 def test_a_recipe_stopped_before_its_budget_is_not_scored():
-    require_full_budget("eps-linear", {"cpu_hours": 2.01}, 2.0)
-    with pytest.raises(ValueError, match=r"eps-linear: training stopped after 1.50 of its 2 CPU-hours"):
-        require_full_budget("eps-linear", {"cpu_hours": 1.5}, 2.0)
+    require_full_budget("eps-linear", {"step": 2000}, 2000)
+    with pytest.raises(ValueError, match=r"eps-linear: training stopped after 1500 of its 2000 steps"):
+        require_full_budget("eps-linear", {"step": 1500}, 2000)
 
 
 def test_a_failed_or_killed_training_is_one_error_to_rerun():
