@@ -28,7 +28,7 @@ from .edit import face_tensor  # noqa: E402
 from .editing import METHODS, colorize, impute, interpolate  # noqa: E402
 from .generate import generate, unet_precision  # noqa: E402
 from .pipeline_folder import load_pipeline  # noqa: E402
-from .preprocess import to_uint8  # noqa: E402
+from .preprocess import to_uint8_nhwc  # noqa: E402
 from .schedulers import ALL_SAMPLERS, EDM_SAMPLERS, is_edm, nfe  # noqa: E402
 
 MAX_UPLOAD_SIDE = 2048
@@ -42,7 +42,7 @@ LOCAL_FONTS = dict(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=
 
 
 def to_pil(images: torch.Tensor) -> list[Image.Image]:
-    return [Image.fromarray(image) for image in to_uint8(images.float()).permute(0, 2, 3, 1).numpy()]
+    return [Image.fromarray(image) for image in to_uint8_nhwc(images)]
 
 
 def square_face(array: np.ndarray, resolution: int) -> torch.Tensor:

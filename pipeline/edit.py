@@ -27,7 +27,7 @@ from .cli import DEFAULT_DEVICE, ArgumentParser, device_argument, run_cli
 from .editing import METHODS, colorize, decode, impute, interpolate, invert
 from .images import make_grid
 from .pipeline_folder import load_pipeline
-from .preprocess import Preprocessing, decode_image, preprocess_image, to_model_range, to_uint8
+from .preprocess import Preprocessing, decode_image, preprocess_image, to_model_range, to_uint8, to_uint8_nhwc
 
 NAMED_MASKS = ("center", "left", "right", "top", "bottom", "eyes", "random")
 CELEBA_ALIGNED_SIZE = (178, 218)
@@ -134,17 +134,13 @@ def psnr(result: torch.Tensor, original: torch.Tensor, where: torch.Tensor | Non
     return float(10 * np.log10(255.0**2 / max(error.mean().item(), 1e-12)))
 
 
-def as_uint8(images: torch.Tensor) -> np.ndarray:
-    return to_uint8(images.float()).permute(0, 2, 3, 1).numpy()
-
-
 def write(out: Path, name: str, rows: list[torch.Tensor], record: dict, upscale: int) -> None:
     """PNGs of the last row, the grid of all rows (one column per image) and edit.json."""
     out.mkdir(parents=True, exist_ok=True)
-    results = as_uint8(rows[-1])
+    results = to_uint8_nhwc(rows[-1])
     for index, image in enumerate(results):
         Image.fromarray(image).save(out / f"{name}_{index:03d}.png")
-    make_grid(np.concatenate([as_uint8(row) for row in rows]), columns=len(rows[0]), upscale=upscale).save(
+    make_grid(np.concatenate([to_uint8_nhwc(row) for row in rows]), columns=len(rows[0]), upscale=upscale).save(
         out / "grid.png")
     (out / "edit.json").write_text(json.dumps(record, indent=1))
 

@@ -93,6 +93,11 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
+def to_uint8_nhwc(images: torch.Tensor) -> np.ndarray:
+    """float [-1, 1] NCHW (values outside are clipped, as in noisy x_t) -> uint8 NHWC numpy, for PIL and grids."""
+    return to_uint8(images.float()).permute(0, 2, 3, 1).cpu().numpy()
+
+
 def random_hflip(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Flip each image of an NCHW batch left-right with probability 1/2."""
     flip = torch.rand(images.shape[0], generator=generator) < 0.5

@@ -14,13 +14,13 @@ import json
 import os
 import sys
 
-import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from .cli import ArgumentParser, DEFAULT_DEVICE, device_argument, run_cli
 from .generate import DEFAULT_MODEL, MIXED_PRECISION, configure_sampler, load_pipeline, unet_precision
 from .images import make_grid
+from .preprocess import to_uint8_nhwc
 from .schedulers import check_steps
 
 # Schedulers whose step returns pred_original_sample (the x0 estimate shown in the bottom rows).
@@ -58,17 +58,12 @@ def record_trajectory(pipe, scheduler: str, steps: int, num_images: int, snapsho
     return timesteps, torch.stack(samples), torch.stack(estimates)
 
 
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """[-1, 1] NCHW -> uint8 NHWC (values outside [-1, 1], as in noisy x_t, are clipped for display)."""
-    return ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-
-
 def trajectory_picture(timesteps: list[int], samples: torch.Tensor, estimates: torch.Tensor,
                        upscale: int = 2) -> Image.Image:
     """Per image two rows (x_t, then x0_hat), one column per snapshot, labelled with t."""
     columns, count = samples.shape[:2]
     rows = [row for image in range(count) for row in (samples[:, image], estimates[:, image])]
-    grid = make_grid(to_uint8(torch.cat(rows)), columns=columns, upscale=upscale)
+    grid = make_grid(to_uint8_nhwc(torch.cat(rows)), columns=columns, upscale=upscale)
     label_height, margin = 18, 44
     canvas = Image.new("RGB", (grid.width + margin, grid.height + label_height), "white")
     canvas.paste(grid, (margin, label_height))
