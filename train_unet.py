@@ -436,9 +436,20 @@ def restore_run_state(accelerator, checkpoint: Path, stream, clock: TrainingCloc
 
 def end_training_together(accelerator) -> None:
     """Destroy the process group on all ranks at once: a rank that destroys it while another is still saving can
-    leave gloo hanging at exit (seen once in CI with 2 CPU processes)."""
+    leave gloo hanging."""
     accelerator.wait_for_everyone()
     accelerator.end_training()
+
+
+def exit_process(status: int) -> None:
+    """End the process with ``status``. A process of a multi-process run skips Python's interpreter finalization
+    once its outputs are flushed: with gloo, finalization can hang forever on the GIL (pytorch/pytorch#190489)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(status)
+    sys.exit(status)
 
 
 def cpu_thread_advice(threads: int, cores: int, local_processes: int) -> str | None:
@@ -644,4 +655,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    exit_process(run_cli(main))

@@ -1,11 +1,13 @@
 """train_unet.py: learning works, checkpoints resume bit-exactly, signals and bad input are handled, 2 processes."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
 import time
 from argparse import Namespace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -197,14 +199,37 @@ def test_cooldown_added_on_resume_equals_the_schedule_from_the_start(tmp_path):
     assert final["step"] == 8 and final["lr"] == 0.0
 
 
+def child_processes(pid: int) -> list[int]:
+    """The process ids whose parent is ``pid`` (Linux /proc)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if parent == pid:
+            children.append(int(stat.parent.name))
+    return children
+
+
 def test_two_process_cpu_run(tmp_path):
     """torchrun with 2 CPU processes (gloo): identical weights on both ranks, disjoint images within an epoch."""
     out = tmp_path / "ddp"
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                             *train_args(out, "--max_train_steps", 6)],
-                            cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "MULTI_CPU" in result.stderr
+    process = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                                *train_args(out, "--max_train_steps", 6)],
+                               cwd=ROOT, env={**subprocess_env(), "PYTHONFAULTHANDLER": "1"}, start_new_session=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _, stderr = process.communicate(timeout=300)
+    except subprocess.TimeoutExpired:  # a hang: SIGABRT makes faulthandler print where each worker is stuck
+        for worker in child_processes(process.pid):  # torchrun starts each worker in a session of its own
+            os.kill(worker, signal.SIGABRT)
+        time.sleep(5)
+        os.killpg(process.pid, signal.SIGKILL)
+        _, stderr = process.communicate()
+        pytest.fail(f"the 2-process run hung; the stacks of its processes:\n{stderr[-8000:]}")
+    assert process.returncode == 0, stderr[-3000:]
+    assert "MULTI_CPU" in stderr
     rank0, rank1 = (json.loads((out / f"run_summary_rank{r}.json").read_text()) for r in (0, 1))
     assert rank0["world_size"] == 2 and rank0["unet_sha256"] == rank1["unet_sha256"]
     epoch0, epoch1 = rank0["first_keys"][:24], rank1["first_keys"][:24]  # 48 images = one epoch over 2 ranks
