@@ -31,7 +31,6 @@ from diffusers.training_utils import EMAModel, compute_snr
 from tqdm.auto import tqdm
 
 from pipeline import CelebADiffusionPipeline
-from pipeline.pipeline_celeba import PixelUnshuffleDenoiser
 from pipeline.architecture import build_unet, check_group_norm
 from pipeline.checkpoints import (
     list_checkpoints,
@@ -49,6 +48,7 @@ from pipeline.lr_schedules import build_lr_scheduler, check_resumed_learning_rat
 from pipeline.mean_colour import MeanColourStatistics
 from pipeline.model_card import read_training_log, render_card
 from pipeline.noise_schedules import shifted_cosine_betas
+from pipeline.pipeline_celeba import PixelUnshuffleDenoiser
 from pipeline.pipeline_folder import save_pipeline_folder
 from pipeline.preprocess import Preprocessing, random_hflip, to_model_range
 from pipeline.publish import prepare_repo, publish
@@ -137,7 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: the launcher's (accelerate launch --mixed_precision, or accelerate config); bf16 on "
                         "CPUs, fp16 only on GPUs")
     p.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=False,
-                   help="NHWC memory format (slower for training on our 2-core CPU: results/bench/train_ablation.json)")
+                   help="NHWC memory format (slower for training on our 2-core CPU: "
+                        "results/bench/train_ablation.json)")
     p.add_argument("--seed", type=int, default=0)
     # outputs
     p.add_argument("--output_dir", type=str, default="runs/celeba")
@@ -194,9 +195,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 POSITIVE = ("resolution", "crop_size", "layers_per_block", "ddpm_num_steps", "train_batch_size",
             "gradient_accumulation_steps", "max_train_steps", "num_validation_images", "validation_inference_steps",
             "eval_fid_num_samples", "eval_fid_steps", "checkpoints_total_limit", "pixel_unshuffle")
-NON_NEGATIVE = ("data_timeout_minutes", "lr_warmup_steps", "save_images_steps", "checkpointing_steps", "checkpointing_minutes",
-                "eval_fid_every", "learning_rate", "adam_weight_decay", "dropout", "crop_offset_y",
-                "shuffle_buffer_size")
+NON_NEGATIVE = ("data_timeout_minutes", "lr_warmup_steps", "save_images_steps", "checkpointing_steps",
+                "checkpointing_minutes", "eval_fid_every", "learning_rate", "adam_weight_decay", "dropout",
+                "crop_offset_y", "shuffle_buffer_size")
 
 
 def check_settings(args) -> None:
@@ -249,7 +250,6 @@ def resolve_mixed_precision(flag: str | None, on_gpu: bool) -> tuple[str, str]:
     if precision not in ("no", "fp16", "bf16"):
         raise ValueError(f"mixed precision {precision!r} (from {source}) must be no, fp16 or bf16")
     return precision, source
-    return args
 
 
 def build_model_and_scheduler(args):
@@ -348,7 +348,8 @@ def training_step(accelerator, model, optimizer, lr_scheduler, noise_scheduler, 
 
 
 @contextlib.contextmanager
-def ema_pipeline(accelerator, model, ema, noise_scheduler, pixel_unshuffle: int, mean_colour_prior: dict | None = None):
+def ema_pipeline(accelerator, model, ema, noise_scheduler, pixel_unshuffle: int,
+                 mean_colour_prior: dict | None = None):
     """The pipeline with the EMA weights swapped in for the duration of the block (training weights restored)."""
     unet = accelerator.unwrap_model(model)
     if ema is not None:
@@ -549,7 +550,8 @@ def main(argv=None):
             cpu_seconds = accelerator.reduce(cpu_seconds.to(accelerator.device), reduction="sum").cpu()
         if accelerator.is_main_process:
             append_record(training_log, {"step": global_step, "images_seen": global_step * images_per_step,
-                                         "cpu_hours": cpu_seconds.item() / 3600, "wall_hours": clock.wall_seconds / 3600,
+                                         "cpu_hours": cpu_seconds.item() / 3600,
+                                         "wall_hours": clock.wall_seconds / 3600,
                                          "clock_counted_from_step": clock.counted_from_step,
                                          "loss": losses.pop_mean(), "lr": lr_scheduler.get_last_lr()[0],
                                          "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **(extra_log or {})})

@@ -24,13 +24,10 @@ import json
 import math
 import os
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train_throughput import ROOT, load_average, start_variants  # noqa: E402  (puts the repo root on sys.path)
-
-from pipeline.plots import draw_panel  # noqa: E402
+from benchmarks.train_throughput import ROOT, load_average, start_variants
+from pipeline.plots import draw_panel
 
 COLORS = {"fp32": (31, 119, 180), "bf16": (214, 39, 40)}
 

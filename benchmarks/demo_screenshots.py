@@ -16,7 +16,6 @@ import tempfile
 from pathlib import Path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("SE_AVOID_STATS", "true")
 
@@ -76,10 +75,11 @@ def wait_for(driver, condition, seconds: float = 600):
 
 
 def main(argv=None) -> int:
+    from selenium.webdriver.common.by import By
+
     from pipeline.cli import ArgumentParser
     from pipeline.demo import FaceDemo, build_demo, heldout_faces, launch
     from pipeline.pipeline_folder import load_pipeline
-    from selenium.webdriver.common.by import By
 
     parser = ArgumentParser(description=__doc__)
     parser.add_argument("--model", default="pretrained/celeba-64")

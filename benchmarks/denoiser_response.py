@@ -30,13 +30,13 @@ from pathlib import Path
 
 import torch
 
+from pipeline.cli import ArgumentParser, run_cli
+from pipeline.data import load_eval_images
+from pipeline.generate import load_pipeline
+from pipeline.mean_colour import MeanColourStatistics
+from pipeline.preprocess import Preprocessing, to_model_range
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-from pipeline.cli import ArgumentParser, run_cli  # noqa: E402
-from pipeline.data import load_eval_images  # noqa: E402
-from pipeline.generate import load_pipeline  # noqa: E402
-from pipeline.mean_colour import MeanColourStatistics  # noqa: E402
-from pipeline.preprocess import Preprocessing, to_model_range  # noqa: E402
 
 LABELS = [999, 950, 900, 800, 700, 500, 300, 100]
 AMPLITUDE_STEP = 0.02
@@ -81,8 +81,8 @@ def response(denoiser, prediction_type: str, alphas_cumprod: torch.Tensor, image
         abar = alphas_cumprod[label].double().item()
         alpha, sigma = abar**0.5, (1 - abar) ** 0.5
 
-        def estimate(x):
-            return noise_estimate(denoiser, prediction_type, x, label, alpha, sigma)
+        def estimate(x):  # called only within this iteration, so the loop variables it reads are current
+            return noise_estimate(denoiser, prediction_type, x, label, alpha, sigma)  # noqa: B023
 
         x = alpha * x0 + sigma * eps
         shift = sigma / pixels**0.5

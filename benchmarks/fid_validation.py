@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -27,13 +26,12 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from pipeline.data import IMAGE_DIR, read_official_layout  # noqa: E402
-from pipeline.evaluate import score_features  # noqa: E402
-from pipeline.images import make_grid  # noqa: E402
-from pipeline.inception import DESCRIPTION, RESIZE_FILTER, extract_features, load_inception, weights_sha1  # noqa: E402
-from pipeline.metrics import feature_stats, memorization  # noqa: E402
-from pipeline.preprocess import Preprocessing, decode_image, preprocess_image  # noqa: E402
+from pipeline.data import IMAGE_DIR, read_official_layout
+from pipeline.evaluate import score_features
+from pipeline.images import make_grid
+from pipeline.inception import DESCRIPTION, RESIZE_FILTER, extract_features, load_inception, weights_sha1
+from pipeline.metrics import feature_stats, memorization
+from pipeline.preprocess import Preprocessing, decode_image, preprocess_image
 
 BLUR_RADII = (0.5, 1.0, 2.0)  # PIL GaussianBlur radius = standard deviation in pixels of the 64x64 image
 NOISE_STD = 32.0  # in 8-bit levels
@@ -172,8 +170,8 @@ def main():
         "metric_time_at_protocol_size": timing,
         f"projected_seconds_to_score_{num_fake}_64px": projected,
         f"projected_minutes_to_score_{num_fake}_64px": projected / 60,
-        "projection": f"{num_fake} / best measured features/s + measured FID/KID/PR/memorization time at {num_fake} vs "
-                      f"{timing['num_reference']} (synthetic features); excludes generation and the one-time "
+        "projection": f"{num_fake} / best measured features/s + measured FID/KID/PR/memorization time at {num_fake} "
+                      f"vs {timing['num_reference']} (synthetic features); excludes generation and the one-time "
                       "reference features (cached)",
         "picture": str(picture), "feature_seconds": feature_seconds,
         "total_seconds": time.perf_counter() - started_all,

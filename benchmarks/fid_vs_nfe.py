@@ -3,8 +3,9 @@
     python benchmarks/fid_vs_nfe.py --model pretrained/celeba-64 --train_data_dir ../shared/celeba --num_samples 2000
 
 Each (sampler, steps, N) point is one ``pipeline.evaluate`` run, written to ``results/nfe/<sampler>-<steps>_n<N>.json``
-(``ddpm+mc:20``: DDPM with the mean-colour correction, ``pipeline.mean_colour``; ``ode-rk45+mc,rtol=0.001,atol=0.001:1``:
-with score-SDE sampler options, as ``pipeline.evaluate --sampler_option`` takes them).
+(``ddpm+mc:20``: DDPM with the mean-colour correction, ``pipeline.mean_colour``;
+``ode-rk45+mc,rtol=0.001,atol=0.001:1``: with score-SDE sampler options, as ``pipeline.evaluate --sampler_option``
+takes them).
 A point whose JSON already exists for the same weights (SHA-256 of the UNet file), seed and precision is reused, so
 the sweep can be spread over several working sessions: on 2 cores the UNet of configs/celeba64_cpu.yaml manages
 ~44 image-NFE/s in bf16, so 2,000 samples cost ~45 s per NFE (DDPM-1000: 12 h). ``--points ddim:10,20 dpm++2m:20``
@@ -12,8 +13,9 @@ restricts the grid; expensive points can be run with a smaller ``--num_samples``
 so compare small-N points by KID). ``ode-rk45`` points run the UNet in float32 whatever ``--mixed_precision`` says
 (its adaptive step-size control cannot work with bf16 outputs: ``pipeline.generate.unet_precision``); each point's JSON
 records its precision. With ``--resume_dir DIR`` each point keeps its finished batches in
-``DIR/<sampler>-<steps>_n<N>/``, so even a point longer than a session resumes exactly. Points run cheapest first. Then ``results/nfe/summary.json`` (every point measured
-on these weights, with its N) and ``results/nfe/fid_vs_nfe.png`` (vs NFE, log x: FID of the points at the largest N, KID of all).
+``DIR/<sampler>-<steps>_n<N>/``, so even a point longer than a session resumes exactly. Points run cheapest first.
+Then ``results/nfe/summary.json`` (every point measured on these weights, with its N) and
+``results/nfe/fid_vs_nfe.png`` (vs NFE, log x: FID of the points at the largest N, KID of all).
 """
 
 from __future__ import annotations
@@ -25,13 +27,13 @@ import re
 import sys
 from pathlib import Path
 
+from pipeline import evaluate
+from pipeline.cli import DEFAULT_DEVICE, ArgumentParser, device_argument, run_cli
+from pipeline.generate import check_sampling, parse_sampler_options
+from pipeline.plots import PALETTE, line_chart
+from pipeline.schedulers import ALL_SAMPLERS
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-from pipeline import evaluate  # noqa: E402
-from pipeline.cli import ArgumentParser, DEFAULT_DEVICE, device_argument, run_cli  # noqa: E402
-from pipeline.generate import check_sampling, parse_sampler_options  # noqa: E402
-from pipeline.plots import PALETTE, line_chart  # noqa: E402
-from pipeline.schedulers import ALL_SAMPLERS  # noqa: E402
 
 # The grid of the samplers issue: DDPM 1000; DDIM 10/20/50/100 (exact ODE and with x0 clipping); DPM-Solver++
 # 10/15/20/25; Heun with 18 steps (2 x 18 - 1 = 35 NFE); predictor-corrector (2 NFE per step); adaptive RK45 (steps
@@ -93,9 +95,9 @@ def measured_under(path: Path, protocol: dict) -> bool:
 
 
 def panel_points(summary: list[dict]) -> dict[str, dict[str, list[tuple[float, float, int]]]]:
-    """{"fid": {sampler: [(NFE, FID, N), ...]}, "kid_mean": {...}}, one value per (sampler, steps): the one with the most
-    samples. FID only at the sweep's largest N, since it is biased upwards at small N and a point measured on fewer
-    samples would look worse than it is; KID, unbiased in N, at whatever N a point has."""
+    """{"fid": {sampler: [(NFE, FID, N), ...]}, "kid_mean": {...}}, one value per (sampler, steps): the one with the
+    most samples. FID only at the sweep's largest N, since it is biased upwards at small N and a point measured on
+    fewer samples would look worse than it is; KID, unbiased in N, at whatever N a point has."""
     best = {}
     for row in summary:
         key = (row["sampler"], row["steps"])
@@ -163,7 +165,8 @@ def main(argv=None) -> int:
         sampler, corrected, options = split_point_name(name)
         correction = "--mean_colour_correction" if corrected else "--no-mean_colour_correction"
         resume = ["--resume_dir", str(Path(args.resume_dir) / path.stem)] if args.resume_dir else []
-        sampler_options = ["--sampler_option", *(f"{key}={value}" for key, value in options.items())] if options else []
+        sampler_options = (["--sampler_option", *(f"{key}={value}" for key, value in options.items())] if options
+                           else [])
         evaluate.main([*resume, *sampler_options, "--model", args.model, "--train_data_dir", args.train_data_dir,
                        "--num_samples", str(args.num_samples), "--scheduler", sampler, "--steps", str(steps),
                        "--seed", str(args.seed), "--mixed_precision", point_precision(name, args.mixed_precision),

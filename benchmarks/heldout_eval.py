@@ -21,14 +21,14 @@ from pathlib import Path
 
 import torch
 
+from pipeline.cli import DEFAULT_DEVICE, ArgumentParser, device_argument, run_cli
+from pipeline.evaluate import as_nchw_uint8, load_or_compute_reference, score_features
+from pipeline.generate import check_sampling, generate, load_pipeline
+from pipeline.inception import extract_features, load_inception
+from pipeline.metrics import feature_stats, memorization
+from pipeline.preprocess import Preprocessing
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-from pipeline.cli import DEFAULT_DEVICE, ArgumentParser, device_argument, run_cli  # noqa: E402
-from pipeline.evaluate import as_nchw_uint8, load_or_compute_reference, score_features  # noqa: E402
-from pipeline.generate import check_sampling, generate, load_pipeline  # noqa: E402
-from pipeline.inception import extract_features, load_inception  # noqa: E402
-from pipeline.metrics import feature_stats, memorization  # noqa: E402
-from pipeline.preprocess import Preprocessing  # noqa: E402
 
 HELDOUT_SPLITS = ("valid", "test")
 

@@ -27,14 +27,14 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.denoiser_response import noise_estimate
+from pipeline.cli import ArgumentParser, run_cli
+from pipeline.data import load_eval_images
+from pipeline.generate import load_pipeline
+from pipeline.pipeline_celeba import MeanColourDenoiser
+from pipeline.preprocess import Preprocessing, to_model_range
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-from benchmarks.denoiser_response import noise_estimate  # noqa: E402
-from pipeline.cli import ArgumentParser, run_cli  # noqa: E402
-from pipeline.data import load_eval_images  # noqa: E402
-from pipeline.generate import load_pipeline  # noqa: E402
-from pipeline.pipeline_celeba import MeanColourDenoiser  # noqa: E402
-from pipeline.preprocess import Preprocessing, to_model_range  # noqa: E402
 
 LABELS = [999, 950, 900, 800, 700, 600, 500, 300, 100, 10]
 

@@ -16,10 +16,10 @@ import sys
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from pipeline.cli import ArgumentParser, run_cli
+from train_unet import build_model_and_scheduler, parse_args
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-from pipeline.cli import ArgumentParser, run_cli  # noqa: E402
-from train_unet import build_model_and_scheduler, parse_args  # noqa: E402
 
 
 def block_names(model) -> list[str]:

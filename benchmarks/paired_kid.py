@@ -1,7 +1,8 @@
 """KID differences between samplers that started from the same noise, with their paired standard error.
 
     python benchmarks/paired_kid.py --train_data_dir ../shared/celeba \
-        --batches runs/nfe_batches/ddim+mc-100_n128 runs/nfe_batches/heun+mc-18_n128 ... --out results/nfe/paired_kid_n128.json
+        --batches runs/nfe_batches/ddim+mc-100_n128 runs/nfe_batches/heun+mc-18_n128 ... \
+        --out results/nfe/paired_kid_n128.json
 
 Given the same seed, two samplers turn the same initial noise into sample i of each set. Their KIDs against the same
 reference then share much of their generated-set error, so the unpaired error of the difference, sqrt(se_a^2 + se_b^2),
@@ -15,19 +16,20 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from pipeline.cli import ArgumentParser, run_cli  # noqa: E402
-from pipeline.evaluate import as_nchw_uint8, load_or_compute_reference  # noqa: E402
-from pipeline.inception import extract_features  # noqa: E402
-from pipeline.metrics import (kernel_inception_distance, kid_generated_standard_error,  # noqa: E402
-                              kid_paired_difference_standard_error)
-from pipeline.sample_store import read_batches  # noqa: E402
+from pipeline.cli import ArgumentParser, run_cli
+from pipeline.evaluate import as_nchw_uint8, load_or_compute_reference
+from pipeline.inception import extract_features
+from pipeline.metrics import (
+    kernel_inception_distance,
+    kid_generated_standard_error,
+    kid_paired_difference_standard_error,
+)
+from pipeline.sample_store import read_batches
 
 SAME_NOISE = ("seed", "batch_size")  # with the same count, these decide every initial noise
 
@@ -37,7 +39,8 @@ def check_same_noise(settings: dict[str, dict], counts: dict[str, int]) -> None:
     for key in SAME_NOISE:
         values = {name: setting.get(key) for name, setting in settings.items()}
         if len(set(values.values())) > 1:
-            raise ValueError(f"the folders were not drawn with the same {key}, so their samples are not paired: {values}")
+            raise ValueError(f"the folders were not drawn with the same {key}, so their samples are not paired: "
+                             f"{values}")
     if len(set(counts.values())) > 1:
         raise ValueError(f"the folders hold different numbers of samples, so they are not paired: {counts}")
 
@@ -48,8 +51,8 @@ def paired_kid(real: torch.Tensor, features: dict[str, torch.Tensor], seed: int 
     points = {}
     for name, fake in features.items():
         mean, spread, _ = kernel_inception_distance(real, fake, seed=seed)
-        points[name] = {"kid_mean": mean, "kid_std": spread, "kid_generated_se": kid_generated_standard_error(real, fake,
-                                                                                                          seed=seed)}
+        points[name] = {"kid_mean": mean, "kid_std": spread,
+                        "kid_generated_se": kid_generated_standard_error(real, fake, seed=seed)}
     pairs = []
     for a, b in itertools.combinations(features, 2):
         paired = kid_paired_difference_standard_error(real, features[a], features[b], seed=seed)
@@ -74,7 +77,8 @@ def main(argv=None) -> int:
     check_same_noise({name: settings for name, (_, settings) in stored.items()},
                      {name: len(images) for name, (images, _) in stored.items()})
     reference = load_or_compute_reference(args.train_data_dir, cache_dir=args.cache_dir)
-    features = {name: extract_features(as_nchw_uint8(images), progress=True)[0] for name, (images, _) in stored.items()}
+    features = {name: extract_features(as_nchw_uint8(images), progress=True)[0]
+                for name, (images, _) in stored.items()}
     result = paired_kid(reference["features"], features, args.seed)
     first_settings = next(iter(stored.values()))[1]
     result["protocol"] = {"num_samples": len(next(iter(features.values()))), "seed": first_settings["seed"],
@@ -85,7 +89,8 @@ def main(argv=None) -> int:
     out.write_text(json.dumps(result, indent=1))
     for pair in result["pairs"]:
         print(f"KID {pair['a']} - {pair['b']}: {pair['kid_difference'] * 1e3:+.2f}e-3, paired s.e. "
-              f"{pair['paired_se'] * 1e3:.2f}e-3 (unpaired {pair['unpaired_se'] * 1e3:.2f}e-3), z = {pair['paired_z']:+.2f}")
+              f"{pair['paired_se'] * 1e3:.2f}e-3 (unpaired {pair['unpaired_se'] * 1e3:.2f}e-3), "
+              f"z = {pair['paired_z']:+.2f}")
     print(f"wrote {out}")
     return 0
 

@@ -36,13 +36,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline import evaluate
+from pipeline.cli import ArgumentParser, run_cli
+from pipeline.generate import generate, load_pipeline
+from pipeline.images import make_grid
+from pipeline.model_card import read_training_log
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-from pipeline import evaluate  # noqa: E402
-from pipeline.cli import ArgumentParser, run_cli  # noqa: E402
-from pipeline.generate import generate, load_pipeline  # noqa: E402
-from pipeline.images import make_grid  # noqa: E402
-from pipeline.model_card import read_training_log  # noqa: E402
 
 BASE_CONFIG = "configs/celeba64_cpu.yaml"
 COMMON = {"lr_warmup_steps": 250, "max_train_steps": 10**9, "save_images_steps": 0, "checkpointing_steps": 0,

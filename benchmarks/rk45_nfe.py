@@ -25,13 +25,13 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from benchmarks.solver_convergence import rms_levels, summary
+from pipeline.cli import DEFAULT_DEVICE, ArgumentParser, device_argument, run_cli
+from pipeline.evaluate import weights_sha256
+from pipeline.generate import load_pipeline
+from pipeline.sde import VPSDE
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-from benchmarks.solver_convergence import rms_levels, summary  # noqa: E402
-from pipeline.cli import ArgumentParser, DEFAULT_DEVICE, device_argument, run_cli  # noqa: E402
-from pipeline.evaluate import weights_sha256  # noqa: E402
-from pipeline.generate import load_pipeline  # noqa: E402
-from pipeline.sde import VPSDE  # noqa: E402
 
 
 class BudgetSpent(Exception):

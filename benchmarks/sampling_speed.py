@@ -26,17 +26,16 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 
 import numpy as np
 import torch
 
+from pipeline import CelebADiffusionPipeline
+from pipeline.generate import generate
+from train_unet import build_model_and_scheduler, parse_args
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-from pipeline import CelebADiffusionPipeline  # noqa: E402
-from pipeline.generate import generate  # noqa: E402
-from train_unet import build_model_and_scheduler, parse_args  # noqa: E402
 
 STEPS = {"ddim": 50, "dpm++2m": 20}
 VARIANTS = {"fp32, NCHW": (False, False), "fp32, channels_last": (False, True),

@@ -24,12 +24,12 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from benchmarks.fid_vs_nfe import MEAN_COLOUR, parse_points
+from pipeline.cli import DEFAULT_DEVICE, ArgumentParser, device_argument, run_cli
+from pipeline.evaluate import weights_sha256
+from pipeline.generate import MIXED_PRECISION, generate, load_pipeline
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-from benchmarks.fid_vs_nfe import MEAN_COLOUR, parse_points  # noqa: E402
-from pipeline.cli import ArgumentParser, DEFAULT_DEVICE, device_argument, run_cli  # noqa: E402
-from pipeline.evaluate import weights_sha256  # noqa: E402
-from pipeline.generate import MIXED_PRECISION, generate, load_pipeline  # noqa: E402
 
 DEFAULT_POINTS = ["ddim+mc:10,20,50", "dpm++2m+mc:10,15,20,25", "heun+mc:10,18"]
 

@@ -17,13 +17,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train_throughput import (  # noqa: E402
-    ROOT, describe_runs, interleave, load_average, paired_ratio, start_variants, summary,
+from benchmarks.train_throughput import (
+    ROOT,
+    describe_runs,
+    interleave,
+    load_average,
+    paired_ratio,
+    start_variants,
+    summary,
 )
 
 REFERENCE = "--mixed_precision bf16 --no-channels_last --adam_fused --ema_foreach"
@@ -109,7 +113,7 @@ def optimizer_micro(cli) -> dict:
     import torch
     from diffusers.training_utils import EMAModel
 
-    from train_throughput import ours_args
+    from benchmarks.train_throughput import ours_args
     from train_unet import build_model_and_scheduler
 
     load_start, started = load_average(), time.time()

@@ -46,12 +46,10 @@ import re
 import shlex
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
@@ -319,7 +317,8 @@ def worker(conn, spec):
             started = time.perf_counter()
             train_step()
             warmup.append(time.perf_counter() - started)
-        precision = spec.get("mixed_precision", "no") if spec["recipe"] == "diffusers" else args.mixed_precision or "no"
+        precision = (spec.get("mixed_precision", "no") if spec["recipe"] == "diffusers"
+                     else args.mixed_precision or "no")
         conn.send({"ready": True, "setup_s": setup_s, "warmup_step_s": warmup, "batch_size": args.train_batch_size,
                    "mixed_precision": precision, "channels_last": spec["recipe"] == "ours" and args.channels_last,
                    "threads": torch.get_num_threads(), "interop_threads": torch.get_num_interop_threads()})

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -25,13 +24,12 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from pipeline.cli import ArgumentParser, run_cli  # noqa: E402
-from pipeline.data import ExamplePreprocessor, example_key, load_celeba  # noqa: E402
-from pipeline.evaluate import as_nchw_uint8, label, load_or_compute_reference, score_features  # noqa: E402
-from pipeline.images import make_grid  # noqa: E402
-from pipeline.inception import extract_features  # noqa: E402
-from pipeline.preprocess import Preprocessing, resize_samples  # noqa: E402
+from pipeline.cli import ArgumentParser, run_cli
+from pipeline.data import ExamplePreprocessor, example_key, load_celeba
+from pipeline.evaluate import as_nchw_uint8, label, load_or_compute_reference, score_features
+from pipeline.images import make_grid
+from pipeline.inception import extract_features
+from pipeline.preprocess import Preprocessing, resize_samples
 
 PICTURE_PAIRS = 8
 SCORES = ("fid", "kid_mean", "kid_std", "precision", "recall")

@@ -93,7 +93,8 @@ def save_checkpoint_atomically(accelerator, output_dir: str, step: int, total_li
         kept = list_checkpoints(output_dir)
         raise CheckpointWriteError(error.errno, f"could not write {final.name} in {output_dir} "
                                    f"({error.strerror or error}); "
-                                   + (f"{kept[-1].name} is intact" if kept else "no earlier checkpoint exists")) from None
+                                   + (f"{kept[-1].name} is intact" if kept else "no earlier checkpoint exists")
+                                   ) from None
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if final.exists():  # a second save at the same step (e.g. on a stop signal): replace it

@@ -26,7 +26,7 @@ from diffusers import DDPMScheduler, RePaintScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
 from .schedulers import explicit_config
-from .sde import NoisePredictor, VPSDE, pc_sampler, pf_ode_fixed_step, time_grid
+from .sde import VPSDE, NoisePredictor, pc_sampler, pf_ode_fixed_step, time_grid
 
 IDENTITY_BASIS = torch.eye(3, dtype=torch.float64)
 # rows: the grey axis, then two chroma axes; orthonormal (score-SDE App. I.3 uses the same decoupling)

@@ -26,17 +26,24 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .cli import ArgumentParser, DEFAULT_DEVICE, device_argument, run_cli
+from .cli import DEFAULT_DEVICE, ArgumentParser, device_argument, run_cli
 from .data import HUB_CONFIG, ExamplePreprocessor, example_key, load_celeba, read_official_layout
 from .images import make_grid
 from .inception import BATCH_SIZE, DESCRIPTION, RESIZE_FILTER, extract_features, load_inception, weights_sha1
-from .metrics import (feature_stats, frechet_distance, kernel_inception_distance, kid_generated_standard_error,
-                      memorization, precision_recall)
+from .metrics import (
+    feature_stats,
+    frechet_distance,
+    kernel_inception_distance,
+    kid_generated_standard_error,
+    memorization,
+    precision_recall,
+)
 from .preprocess import RESAMPLE_FILTERS, Preprocessing, resize_samples
 from .schedulers import ALL_SAMPLERS
 
 # CELEBA_DIFFUSION_CACHE moves every cache of the project (tests point it at a temporary folder)
-DEFAULT_CACHE_DIR = Path(os.environ.get("CELEBA_DIFFUSION_CACHE", "~/.cache/celeba-diffusion")).expanduser() / "ref_stats"
+DEFAULT_CACHE_DIR = (Path(os.environ.get("CELEBA_DIFFUSION_CACHE", "~/.cache/celeba-diffusion")).expanduser()
+                     / "ref_stats")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 CACHE_VERSION = 1
 

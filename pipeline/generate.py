@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .cli import ArgumentParser, DEFAULT_DEVICE, device_argument, run_cli
+from .cli import DEFAULT_DEVICE, ArgumentParser, device_argument, run_cli
 from .images import make_grid, save_pngs
 from .pipeline_celeba import CelebADiffusionPipeline
 from .pipeline_folder import load_pipeline

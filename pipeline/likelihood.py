@@ -41,8 +41,8 @@ import numpy as np
 import torch
 from scipy.integrate import solve_ivp
 
-from .cli import ArgumentParser, DEFAULT_DEVICE, device_argument
-from .sde import NoisePredictor, VPSDE
+from .cli import DEFAULT_DEVICE, ArgumentParser, device_argument
+from .sde import VPSDE, NoisePredictor
 
 LEVELS = 256                              # 8-bit data
 BPD_OFFSET = math.log2(LEVELS / 2)        # = 7: bits/dim of the map x = y / 128 - 1 from the 256-level scale
@@ -150,9 +150,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", default="results/likelihood.json")
     args = parser.parse_args(argv)
 
-    from .pipeline_folder import load_pipeline
     from pipeline.data import load_eval_images
     from pipeline.evaluate import weights_sha256
+
+    from .pipeline_folder import load_pipeline
 
     pipe = load_pipeline(args.model)
     pipe.unet.to(args.device).eval().requires_grad_(False)

@@ -80,8 +80,8 @@ class MeanColourStatistics:
         channels = self.total.numel()
         packed = packed.double().cpu()
         if packed.shape != (1 + channels + channels ** 2,):
-            raise ValueError(f"packed mean-colour statistics for {channels} channels need {1 + channels + channels ** 2}"
-                             f" values, got shape {tuple(packed.shape)}")
+            raise ValueError(f"packed mean-colour statistics for {channels} channels need "
+                             f"{1 + channels + channels ** 2} values, got shape {tuple(packed.shape)}")
         self.count = int(packed[0].item())
         self.total = packed[1:1 + channels].clone()
         self.outer = packed[1 + channels:].reshape(channels, channels).clone()

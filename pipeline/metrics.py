@@ -87,7 +87,8 @@ def kernel_inception_distance(real: torch.Tensor, fake: torch.Tensor, subset_siz
     return float(mean), float(std), size
 
 
-def kid_sample_contributions(real: torch.Tensor, fake: torch.Tensor, max_real: int = 5000, seed: int = 0) -> torch.Tensor:
+def kid_sample_contributions(real: torch.Tensor, fake: torch.Tensor, max_real: int = 5000,
+                             seed: int = 0) -> torch.Tensor:
     """a_i = mean_{j != i} k(x_i, x_j) - mean_y k(x_i, y) per generated sample x_i: KID is an unbiased MMD^2
     U-statistic whose first-order (Hoeffding) term in the generated samples is 2 (a_i - E a) / n. ``max_real``
     reference rows (seeded) stand in for E_y."""

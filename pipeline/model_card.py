@@ -17,7 +17,6 @@ import shutil
 import sys
 from pathlib import Path
 
-
 from .cli import ArgumentParser, run_cli
 from .schedulers import DIFFUSERS_SAMPLERS
 from .training_log import read_records
@@ -91,7 +90,8 @@ def card_header(model_name: str, evals: list[dict], size: int) -> str:
 
 
 def likelihood_line(result: dict) -> str:
-    """The bits/dim of ``pipeline.likelihood`` with its protocol, and a warning when the images were training images."""
+    """The bits/dim of ``pipeline.likelihood`` with its protocol, and a warning when the images were training
+    images."""
     options = result["options"]
     line = (f"Negative log-likelihood: **{result['bpd_mean']:.3f} ± {result['bpd_stderr']:.3f} bits/dim** (mean ± "
             f"standard error) on {result['num_images']} images of the official {result['split']} split, through the "
@@ -131,8 +131,8 @@ def use_section(evals: list[dict]) -> list[str]:
              'pipe = DiffusionPipeline.from_pretrained("REPO_OR_PATH", trust_remote_code=True)', *setup,
              f"images = pipe(batch_size=16, num_inference_steps={steps}{correction}, "
              "generator=torch.Generator().manual_seed(0)).images", "```", "",
-             "The repository carries `pipeline_celeba.py` (the `CelebADiffusionPipeline`, named in `model_index.json`, so "
-             "`trust_remote_code=True` is all diffusers needs); the scheduler saved with the "
+             "The repository carries `pipeline_celeba.py` (the `CelebADiffusionPipeline`, named in "
+             "`model_index.json`, so `trust_remote_code=True` is all diffusers needs); the scheduler saved with the "
              "model is the training `DDPMScheduler`, whose config every diffusers scheduler can be built from "
              "(same noise schedule and prediction type)."]
     if best:
@@ -175,22 +175,26 @@ def render_card(model_name: str, unet_config: dict, scheduler_config: dict, eval
     if training is None or not evals:
         lines += ["> **Status: early checkpoint, not the final model.** "
                   + (f"Trained for {training['step']:,} steps ({training['images_seen']:,} images). "
-                     if training else "") + "Samples this early are noise-like or blurry; quality has not been measured yet.", ""]
+                     if training else "")
+                  + "Samples this early are noise-like or blurry; quality has not been measured yet.", ""]
     elif in_progress:
-        lines += [f"> **Status: intermediate checkpoint of a training run that continues** (step {training['step']:,}, "
+        lines += ["> **Status: intermediate checkpoint of a training run that continues** "
+                  f"(step {training['step']:,}, "
                   f"{training['images_seen']:,} images seen). The numbers below are for these weights; later "
                   "checkpoints replace them.", ""]
     if grid:
         lines += [f"![samples]({grid})", ""]
     lines += use_section(evals)
     lines += ["## Model", "",
-              f"- `UNet2DModel`: {size}x{size}{unshuffled}, block_out_channels {list(unet_config['block_out_channels'])}, "
-              f"{unet_config['layers_per_block']} ResNet layers per block, blocks {list(unet_config['down_block_types'])}.",
+              f"- `UNet2DModel`: {size}x{size}{unshuffled}, "
+              f"block_out_channels {list(unet_config['block_out_channels'])}, "
+              f"{unet_config['layers_per_block']} ResNet layers per block, "
+              f"blocks {list(unet_config['down_block_types'])}.",
               f"- Diffusion: {diffusion_description(scheduler_config)}; weights are the EMA weights.", "",
               "## Training data and preprocessing", "",
-              "CelebA aligned-and-cropped faces (official train split; Liu et al., ICCV 2015), streamed with `datasets`. "
-              f"Center crop 140x140 of the 178x218 image, antialiased bilinear resize to {size}x{size}, random "
-              "horizontal flip, scaled to [-1, 1] (the score-SDE paper's CelebA protocol).", ""]
+              "CelebA aligned-and-cropped faces (official train split; Liu et al., ICCV 2015), streamed with "
+              f"`datasets`. Center crop 140x140 of the 178x218 image, antialiased bilinear resize to {size}x{size}, "
+              "random horizontal flip, scaled to [-1, 1] (the score-SDE paper's CelebA protocol).", ""]
     if training:
         counted_from = training.get("clock_counted_from_step")
         if counted_from == 0:
@@ -224,13 +228,13 @@ def render_card(model_name: str, unet_config: dict, scheduler_config: dict, eval
     lines += ["## Limitations and biases", "",
               "- Trained on a small CPU budget: far from the quality of published CelebA-64 models trained on GPUs.",
               "- CelebA shows celebrities: mostly young, light-skinned faces, studio lighting and make-up; its "
-              "attribute labels are noisy. Generated faces reproduce these skews and must not be read as representative "
-              "of people in general.",
+              "attribute labels are noisy. Generated faces reproduce these skews and must not be read as "
+              "representative of people in general.",
               "- Generated faces can resemble training identities; see the memorization analysis in the project.", "",
               "## Intended use", "",
-              "Research and teaching on diffusion models. CelebA is licensed for non-commercial research purposes only "
-              "(CelebA release agreement); this model and its samples inherit that restriction. Not for identifying, "
-              "impersonating or profiling people.", ""]
+              "Research and teaching on diffusion models. CelebA is licensed for non-commercial research purposes "
+              "only (CelebA release agreement); this model and its samples inherit that restriction. Not for "
+              "identifying, impersonating or profiling people.", ""]
     return "\n".join(lines)
 
 

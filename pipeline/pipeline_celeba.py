@@ -92,7 +92,8 @@ class MeanColourDenoiser(WrappedDenoiser):
                              f"{denoiser.config.in_channels}")
 
     def alpha_sigma(self, timestep, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(alpha, sigma) per sample, float64 (B, 1), at integer or fractional labels (clamped to the trained range)."""
+        """(alpha, sigma) per sample, float64 (B, 1), at integer or fractional labels (clamped to the trained
+        range)."""
         labels = torch.as_tensor(timestep, dtype=torch.float64).cpu().reshape(-1).expand(batch)
         position = (labels + 1).clamp(1, len(self.neg_log_abar) - 1)       # node 0 is label -1 (abar = 1)
         low = position.floor().long().clamp(max=len(self.neg_log_abar) - 2)

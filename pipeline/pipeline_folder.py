@@ -53,7 +53,8 @@ def resolve_folder(model: str) -> Path:
                                   f"({type(error).__name__}: offline, or no such repo); download it where there is a "
                                   f"network (hf download {model} --local-dir DIR) and pass DIR") from None
     if (folder / "pipeline" / "model_index.json").is_file() and not (folder / "model_index.json").is_file():
-        raise FileNotFoundError(f"{folder} is a training checkpoint; its pipeline (EMA weights) is {folder / 'pipeline'}")
+        raise FileNotFoundError(f"{folder} is a training checkpoint; its pipeline (EMA weights) is "
+                                f"{folder / 'pipeline'}")
     if not (folder / "model_index.json").is_file():
         raise FileNotFoundError(f"no pipeline at {folder} (model_index.json missing)")
     return folder

@@ -34,7 +34,8 @@ def tick_label(value: float) -> str:
 
 def draw_panel(draw, font, box, lines: dict, markers: dict, max_x: float, log_y: bool, y_label: str,
                zero_line: bool = False, min_x: float = 0.0, log_x: bool = False):
-    """One plot panel in ``box`` = (left, top, right, bottom): lines {color: (xs, ys, width)}, markers {color: [(x, y)]}.
+    """One plot panel in ``box`` = (left, top, right, bottom): lines {color: (xs, ys, width)}, markers
+    {color: [(x, y)]}.
 
     x runs from ``min_x`` to ``max_x`` (log scale with ``log_x``, then ``min_x`` > 0); y fits the data (log with
     ``log_y``)."""

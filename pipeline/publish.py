@@ -4,9 +4,9 @@
     python -m pipeline.publish --model pretrained/celeba-64 --repo_id USER/celeba-64-ddpm  # and upload it
 
 The folder holds model_index.json (naming ``["pipeline_celeba", "CelebADiffusionPipeline"]``), unet/, scheduler/,
-``pipeline_celeba.py``, README.md (the model card: ``--card`` or the model folder's own README.md) and the card's sample
-grid, so ``DiffusionPipeline.from_pretrained(ID_OR_FOLDER, trust_remote_code=True)`` loads it. The token comes from
-``--hub_token``, ``HF_TOKEN`` or ``hf auth login``; ``HF_ENDPOINT`` selects another Hub endpoint.
+``pipeline_celeba.py``, README.md (the model card: ``--card`` or the model folder's own README.md) and the card's
+sample grid, so ``DiffusionPipeline.from_pretrained(ID_OR_FOLDER, trust_remote_code=True)`` loads it. The token comes
+from ``--hub_token``, ``HF_TOKEN`` or ``hf auth login``; ``HF_ENDPOINT`` selects another Hub endpoint.
 """
 
 from __future__ import annotations

@@ -44,7 +44,8 @@ class BatchStore:
             stored = json.loads(path.read_text())
             differing = sorted(key for key in stored.keys() | settings.keys() if stored.get(key) != settings.get(key))
             if differing:
-                changes = "; ".join(f"{key}: {stored.get(key)!r} there, {settings.get(key)!r} now" for key in differing)
+                changes = "; ".join(f"{key}: {stored.get(key)!r} there, {settings.get(key)!r} now"
+                                    for key in differing)
                 raise ValueError(f"{self.folder} holds batches generated with other settings ({changes}); "
                                  f"use another folder or delete it")
             found = len(list(self.folder.glob("batch_*.npz")))

@@ -13,9 +13,10 @@ leave the ODE; DDPM keeps the training config's value (Ho et al. clip in ancestr
 estimate, x_s = sqrt(abar_s) clip(x0_hat) + sqrt(1 - abar_s - sigma^2) eps_hat (+ sigma z). This is not the ODE: where
 the clip binds, the part of x_t that the clip removed is dropped instead of carried to the next step. An undertrained
 network's x0_hat at high noise is its eps error amplified (x0_hat = (x_t - sigma eps_hat) / sqrt(abar), 1 / sqrt(abar)
-~ 157 at t = T - 1); the clip bounds it, and with eta = 0 the next step's noise is the network's own eps_hat rather than
-fresh noise. On our step-5,843 checkpoint this gives faces where the exact ODE samplers give saturated noise and DDPM gives
-colour casts (REPORT Section 6.4). With x0_hat in range (e.g. the exact denoiser) ``ddim-clip`` is ``ddim``.
+~ 157 at t = T - 1); the clip bounds it, and with eta = 0 the next step's noise is the network's own eps_hat rather
+than fresh noise. On our step-5,843 checkpoint this gives faces where the exact ODE samplers give saturated noise and
+DDPM gives colour casts (REPORT Section 6.4). With x0_hat in range (e.g. the exact denoiser) ``ddim-clip`` is
+``ddim``.
 
 The score-SDE samplers (``SDE_SAMPLERS``) are not schedulers; pass them as ``pipeline(sampler=name)`` (see
 ``pipeline.sde``).
@@ -73,7 +74,8 @@ def make_scheduler(name: str, train_scheduler_config) -> object:
         raise ValueError(f"unknown scheduler {name!r}; choose one of {sorted(DIFFUSERS_SAMPLERS)}{hint}")
     trained_edm = is_edm(train_scheduler_config)
     if trained_edm != (name in EDM_SAMPLERS):
-        kind, offered = ("EDM", EDM_SAMPLERS) if trained_edm else ("DDPM", sorted(set(ALL_SAMPLERS) - set(EDM_SAMPLERS)))
+        kind, offered = (("EDM", EDM_SAMPLERS) if trained_edm
+                         else ("DDPM", sorted(set(ALL_SAMPLERS) - set(EDM_SAMPLERS))))
         raise ValueError(f"sampler {name!r} does not fit a model trained with {kind} preconditioning; choose one of "
                          f"{list(offered)}")
     scheduler_class, overrides = DIFFUSERS_SAMPLERS[name]

@@ -39,8 +39,8 @@ Samplers (``sample(..., name)``); all end at t = 1/T with the Tweedie denoising 
             step rule eps_L = 2 alpha_i (snr ||z|| / ||s||)^2, then a reverse-SDE Euler-Maruyama step to the next time.
             snr = 0.16: the value score_sde's CIFAR-10 configs (VP and VE) inherit, i.e. in effect when its VP
             models run with the Langevin corrector (its VP configs default to corrector "none"; its 64x64 CelebA
-            defaults, 0.17, serve VE/NCSN models only; its 256x256 defaults use 0.075). The norms are batch means, as in
-            score_sde: a per-sample ratio makes the step size depend on the sample's own position, which biases the
+            defaults, 0.17, serve VE/NCSN models only; its 256x256 defaults use 0.075). The norms are batch means, as
+            in score_sde: a per-sample ratio makes the step size depend on the sample's own position, which biases the
             unadjusted Langevin chain (corrector-only chain on the 48-dim test Gaussian: +5.5% std, vs +1.2% with
             batch means, which is plain ULA's stationary variance v / (1 - eps_L / (2 v))). The price: the step
             size depends on the batch, so an image depends slightly on its batch-mates (negligibly for 64x64x3).

@@ -110,7 +110,8 @@ def plot_training_log(records: list[dict], path: str) -> None:
     from .plots import PALETTE, line_chart
 
     def panel(curves: dict[tuple, list[tuple[int, float]]], y_label: str, log_y: bool = False) -> dict:
-        return {"lines": {color: ([s for s, _ in points], [v for _, v in points], 2) for color, points in curves.items()},
+        return {"lines": {color: ([s for s, _ in points], [v for _, v in points], 2)
+                          for color, points in curves.items()},
                 "markers": curves, "log_y": log_y, "y_label": y_label}
 
     losses = [(r["step"], r["loss"]) for r in records if r.get("loss") is not None]

@@ -17,7 +17,7 @@ import sys
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from .cli import ArgumentParser, DEFAULT_DEVICE, device_argument, run_cli
+from .cli import DEFAULT_DEVICE, ArgumentParser, device_argument, run_cli
 from .generate import DEFAULT_MODEL, MIXED_PRECISION, configure_sampler, load_pipeline, unet_precision
 from .images import make_grid
 from .preprocess import to_uint8_nhwc

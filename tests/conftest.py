@@ -18,14 +18,8 @@ SMOKE_CONFIG = ROOT / "configs" / "smoke.yaml"
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "browser: drives the demo in headless Chromium (run in CI; fails when the "
-                                       "browser is missing, never skips)")
-    config.addinivalue_line("markers", "slow: end-to-end runs of experiment commands (./run.sh test-slow)")
-
-
 def subprocess_env() -> dict:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1")
     env.pop("CUDA_VISIBLE_DEVICES", None)
     return env
 

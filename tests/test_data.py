@@ -7,11 +7,20 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FIXTURE
-from pipeline.data import (ATTRIBUTES, FEATURES, HUB_CONFIG, TrainStream, load_celeba, load_eval_images,
-                           official_layout_dataset, read_official_layout)
+from pipeline.data import (
+    ATTRIBUTES,
+    FEATURES,
+    HUB_CONFIG,
+    TrainStream,
+    load_celeba,
+    load_eval_images,
+    official_layout_dataset,
+    read_official_layout,
+)
 from pipeline.export_hub_layout import export
 from pipeline.preprocess import CorruptImageError, Preprocessing
+
+from conftest import FIXTURE
 
 
 def test_partial_layout_uses_present_images_and_counts_per_split():

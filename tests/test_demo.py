@@ -10,9 +10,10 @@ from PIL import Image
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 gradio_client = pytest.importorskip("gradio_client")
 
-from conftest import FIXTURE  # noqa: E402
 from pipeline.demo import FaceDemo, build_demo, drawn_mask, launch  # noqa: E402
 from pipeline.pipeline_folder import load_pipeline  # noqa: E402
+
+from conftest import FIXTURE  # noqa: E402
 
 
 def free_port() -> int:

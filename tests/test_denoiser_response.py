@@ -4,6 +4,7 @@ import torch
 from diffusers import DDPMScheduler
 
 from benchmarks.denoiser_response import response
+
 from gaussian_model import GaussianDenoiser
 
 

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import FIXTURE, run_command
 from pipeline.edit import NAMED_MASKS, named_mask
+
+from conftest import FIXTURE, run_command
 
 FACE = FIXTURE / "img_align_celeba" / "000001.jpg"
 

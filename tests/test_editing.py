@@ -6,9 +6,19 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
+from pipeline.editing import (
+    COLOUR_BASIS,
+    IDENTITY_BASIS,
+    colorize,
+    decode,
+    impute,
+    interpolate,
+    invert,
+    slerp,
+    to_basis,
+)
+
 from gaussian_model import make_correlated_gaussian
-from pipeline.editing import (COLOUR_BASIS, IDENTITY_BASIS, colorize, decode, impute, interpolate, invert, slerp,
-                              to_basis)
 
 N = 384
 

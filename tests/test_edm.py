@@ -9,9 +9,10 @@ import torch
 from diffusers import EDMEulerScheduler
 from diffusers.models.unets.unet_2d import UNet2DOutput
 
-from conftest import run_command, train_args
 from pipeline.generate import generate, load_pipeline
 from train_unet import edm_loss, parse_args
+
+from conftest import run_command, train_args
 
 
 class IdealForOnePoint(torch.nn.Module):

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run_command, subprocess_env, train_args
 from pipeline.checkpoints import CheckpointWriteError, list_checkpoints, save_checkpoint_atomically
 from pipeline.run_control import DataWatchdog, StopSignals
+
+from conftest import ROOT, run_command, subprocess_env, train_args
 
 FAST = ["--max_train_steps", "40", "--checkpointing_steps", "1", "--checkpoints_total_limit", "3",
         "--resume_from_checkpoint", "latest"]

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import FIXTURE, run_command
-
 from benchmarks import fid_vs_nfe
 from pipeline.mean_colour import MeanColourPrior, write_prior
 from pipeline.plots import PALETTE
+
+from conftest import FIXTURE, run_command
 
 
 @pytest.mark.usefixtures("one_torch_thread")  # restores this process's thread count, which evaluate.main sets
@@ -104,7 +104,8 @@ def test_bad_sampler_options_in_a_point_fail_before_anything_runs(point, message
 
 
 def test_fid_panel_keeps_only_the_largest_n_and_kid_panel_every_point():
-    """FID is biased upwards at small N, so a 64-sample point must not sit on the FID panel beside 2,000-sample ones."""
+    """FID is biased upwards at small N, so a 64-sample point must not sit on the FID panel beside 2,000-sample
+    ones."""
     def row(sampler, steps, n, fid):
         return {"sampler": sampler, "steps": steps, "nfe": float(steps), "num_samples": n, "fid": fid,
                 "kid_mean": fid / 1000}

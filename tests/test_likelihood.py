@@ -14,10 +14,11 @@ import math
 import pytest
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
-from gaussian_model import make_gaussian
 
 from pipeline import CelebADiffusionPipeline
 from pipeline import likelihood as L
+
+from gaussian_model import make_gaussian
 
 LINEAR = dict(DDPMScheduler(beta_schedule="linear").config)
 COSINE_V = dict(DDPMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction").config)

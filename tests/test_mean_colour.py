@@ -12,10 +12,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import FIXTURE, run_command
 from diffusers import DDPMScheduler
 from diffusers.models.unets.unet_2d import UNet2DOutput
-from gaussian_model import GaussianDenoiser
 from test_samplers import assert_moments, run_pipeline
 
 from pipeline import CelebADiffusionPipeline, load_pipeline
@@ -25,6 +23,9 @@ from pipeline.pipeline_celeba import MeanColourDenoiser
 from pipeline.preprocess import to_model_range
 from pipeline.schedulers import make_scheduler
 from pipeline.sde import VPSDE
+
+from conftest import FIXTURE, run_command
+from gaussian_model import GaussianDenoiser
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 MU, S = torch.tensor([0.1, -0.2, 0.05]), torch.tensor([0.25, 0.2, 0.3])
@@ -203,7 +204,8 @@ def test_mean_error_benchmark_tells_a_network_without_the_mean_from_the_exact_on
         assert wrong["network"]["mean_error_ratio"] == pytest.approx(1.0, abs=1e-12)
         # corrected = the exact denoiser, up to the float32 inputs and outputs of the benchmark
         assert wrong["mean_colour_corrected"] == pytest.approx(best["network"], rel=1e-6)
-    assert right["labels"][0]["network"]["mean_error_ratio"] < 0.1 and "mean_colour_corrected" not in right["labels"][0]
+    assert (right["labels"][0]["network"]["mean_error_ratio"] < 0.1
+            and "mean_colour_corrected" not in right["labels"][0])
     assert broken["pure_noise"]["mean_slope"] == pytest.approx(0.0, abs=1e-12)
     assert right["pure_noise"]["mean_slope"] == pytest.approx(1.0, abs=0.01)
     assert right["pure_noise"]["pixel_slope"] == pytest.approx(1.0, abs=0.01)

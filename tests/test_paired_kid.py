@@ -13,7 +13,8 @@ def test_folders_that_do_not_share_their_noise_are_named():
         check_same_noise({"a": same, "b": {**same, "seed": 1}}, {"a": 128, "b": 128})
     with pytest.raises(ValueError, match=r"same batch_size"):
         check_same_noise({"a": same, "b": {**same, "batch_size": 32}}, {"a": 128, "b": 128})
-    with pytest.raises(ValueError, match=r"different numbers of samples, so they are not paired: \{'a': 128, 'b': 64\}"):
+    with pytest.raises(ValueError,
+                       match=r"different numbers of samples, so they are not paired: \{'a': 128, 'b': 64\}"):
         check_same_noise({"a": same, "b": same}, {"a": 128, "b": 64})
 
 
@@ -21,7 +22,8 @@ def test_every_pair_reports_the_kid_difference_and_a_paired_error_below_the_unpa
     generator = torch.Generator().manual_seed(0)
     real = torch.randn(300, 16, generator=generator)
     latent = torch.randn(64, 16, generator=generator)
-    features = {"near": latent, "shifted": latent + 0.5, "nudged": latent + 0.05 * torch.randn(64, 16, generator=generator)}
+    features = {"near": latent, "shifted": latent + 0.5,
+                "nudged": latent + 0.05 * torch.randn(64, 16, generator=generator)}
     result = paired_kid(real, features)
     assert [(pair["a"], pair["b"]) for pair in result["pairs"]] == [("near", "shifted"), ("near", "nudged"),
                                                                    ("shifted", "nudged")]

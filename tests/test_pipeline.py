@@ -7,10 +7,11 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DiffusionPipeline, UNet2DModel
 
-from conftest import ROOT, run_command
 from pipeline import CelebADiffusionPipeline, load_pipeline, save_pipeline_folder
 from pipeline.cli import DEFAULT_DEVICE
 from pipeline.generate import generate, parse_sampler_options
+
+from conftest import ROOT, run_command
 
 
 def tiny_pipeline(scheduler_class=DDPMScheduler):
@@ -184,7 +185,8 @@ def test_hub_layout_folder_round_trip_and_shipped_code_in_sync(tmp_path):
 def test_loader_says_what_a_folder_is_instead(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     save_pipeline_folder(tiny_pipeline(DDIMScheduler), tmp_path / "checkpoint-5" / "pipeline")
-    with pytest.raises(FileNotFoundError, match=r"checkpoint-5 is a training checkpoint; its pipeline .* is .*pipeline"):
+    with pytest.raises(FileNotFoundError,
+                       match=r"checkpoint-5 is a training checkpoint; its pipeline .* is .*pipeline"):
         load_pipeline(str(tmp_path / "checkpoint-5"))
     with pytest.raises(FileNotFoundError, match="model_index.json missing"):
         load_pipeline(str(tmp_path))

@@ -5,8 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.preprocess import (Preprocessing, crop_box, preprocess_image, random_hflip, to_model_range,
-                                 to_uint8)
+from pipeline.preprocess import Preprocessing, crop_box, preprocess_image, random_hflip, to_model_range, to_uint8
 
 
 def test_default_crop_box_of_an_aligned_celeba_image():

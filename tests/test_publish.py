@@ -27,14 +27,15 @@ def test_the_offline_hub_folder_loads_with_plain_diffusers_from_anywhere(smoke_p
                                                      "scheduler", "unet"]
     assert json.loads((out / "model_index.json").read_text())["_class_name"] == ["pipeline_celeba",
                                                                                   "CelebADiffusionPipeline"]
-    load = ("import sys, torch; from diffusers import DiffusionPipeline; "
+    # sys.modules["pipeline"] = None: the folder must load without this project's (installed) package
+    load = ("import sys, torch; sys.modules['pipeline'] = None; from diffusers import DiffusionPipeline; "
             "pipe = DiffusionPipeline.from_pretrained(sys.argv[1], trust_remote_code=True); "
             "print(type(pipe).__name__, pipe(batch_size=1, num_inference_steps=2, output_type='np').images.shape)")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     for folder in (out, smoke_pipeline_dir):  # every training output is already in the Hub layout
         result = subprocess.run([sys.executable, "-c", load, str(folder)], cwd=elsewhere, capture_output=True,
-                                text=True, timeout=300, env={**subprocess_env(), "PYTHONPATH": ""})
+                                text=True, timeout=300, env=subprocess_env())
         assert result.returncode == 0, result.stderr[-2000:]
         assert result.stdout.strip().splitlines()[-1] == "CelebADiffusionPipeline (1, 32, 32, 3)"
     again = run_command(["-m", "pipeline.publish", "--model", str(smoke_pipeline_dir), "--out", str(out)],
@@ -52,7 +53,8 @@ def test_upload_sends_exactly_the_pipeline_card_grid_and_code(smoke_pipeline_dir
     with HubStandIn() as hub:
         result = publish_command(model, card, hub.endpoint, "hf_test_token", "--private")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert hub.created and hub.created[0]["name"] == "celeba-test" and hub.created[0].get("visibility", hub.created[0].get("private")) in ("private", True), hub.created
+    assert (hub.created and hub.created[0]["name"] == "celeba-test"
+            and hub.created[0].get("visibility", hub.created[0].get("private")) in ("private", True)), hub.created
     expected = {
         "README.md": card.read_bytes(),
         "model_index.json": (smoke_pipeline_dir / "model_index.json").read_bytes(),
@@ -105,5 +107,6 @@ def test_train_unet_push_to_hub(tmp_path):
     assert hub.files["unet/diffusion_pytorch_model.safetensors"] == \
         (out / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
     card = hub.files["README.md"].decode()
-    assert card.startswith("---\n") and "\nlibrary_name: diffusers\n" in card.split("---")[1] and "8 optimisation steps" in card
+    assert (card.startswith("---\n") and "\nlibrary_name: diffusers\n" in card.split("---")[1]
+            and "8 optimisation steps" in card)
     assert "pipeline_celeba.py" in hub.files

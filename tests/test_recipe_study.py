@@ -6,6 +6,7 @@ import sys
 import pytest
 
 from benchmarks.recipe_study import RECIPES, SCORING_SAMPLERS, as_flags, require_full_budget, run_training
+
 from conftest import FIXTURE, run_command
 
 

@@ -1,4 +1,5 @@
-"""pipeline.sample_store: a generation interrupted between batches resumes with exactly the images it would have made."""
+"""pipeline.sample_store: a generation interrupted between batches resumes with exactly the images it would have
+made."""
 
 import numpy as np
 import pytest

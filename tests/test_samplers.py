@@ -13,15 +13,23 @@ import math
 import numpy as np
 import pytest
 import torch
-from diffusers import DDPMScheduler, UNet2DModel
+from diffusers import DDPMScheduler, EDMEulerScheduler, UNet2DModel
 from diffusers.utils.torch_utils import randn_tensor
-from diffusers import EDMEulerScheduler
-from gaussian_model import EDMGaussianDenoiser, GaussianDenoiser, make_gaussian
 
 from pipeline import CelebADiffusionPipeline
 from pipeline import sde as S
-from pipeline.schedulers import (ALL_SAMPLERS, DIFFUSERS_SAMPLERS, EDM_SAMPLERS, SDE_SAMPLERS, VP_SAMPLERS, check_steps,
-                                 make_scheduler, nfe)
+from pipeline.schedulers import (
+    ALL_SAMPLERS,
+    DIFFUSERS_SAMPLERS,
+    EDM_SAMPLERS,
+    SDE_SAMPLERS,
+    VP_SAMPLERS,
+    check_steps,
+    make_scheduler,
+    nfe,
+)
+
+from gaussian_model import EDMGaussianDenoiser, GaussianDenoiser, make_gaussian
 
 LINEAR = dict(DDPMScheduler(beta_schedule="linear").config)
 COSINE_V = dict(DDPMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction").config)
@@ -164,7 +172,8 @@ def test_ddim_clip_drops_what_the_clip_removes():
     x_t is not carried to x_s. The ODE step (ddim) keeps it; re-deriving eps from the clipped x0 (as DPM-Solver++
     thresholding does) would keep it too: x_s - sqrt(abar_s) clip(x0_hat) would then be (sigma_s / sigma_t)(x_t -
     sqrt(abar_t) clip(x0_hat))."""
-    x_t, eps_hat = torch.full((1, *SHAPE), 0.3, dtype=torch.float64), torch.full((1, *SHAPE), -0.5, dtype=torch.float64)
+    x_t, eps_hat = (torch.full((1, *SHAPE), 0.3, dtype=torch.float64),
+                    torch.full((1, *SHAPE), -0.5, dtype=torch.float64))
     clipped, exact = make_scheduler("ddim-clip", LINEAR), make_scheduler("ddim", LINEAR)
     for scheduler in (clipped, exact):
         scheduler.set_timesteps(10)

@@ -8,15 +8,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
-from gaussian_model import GaussianDenoiser
 
-from conftest import run_command, train_args
 from pipeline import CelebADiffusionPipeline
 from pipeline.generate import generate, load_pipeline
 from pipeline.noise_schedules import MAX_BETA, shifted_cosine_betas
 from pipeline.pipeline_celeba import PixelUnshuffleDenoiser
 from pipeline.schedulers import make_scheduler
 from train_unet import parse_args
+
+from conftest import run_command, train_args
+from gaussian_model import GaussianDenoiser
 
 T = 1000
 
@@ -74,7 +75,7 @@ def test_pixel_unshuffle_denoiser_equals_the_same_model_in_image_space():
     assert samples[1].shape == (4, 3, 8, 8) and samples[0].std() > 0.05
     torch.testing.assert_close(samples[1], samples[0], atol=1e-12, rtol=0)
     with pytest.raises(ValueError, match="cannot take 4x4"):
-        PixelUnshuffleDenoiser(token_model, 4).config
+        _ = PixelUnshuffleDenoiser(token_model, 4).config
 
 
 def test_bad_options_are_rejected(capsys):

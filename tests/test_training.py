@@ -12,16 +12,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from diffusers import DDPMScheduler, UNet2DModel
+from PIL import Image
 from safetensors.torch import load_file
 
-from conftest import FIXTURE, ROOT, run_command, subprocess_env, train_args
 from pipeline.data import ExamplePreprocessor, load_celeba
 from pipeline.lr_schedules import build_lr_scheduler
 from pipeline.mean_colour import MeanColourStatistics
 from pipeline.preprocess import Preprocessing, to_model_range
 from train_unet import cpu_thread_advice, diffusion_loss, parse_args
+
+from conftest import FIXTURE, ROOT, run_command, subprocess_env, train_args
 
 RESUME_FLAGS = ["--max_train_steps", 12, "--checkpointing_steps", 4, "--checkpoints_total_limit", 5,
                 "--lr_scheduler", "cosine", "--dropout", 0.1, "--prediction_type", "v_prediction",
@@ -99,7 +100,8 @@ def test_exact_resume_after_sigkill(tmp_path):
     assert (resumed / "checkpoint-4").is_dir() and not (resumed / "model_index.json").exists(), "not killed mid-run"
     run_command(train_args(resumed, *RESUME_FLAGS, "--resume_from_checkpoint", "latest"))
 
-    assert tensors_equal(straight / "checkpoint-12" / "model.safetensors", resumed / "checkpoint-12" / "model.safetensors")
+    assert tensors_equal(straight / "checkpoint-12" / "model.safetensors",
+                         resumed / "checkpoint-12" / "model.safetensors")
     weights = "unet/diffusion_pytorch_model.safetensors"  # the EMA weights of the final pipeline
     assert tensors_equal(straight / weights, resumed / weights)
     assert tensors_equal(straight / weights, resumed / "checkpoint-12" / "pipeline" / weights)  # shippable mid-run
@@ -191,7 +193,8 @@ def test_cooldown_added_on_resume_equals_the_schedule_from_the_start(tmp_path):
     run_command(train_args(resumed, "--max_train_steps", 4))  # smoke.yaml: constant_with_warmup
     jump = run_command(train_args(resumed, *cooldown[:3], 6, *cooldown[4:], "--resume_from_checkpoint", "latest"),
                        check=False)
-    assert jump.returncode == 2 and "has lr 0.000666667 at step 4, but the checkpoint trained with lr 0.001" in jump.stderr
+    assert (jump.returncode == 2
+            and "has lr 0.000666667 at step 4, but the checkpoint trained with lr 0.001" in jump.stderr)
     run_command(train_args(resumed, *cooldown, "--resume_from_checkpoint", "latest"))
     weights = "unet/diffusion_pytorch_model.safetensors"
     assert tensors_equal(tmp_path / "straight" / weights, resumed / weights)

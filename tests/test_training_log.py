@@ -4,8 +4,9 @@ import json
 
 from PIL import Image
 
-from conftest import run_command
 from pipeline.training_log import fid_series
+
+from conftest import run_command
 
 
 def test_plot_of_checkpoint_and_fid_records(tmp_path):

@@ -3,10 +3,11 @@
 import pytest
 import torch
 from diffusers import DDPMScheduler
-from gaussian_model import make_gaussian
 
 from pipeline import CelebADiffusionPipeline
 from pipeline.trajectory import record_trajectory, snapshot_indices, trajectory_picture
+
+from gaussian_model import make_gaussian
 
 LINEAR = dict(DDPMScheduler(beta_schedule="linear").config)
 

@@ -3,10 +3,11 @@
 import json
 
 import pytest
-from conftest import FIXTURE, run_command
 
 from benchmarks.upsampling_floor import upsampling_floor
 from pipeline.preprocess import Preprocessing
+
+from conftest import FIXTURE, run_command
 
 PREP = Preprocessing(resolution=32)
 

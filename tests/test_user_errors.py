@@ -2,8 +2,9 @@
 
 import pytest
 
-from conftest import run_command, train_args
 from train_unet import parse_args, resolve_mixed_precision
+
+from conftest import run_command, train_args
 
 
 @pytest.mark.parametrize("flags, message", [
