@@ -347,9 +347,13 @@ def training_step(accelerator, model, optimizer, lr_scheduler, noise_scheduler, 
     return loss.detach()
 
 
+def training_preprocessing(args) -> Preprocessing:
+    """How raw CelebA images become this run's training images (saved with every pipeline it writes)."""
+    return Preprocessing(resolution=args.resolution, crop_size=args.crop_size, crop_offset_y=args.crop_offset_y)
+
+
 @contextlib.contextmanager
-def ema_pipeline(accelerator, model, ema, noise_scheduler, pixel_unshuffle: int,
-                 mean_colour_prior: dict | None = None):
+def ema_pipeline(accelerator, model, ema, noise_scheduler, args, mean_colour_prior: dict | None = None):
     """The pipeline with the EMA weights swapped in for the duration of the block (training weights restored)."""
     unet = accelerator.unwrap_model(model)
     if ema is not None:
@@ -357,8 +361,9 @@ def ema_pipeline(accelerator, model, ema, noise_scheduler, pixel_unshuffle: int,
         ema.copy_to(unet.parameters())
     unet.eval()
     try:
-        pipe = CelebADiffusionPipeline(unet=unet, scheduler=noise_scheduler, pixel_unshuffle=pixel_unshuffle,
-                                       mean_colour_prior=mean_colour_prior)
+        pipe = CelebADiffusionPipeline(unet=unet, scheduler=noise_scheduler, pixel_unshuffle=args.pixel_unshuffle,
+                                       mean_colour_prior=mean_colour_prior,
+                                       preprocessing=training_preprocessing(args).to_dict())
         pipe.set_progress_bar_config(disable=True)
         yield pipe
     finally:
@@ -389,13 +394,13 @@ def save_ema_pipeline(accelerator, model, ema, noise_scheduler, args, folder, me
     every checkpoint, so the latest weights can be published or committed while the run goes on."""
     if args.preconditioning == "edm":  # the correction is written for the DDPM schedule
         mean_colour_prior = None
-    with ema_pipeline(accelerator, model, ema, noise_scheduler, args.pixel_unshuffle, mean_colour_prior) as pipe:
+    with ema_pipeline(accelerator, model, ema, noise_scheduler, args, mean_colour_prior) as pipe:
         save_pipeline_folder(pipe, folder)
 
 
 def save_sample_grid(accelerator, model, ema, noise_scheduler, args, step):
     """A grid of EMA samples for TensorBoard and output_dir/samples/."""
-    with ema_pipeline(accelerator, model, ema, noise_scheduler, args.pixel_unshuffle) as pipe:
+    with ema_pipeline(accelerator, model, ema, noise_scheduler, args) as pipe:
         images, _ = generate(pipe, args.num_validation_images, args.validation_scheduler,
                              args.validation_inference_steps, seed=args.seed, progress=False)
     grid = make_grid(images)
@@ -408,7 +413,7 @@ def save_sample_grid(accelerator, model, ema, noise_scheduler, args, step):
 
 def evaluate_fid(accelerator, model, ema, noise_scheduler, args, reference) -> float:
     """FID of EMA samples (fixed seed) against the cached real reference statistics."""
-    with ema_pipeline(accelerator, model, ema, noise_scheduler, args.pixel_unshuffle) as pipe:
+    with ema_pipeline(accelerator, model, ema, noise_scheduler, args) as pipe:
         images, _ = generate(pipe, args.eval_fid_num_samples, args.eval_fid_scheduler, args.eval_fid_steps,
                              seed=args.seed, progress=False)
     return fid_against_reference(images, reference)
@@ -498,8 +503,8 @@ def main(argv=None):
         num_decay_steps=None if args.lr_decay_steps is None else args.lr_decay_steps * accelerator.num_processes)
     stream = TrainStream(
         load_celeba(args.dataset_name, args.dataset_config_name, args.train_data_dir, args.split),
-        Preprocessing(resolution=args.resolution, crop_size=args.crop_size, crop_offset_y=args.crop_offset_y),
-        batch_size=args.train_batch_size, seed=args.seed, shuffle_buffer_size=args.shuffle_buffer_size,
+        training_preprocessing(args), batch_size=args.train_batch_size, seed=args.seed,
+        shuffle_buffer_size=args.shuffle_buffer_size,
         rank=accelerator.process_index, world_size=accelerator.num_processes, skip_corrupt=args.skip_corrupt_images,
     )
     # The stream is already split per process (datasets.distributed), so it is not wrapped by accelerator.prepare.
@@ -512,8 +517,7 @@ def main(argv=None):
     reference = None
     if args.eval_fid_every and accelerator.is_main_process:
         reference = load_or_compute_reference(args.train_data_dir, args.dataset_name, args.dataset_config_name,
-                                              args.split, Preprocessing(args.resolution, args.crop_size,
-                                                                        args.crop_offset_y),
+                                              args.split, training_preprocessing(args),
                                               num_images=args.eval_fid_reference_images)
     if args.resume_from_checkpoint:
         if accelerator.is_main_process:

@@ -34,7 +34,7 @@ from pipeline.cli import ArgumentParser, run_cli
 from pipeline.data import load_eval_images
 from pipeline.generate import load_pipeline
 from pipeline.mean_colour import MeanColourStatistics
-from pipeline.preprocess import Preprocessing, to_model_range
+from pipeline.preprocess import pipeline_preprocessing, to_model_range
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -110,14 +110,13 @@ def main(argv=None) -> int:
     parser.add_argument("--train_data_dir", required=True, help="CelebA in the official layout")
     parser.add_argument("--num_images", type=int, default=32, help="first images of the train split, noised")
     parser.add_argument("--prior_images", type=int, default=2000, help="images the mean-colour prior is fitted on")
-    parser.add_argument("--crop_size", type=int, default=140, help="must match training")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     if args.num_images < 1 or args.prior_images < 2:
         raise ValueError("--num_images must be >= 1 and --prior_images >= 2")
     pipe = load_pipeline(args.model)
-    prep = Preprocessing(resolution=pipe.denoiser.config.sample_size, crop_size=args.crop_size)
+    prep = pipeline_preprocessing(pipe)
     count = max(args.num_images, args.prior_images)
     images = to_model_range(load_eval_images(args.train_data_dir, "train", prep.resolution, count, prep=prep))
     statistics = MeanColourStatistics()

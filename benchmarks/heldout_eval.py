@@ -26,7 +26,7 @@ from pipeline.evaluate import as_nchw_uint8, load_or_compute_reference, score_fe
 from pipeline.generate import check_sampling, generate, load_pipeline
 from pipeline.inception import extract_features, load_inception
 from pipeline.metrics import feature_stats, memorization
-from pipeline.preprocess import Preprocessing
+from pipeline.preprocess import Preprocessing, pipeline_preprocessing
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -61,7 +61,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     check_sampling(args.scheduler, args.mixed_precision)
     pipe = load_pipeline(args.model, args.device)
-    prep = Preprocessing(resolution=int(pipe.denoiser.config.sample_size))
+    prep = pipeline_preprocessing(pipe)
     heldout = heldout_features(args.train_data_dir, prep, args.cache_dir, args.device)
     count = args.num_samples or len(heldout)
     if count < 2:

@@ -32,7 +32,7 @@ from pipeline.cli import ArgumentParser, run_cli
 from pipeline.data import load_eval_images
 from pipeline.generate import load_pipeline
 from pipeline.pipeline_celeba import MeanColourDenoiser
-from pipeline.preprocess import Preprocessing, to_model_range
+from pipeline.preprocess import pipeline_preprocessing, to_model_range
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -83,12 +83,11 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default="pretrained/celeba-64")
     parser.add_argument("--train_data_dir", required=True, help="CelebA in the official layout")
     parser.add_argument("--num_images", type=int, default=64, help="first images of the train split")
-    parser.add_argument("--crop_size", type=int, default=140, help="must match training")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="results/mean_colour/noise_mean_error.json")
     args = parser.parse_args(argv)
     pipe = load_pipeline(args.model)
-    prep = Preprocessing(resolution=pipe.denoiser.config.sample_size, crop_size=args.crop_size)
+    prep = pipeline_preprocessing(pipe)
     images = to_model_range(load_eval_images(args.train_data_dir, "train", prep.resolution, args.num_images,
                                              prep=prep))
     result = {"model": args.model, "num_images": args.num_images, "seed": args.seed, "fp32": True,

@@ -207,8 +207,14 @@ def build_ours_recipe(args, spec):
     from diffusers.optimization import get_scheduler
 
     from pipeline.data import TrainStream, load_celeba
-    from pipeline.preprocess import Preprocessing, to_model_range
-    from train_unet import build_model_and_scheduler, build_optimizer_and_ema, diffusion_loss, training_step
+    from pipeline.preprocess import to_model_range
+    from train_unet import (
+        build_model_and_scheduler,
+        build_optimizer_and_ema,
+        diffusion_loss,
+        training_preprocessing,
+        training_step,
+    )
 
     torch.manual_seed(spec.get("seed", 0))
     accelerator = Accelerator(cpu=True, mixed_precision=args.mixed_precision or "no")
@@ -224,8 +230,8 @@ def build_ours_recipe(args, spec):
                                  num_training_steps=args.max_train_steps)
     stream = TrainStream(
         load_celeba(args.dataset_name, args.dataset_config_name, args.train_data_dir, args.split),
-        Preprocessing(resolution=args.resolution, crop_size=args.crop_size, crop_offset_y=args.crop_offset_y),
-        batch_size=args.train_batch_size, seed=args.seed, shuffle_buffer_size=args.shuffle_buffer_size,
+        training_preprocessing(args), batch_size=args.train_batch_size, seed=args.seed,
+        shuffle_buffer_size=args.shuffle_buffer_size,
     )
     model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
     if spec.get("compile"):
@@ -260,8 +266,7 @@ def build_ours_recipe(args, spec):
         if not fixed:
             eval_stream = TrainStream(load_celeba(args.dataset_name, args.dataset_config_name, args.train_data_dir,
                                                   args.split),
-                                      Preprocessing(resolution=args.resolution, crop_size=args.crop_size,
-                                                    crop_offset_y=args.crop_offset_y),
+                                      training_preprocessing(args),
                                       batch_size=num_images, seed=args.seed + 12345, shuffle_buffer_size=100)
             fixed["clean"] = to_model_range(next(iter(eval_stream))[0])
             generator = torch.Generator().manual_seed(args.seed + 1)

@@ -28,7 +28,7 @@ from .edit import face_tensor  # noqa: E402
 from .editing import METHODS, colorize, impute, interpolate  # noqa: E402
 from .generate import generate, unet_precision  # noqa: E402
 from .pipeline_folder import load_pipeline  # noqa: E402
-from .preprocess import to_uint8_nhwc  # noqa: E402
+from .preprocess import Preprocessing, pipeline_preprocessing, to_uint8_nhwc  # noqa: E402
 from .schedulers import ALL_SAMPLERS, EDM_SAMPLERS, is_edm, nfe  # noqa: E402
 
 MAX_UPLOAD_SIDE = 2048
@@ -45,7 +45,7 @@ def to_pil(images: torch.Tensor) -> list[Image.Image]:
     return [Image.fromarray(image) for image in to_uint8_nhwc(images)]
 
 
-def square_face(array: np.ndarray, resolution: int) -> torch.Tensor:
+def square_face(array: np.ndarray, prep: Preprocessing) -> torch.Tensor:
     """An uploaded face as 3 x R x R in [-1, 1]: model-sized and aligned CelebA images as in ``pipeline.edit``, any
     other upload centre-cropped to a square and resized; gr.Error for a missing or huge image."""
     if array is None:
@@ -55,21 +55,21 @@ def square_face(array: np.ndarray, resolution: int) -> torch.Tensor:
         raise input_error(f"The image is {width}x{height}; upload one at most {MAX_UPLOAD_SIDE} pixels on a side.")
     image = Image.fromarray(np.asarray(array, dtype=np.uint8)).convert("RGB")
     try:
-        return face_tensor(image, resolution)
+        return face_tensor(image, prep)
     except ValueError:
-        side = min(image.size)
+        side, resolution = min(image.size), prep.resolution
         left, top = (image.width - side) // 2, (image.height - side) // 2
         image = image.crop((left, top, left + side, top + side)).resize((resolution, resolution), Image.BILINEAR)
-        return face_tensor(image, resolution)
+        return face_tensor(image, prep)
 
 
-def drawn_mask(editor: dict | None, resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
+def drawn_mask(editor: dict | None, prep: Preprocessing) -> tuple[torch.Tensor, torch.Tensor]:
     """(face, mask with 1 = known) from an ImageEditor value: the background is the face, every painted pixel of
     any layer is to be filled."""
     if editor is None or editor.get("background") is None:
         raise input_error("Upload a face (or pick one) first.")
     background = np.asarray(editor["background"])
-    face = square_face(background[..., :3], resolution)
+    face, resolution = square_face(background[..., :3], prep), prep.resolution
     painted = np.zeros(background.shape[:2], dtype=bool)
     for layer in editor.get("layers") or []:
         layer = np.asarray(layer)
@@ -93,7 +93,8 @@ class FaceDemo:
 
     def __init__(self, pipe, mixed_precision: str = "bf16", faces: list[Image.Image] | None = None):
         self.pipe, self.mixed_precision, self.faces = pipe, mixed_precision, faces or []
-        self.resolution = pipe.denoiser.config.sample_size
+        self.prep = pipeline_preprocessing(pipe)
+        self.resolution = self.prep.resolution
         self.samplers = list(EDM_SAMPLERS) if is_edm(pipe.scheduler.config) else [
             name for name in ALL_SAMPLERS if name not in EDM_SAMPLERS and name != "ode-rk45"]
         self.seconds_per_image_evaluation = self._time_one_evaluation()
@@ -144,7 +145,7 @@ class FaceDemo:
         return options
 
     def inpaint(self, editor: dict, method: str, steps: float, seed: float, progress=gr.Progress(track_tqdm=True)):
-        face, known = drawn_mask(editor, self.resolution)
+        face, known = drawn_mask(editor, self.prep)
         with unet_precision(self.pipe, self.mixed_precision):
             result, _ = impute(self.pipe, face[None], known, progress_bar=self.pipe.progress_bar,
                                **self._edit_options(method, steps, seed))
@@ -152,7 +153,7 @@ class FaceDemo:
 
     def colorize(self, image: np.ndarray, method: str, steps: float, seed: float,
                  progress=gr.Progress(track_tqdm=True)):
-        face = square_face(image, self.resolution)
+        face = square_face(image, self.prep)
         with unet_precision(self.pipe, self.mixed_precision):
             result, _ = colorize(self.pipe, face[None], progress_bar=self.pipe.progress_bar,
                                  **self._edit_options(method, steps, seed))
@@ -162,7 +163,7 @@ class FaceDemo:
                     progress=gr.Progress(track_tqdm=True)):
         if not 2 <= int(frames) <= MAX_BATCH or int(steps) < 1:
             raise input_error(f"Frames must be 2-{MAX_BATCH} and steps at least 1.")
-        a, b = square_face(first, self.resolution), square_face(second, self.resolution)
+        a, b = square_face(first, self.prep), square_face(second, self.prep)
         with unet_precision(self.pipe, self.mixed_precision):
             return to_pil(interpolate(self.pipe, a, b, int(frames), int(steps)))
 
@@ -240,13 +241,13 @@ def launch(app: gr.Blocks, host: str, port: int, max_queue: int, block: bool = T
                       theme=gr.themes.Default(**LOCAL_FONTS))
 
 
-def heldout_faces(celeba: str | None, resolution: int, count: int = 16) -> list[Image.Image]:
+def heldout_faces(celeba: str | None, prep: Preprocessing, count: int = 16) -> list[Image.Image]:
     """The first ``count`` faces of CelebA's test split (never trained on), to pick from in the Inpaint tab."""
     if celeba is None:
         return []
     from .data import load_eval_images
 
-    pixels = load_eval_images(celeba, "test", resolution, count)
+    pixels = load_eval_images(celeba, "test", prep.resolution, count, prep=prep)
     return [Image.fromarray(image) for image in pixels.permute(0, 2, 3, 1).numpy()]
 
 
@@ -263,7 +264,7 @@ def main(argv=None) -> int:
     if args.max_queue < 1 or not 0 < args.port < 65536:
         raise ValueError("--max_queue must be >= 1 and --port in 1-65535")
     pipe = load_pipeline(args.model, args.device)
-    demo = FaceDemo(pipe, args.mixed_precision, heldout_faces(args.celeba, pipe.denoiser.config.sample_size))
+    demo = FaceDemo(pipe, args.mixed_precision, heldout_faces(args.celeba, pipeline_preprocessing(pipe)))
     print(f"serving {args.model} on http://{args.host}:{args.port}", flush=True)
     launch(build_demo(demo), args.host, args.port, args.max_queue)
     return 0

@@ -27,7 +27,15 @@ from .cli import DEFAULT_DEVICE, ArgumentParser, device_argument, run_cli
 from .editing import METHODS, colorize, decode, impute, interpolate, invert
 from .images import make_grid
 from .pipeline_folder import load_pipeline
-from .preprocess import Preprocessing, decode_image, preprocess_image, to_model_range, to_uint8, to_uint8_nhwc
+from .preprocess import (
+    Preprocessing,
+    decode_image,
+    pipeline_preprocessing,
+    preprocess_image,
+    to_model_range,
+    to_uint8,
+    to_uint8_nhwc,
+)
 
 NAMED_MASKS = ("center", "left", "right", "top", "bottom", "eyes", "random")
 CELEBA_ALIGNED_SIZE = (178, 218)
@@ -72,23 +80,25 @@ def read_mask(value: str, resolution: int, seed: int) -> torch.Tensor:
     return torch.from_numpy(grey <= 127).float()[None, None]
 
 
-def face_tensor(image: Image.Image, resolution: int, name: str = "the image") -> torch.Tensor:
+def face_tensor(image: Image.Image, prep: Preprocessing, name: str = "the image") -> torch.Tensor:
     """One RGB face as a 3 x R x R tensor in [-1, 1]: an R x R image as it is, an aligned CelebA image cropped and
-    resized as in training; anything else is a ValueError naming ``name`` and its size."""
+    resized with ``prep`` (the model's training preprocessing); anything else is a ValueError naming ``name`` and its
+    size."""
     image = image.convert("RGB")
+    resolution = prep.resolution
     if image.size == (resolution, resolution):
         pixels = np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).copy()
     elif image.size == CELEBA_ALIGNED_SIZE:
-        pixels = preprocess_image(image, Preprocessing(resolution=resolution))
+        pixels = preprocess_image(image, prep)
     else:
         raise ValueError(f"{name} is {image.size[0]}x{image.size[1]}; give a {resolution}x{resolution} face or an "
                          f"aligned CelebA image ({CELEBA_ALIGNED_SIZE[0]}x{CELEBA_ALIGNED_SIZE[1]})")
     return to_model_range(torch.from_numpy(pixels))
 
 
-def read_face(path: str, resolution: int) -> torch.Tensor:
+def read_face(path: str, prep: Preprocessing) -> torch.Tensor:
     """``face_tensor`` of an image file."""
-    return face_tensor(decode_image(Path(path).read_bytes(), path), resolution, path)
+    return face_tensor(decode_image(Path(path).read_bytes(), path), prep, path)
 
 
 def image_paths(values: list[str]) -> list[str]:
@@ -106,16 +116,16 @@ def image_paths(values: list[str]) -> list[str]:
     return paths
 
 
-def load_faces(args, resolution: int) -> tuple[torch.Tensor, list[str]]:
+def load_faces(args, prep: Preprocessing) -> tuple[torch.Tensor, list[str]]:
     """The input faces (N x 3 x R x R in [-1, 1]) and their names, from --image or from --celeba."""
     if (args.image is None) == (args.celeba is None):
         raise ValueError("give either --image FILE|DIR ... or --celeba DIR (with --split, --num_images)")
     if args.image is not None:
         paths = image_paths(args.image)
-        return torch.stack([read_face(path, resolution) for path in paths]), [Path(p).name for p in paths]
+        return torch.stack([read_face(path, prep) for path in paths]), [Path(p).name for p in paths]
     from .data import ExamplePreprocessor, load_celeba
 
-    preprocessor = ExamplePreprocessor(Preprocessing(resolution=resolution))
+    preprocessor = ExamplePreprocessor(prep)
     faces, names = [], []
     for example in load_celeba(train_data_dir=args.celeba, split=args.split).take(args.num_images):
         processed = preprocessor(example)
@@ -182,8 +192,9 @@ def main(argv=None) -> int:
         raise ValueError(f"--frames must be >= 2, got {args.frames}")
     pipe = load_pipeline(args.model, args.device)
     pipe.set_progress_bar_config(desc=args.command)
-    resolution = pipe.denoiser.config.sample_size
-    faces, names = load_faces(args, resolution)
+    prep = pipeline_preprocessing(pipe)
+    resolution = prep.resolution
+    faces, names = load_faces(args, prep)
     if args.command == "interpolate" and len(faces) != 2:
         raise ValueError(f"interpolate takes exactly 2 faces, got {len(faces)}")
     settings = {key: value for key, value in vars(args).items() if key not in ("device",)}

@@ -13,6 +13,7 @@ any of them changes FID. Folder mode scores two folders as they are (only the In
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
@@ -38,7 +39,7 @@ from .metrics import (
     memorization,
     precision_recall,
 )
-from .preprocess import RESAMPLE_FILTERS, Preprocessing, resize_samples
+from .preprocess import Preprocessing, pipeline_preprocessing, resize_samples
 from .schedulers import ALL_SAMPLERS
 
 # CELEBA_DIFFUSION_CACHE moves every cache of the project (tests point it at a temporary folder)
@@ -177,7 +178,7 @@ def score_features(fake: torch.Tensor, real: torch.Tensor, real_stats: dict | No
             "metric_seconds": time.perf_counter() - started}
 
 
-def split_heldout(reference: dict, args) -> tuple[torch.Tensor, list[str], torch.Tensor, dict]:
+def split_heldout(reference: dict, args, prep: Preprocessing) -> tuple[torch.Tensor, list[str], torch.Tensor, dict]:
     """(training features, their keys, held-out features, description): the official test split when present, else
     the last ``num_heldout`` reference images by file name, which the training run saw unless it excluded them."""
     mode = args.heldout
@@ -189,7 +190,7 @@ def split_heldout(reference: dict, args) -> tuple[torch.Tensor, list[str], torch
         if args.train_data_dir is not None:
             count = min(count, len(read_official_layout(args.train_data_dir).records[mode]))
         heldout = load_or_compute_reference(args.train_data_dir, args.dataset_name, args.dataset_config_name, mode,
-                                            reference_prep(args), count, args.cache_dir,
+                                            prep, count, args.cache_dir,
                                             args.inception_batch_size)
         return reference["features"], reference["keys"], heldout["features"], {
             "source": f"official {mode} split, first {heldout['num']} images in stream order",
@@ -203,13 +204,14 @@ def split_heldout(reference: dict, args) -> tuple[torch.Tensor, list[str], torch
         "whole split, so then the ratio compares two sets of training images and cannot reveal memorization"}
 
 
-def closest_pairs_picture(fake_images: np.ndarray, mem: dict, train_keys: list[str], args, path: Path) -> list[dict]:
+def closest_pairs_picture(fake_images: np.ndarray, mem: dict, train_keys: list[str], args, prep: Preprocessing,
+                          path: Path) -> list[dict]:
     """Save the 8 samples closest to a training image (top row) above those training images (bottom row)."""
     order = torch.argsort(mem["nearest_train_distance"])[:8].tolist()
     wanted = [train_keys[mem["nearest_train_index"][i]] for i in order]
     found = {}
     for batch, names in stream_real_images(args.train_data_dir, args.dataset_name, args.dataset_config_name,
-                                           args.split, reference_prep(args), None, 64, keys=set(wanted)):
+                                           args.split, prep, None, 64, keys=set(wanted)):
         found.update(zip(names, batch.permute(0, 2, 3, 1).numpy()))
     train_images = np.stack([found[key] for key in wanted])
     make_grid(np.concatenate([fake_images[order], train_images]), columns=len(order), upscale=2).save(path)
@@ -218,11 +220,6 @@ def closest_pairs_picture(fake_images: np.ndarray, mem: dict, train_keys: list[s
 
 
 # ------------------------------------------------------------------------------------------------------ modes
-def reference_prep(args) -> Preprocessing:
-    return Preprocessing(resolution=args.resolution, crop_size=args.crop_size, crop_offset_y=args.crop_offset_y,
-                         resample=args.resample)
-
-
 def cpu_description() -> dict:
     """The CPU a result came from: its model name and the instruction set torch chose kernels for. Samples made on
     hosts with other kernels can differ in their last bits (REPORT 6.4), so every result records it."""
@@ -251,9 +248,11 @@ def evaluate_model(args) -> dict:
     check_sampling(args.scheduler, args.mixed_precision, options)  # before the reference, which can take minutes
     pipe = load_pipeline(args.model, args.device)
     sample_resolution = int(pipe.denoiser.config.sample_size)  # image side, also when unshuffled
-    args.resolution = args.resolution or sample_resolution
+    resolution = args.resolution or sample_resolution
+    # the references are cropped as the model's training images were, at the scoring resolution
+    prep = dataclasses.replace(pipeline_preprocessing(pipe), resolution=resolution)
     reference = load_or_compute_reference(args.train_data_dir, args.dataset_name, args.dataset_config_name,
-                                          args.split, reference_prep(args), args.num_reference, args.cache_dir,
+                                          args.split, prep, args.num_reference, args.cache_dir,
                                           args.inception_batch_size, device=args.device)
     sampling = {"scheduler": args.scheduler, "steps": args.steps, "seed": args.seed, "batch_size": args.batch_size,
                 "eta": args.eta, "mixed_precision": args.mixed_precision,
@@ -262,7 +261,7 @@ def evaluate_model(args) -> dict:
     started = time.perf_counter()
     images, measured_nfe = generate(pipe, args.num_samples, **sampling, store=store)
     generation_seconds = time.perf_counter() - started
-    images = resize_samples(images, args.resolution, args.resample)
+    images = resize_samples(images, resolution, prep.resample)
     corrected = pipe.resolve_mean_colour_correction(args.mean_colour_correction)
     if args.save_samples:
         from .images import save_pngs
@@ -271,19 +270,19 @@ def evaluate_model(args) -> dict:
                                                  model=load_inception(args.device))
     result = score_features(fake, reference["features"], reference, args.kid_subset_size, args.kid_subsets,
                             args.pr_k, args.seed)
-    train, train_keys, heldout, heldout_info = split_heldout(reference, args)
+    train, train_keys, heldout, heldout_info = split_heldout(reference, args, prep)
     mem = memorization(fake, train, heldout, args.seed)
     picture = Path(args.out).with_name(Path(args.out).stem + "_closest_pairs.png")
     picture.parent.mkdir(parents=True, exist_ok=True)
-    pairs = closest_pairs_picture(images, mem, train_keys, args, picture)
+    pairs = closest_pairs_picture(images, mem, train_keys, args, prep, picture)
     result.update({
         "label": label(args.num_samples), "num_samples": args.num_samples, "model": args.model,
         "sampler": args.scheduler, "sampler_options": options, "steps": args.steps, "nfe": measured_nfe,
         "eta": args.eta,
         "mixed_precision": args.mixed_precision, "mean_colour_correction": corrected,
         "mean_colour_prior": pipe.config.mean_colour_prior if corrected else None, "device": pipe.device.type,
-        "seed": args.seed, "resolution": args.resolution, "sample_resolution": sample_resolution,
-        "preprocessing": reference_prep(args).to_dict(),
+        "seed": args.seed, "resolution": resolution, "sample_resolution": sample_resolution,
+        "preprocessing": prep.to_dict(),
         "reference": {**reference["fields"], "num_images": reference["num"], "cache_file": reference["cache_file"],
                       "from_cache": reference["from_cache"]},
         "memorization": {**mem["summary"], "heldout": heldout_info, "closest_pairs": pairs,
@@ -339,10 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="train", help="reference split (the training split by default)")
     p.add_argument("--num_reference", type=int, default=None, help="reference images (default: all of the split)")
     p.add_argument("--resolution", type=int, default=None, help="scoring resolution (default: the model's "
-                   "sample_size); samples of another size are resized to it with --resample, like the references")
-    p.add_argument("--crop_size", type=int, default=140, help="must match training")
-    p.add_argument("--crop_offset_y", type=int, default=0, help="must match training")
-    p.add_argument("--resample", default="bilinear", choices=sorted(RESAMPLE_FILTERS), help="must match training")
+                   "sample_size); samples of another size are resized to it with the references' filter; the "
+                   "references are cropped as the model's training images were (its saved preprocessing)")
     p.add_argument("--heldout", default="auto", choices=["auto", "test", "valid", "tail"],
                    help="memorization held-out set: official test split if present (auto), or the reference's tail")
     p.add_argument("--num_heldout", type=int, default=2000)

@@ -117,7 +117,7 @@ def write_prior(model: str, prior: MeanColourPrior) -> None:
 def main(argv=None) -> int:
     from .data import ExamplePreprocessor, load_celeba
     from .generate import load_pipeline
-    from .preprocess import Preprocessing, to_model_range
+    from .preprocess import pipeline_preprocessing, to_model_range
 
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="pipeline folder whose model_index.json gets the prior")
@@ -125,10 +125,9 @@ def main(argv=None) -> int:
     parser.add_argument("--dataset_name", help="or a Hub dataset with the flwrlabs/celeba schema")
     parser.add_argument("--split", default="train")
     parser.add_argument("--num_images", type=int, default=None, help="default: the whole split")
-    parser.add_argument("--crop_size", type=int, default=140, help="must match training")
     args = parser.parse_args(argv)
     pipe = load_pipeline(args.model)
-    prep = Preprocessing(resolution=pipe.denoiser.config.sample_size, crop_size=args.crop_size)
+    prep = pipeline_preprocessing(pipe)
     raw = load_celeba(args.dataset_name, None, args.train_data_dir, args.split)
     if args.num_images is not None:
         raw = raw.take(args.num_images)

@@ -125,15 +125,18 @@ class CelebADiffusionPipeline(DiffusionPipeline):
 
     ``pixel_unshuffle=f`` (saved in model_index.json) marks a UNet trained on f x f pixel-unshuffled images;
     ``mean_colour_prior`` ({"mean", "covariance", "num_images"}, also saved there) enables the mean-colour
-    correction."""
+    correction; ``preprocessing`` ({"resolution", "crop_size", "crop_offset_y", "resample"}, also saved there) says
+    how the training images were cropped and resized, so that evaluation and editing prepare real faces the same
+    way."""
 
     model_cpu_offload_seq = "unet"
 
     def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin, pixel_unshuffle: int = 1,
-                 mean_colour_prior: dict | None = None):
+                 mean_colour_prior: dict | None = None, preprocessing: dict | None = None):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
-        self.register_to_config(pixel_unshuffle=pixel_unshuffle, mean_colour_prior=mean_colour_prior)
+        self.register_to_config(pixel_unshuffle=pixel_unshuffle, mean_colour_prior=mean_colour_prior,
+                                preprocessing=preprocessing)
 
     @property
     def denoiser(self):

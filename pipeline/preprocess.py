@@ -43,6 +43,13 @@ class Preprocessing:
         return asdict(self)
 
 
+def pipeline_preprocessing(pipe) -> Preprocessing:
+    """How the images a ``CelebADiffusionPipeline`` was trained on were made: its saved ``preprocessing``; a pipeline
+    saved without one was trained with the defaults at its own resolution."""
+    saved = pipe.config.get("preprocessing")
+    return Preprocessing(**saved) if saved else Preprocessing(resolution=int(pipe.denoiser.config.sample_size))
+
+
 def crop_box(width: int, height: int, prep: Preprocessing) -> tuple[int, int, int, int]:
     """(left, top, right, bottom) of the centered square crop, as PIL's ``Image.crop`` expects."""
     side = prep.crop_size or min(width, height)

@@ -12,6 +12,7 @@ gradio_client = pytest.importorskip("gradio_client")
 
 from pipeline.demo import FaceDemo, build_demo, drawn_mask, launch  # noqa: E402
 from pipeline.pipeline_folder import load_pipeline  # noqa: E402
+from pipeline.preprocess import Preprocessing  # noqa: E402
 
 from conftest import FIXTURE  # noqa: E402
 
@@ -75,14 +76,15 @@ def test_mask_and_upload_checks():
     face = np.zeros((64, 64, 3), dtype=np.uint8)
     layer = np.zeros((64, 64, 4), dtype=np.uint8)
     layer[10:20, 10:20, 3] = 255
-    _, known = drawn_mask({"background": face, "layers": [layer]}, 32)
+    _, known = drawn_mask({"background": face, "layers": [layer]}, Preprocessing(resolution=32))
     assert known.shape == (1, 1, 32, 32) and known[0, 0, 5:10, 5:10].sum() == 0 and known.mean() > 0.9
     import gradio as gr
 
     with pytest.raises(gr.Error, match="at most 2048 pixels"):
-        drawn_mask({"background": np.zeros((3000, 3000, 3), dtype=np.uint8), "layers": [layer]}, 32)
+        drawn_mask({"background": np.zeros((3000, 3000, 3), dtype=np.uint8), "layers": [layer]},
+                   Preprocessing(resolution=32))
     with pytest.raises(gr.Error, match="No mask drawn"):
-        drawn_mask({"background": face, "layers": []}, 32)
+        drawn_mask({"background": face, "layers": []}, Preprocessing(resolution=32))
 
 
 def test_estimates_follow_the_settings(server):

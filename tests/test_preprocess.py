@@ -1,11 +1,21 @@
 """Preprocessing follows the score-SDE CelebA protocol: centered 140x140 crop, antialiased resize, [-1, 1]."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from pipeline.preprocess import Preprocessing, crop_box, preprocess_image, random_hflip, to_model_range, to_uint8
+from pipeline.preprocess import (
+    Preprocessing,
+    crop_box,
+    pipeline_preprocessing,
+    preprocess_image,
+    random_hflip,
+    to_model_range,
+    to_uint8,
+)
 
 
 def test_default_crop_box_of_an_aligned_celeba_image():
@@ -57,3 +67,11 @@ def test_random_hflip_flips_about_half_and_exactly():
     is_flipped = (flipped != images).any(dim=(1, 2, 3))
     assert 430 < is_flipped.sum() < 570
     torch.testing.assert_close(flipped[is_flipped], images[is_flipped].flip(-1))
+
+
+def test_a_pipeline_states_its_training_preprocessing_or_gets_the_defaults_at_its_size():
+    saved = {"resolution": 48, "crop_size": 120, "crop_offset_y": -3, "resample": "bicubic"}
+    denoiser = SimpleNamespace(config=SimpleNamespace(sample_size=48))
+    assert pipeline_preprocessing(SimpleNamespace(config={"preprocessing": saved}, denoiser=denoiser)) == \
+        Preprocessing(48, 120, -3, "bicubic")
+    assert pipeline_preprocessing(SimpleNamespace(config={}, denoiser=denoiser)) == Preprocessing(resolution=48)
