@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from pipeline import pipeline_celeba
 from pipeline.cli import ArgumentParser, run_cli
 from pipeline.data import load_eval_images
 from pipeline.generate import load_pipeline
@@ -45,12 +46,7 @@ AMPLITUDE_STEP = 0.02
 def noise_estimate(denoiser, prediction_type: str, x: torch.Tensor, label: int, alpha: float, sigma: float):
     """eps_hat in float64, whatever the network predicts (epsilon, v or x_0)."""
     out = denoiser(x.float(), torch.full((x.shape[0],), label)).sample.double()
-    x = x.double()
-    if prediction_type == "epsilon":
-        return out
-    if prediction_type == "v_prediction":
-        return alpha * out + sigma * x
-    return (x - alpha * out) / sigma
+    return pipeline_celeba.noise_estimate(out, x.double(), alpha, sigma, prediction_type)
 
 
 def ideal_mean_slopes(covariance: torch.Tensor, alpha: float, sigma: float, pixels: int) -> torch.Tensor:

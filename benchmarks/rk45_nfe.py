@@ -29,7 +29,7 @@ from benchmarks.solver_convergence import rms_levels, summary
 from pipeline.cli import DEFAULT_DEVICE, ArgumentParser, device_argument, run_cli
 from pipeline.evaluate import weights_sha256
 from pipeline.generate import load_pipeline
-from pipeline.sde import VPSDE
+from pipeline.sde import VPSDE, SDESampler
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -53,8 +53,9 @@ def solve(pipe, num_images: int, seed: int, tolerance: float, bf16: bool, budget
     began = time.perf_counter()
     try:
         with torch.autocast(pipe.device.type, dtype=torch.bfloat16, enabled=bf16):
-            images = pipe(batch_size=num_images, generator=torch.Generator().manual_seed(seed), sampler="ode-rk45",
-                          rtol=tolerance, atol=tolerance, output_type="np").images
+            images = pipe(batch_size=num_images, generator=torch.Generator().manual_seed(seed),
+                          sampler=SDESampler("ode-rk45", {"rtol": tolerance, "atol": tolerance}),
+                          output_type="np").images
         images = (images * 255).round().astype("uint8")
     except BudgetSpent:
         images = None

@@ -29,7 +29,7 @@ from .editing import METHODS, colorize, impute, interpolate  # noqa: E402
 from .generate import generate, unet_precision  # noqa: E402
 from .pipeline_folder import load_pipeline  # noqa: E402
 from .preprocess import Preprocessing, pipeline_preprocessing, to_uint8_nhwc  # noqa: E402
-from .schedulers import ALL_SAMPLERS, EDM_SAMPLERS, is_edm, nfe  # noqa: E402
+from .schedulers import EDM_SAMPLERS, VP_SAMPLERS, is_edm, nfe  # noqa: E402
 
 MAX_UPLOAD_SIDE = 2048
 
@@ -96,7 +96,7 @@ class FaceDemo:
         self.prep = pipeline_preprocessing(pipe)
         self.resolution = self.prep.resolution
         self.samplers = list(EDM_SAMPLERS) if is_edm(pipe.scheduler.config) else [
-            name for name in ALL_SAMPLERS if name not in EDM_SAMPLERS and name != "ode-rk45"]
+            name for name in VP_SAMPLERS if name != "ode-rk45"]
         self.seconds_per_image_evaluation = self._time_one_evaluation()
 
     def _time_one_evaluation(self) -> float:

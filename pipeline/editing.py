@@ -25,7 +25,7 @@ import torch
 from diffusers import DDPMScheduler, RePaintScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
-from .schedulers import explicit_config
+from .noise_schedules import schedule_config
 from .sde import VPSDE, NoisePredictor, pc_sampler, pf_ode_fixed_step, time_grid
 
 IDENTITY_BASIS = torch.eye(3, dtype=torch.float64)
@@ -101,7 +101,7 @@ def impute(pipe, known: torch.Tensor, mask: torch.Tensor, basis: torch.Tensor = 
         x = pc_sampler(model, x, ts, generator, snr, corrector_steps, progress_bar, constraint=replace)
         y = to_basis(x, basis)
     else:
-        betas = DDPMScheduler.from_config(explicit_config(pipe.scheduler.config)).betas
+        betas = DDPMScheduler.from_config(schedule_config(pipe.scheduler.config)).betas
         y = repaint(model, betas, known_y, mask, basis, steps, jump_length, jump_n_sample, generator, noise(),
                     progress_bar)
     return from_basis(mask * known_y + (1 - mask) * y, basis), model.nfe

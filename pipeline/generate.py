@@ -17,24 +17,21 @@ from .images import make_grid, save_pngs
 from .pipeline_celeba import CelebADiffusionPipeline
 from .pipeline_folder import load_pipeline
 from .sample_store import BatchStore, weights_checksum
-from .schedulers import ALL_SAMPLERS, EDM_SAMPLERS, SDE_SAMPLERS, check_steps, is_edm, make_scheduler
-from .sde import check_options as check_sde_options
+from .schedulers import ALL_SAMPLERS, check_steps, get_sampler
+from .sde import SDESampler
 
 DEFAULT_MODEL = "pretrained/celeba-64"
 
 
-def configure_sampler(pipe: CelebADiffusionPipeline, name: str) -> str | None:
-    """Attach diffusers sampler ``name`` to ``pipe`` (returns None), or return the score-SDE sampler name to pass
-    as ``pipe(sampler=...)``. The scheduler the model was trained with is kept as ``pipe.train_scheduler_config``."""
-    if not hasattr(pipe, "train_scheduler_config"):
-        pipe.train_scheduler_config = pipe.scheduler.config
-    if name in SDE_SAMPLERS:
-        if is_edm(pipe.train_scheduler_config):
-            raise ValueError(f"{name!r} solves the DDPM model's VP-SDE; this model was trained with EDM "
-                             f"preconditioning: choose one of {list(EDM_SAMPLERS)}")
-        return name
-    pipe.scheduler = make_scheduler(name, pipe.train_scheduler_config)
-    return None
+def sampler_arguments(pipe: CelebADiffusionPipeline, name: str, options: dict | None = None) -> dict:
+    """The ``pipe(...)`` arguments that sample with registry sampler ``name``: ``{"scheduler": ...}`` for a diffusers
+    scheduler on the model's noise schedule, ``{"sampler": SDESampler(name, options)}`` for a score-SDE sampler;
+    ValueError when it does not fit the model."""
+    sampler = get_sampler(name)
+    sampler.check_model(pipe.scheduler.config)
+    if sampler.is_scheduler:
+        return {"scheduler": sampler.scheduler(pipe.scheduler.config)}
+    return {"sampler": SDESampler(name, dict(options or {}))}
 
 
 MIXED_PRECISION = ("no", "bf16")
@@ -75,27 +72,22 @@ def check_sampling(scheduler: str, mixed_precision: str, sampler_options: dict |
     not run under bf16: its step-size control needs network outputs accurate to well below its tolerance (1e-5), and
     bf16 keeps about 3 significant digits, so its steps shrink until a batch takes thousands of evaluations instead of
     hundreds (benchmarks/rk45_nfe.py measures both)."""
-    if scheduler not in ALL_SAMPLERS:
-        raise ValueError(f"unknown sampler {scheduler!r}; choose one of {', '.join(ALL_SAMPLERS)}")
+    sampler = get_sampler(scheduler)
     if scheduler == "ode-rk45" and mixed_precision == "bf16":
         raise ValueError("ode-rk45 cannot sample under bf16: its adaptive step-size control chases the UNet's bf16 "
                          "rounding, which costs thousands of evaluations per batch (results/bench/rk45_nfe.json); "
                          "use mixed_precision 'no' (--mixed_precision no)")
-    if sampler_options:
-        if scheduler not in SDE_SAMPLERS:
-            raise ValueError(f"sampler options are for the score-SDE samplers {list(SDE_SAMPLERS)}; "
-                             f"{scheduler!r} takes none (got {sorted(sampler_options)})")
-        check_sde_options(scheduler, sampler_options)
+    sampler.check_options(sampler_options or {})
 
 
 def open_batch_store(folder: str | os.PathLike, pipe: CelebADiffusionPipeline, scheduler: str, steps: int, seed: int,
                      batch_size: int = 64, eta: float = 0.0, mixed_precision: str = "no",
                      mean_colour_correction: bool | None = None, sampler_options: dict | None = None) -> BatchStore:
     """A ``BatchStore`` for ``generate`` with these arguments: everything that decides a batch's images is its key."""
-    configure_sampler(pipe, scheduler)  # keeps the training scheduler's config
+    get_sampler(scheduler).check_model(pipe.scheduler.config)
     corrected = pipe.resolve_mean_colour_correction(mean_colour_correction)
     return BatchStore(folder, {
-        "unet_sha256": weights_checksum(pipe.unet), "train_scheduler": dict(pipe.train_scheduler_config),
+        "unet_sha256": weights_checksum(pipe.unet), "train_scheduler": dict(pipe.scheduler.config),
         "pixel_unshuffle": pipe.config.pixel_unshuffle, "scheduler": scheduler, "steps": steps, "seed": seed,
         "batch_size": batch_size, "eta": eta, "mixed_precision": mixed_precision, "mean_colour_correction": corrected,
         "mean_colour_prior": pipe.config.mean_colour_prior if corrected else None, "device": pipe.device.type,
@@ -119,8 +111,8 @@ def generate(pipe: CelebADiffusionPipeline, num_images: int, scheduler: str, ste
     ``sampler_options`` go to a score-SDE sampler (e.g. {"rtol": 1e-3, "atol": 1e-3} for ode-rk45)."""
     check_sampling(scheduler, mixed_precision, sampler_options)
     precision = unet_precision(pipe, mixed_precision)
-    sampler = configure_sampler(pipe, scheduler)
-    check_steps(scheduler, steps, pipe.train_scheduler_config.num_train_timesteps)
+    arguments = sampler_arguments(pipe, scheduler, sampler_options)
+    check_steps(scheduler, steps, pipe.scheduler.config.num_train_timesteps)
     # the pipeline's own per-step bar under the batch bar: a batch of DDPM-1000 takes tens of minutes on a CPU
     pipe.set_progress_bar_config(disable=not progress, leave=False, desc="steps of this batch")
     calls = []
@@ -136,8 +128,8 @@ def generate(pipe: CelebADiffusionPipeline, num_images: int, scheduler: str, ste
                 generator = torch.Generator().manual_seed(seed + index)
                 with precision:
                     images = pipe(batch_size=size, num_inference_steps=steps, generator=generator, eta=eta,
-                                  output_type="np", sampler=sampler, mean_colour_correction=mean_colour_correction,
-                                  **(sampler_options or {})).images
+                                  output_type="np", mean_colour_correction=mean_colour_correction,
+                                  **arguments).images
                 finished = (images * 255).round().astype(np.uint8), len(calls)
                 if store is not None:
                     store.save(index, *finished)

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from .cli import ArgumentParser, run_cli
-from .schedulers import DIFFUSERS_SAMPLERS
+from .schedulers import DIFFUSERS_SAMPLERS, SAMPLERS
 from .training_log import read_records
 
 GRID_NAME = "samples.png"
@@ -121,7 +121,7 @@ def use_section(evals: list[dict]) -> list[str]:
     if best:
         name, corrected = sampler_of(best)
         correction = ", mean_colour_correction=True" if corrected else ""
-        scheduler_class, overrides = DIFFUSERS_SAMPLERS[name]
+        scheduler_class, overrides = SAMPLERS[name].scheduler_class, SAMPLERS[name].overrides
         imports += f", {scheduler_class.__name__}"
         setup = [f"pipe.scheduler = {scheduler_class.__name__}.from_config(",
                  "    pipe.scheduler.config, " + ", ".join(f"{key}={value!r}" for key, value in overrides.items())

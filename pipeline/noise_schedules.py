@@ -1,4 +1,5 @@
-"""The shifted cosine noise schedule of "simple diffusion" (Hoogeboom, Heek, Salimans 2023), as discrete DDPM betas.
+"""A model's noise schedule: the part of a scheduler config that every sampler must share, and the shifted cosine
+schedule of "simple diffusion" (Hoogeboom, Heek, Salimans 2023) as discrete DDPM betas.
 
 The cosine schedule in log-SNR form is logsnr(t) = -2 log tan(pi t / 2), i.e. alpha_bar(t) = cos^2(pi t / 2). At a
 higher resolution, neighbouring pixels are more correlated, so the same per-pixel SNR destroys less of the image;
@@ -15,6 +16,22 @@ import math
 import numpy as np
 
 MAX_BETA = 0.999
+# What a trained model fixes: its noise levels (DDPM betas or EDM sigmas) and what its network predicts. Everything
+# else in a scheduler config (spacing, clipping, solver order, ...) belongs to the sampler.
+SCHEDULE_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
+                 "rescale_betas_zero_snr", "prediction_type", "sigma_min", "sigma_max", "sigma_data", "sigma_schedule",
+                 "rho")
+
+
+def schedule_config(scheduler_config) -> dict:
+    """The noise-schedule entries (``SCHEDULE_KEYS``) of any diffusers scheduler config of the model.
+
+    Building a sampler from these alone makes it independent of which scheduler the config came from (the training
+    DDPMScheduler, or a sampler saved with the pipeline), and every value is explicit: a config that left an argument
+    at its default would otherwise give the *target* class's default, e.g. HeunDiscreteScheduler's Stable-Diffusion
+    betas (0.00085..0.012) instead of DDPM's (1e-4..0.02)."""
+    config = dict(scheduler_config)
+    return {key: config[key] for key in SCHEDULE_KEYS if key in config}
 
 
 def shifted_cosine_log_snr(t: np.ndarray, base_resolution: int, resolution: int) -> np.ndarray:

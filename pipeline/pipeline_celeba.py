@@ -7,8 +7,8 @@ pipeline folder (and Hub repo) carries a copy and names it in model_index.json, 
 
 from __future__ import annotations
 
-import importlib
 import inspect
+from collections.abc import Callable
 from types import SimpleNamespace
 
 import torch
@@ -17,9 +17,30 @@ from diffusers import DiffusionPipeline, ImagePipelineOutput, SchedulerMixin, UN
 from diffusers.models.unets.unet_2d import UNet2DOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-# Score-SDE samplers (predictor-corrector, probability-flow ODE) live in `pipeline.sde`; they are not diffusers
-# schedulers, so they are selected by name with `sampler=` and imported only when asked for.
-SDE_SAMPLER_MODULE = "pipeline.sde"
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+
+def noise_estimate(output: torch.Tensor, x: torch.Tensor, alpha, sigma, prediction_type: str) -> torch.Tensor:
+    """The noise estimate eps_hat of a network output at x_t = alpha x_0 + sigma eps: the output itself (epsilon),
+    alpha v + sigma x_t (v_prediction) or (x_t - alpha x0_hat) / sigma (sample)."""
+    if prediction_type == "epsilon":
+        return output
+    if prediction_type == "v_prediction":
+        return alpha * output + sigma * x
+    if prediction_type == "sample":
+        return (x - alpha * output) / sigma
+    raise ValueError(f"unsupported prediction_type {prediction_type!r}; expected one of {PREDICTION_TYPES}")
+
+
+def model_output(eps: torch.Tensor, x: torch.Tensor, alpha, sigma, prediction_type: str) -> torch.Tensor:
+    """The inverse of ``noise_estimate``: what a network of ``prediction_type`` outputs for the noise estimate eps."""
+    if prediction_type == "epsilon":
+        return eps
+    if prediction_type == "v_prediction":
+        return (eps - sigma * x) / alpha
+    if prediction_type == "sample":
+        return (x - sigma * eps) / alpha
+    raise ValueError(f"unsupported prediction_type {prediction_type!r}; expected one of {PREDICTION_TYPES}")
 
 
 class WrappedDenoiser(torch.nn.Module):
@@ -107,15 +128,14 @@ class MeanColourDenoiser(WrappedDenoiser):
         alpha, sigma = (value.to(x.device) for value in self.alpha_sigma(timestep, x.shape[0]))
         mean, covariance = self.mean.to(x.device), self.covariance.to(x.device)
         a, s = alpha[..., None, None], sigma[..., None, None]
-        kind = self.prediction_type
-        eps = out if kind == "epsilon" else a * out + s * x if kind == "v_prediction" else (x - a * out) / s
+        eps = noise_estimate(out, x, a, s, self.prediction_type)
         pixels = x.shape[2] * x.shape[3]
         eye = torch.eye(mean.numel(), dtype=torch.float64, device=x.device)
         precision = alpha[:, :, None] ** 2 * covariance + (sigma[:, :, None] ** 2 / pixels) * eye  # (B, C, C)
         residual = x.mean(dim=(2, 3)) - alpha * mean                                            # (B, C)
         eps_mean = sigma / pixels * torch.linalg.solve(precision, residual)
         eps = eps - eps.mean(dim=(2, 3), keepdim=True) + eps_mean[..., None, None]
-        out = eps if kind == "epsilon" else (eps - s * x) / a if kind == "v_prediction" else (x - s * eps) / a
+        out = model_output(eps, x, a, s, self.prediction_type)
         out = out.to(torch.float32 if sample.dtype == torch.bfloat16 else sample.dtype)
         return UNet2DOutput(sample=out) if return_dict else (out,)
 
@@ -162,16 +182,20 @@ class CelebADiffusionPipeline(DiffusionPipeline):
         eta: float = 0.0,
         output_type: str = "pil",
         return_dict: bool = True,
-        sampler: str | None = None,
+        scheduler: SchedulerMixin | None = None,
+        sampler: Callable[..., torch.Tensor] | None = None,
         mean_colour_correction: bool | None = None,
         callback_on_step_end=None,
-        **sampler_kwargs,
     ):
         """Generate ``batch_size`` images.
 
         ``eta`` is passed to schedulers whose ``step`` accepts it (DDIM: 0 = deterministic ODE, 1 = DDPM-like).
-        ``sampler`` names a score-SDE sampler of ``pipeline.sde`` (e.g. ``"pc"``, ``"ode-heun"``) instead of the
-        attached scheduler. ``output_type`` is ``"pil"``, ``"np"`` (float in [0, 1], NHWC) or ``"pt"`` ([-1, 1], NCHW).
+        ``scheduler`` samples this call with another diffusers scheduler of the same noise schedule (e.g.
+        ``pipeline.schedulers.make_scheduler("dpm++2m", pipe.scheduler.config)``); ``self.scheduler`` stays as it is.
+        ``sampler`` replaces the scheduler loop by a sampler that is not a diffusers scheduler, called as
+        ``sampler(denoiser, scheduler_config, num_inference_steps, shape, generator, progress_bar)`` and returning the
+        images, e.g. a score-SDE sampler ``pipeline.sde.SDESampler("pc")``.
+        ``output_type`` is ``"pil"``, ``"np"`` (float in [0, 1], NHWC) or ``"pt"`` ([-1, 1], NCHW).
         ``callback_on_step_end(pipe, step_index, timestep, tensors)`` is called after every scheduler step with
         ``tensors`` = {"sample": x_t, "prev_sample": the next x, "pred_original_sample": the scheduler's x0 estimate
         or None}, e.g. to record a denoising trajectory; its return value is ignored.
@@ -187,14 +211,13 @@ class CelebADiffusionPipeline(DiffusionPipeline):
         size = denoiser.config.sample_size
         size = (size, size) if isinstance(size, int) else tuple(size)
         shape = (batch_size, denoiser.config.in_channels, *size)
+        scheduler = scheduler or self.scheduler
         if sampler is not None:
             if callback_on_step_end is not None:
                 raise ValueError("callback_on_step_end works with diffusers schedulers, not with sampler=")
-            sde = importlib.import_module(SDE_SAMPLER_MODULE)
-            image = sde.sample(denoiser, self.scheduler.config, sampler, num_inference_steps, shape, generator,
-                               progress_bar=self.progress_bar, **sampler_kwargs)
+            image = sampler(denoiser, scheduler.config, num_inference_steps, shape, generator, self.progress_bar)
         else:
-            image = self._sample_with_scheduler(denoiser, shape, num_inference_steps, generator, eta,
+            image = self._sample_with_scheduler(denoiser, scheduler, shape, num_inference_steps, generator, eta,
                                                 callback_on_step_end)
         image = image.clamp(-1, 1)
         if output_type == "pt":
@@ -204,17 +227,17 @@ class CelebADiffusionPipeline(DiffusionPipeline):
             image = self.numpy_to_pil(image)
         return ImagePipelineOutput(images=image) if return_dict else (image,)
 
-    def _sample_with_scheduler(self, denoiser, shape, num_inference_steps, generator, eta, callback_on_step_end):
+    def _sample_with_scheduler(self, denoiser, scheduler, shape, num_inference_steps, generator, eta,
+                               callback_on_step_end):
         dtype = self.unet.dtype
         image = randn_tensor(shape, generator=generator, device=self._execution_device, dtype=dtype)
-        self.scheduler.set_timesteps(num_inference_steps, device=self._execution_device)
-        image = image * self.scheduler.init_noise_sigma
-        accepted = inspect.signature(self.scheduler.step).parameters  # Heun/UniPC take neither eta nor generator
+        scheduler.set_timesteps(num_inference_steps, device=self._execution_device)
+        image = image * scheduler.init_noise_sigma
+        accepted = inspect.signature(scheduler.step).parameters  # Heun/UniPC take neither eta nor generator
         step_kwargs = {k: v for k, v in {"generator": generator, "eta": eta}.items() if k in accepted}
-        for index, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
-            model_input = self.scheduler.scale_model_input(image, t)
-            model_output = denoiser(model_input, t).sample
-            output = self.scheduler.step(model_output, t, image, **step_kwargs)
+        for index, t in enumerate(self.progress_bar(scheduler.timesteps)):
+            model_input = scheduler.scale_model_input(image, t)
+            output = scheduler.step(denoiser(model_input, t).sample, t, image, **step_kwargs)
             if callback_on_step_end is not None:
                 callback_on_step_end(self, index, t, {"sample": image, "prev_sample": output.prev_sample,
                                                       "pred_original_sample": getattr(output, "pred_original_sample",

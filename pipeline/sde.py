@@ -56,15 +56,15 @@ Samplers (``sample(..., name)``); all end at t = 1/T with the Tweedie denoising 
             0.001-0.02 (fine image detail) and on par for std 0.2-0.3; with the cosine schedule (sigma_bar up to
             2e4) neither grid won throughout. Heun in (t, x) on the uniform grid was about as accurate as here.
   ode-rk45  The same ODE with scipy's adaptive RK45 in l = log sigma_bar (sigma_bar spans 1e-2..1e2 or more), dy/dl =
-            sigma_bar eps_hat; rtol = atol = 1e-5 as score_sde. NFE = solver evaluations + 1, known only afterwards:
-            ``last_nfe`` or ``sample_with_stats``. ``num_inference_steps`` is ignored.
+            sigma_bar eps_hat; rtol = atol = 1e-5 as score_sde. NFE = solver evaluations + 1, known only afterwards
+            (``sample_with_stats``). ``num_inference_steps`` is ignored.
 Time grids (pc, ode-heun): "uniform" in t (score_sde) or "karras" (rho = 7 in sigma_bar, as diffusers' euler/heun).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -72,25 +72,22 @@ from diffusers import DDPMScheduler
 from diffusers.utils.torch_utils import randn_tensor
 from scipy.integrate import solve_ivp
 
-from .schedulers import explicit_config
+from .noise_schedules import schedule_config
+from .pipeline_celeba import PREDICTION_TYPES, noise_estimate
 
-SAMPLERS = ("pc", "ode-heun", "ode-rk45")
-# options each sampler takes (through ``pipeline(..., sampler=name, **options)``) and their defaults
+# the samplers, the options each takes (``SDESampler(name, options)``) and their defaults
 OPTIONS = {
     "pc": {"snr": 0.16, "corrector_steps": 1, "grid": "uniform"},
     "ode-heun": {"grid": "uniform"},
     "ode-rk45": {"rtol": 1e-5, "atol": 1e-5},
 }
-PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
-
-last_nfe: int | None = None  # network evaluations of the latest ``sample`` call
 
 
 class VPSDE:
     """The VP SDE through the training scheduler's discrete alphas_cumprod (see the module docstring)."""
 
     def __init__(self, scheduler_config):
-        scheduler = DDPMScheduler.from_config(explicit_config(scheduler_config))
+        scheduler = DDPMScheduler.from_config(schedule_config(scheduler_config))
         # (the floor only touches a zero-terminal-SNR schedule, whose last abar is exactly 0)
         alphas_cumprod = scheduler.alphas_cumprod.double().clamp_min(1e-12).numpy()
         self.T = len(alphas_cumprod)
@@ -147,12 +144,7 @@ class NoisePredictor:
         timestep = torch.full((x.shape[0],), label, dtype=torch.float32, device=x.device)
         out = self.unet(x.to(self.dtype), timestep).sample.to(x.dtype)
         self.nfe += 1
-        kind = self.sde.prediction_type
-        if kind == "epsilon":
-            return out
-        if kind == "v_prediction":
-            return alpha * out + sigma * x
-        return (x - alpha * out) / sigma
+        return noise_estimate(out, x, alpha, sigma, self.sde.prediction_type)
 
     def score(self, x, t):
         return -self(x, t) / float(self.sde.alpha_sigma(t)[1])
@@ -243,6 +235,8 @@ def pf_ode_rk45(model: NoisePredictor, x, t_start: float, t_end: float, rtol: fl
 
 def check_options(name: str, options: dict) -> None:
     """One error naming every option that score-SDE sampler ``name`` does not take (before any network call)."""
+    if name not in OPTIONS:
+        raise ValueError(f"unknown score-SDE sampler {name!r}; choose one of {list(OPTIONS)}")
     unknown = sorted(set(options) - set(OPTIONS[name]))
     if unknown:
         raise ValueError(f"{name} does not take sampler option(s) {unknown}; it takes {sorted(OPTIONS[name])}")
@@ -260,8 +254,6 @@ def sample_with_stats(unet, scheduler_config, name: str, num_inference_steps: in
 
     ``options`` override the sampler's entry of ``OPTIONS``; any other option is an error.
     """
-    if name not in SAMPLERS:
-        raise ValueError(f"unknown score-SDE sampler {name!r}; choose one of {list(SAMPLERS)}")
     check_options(name, options)
     opts = {**OPTIONS[name], **options}
 
@@ -282,9 +274,23 @@ def sample_with_stats(unet, scheduler_config, name: str, num_inference_steps: in
 
 def sample(unet, scheduler_config, name: str, num_inference_steps: int, shape, generator=None, progress_bar=None,
            **options) -> torch.Tensor:
-    """``sample_with_stats(...).images``; the network-evaluation count is left in ``pipeline.sde.last_nfe``."""
-    global last_nfe
-    result = sample_with_stats(unet, scheduler_config, name, num_inference_steps, shape, generator, progress_bar,
-                               **options)
-    last_nfe = result.nfe
-    return result.images
+    """``sample_with_stats(...).images``."""
+    return sample_with_stats(unet, scheduler_config, name, num_inference_steps, shape, generator, progress_bar,
+                             **options).images
+
+
+@dataclass(frozen=True)
+class SDESampler:
+    """Score-SDE sampler ``name`` with ``options``, as ``CelebADiffusionPipeline(..., sampler=SDESampler(...))`` takes
+    it: called with (denoiser, scheduler config, steps, shape, generator, progress_bar), it returns the images."""
+
+    name: str
+    options: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        check_options(self.name, self.options)
+
+    def __call__(self, denoiser, scheduler_config, num_inference_steps: int, shape, generator=None,
+                 progress_bar=None) -> torch.Tensor:
+        return sample(denoiser, scheduler_config, self.name, num_inference_steps, shape, generator, progress_bar,
+                      **self.options)

@@ -18,10 +18,10 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from .cli import DEFAULT_DEVICE, ArgumentParser, device_argument, run_cli
-from .generate import DEFAULT_MODEL, MIXED_PRECISION, configure_sampler, load_pipeline, unet_precision
+from .generate import DEFAULT_MODEL, MIXED_PRECISION, load_pipeline, unet_precision
 from .images import make_grid
 from .preprocess import to_uint8_nhwc
-from .schedulers import check_steps
+from .schedulers import check_steps, make_scheduler
 
 # Schedulers whose step returns pred_original_sample (the x0 estimate shown in the bottom rows).
 TRAJECTORY_SAMPLERS = ("ddim", "ddim-clip", "ddpm")
@@ -40,8 +40,8 @@ def record_trajectory(pipe, scheduler: str, steps: int, num_images: int, snapsho
     """Timesteps t, x_t and x0_hat at the snapshot steps: tensors of shape (snapshots, N, C, H, W)."""
     if scheduler not in TRAJECTORY_SAMPLERS:
         raise ValueError(f"--scheduler must be one of {TRAJECTORY_SAMPLERS} (they report x0_hat), got {scheduler!r}")
-    configure_sampler(pipe, scheduler)
-    check_steps(scheduler, steps, pipe.train_scheduler_config.num_train_timesteps)
+    sampling_scheduler = make_scheduler(scheduler, pipe.scheduler.config)
+    check_steps(scheduler, steps, pipe.scheduler.config.num_train_timesteps)
     wanted = set(snapshot_indices(steps, snapshots))
     timesteps, samples, estimates = [], [], []
 
@@ -54,7 +54,8 @@ def record_trajectory(pipe, scheduler: str, steps: int, num_images: int, snapsho
     pipe.set_progress_bar_config(disable=True)
     with unet_precision(pipe, mixed_precision):
         pipe(batch_size=num_images, num_inference_steps=steps, generator=torch.Generator().manual_seed(seed),
-             output_type="pt", callback_on_step_end=keep, mean_colour_correction=mean_colour_correction)
+             output_type="pt", scheduler=sampling_scheduler, callback_on_step_end=keep,
+             mean_colour_correction=mean_colour_correction)
     return timesteps, torch.stack(samples), torch.stack(estimates)
 
 

@@ -5,6 +5,7 @@ import torch
 from diffusers import DDPMScheduler
 
 from pipeline import CelebADiffusionPipeline
+from pipeline.sde import SDESampler
 from pipeline.trajectory import record_trajectory, snapshot_indices, trajectory_picture
 
 from gaussian_model import make_gaussian
@@ -44,4 +45,4 @@ def test_trajectory_rejects_samplers_without_an_x0_estimate():
     with pytest.raises(ValueError, match="--scheduler"):
         record_trajectory(pipe, "dpm++2m", 20, num_images=1, snapshots=2, seed=0)
     with pytest.raises(ValueError, match="callback_on_step_end"):
-        pipe(batch_size=1, num_inference_steps=2, sampler="ode-heun", callback_on_step_end=lambda *a: None)
+        pipe(batch_size=1, num_inference_steps=2, sampler=SDESampler("ode-heun"), callback_on_step_end=lambda *a: None)
