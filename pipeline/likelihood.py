@@ -39,10 +39,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy.integrate import solve_ivp
 
 from .cli import DEFAULT_DEVICE, ArgumentParser, device_argument
-from .sde import VPSDE, NoisePredictor
+from .sde import VPSDE, NoisePredictor, rk45_in_log_sigma_bar
 
 LEVELS = 256                              # 8-bit data
 BPD_OFFSET = math.log2(LEVELS / 2)        # = 7: bits/dim of the map x = y / 128 - 1 from the 256-level scale
@@ -81,9 +80,7 @@ def log_likelihood(unet, scheduler_config, x: torch.Tensor, *, generator: torch.
     xi = _hutchinson_noise(shape, hutchinson, generator).to(device, dtype)
     alpha_eps, alpha_1 = float(sde.alpha_sigma(eps)[0]), float(sde.alpha_sigma(1.0)[0])
 
-    def rhs(ell, state):
-        sigma_bar = math.exp(ell)
-        t = sde.t_from_sigma_bar(sigma_bar)
+    def derivative(sigma_bar, t, state):
         alpha = 1.0 / math.sqrt(1.0 + sigma_bar**2)
         y = torch.from_numpy(state[:-n]).to(device, dtype).reshape(shape)
         with torch.enable_grad():
@@ -94,12 +91,8 @@ def log_likelihood(unet, scheduler_config, x: torch.Tensor, *, generator: torch.
         ddelta = sigma_bar * alpha * (xi_jacobian * xi).flatten(1).sum(1)
         return np.concatenate([dy.flatten().double().cpu().numpy(), ddelta.double().cpu().numpy()])
 
-    span = (math.log(sde.sigma_bar(eps)), math.log(sde.sigma_bar(1.0)))
     state0 = np.concatenate([(x.detach().double().cpu() / alpha_eps).flatten().numpy(), np.zeros(n)])
-    solution = solve_ivp(rhs, span, state0, method="RK45", rtol=rtol, atol=atol, t_eval=[span[1]])
-    if not solution.success:
-        raise RuntimeError(f"RK45 failed: {solution.message}")
-    end = torch.from_numpy(solution.y[:, -1])
+    end = torch.from_numpy(rk45_in_log_sigma_bar(sde, derivative, state0, eps, 1.0, rtol, atol))
     x_1, delta = alpha_1 * end[:-n].reshape(shape), end[-n:]
     prior = -0.5 * x_1.flatten(1).square().sum(1) - 0.5 * dim * math.log(2 * math.pi)
     logp = prior + dim * (math.log(alpha_1) - math.log(alpha_eps)) + delta

@@ -213,24 +213,36 @@ def pc_sampler(model: NoisePredictor, x, ts, generator=None, snr: float = 0.16, 
     return model.denoise(x, ts[-1])
 
 
+def rk45_in_log_sigma_bar(sde: VPSDE, derivative, state: np.ndarray, t_start: float, t_end: float,
+                          rtol: float, atol: float) -> np.ndarray:
+    """Integrate d state / dl = derivative(sigma_bar, t, state) with scipy's adaptive RK45 in l = log sigma_bar (which
+    spans a few units where t spans orders of magnitude of noise) from t_start to t_end; returns the final state.
+    The one ODE solve of sampling (``pf_ode_rk45``) and of the likelihood (``pipeline.likelihood``)."""
+
+    def rhs(ell, current):
+        sigma_bar = math.exp(ell)
+        return derivative(sigma_bar, sde.t_from_sigma_bar(sigma_bar), current)
+
+    span = (math.log(sde.sigma_bar(t_start)), math.log(sde.sigma_bar(t_end)))
+    solution = solve_ivp(rhs, span, state, method="RK45", rtol=rtol, atol=atol, t_eval=[span[1]])
+    if not solution.success:
+        raise RuntimeError(f"RK45 failed: {solution.message}")
+    return solution.y[:, -1]
+
+
 def pf_ode_rk45(model: NoisePredictor, x, t_start: float, t_end: float, rtol: float = 1e-5, atol: float = 1e-5):
-    """Solve the PF-ODE with scipy's RK45 in l = log sigma_bar from t_start to t_end; returns x at t_end."""
+    """Solve the PF-ODE dy/dl = sigma_bar eps_hat (y = x / alpha) from t_start to t_end; returns x at t_end."""
     sde, shape = model.sde, x.shape
     alpha_start, alpha_end = sde.alpha_sigma(t_start)[0], sde.alpha_sigma(t_end)[0]
 
-    def rhs(ell, y):
-        sigma_bar = math.exp(ell)
-        t = sde.t_from_sigma_bar(sigma_bar)
+    def derivative(sigma_bar, t, y):
         y = torch.from_numpy(y).to(x.device, x.dtype).reshape(shape)
         eps_hat = model(y / math.sqrt(1.0 + sigma_bar**2), t)
         return (sigma_bar * eps_hat).flatten().double().cpu().numpy()
 
-    span = (math.log(sde.sigma_bar(t_start)), math.log(sde.sigma_bar(t_end)))
     y0 = (x.double() / alpha_start).flatten().cpu().numpy()
-    solution = solve_ivp(rhs, span, y0, method="RK45", rtol=rtol, atol=atol, t_eval=[span[1]])
-    if not solution.success:
-        raise RuntimeError(f"RK45 failed: {solution.message}")
-    return torch.from_numpy(solution.y[:, -1] * alpha_end).to(x.device, x.dtype).reshape(shape)
+    y_end = rk45_in_log_sigma_bar(sde, derivative, y0, t_start, t_end, rtol, atol)
+    return torch.from_numpy(y_end * alpha_end).to(x.device, x.dtype).reshape(shape)
 
 
 def check_options(name: str, options: dict) -> None:
