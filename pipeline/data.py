@@ -210,16 +210,34 @@ class TrainStream:
         return self.preprocessor.skipped
 
 
+def preprocessed_batches(raw: datasets.IterableDataset, prep: Preprocessing, batch_size: int,
+                         keys: set[str] | None = None):
+    """Batches (uint8 NCHW tensor, file keys) of a raw stream, preprocessed, in stream order (only ``keys`` when
+    given): the one way evaluation, reference statistics and the tools read real images."""
+    preprocessor = ExamplePreprocessor(prep)
+    pixels, names = [], []
+    for example in raw:
+        if keys is not None and example_key(example["image"]) not in keys:
+            continue
+        item = preprocessor(example)
+        pixels.append(torch.from_numpy(item["pixels"]))
+        names.append(item["key"])
+        if len(pixels) == batch_size:
+            yield torch.stack(pixels), names
+            pixels, names = [], []
+    if pixels:
+        yield torch.stack(pixels), names
+
+
 def load_eval_images(train_data_dir: str | None, split: str, resolution: int, num_images: int,
                      dataset_name: str | None = None, dataset_config_name: str | None = HUB_CONFIG,
                      prep: Preprocessing | None = None) -> torch.Tensor:
     """The first ``num_images`` images of a split (stream order, no shuffle), preprocessed, as uint8 NCHW."""
     if train_data_dir is None and dataset_name is None:
         dataset_name = HUB_DATASET
-    prep = prep or Preprocessing(resolution=resolution)
-    raw = load_celeba(dataset_name, dataset_config_name, train_data_dir, split)
-    preprocessor = ExamplePreprocessor(prep)
-    images = [preprocessor(example)["pixels"] for example in raw.take(num_images)]
-    if len(images) < num_images:
-        raise ValueError(f"split {split!r} has only {len(images)} images, {num_images} requested")
-    return torch.from_numpy(np.stack(images))
+    raw = load_celeba(dataset_name, dataset_config_name, train_data_dir, split).take(num_images)
+    batches = [batch for batch, _ in preprocessed_batches(raw, prep or Preprocessing(resolution=resolution), 256)]
+    count = sum(len(batch) for batch in batches)
+    if count < num_images:
+        raise ValueError(f"split {split!r} has only {count} images, {num_images} requested")
+    return torch.cat(batches)

@@ -28,7 +28,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .cli import DEFAULT_DEVICE, ArgumentParser, device_argument, run_cli
-from .data import HUB_CONFIG, ExamplePreprocessor, example_key, load_celeba, read_official_layout
+from .data import HUB_CONFIG, load_celeba, preprocessed_batches, read_official_layout
 from .images import make_grid
 from .inception import BATCH_SIZE, DESCRIPTION, RESIZE_FILTER, extract_features, load_inception, weights_sha1
 from .metrics import (
@@ -79,21 +79,7 @@ def stream_real_images(train_data_dir, dataset_name, dataset_config_name, split,
                        keys: set[str] | None = None):
     """Batches (uint8 NCHW, file keys) of preprocessed real images in stream order; only ``keys`` when given."""
     raw = load_celeba(dataset_name, dataset_config_name if dataset_name else None, train_data_dir, split)
-    if num_images is not None:
-        raw = raw.take(num_images)
-    preprocessor = ExamplePreprocessor(prep)
-    pixels, names = [], []
-    for example in raw:
-        if keys is not None and example_key(example["image"]) not in keys:
-            continue
-        item = preprocessor(example)
-        pixels.append(torch.from_numpy(item["pixels"]))
-        names.append(item["key"])
-        if len(pixels) == batch_size:
-            yield torch.stack(pixels), names
-            pixels, names = [], []
-    if pixels:
-        yield torch.stack(pixels), names
+    return preprocessed_batches(raw if num_images is None else raw.take(num_images), prep, batch_size, keys)
 
 
 def load_or_compute_reference(train_data_dir: str | None = None, dataset_name: str | None = None,

@@ -115,7 +115,7 @@ def write_prior(model: str, prior: MeanColourPrior) -> None:
 
 
 def main(argv=None) -> int:
-    from .data import ExamplePreprocessor, load_celeba
+    from .data import load_celeba, preprocessed_batches
     from .generate import load_pipeline
     from .preprocess import pipeline_preprocessing, to_model_range
 
@@ -131,9 +131,9 @@ def main(argv=None) -> int:
     raw = load_celeba(args.dataset_name, None, args.train_data_dir, args.split)
     if args.num_images is not None:
         raw = raw.take(args.num_images)
-    preprocessor, statistics = ExamplePreprocessor(prep), MeanColourStatistics()
-    for example in tqdm(raw, desc="mean colours", unit="img", total=args.num_images):
-        statistics.update(to_model_range(torch.from_numpy(preprocessor(example)["pixels"])[None]))
+    statistics = MeanColourStatistics()
+    for batch, _ in tqdm(preprocessed_batches(raw, prep, 64), desc="mean colours (batches of 64)", unit="batch"):
+        statistics.update(to_model_range(batch))
     prior = statistics.prior()
     write_prior(args.model, prior)
     print(f"mean colour of {prior.num_images} images: mean {np.round(prior.mean, 4).tolist()}, "
