@@ -34,6 +34,8 @@ from pipeline import CelebADiffusionPipeline
 from pipeline.architecture import build_unet, check_group_norm
 from pipeline.checkpoints import (
     list_checkpoints,
+    process_state_files,
+    read_process_state,
     remove_stale_temporaries,
     resolve_checkpoint,
     restore_newest_readable,
@@ -419,27 +421,6 @@ def evaluate_fid(accelerator, model, ema, noise_scheduler, args, reference) -> f
     return fid_against_reference(images, reference)
 
 
-def restore_run_state(accelerator, checkpoint: Path, stream, clock: TrainingClock,
-                      mean_colours: MeanColourStatistics) -> None:
-    """Load a checkpoint's accelerate state (model, optimizer, LR schedule, EMA, RNGs) and this process's stream
-    position, clock and mean-colour sums."""
-    step = int(checkpoint.name.split("-")[1])
-    accelerator.load_state(str(checkpoint))
-    rank = accelerator.process_index
-    stream.load_state_dict(json.loads((checkpoint / f"stream_rank{rank}.json").read_text()))
-    clock_file = checkpoint / f"clock_rank{rank}.json"
-    if clock_file.is_file():
-        clock.load_state_dict(json.loads(clock_file.read_text()))
-    else:
-        clock.counted_from_step = step
-    colours_file = checkpoint / f"mean_colours_rank{rank}.json"
-    if colours_file.is_file():
-        mean_colours.load_state_dict(json.loads(colours_file.read_text()))
-    else:  # a checkpoint from before the prior was fitted in training: it counts from here
-        logger.warning("%s has no mean-colour sums: the prior is fitted on the images from step %d on",
-                       checkpoint, step)
-
-
 def end_training_together(accelerator) -> None:
     """Destroy the process group on all ranks at once: a rank that destroys it while another is still saving can
     leave gloo hanging."""
@@ -468,10 +449,8 @@ def cpu_thread_advice(threads: int, cores: int, local_processes: int) -> str | N
             f"default: pass `accelerate launch --num_cpu_threads_per_process {per_process}` (or set OMP_NUM_THREADS)")
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    if args.push_to_hub and int(os.environ.get("RANK", "0")) == 0:
-        prepare_repo(args.hub_model_id, args.hub_private_repo, args.hub_token)  # before hours of training, not after
+def make_accelerator(args) -> Accelerator:
+    """The Accelerator of this process (CPU/gloo without a GPU), with logging set up and CPU-thread advice given."""
     on_gpu = torch.cuda.is_available() or torch.backends.mps.is_available()
     mixed_precision, precision_source = resolve_mixed_precision(args.mixed_precision, on_gpu)
     accelerator = Accelerator(
@@ -491,171 +470,233 @@ def main(argv=None):
                                    int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes)))
         if advice:
             logger.warning(advice)
-    set_seed(args.seed)  # identical initial weights on every process
+    return accelerator
 
-    model, noise_scheduler = build_model_and_scheduler(args)
-    set_seed(args.seed, device_specific=True)  # then per-process noise; a resume restores the saved RNG states
-    optimizer, ema = build_optimizer_and_ema(model, args)
-    # accelerate steps a prepared scheduler once per process per optimizer step, hence the scaling
-    lr_scheduler = build_lr_scheduler(
-        args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
-        num_training_steps=args.max_train_steps * accelerator.num_processes,
-        num_decay_steps=None if args.lr_decay_steps is None else args.lr_decay_steps * accelerator.num_processes)
-    stream = TrainStream(
-        load_celeba(args.dataset_name, args.dataset_config_name, args.train_data_dir, args.split),
-        training_preprocessing(args), batch_size=args.train_batch_size, seed=args.seed,
-        shuffle_buffer_size=args.shuffle_buffer_size,
-        rank=accelerator.process_index, world_size=accelerator.num_processes, skip_corrupt=args.skip_corrupt_images,
-    )
-    # The stream is already split per process (datasets.distributed), so it is not wrapped by accelerator.prepare.
-    model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
-    if ema is not None:
-        accelerator.register_for_checkpointing(ema)
 
-    global_step, clock, losses, mean_colours = 0, TrainingClock(), LossMeter(), MeanColourStatistics()
-    training_log = os.path.join(args.output_dir, "training_log.jsonl")
+class Run:
+    """One training process: the prepared model, optimizer, LR schedule and EMA, its share of the data stream, and
+    the state its checkpoints save with them (step, clock, loss meter, mean-colour sums)."""
+
+    def __init__(self, args, accelerator: Accelerator):
+        self.args, self.accelerator = args, accelerator
+        processes = accelerator.num_processes
+        set_seed(args.seed)  # identical initial weights on every process
+        model, self.noise_scheduler = build_model_and_scheduler(args)
+        set_seed(args.seed, device_specific=True)  # then per-process noise; a resume restores the saved RNG states
+        optimizer, self.ema = build_optimizer_and_ema(model, args)
+        # accelerate steps a prepared scheduler once per process per optimizer step, hence the scaling
+        lr_scheduler = build_lr_scheduler(
+            args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps * processes,
+            num_training_steps=args.max_train_steps * processes,
+            num_decay_steps=None if args.lr_decay_steps is None else args.lr_decay_steps * processes)
+        self.stream = TrainStream(
+            load_celeba(args.dataset_name, args.dataset_config_name, args.train_data_dir, args.split),
+            training_preprocessing(args), batch_size=args.train_batch_size, seed=args.seed,
+            shuffle_buffer_size=args.shuffle_buffer_size, rank=accelerator.process_index, world_size=processes,
+            skip_corrupt=args.skip_corrupt_images)
+        # The stream is already split per process (datasets.distributed), so it is not wrapped by accelerator.prepare.
+        self.model, self.optimizer, self.lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
+        if self.ema is not None:
+            accelerator.register_for_checkpointing(self.ema)
+        self.step, self.clock, self.losses, self.mean_colours = 0, TrainingClock(), LossMeter(), MeanColourStatistics()
+        self.training_log = os.path.join(args.output_dir, "training_log.jsonl")
+        self.images_per_step = args.train_batch_size * processes * args.gradient_accumulation_steps
+        self.started, self.start_step = time.perf_counter(), 0  # the throughput clock (``begin``)
+
+    def resume(self, value: str) -> None:
+        """Continue from checkpoint ``value`` ("latest": the newest one that reads back); none yet: a new run."""
+        output_dir = self.args.output_dir
+        if self.accelerator.is_main_process:
+            remove_stale_temporaries(output_dir)
+        candidates = list_checkpoints(output_dir) if value == "latest" else [resolve_checkpoint(output_dir, value)]
+        if not candidates:
+            logger.info("no checkpoint in %s yet: starting a new run", output_dir)
+            return
+        checkpoint = restore_newest_readable(candidates, self.restore)
+        check_resumed_learning_rate(self.lr_scheduler.scheduler, self.step)
+        logger.info("resumed from %s at step %d", checkpoint, self.step)
+
+    def restore(self, checkpoint: Path) -> None:
+        """Load a checkpoint's accelerate state (model, optimizer, LR schedule, EMA, RNGs) and this process's stream
+        position, clock and mean-colour sums."""
+        step = int(checkpoint.name.split("-")[1])
+        self.accelerator.load_state(str(checkpoint))
+        rank = self.accelerator.process_index
+        self.stream.load_state_dict(read_process_state(checkpoint, "stream", rank, required=True))
+        clock = read_process_state(checkpoint, "clock", rank)
+        if clock is not None:
+            self.clock.load_state_dict(clock)
+        else:
+            self.clock.counted_from_step = step
+        colours = read_process_state(checkpoint, "mean_colours", rank)
+        if colours is not None:
+            self.mean_colours.load_state_dict(colours)
+        else:  # a checkpoint from before the prior was fitted in training: it counts from here
+            logger.warning("%s has no mean-colour sums: the prior is fitted on the images from step %d on",
+                           checkpoint, step)
+        self.step = step
+
+    def agreed(self, *flags: bool) -> list[bool]:
+        """Each flag, true when it is true on any process: every process must take the same checkpoint and stop
+        decisions, or collective saves would deadlock."""
+        tensor = torch.tensor([float(flag) for flag in flags], device=self.accelerator.device)
+        if self.accelerator.num_processes > 1:
+            tensor = self.accelerator.reduce(tensor, reduction="sum")
+        return [bool(value > 0) for value in tensor]
+
+    def out_of_time(self) -> bool:
+        minutes = self.args.max_train_minutes
+        return minutes is not None and self.clock.wall_seconds >= 60 * minutes
+
+    def train_step(self, pixels: torch.Tensor) -> float | None:
+        """One forward/backward on a batch: the loss once an optimizer step completes, None while accumulating."""
+        self.mean_colours.update(to_model_range(pixels))
+        loss = training_step(self.accelerator, self.model, self.optimizer, self.lr_scheduler, self.noise_scheduler,
+                             pixels, self.args)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss {loss.item()} at step {self.step + 1}")
+        if not self.accelerator.sync_gradients:
+            return None
+        if self.ema is not None:
+            self.ema.step(self.model.parameters())
+        self.step += 1
+        logs = {"loss": loss.detach().item(), "lr": self.lr_scheduler.get_last_lr()[0],
+                "img_per_s": self.images_per_second()}
+        if self.ema is not None:
+            logs["ema_decay"] = self.ema.cur_decay_value
+        self.losses.add(logs["loss"])
+        self.accelerator.log(logs, step=self.step)
+        return logs["loss"]
+
+    def begin(self) -> None:
+        """Put the model in training mode and start the throughput clock (after any resume)."""
+        self.model.train()
+        self.started, self.start_step = time.perf_counter(), self.step
+
+    def images_per_second(self) -> float:
+        return (self.step - self.start_step) * self.images_per_step / (time.perf_counter() - self.started)
+
+    def save_checkpoint(self) -> None:
+        """A resumable checkpoint (with the EMA pipeline inside) and its record in the training log (collective)."""
+        accelerator, args = self.accelerator, self.args
+        prior = fitted_mean_colour_prior(accelerator, self.mean_colours)
+        save_checkpoint_atomically(
+            accelerator, args.output_dir, self.step, args.checkpoints_total_limit,
+            per_process_files=process_state_files(accelerator.process_index, {
+                "stream": self.stream.state_dict(), "clock": self.clock.state_dict(),
+                "mean_colours": self.mean_colours.state_dict()}),
+            main_process_writer=lambda folder: save_ema_pipeline(
+                accelerator, self.model, self.ema, self.noise_scheduler, args, folder / "pipeline", prior),
+        )
+        cpu_seconds = torch.tensor([self.clock.cpu_seconds], dtype=torch.float64)
+        if accelerator.num_processes > 1:
+            cpu_seconds = accelerator.reduce(cpu_seconds.to(accelerator.device), reduction="sum").cpu()
+        if accelerator.is_main_process:
+            append_record(self.training_log, {
+                "step": self.step, "images_seen": self.step * self.images_per_step,
+                "cpu_hours": cpu_seconds.item() / 3600, "wall_hours": self.clock.wall_seconds / 3600,
+                "clock_counted_from_step": self.clock.counted_from_step, "loss": self.losses.pop_mean(),
+                "lr": self.lr_scheduler.get_last_lr()[0], "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
+
+    def record_fid(self, reference: dict) -> None:
+        """FID of EMA samples now, logged to the trackers and the training log (main process)."""
+        args = self.args
+        fid = evaluate_fid(self.accelerator, self.model, self.ema, self.noise_scheduler, args, reference)
+        self.accelerator.log({f"fid_{args.eval_fid_num_samples}": fid}, step=self.step)
+        append_record(self.training_log, {
+            "step": self.step, "images_seen": self.step * self.images_per_step,
+            f"fid_{args.eval_fid_num_samples}": fid,
+            "fid_protocol": f"{args.eval_fid_scheduler}-{args.eval_fid_steps}, seed {args.seed}, reference "
+                            f"{reference['num']} train images"})
+
+    def finish(self, first_keys: list[str]) -> None:
+        """The end of a run: this process's summary, then (main process) the EMA pipeline with its model card in
+        output_dir, published when asked."""
+        accelerator, args, stream = self.accelerator, self.args, self.stream
+        accelerator.wait_for_everyone()
+        unet = accelerator.unwrap_model(self.model)
+        summary = {"rank": accelerator.process_index, "world_size": accelerator.num_processes,
+                   "global_step": self.step, "images_seen_by_rank": self.step * args.train_batch_size
+                   * args.gradient_accumulation_steps, "first_keys": first_keys[:256],
+                   "skipped_corrupt_images": stream.skipped_corrupt, "unet_sha256": weights_checksum(unet)}
+        Path(args.output_dir, f"run_summary_rank{accelerator.process_index}.json").write_text(
+            json.dumps(summary, indent=1))
+        if stream.skipped_corrupt:
+            logger.warning("skipped %d corrupt images: %s", len(stream.skipped_corrupt), stream.skipped_corrupt[:20],
+                           main_process_only=False)
+        prior = fitted_mean_colour_prior(accelerator, self.mean_colours)
+        if not accelerator.is_main_process:
+            return
+        save_ema_pipeline(accelerator, self.model, self.ema, self.noise_scheduler, args, args.output_dir, prior)
+        logger.info("saved the %s pipeline to %s", "EMA" if self.ema is not None else "final", args.output_dir)
+        try:
+            training = read_training_log(self.training_log) if os.path.isfile(self.training_log) else None
+        except ValueError:  # a log without checkpoint records (e.g. only FID records): no compute line
+            training = None
+        name = (args.hub_model_id or Path(args.output_dir).resolve().name).split("/")[-1]
+        card = render_card(name, unet.config, self.noise_scheduler.config, [], training, None,
+                           pixel_unshuffle=args.pixel_unshuffle)
+        Path(args.output_dir, "README.md").write_text(card)  # every output folder is a publishable Hub folder
+        if args.push_to_hub:
+            url = publish(args.output_dir, args.hub_model_id, args.hub_private_repo, args.hub_token)
+            logger.info("published to %s", url)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.push_to_hub and int(os.environ.get("RANK", "0")) == 0:
+        prepare_repo(args.hub_model_id, args.hub_private_repo, args.hub_token)  # before hours of training, not after
+    accelerator = make_accelerator(args)
+    run = Run(args, accelerator)
     reference = None
     if args.eval_fid_every and accelerator.is_main_process:
         reference = load_or_compute_reference(args.train_data_dir, args.dataset_name, args.dataset_config_name,
                                               args.split, training_preprocessing(args),
                                               num_images=args.eval_fid_reference_images)
     if args.resume_from_checkpoint:
-        if accelerator.is_main_process:
-            remove_stale_temporaries(args.output_dir)
-        candidates = (list_checkpoints(args.output_dir) if args.resume_from_checkpoint == "latest"
-                      else [resolve_checkpoint(args.output_dir, args.resume_from_checkpoint)])
-        if not candidates:
-            logger.info("no checkpoint in %s yet: starting a new run", args.output_dir)
-        else:
-            checkpoint = restore_newest_readable(
-                candidates, lambda folder: restore_run_state(accelerator, folder, stream, clock, mean_colours))
-            global_step = int(checkpoint.name.split("-")[1])
-            check_resumed_learning_rate(lr_scheduler.scheduler, global_step)
-            logger.info("resumed from %s at step %d", checkpoint, global_step)
+        run.resume(args.resume_from_checkpoint)
     if accelerator.is_main_process:
         os.makedirs(args.output_dir, exist_ok=True)
         accelerator.init_trackers("train_unet", config={k: str(v) for k, v in vars(args).items()})
 
     stop = StopSignals().install()
-
-    def checkpoint_now(extra_log: dict | None = None):
-        rank = accelerator.process_index
-        prior = fitted_mean_colour_prior(accelerator, mean_colours)
-        save_checkpoint_atomically(
-            accelerator, args.output_dir, global_step, args.checkpoints_total_limit,
-            per_process_files={f"stream_rank{rank}.json": json.dumps(stream.state_dict()),
-                               f"clock_rank{rank}.json": json.dumps(clock.state_dict()),
-                               f"mean_colours_rank{rank}.json": json.dumps(mean_colours.state_dict())},
-            main_process_writer=lambda folder: save_ema_pipeline(accelerator, model, ema, noise_scheduler, args,
-                                                                 folder / "pipeline", prior),
-        )
-        cpu_seconds = torch.tensor([clock.cpu_seconds], dtype=torch.float64)
-        if accelerator.num_processes > 1:
-            cpu_seconds = accelerator.reduce(cpu_seconds.to(accelerator.device), reduction="sum").cpu()
-        if accelerator.is_main_process:
-            append_record(training_log, {"step": global_step, "images_seen": global_step * images_per_step,
-                                         "cpu_hours": cpu_seconds.item() / 3600,
-                                         "wall_hours": clock.wall_seconds / 3600,
-                                         "clock_counted_from_step": clock.counted_from_step,
-                                         "loss": losses.pop_mean(), "lr": lr_scheduler.get_last_lr()[0],
-                                         "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **(extra_log or {})})
-
-    def out_of_time() -> bool:
-        return args.max_train_minutes is not None and clock.wall_seconds >= 60 * args.max_train_minutes
-
-    def agreed(flags: list[bool]) -> torch.Tensor:
-        """Flags summed over processes: every process must take the same checkpoint/stop decisions, or collective
-        saves would deadlock."""
-        tensor = torch.tensor([float(flag) for flag in flags], device=accelerator.device)
-        return accelerator.reduce(tensor, reduction="sum") if accelerator.num_processes > 1 else tensor
-
-    images_per_step = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
-    progress = tqdm(total=args.max_train_steps, initial=global_step, disable=not accelerator.is_local_main_process,
+    progress = tqdm(total=args.max_train_steps, initial=run.step, disable=not accelerator.is_local_main_process,
                     desc="train", unit="step")
-    first_keys, started, last_checkpoint_time = [], time.perf_counter(), time.monotonic()
-    start_step = global_step
-    model.train()
-    batches = iter(stream)
+    first_keys, last_checkpoint_time = [], time.monotonic()
+    run.begin()
+    batches = iter(run.stream)
     watchdog = DataWatchdog(args.data_timeout_minutes).start()
-    time_is_up = bool(agreed([out_of_time()])[0] > 0)  # a resumed run whose budget is already spent trains no step
-    while global_step < args.max_train_steps and not time_is_up:
+    [time_is_up] = run.agreed(run.out_of_time())  # a resumed run whose budget is already spent trains no step
+    while run.step < args.max_train_steps and not time_is_up:
         with watchdog.waiting():
             pixels, keys = next(batches)
-        if len(first_keys) < 256:
-            first_keys.extend(keys)
-        mean_colours.update(to_model_range(pixels))
-        loss = training_step(accelerator, model, optimizer, lr_scheduler, noise_scheduler, pixels, args)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss {loss.item()} at step {global_step + 1}")
-        if not accelerator.sync_gradients:
+        first_keys.extend(keys[:256 - len(first_keys)])
+        loss = run.train_step(pixels)
+        if loss is None:  # accumulating gradients
             continue
-        if ema is not None:
-            ema.step(model.parameters())
-        global_step += 1
-        elapsed = time.perf_counter() - started
-        images_per_second = (global_step - start_step) * images_per_step / elapsed
-        logs = {"loss": loss.detach().item(), "lr": lr_scheduler.get_last_lr()[0], "img_per_s": images_per_second}
-        if ema is not None:
-            logs["ema_decay"] = ema.cur_decay_value
-        losses.add(logs["loss"])
         progress.update(1)
-        progress.set_postfix(loss=f"{logs['loss']:.4f}", img_s=f"{images_per_second:.1f}")
-        accelerator.log(logs, step=global_step)
-
-        due = (args.checkpointing_steps and global_step % args.checkpointing_steps == 0) or (
+        progress.set_postfix(loss=f"{loss:.4f}", img_s=f"{run.images_per_second():.1f}")
+        due = (args.checkpointing_steps and run.step % args.checkpointing_steps == 0) or (
             args.checkpointing_minutes and time.monotonic() - last_checkpoint_time > 60 * args.checkpointing_minutes
-        ) or global_step == args.max_train_steps  # the last step too: the log's final record, a resumable end
-        checkpoint_due, stop_requested, time_up = (flag > 0 for flag in agreed([due, stop.requested, out_of_time()]))
-        fid_due = args.eval_fid_every and global_step % args.eval_fid_every == 0
-        if fid_due and accelerator.is_main_process:
-            fid = evaluate_fid(accelerator, model, ema, noise_scheduler, args, reference)
-            accelerator.log({f"fid_{args.eval_fid_num_samples}": fid}, step=global_step)
-            append_record(training_log, {"step": global_step, "images_seen": global_step * images_per_step,
-                                         f"fid_{args.eval_fid_num_samples}": fid,
-                                         "fid_protocol": f"{args.eval_fid_scheduler}-{args.eval_fid_steps}, seed "
-                                                         f"{args.seed}, reference {reference['num']} train images"})
-        if checkpoint_due or stop_requested or time_up:
-            checkpoint_now()
+        ) or run.step == args.max_train_steps  # the last step too: the log's final record, a resumable end
+        checkpoint_due, stop_requested, time_is_up = run.agreed(due, stop.requested, run.out_of_time())
+        if args.eval_fid_every and run.step % args.eval_fid_every == 0 and accelerator.is_main_process:
+            run.record_fid(reference)
+        if checkpoint_due or stop_requested or time_is_up:
+            run.save_checkpoint()
             last_checkpoint_time = time.monotonic()
         if stop_requested:
-            logger.info("stopped by signal at step %d; resume with --resume_from_checkpoint latest", global_step)
+            logger.info("stopped by signal at step %d; resume with --resume_from_checkpoint latest", run.step)
             watchdog.stop()
             end_training_together(accelerator)
             return 0
-        if time_up:
-            logger.info("time budget of %s minutes reached at step %d", args.max_train_minutes, global_step)
-            time_is_up = True
-        if args.save_images_steps and global_step % args.save_images_steps == 0 and accelerator.is_main_process:
-            save_sample_grid(accelerator, model, ema, noise_scheduler, args, global_step)
+        if time_is_up:
+            logger.info("time budget of %s minutes reached at step %d", args.max_train_minutes, run.step)
+        if args.save_images_steps and run.step % args.save_images_steps == 0 and accelerator.is_main_process:
+            save_sample_grid(accelerator, run.model, run.ema, run.noise_scheduler, args, run.step)
     progress.close()
     watchdog.stop()
-
-    accelerator.wait_for_everyone()
-    unet = accelerator.unwrap_model(model)
-    summary = {"rank": accelerator.process_index, "world_size": accelerator.num_processes,
-               "global_step": global_step, "images_seen_by_rank": global_step * args.train_batch_size
-               * args.gradient_accumulation_steps, "first_keys": first_keys[:256],
-               "skipped_corrupt_images": stream.skipped_corrupt, "unet_sha256": weights_checksum(unet)}
-    with open(os.path.join(args.output_dir, f"run_summary_rank{accelerator.process_index}.json"), "w") as handle:
-        json.dump(summary, handle, indent=1)
-    if stream.skipped_corrupt:
-        logger.warning("skipped %d corrupt images: %s", len(stream.skipped_corrupt), stream.skipped_corrupt[:20],
-                       main_process_only=False)
-    prior = fitted_mean_colour_prior(accelerator, mean_colours)
-    if accelerator.is_main_process:
-        save_ema_pipeline(accelerator, model, ema, noise_scheduler, args, args.output_dir, prior)
-        logger.info("saved the %s pipeline to %s", "EMA" if ema is not None else "final", args.output_dir)
-        try:
-            training = read_training_log(training_log) if os.path.isfile(training_log) else None
-        except ValueError:  # a log without checkpoint records (e.g. only FID records): no compute line
-            training = None
-        name = (args.hub_model_id or Path(args.output_dir).resolve().name).split("/")[-1]
-        card = render_card(name, unet.config, noise_scheduler.config, [], training, None,
-                           pixel_unshuffle=args.pixel_unshuffle)
-        Path(args.output_dir, "README.md").write_text(card)  # every output folder is a publishable Hub folder
-        if args.push_to_hub:
-            url = publish(args.output_dir, args.hub_model_id, args.hub_private_repo, args.hub_token)
-            logger.info("published to %s", url)
+    run.finish(first_keys)
     end_training_together(accelerator)
     return 0
 

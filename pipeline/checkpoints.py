@@ -3,6 +3,7 @@ newest one that reads back."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pickle
@@ -105,3 +106,18 @@ def save_checkpoint_atomically(accelerator, output_dir: str, step: int, total_li
                 shutil.rmtree(old)
     accelerator.wait_for_everyone()
     return final
+
+
+def process_state_files(rank: int, states: dict[str, dict]) -> dict[str, str]:
+    """The files that carry process ``rank``'s own state in a checkpoint: ``<name>_rank<rank>.json`` per state dict
+    (for ``save_checkpoint_atomically(per_process_files=...)``)."""
+    return {f"{name}_rank{rank}.json": json.dumps(state) for name, state in states.items()}
+
+
+def read_process_state(checkpoint: Path, name: str, rank: int, required: bool = False) -> dict | None:
+    """The state dict ``name`` that process ``rank`` saved in ``checkpoint``; None when the checkpoint predates it,
+    FileNotFoundError (an unreadable checkpoint) when ``required``."""
+    path = Path(checkpoint) / f"{name}_rank{rank}.json"
+    if not path.is_file() and not required:
+        return None
+    return json.loads(path.read_text())
