@@ -139,8 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: the launcher's (accelerate launch --mixed_precision, or accelerate config); bf16 on "
                         "CPUs, fp16 only on GPUs")
     p.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=False,
-                   help="NHWC memory format (slower for training on our 2-core CPU: "
-                        "results/bench/train_ablation.json)")
+                   help="NHWC memory format (benchmarks/train_ablation.py measures whether it helps on your "
+                        "machine)")
     p.add_argument("--seed", type=int, default=0)
     # outputs
     p.add_argument("--output_dir", type=str, default="runs/celeba")

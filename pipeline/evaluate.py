@@ -345,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", type=device_argument, default=DEFAULT_DEVICE,
                    help="where the UNet and Inception run (default: cuda if available); metrics run on the CPU")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores); use 1 while "
-                   "another job holds a core (measured: 6.8 img/s with 1 thread, 2.1 with 2, next to training)")
+                   "another job holds a core: two threads competing with it for one core run far slower")
     p.add_argument("--cache_dir", default=None, help=f"reference cache (default {DEFAULT_CACHE_DIR})")
     p.add_argument("--save_samples", default=None, help="also save the generated images as PNGs here")
     p.add_argument("--resume_dir", default=None, help="keep each finished batch of samples here; the same command "

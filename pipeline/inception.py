@@ -75,11 +75,10 @@ class InceptionFeatures(nn.Module):
     """uint8 NCHW images (any size) -> float32 (N, 2048) pool3 features.
 
     Usable as ``torchmetrics.image.FrechetInceptionDistance(feature=InceptionFeatures())`` (and KID): torchmetrics
-    reads ``num_features`` and calls the module on uint8 batches. Speed on CPU (measured on the project's 2-core
-    machine, one thread): channels-last input runs about twice as fast as NCHW in oneDNN, and freezing the
-    TorchScript graph (``torch.jit.freeze`` + ``optimize_for_inference``) with batches of ~10 adds about 20%.
-    Both leave the features equal to the original graph's within 1e-5 (tested). Build it on the device it runs on:
-    the frozen CPU graph holds oneDNN-packed weights and cannot be moved to a GPU.
+    reads ``num_features`` and calls the module on uint8 batches. On a CPU it feeds channels-last input to a frozen
+    TorchScript graph (``torch.jit.freeze`` + ``optimize_for_inference``), the fast path of oneDNN; the features
+    equal the original graph's within 1e-5 (tested). Build it on the device it runs on: the frozen CPU graph holds
+    oneDNN-packed weights and cannot be moved to a GPU.
     """
 
     num_features = NUM_FEATURES

@@ -1,9 +1,9 @@
 """Mean-colour correction: the image's mean colour (the DC component) estimated in closed form, not by the network.
 
 Why. The optimal noise estimate passes the spatial mean of its input through: at t = 999 of the linear schedule
-E[eps | x_t] is almost x_t itself, its mean included. Our U-Net does this for every pixel (regression slope 0.997)
-but not for the per-channel spatial mean, whose slope is 0.016 (REPORT Section 6.4): it predicts a noise estimate
-with no mean at all. A probability-flow ODE sampler then keeps the initial noise's mean, ~N(0, 1/D) per channel for
+E[eps | x_t] is almost x_t itself, its mean included. A U-Net with one channel per GroupNorm group before its output
+(an InstanceNorm) cannot pass that mean through (REPORT Section 6.4): it predicts a noise estimate with almost no
+mean. A probability-flow ODE sampler then keeps the initial noise's mean, ~N(0, 1/D) per channel for
 D = H W pixels, and divides it by alpha_T: x0_dc ~ N(0, 1/(D alpha_T^2)), std 2.4 at 64x64 on the linear schedule,
 which is the saturated flat colours of exact DDIM; DDPM's colour casts are the same error at each step.
 

@@ -1,64 +1,23 @@
 """Score-SDE samplers (Song et al. 2021) for a denoiser trained with diffusers' discrete DDPM schedule.
 
-The continuous-time model
--------------------------
-Training noises with T discrete steps, labels tau = 0..T-1: x_tau = sqrt(abar_tau) x_0 + sqrt(1 - abar_tau) eps, where
-abar_tau is the scheduler's own ``alphas_cumprod`` (used exactly as trained, whatever beta schedule made it). We embed
-these steps in continuous time
+``VPSDE`` embeds the T trained steps in continuous time t in [0, 1]: the network label is tau(t) = t T - 1
+(fractional between trained steps), log abar is piecewise linear in tau through the trained ``alphas_cumprod``, and
+t = 0 is clean data. Its VP SDE dx = -1/2 beta(t) x dt + sqrt(beta(t)) dw has exactly the training marginals at every
+integer label; for the linear schedule it is Song et al.'s beta(t) = 0.1 + 19.9 t. ``NoisePredictor`` turns any
+prediction type into the noise estimate eps_hat (score = -eps_hat / sigma_t) and counts network evaluations.
 
-    t in [0, 1],   tau(t) = t T - 1,   log abar(t) piecewise linear in tau through the nodes
-                                       (-1, 0), (0, log abar_0), (1, log abar_1), ..., (T-1, log abar_{T-1}).
+Samplers (``sample`` / ``SDESampler(name, options)``; options and defaults in ``OPTIONS``), all ending at the first
+trained step t = 1/T with Tweedie's denoising x0 = (x - sigma eps_hat) / alpha:
 
-t = 1 is the last trained step, t = 1/T the first one (tau = 0) and t = 0 the clean data (abar = 1: DDPM's x_0, one
-step before diffusers' label 0). The VP SDE
+- ``pc``: predictor-corrector; ``corrector_steps`` Langevin steps with score_sde's step rule (signal-to-noise ratio
+  ``snr``, batch-mean norms), then a reverse-SDE Euler-Maruyama step. NFE = steps (1 + corrector_steps).
+- ``ode-heun``: the probability-flow ODE with Heun's method in y = x / alpha and sigma_bar = sigma / alpha (Karras et
+  al. 2022, Alg. 1 without churn); its Euler predictor is DDIM. NFE = 2 steps - 1.
+- ``ode-rk45``: the same ODE with scipy's adaptive RK45 in log sigma_bar (``rtol``, ``atol``); NFE is known after the
+  solve (``sample_with_stats``), and ``num_inference_steps`` is ignored.
 
-    dx = -1/2 beta(t) x dt + sqrt(beta(t)) dw,      beta(t) = -d log abar / dt
-
-has the marginals x_t = alpha_t x_0 + sigma_t eps with alpha_t = sqrt(abar(t)), sigma_t = sqrt(1 - abar(t)), equal to
-the training ones at every integer label. beta(t) = T * (-log(1 - beta_tau)) is the step function of the training
-betas: for the linear schedule (1e-4..0.02, T = 1000) it is Song et al.'s beta(t) = 0.1 + 19.9 t, and their
-integration end eps = 1e-3 is our t = 1/T, the first trained step. log abar (rather than log-SNR) is interpolated so
-that t = 0 (log-SNR = +inf) is on the curve and t <-> sigma_bar = sigma/alpha inverts exactly (np.interp both ways).
-
-Network calls. The network gets the fractional label tau(t) as a float tensor, the way diffusers' Karras-sigma
-schedulers (euler, heun) already call it. UNet2DModel's sinusoidal embedding is smooth in its input and was trained on
-every integer, so a fractional label sits between two trained neighbours one step apart, and the noise level the
-solver assumes is exactly the one the label stands for. Rounding would instead put a jump in the vector field at every
-integer label: cheap at practical tolerances (exact Gaussian model, RK45 at 1e-5: 141 vs 129 evaluations) but it
-caps the attainable accuracy (RK45 at 1e-9: 62,595 evaluations) and breaks the smoothness the likelihood ODE relies
-on. Below the first trained step (t < 1/T, only reached by the likelihood with score_sde's eps = 1e-5) the label is
-clamped to 0: the network is frozen at its smallest trained noise level, as in score_sde, whose DDPM models get the
-label t (N - 1) ~ 0.01 there.
-
-Model output -> noise estimate eps_hat, with (alpha, sigma) of the label: epsilon: out; v_prediction: alpha out +
-sigma x; sample: (x - alpha out) / sigma. The score is s(x, t) = -eps_hat / sigma_t.
-
-Samplers (``sample(..., name)``); all end at t = 1/T with the Tweedie denoising x0 = (x - sigma eps_hat) / alpha
-(score_sde's ``noise_removal``; the same jump to abar = 1 that DDPM's last step makes).
-  pc        Predictor-corrector: at each of ``steps`` grid times, ``corrector_steps`` Langevin steps with score_sde's
-            step rule eps_L = 2 alpha_i (snr ||z|| / ||s||)^2, then a reverse-SDE Euler-Maruyama step to the next time.
-            snr = 0.16: the value score_sde's CIFAR-10 configs (VP and VE) inherit, i.e. in effect when its VP
-            models run with the Langevin corrector (its VP configs default to corrector "none"; its 64x64 CelebA
-            defaults, 0.17, serve VE/NCSN models only; its 256x256 defaults use 0.075). The norms are batch means, as
-            in score_sde: a per-sample ratio makes the step size depend on the sample's own position, which biases the
-            unadjusted Langevin chain (corrector-only chain on the 48-dim test Gaussian: +5.5% std, vs +1.2% with
-            batch means, which is plain ULA's stationary variance v / (1 - eps_L / (2 v))). The price: the step
-            size depends on the batch, so an image depends slightly on its batch-mates (negligibly for 64x64x3).
-            EM is taken in the clock B = -log abar, i.e. beta(t) dt is replaced by its exact integral over the step
-            (identical when beta is constant across the step). NFE = steps (1 + corrector_steps).
-  ode-heun  Probability-flow ODE with Heun's method in the variables y = x / alpha, sigma_bar = sigma / alpha, where it
-            reads dy/dsigma_bar = eps_hat (Karras et al. 2022, Alg. 1 without churn). Its Euler predictor is exactly
-            DDIM (eta = 0), which is exact when the data is a single point. ``steps`` grid times: steps - 1 Heun
-            steps + the final denoising (Euler to sigma_bar = 0), NFE = 2 steps - 1. With grid="karras" this is
-            diffusers' HeunDiscreteScheduler(use_karras_sigmas=True) step for step (tests: equal to 1e-5), so the
-            default uniform-in-t grid makes ``heun`` vs ``ode-heun`` a comparison of time grids alone. On the
-            exact Gaussian model, linear schedule, 10-40 steps: Karras was 8-40x more accurate for data std
-            0.001-0.02 (fine image detail) and on par for std 0.2-0.3; with the cosine schedule (sigma_bar up to
-            2e4) neither grid won throughout. Heun in (t, x) on the uniform grid was about as accurate as here.
-  ode-rk45  The same ODE with scipy's adaptive RK45 in l = log sigma_bar (sigma_bar spans 1e-2..1e2 or more), dy/dl =
-            sigma_bar eps_hat; rtol = atol = 1e-5 as score_sde. NFE = solver evaluations + 1, known only afterwards
-            (``sample_with_stats``). ``num_inference_steps`` is ignored.
-Time grids (pc, ode-heun): "uniform" in t (score_sde) or "karras" (rho = 7 in sigma_bar, as diffusers' euler/heun).
+Time grids of ``pc`` and ``ode-heun``: ``"uniform"`` in t (score_sde) or ``"karras"`` (rho = 7 in sigma_bar). The
+derivations, the choice of constants and their measured effects are in REPORT Sections 3.5-3.10.
 """
 
 from __future__ import annotations
