@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from datasets.distributed import split_dataset_by_node
 
+from .attribute_encoder import CELEBA_ATTRIBUTES
 from .preprocess import CorruptImageError, Preprocessing, decode_image, preprocess_image
 
 logger = logging.getLogger(__name__)
@@ -29,13 +30,7 @@ PARTITION_FILE = "list_eval_partition.txt"
 ATTRIBUTE_FILE = "list_attr_celeba.txt"
 IDENTITY_FILE = "identity_CelebA.txt"
 SPLIT_CODES = {"train": 0, "valid": 1, "test": 2}
-ATTRIBUTES = (
-    "5_o_Clock_Shadow Arched_Eyebrows Attractive Bags_Under_Eyes Bald Bangs Big_Lips Big_Nose Black_Hair Blond_Hair "
-    "Blurry Brown_Hair Bushy_Eyebrows Chubby Double_Chin Eyeglasses Goatee Gray_Hair Heavy_Makeup High_Cheekbones "
-    "Male Mouth_Slightly_Open Mustache Narrow_Eyes No_Beard Oval_Face Pale_Skin Pointy_Nose Receding_Hairline "
-    "Rosy_Cheeks Sideburns Smiling Straight_Hair Wavy_Hair Wearing_Earrings Wearing_Hat Wearing_Lipstick "
-    "Wearing_Necklace Wearing_Necktie Young"
-).split()
+ATTRIBUTES = CELEBA_ATTRIBUTES
 FEATURES = datasets.Features(
     {"image": datasets.Image(), "celeb_id": datasets.Value("int64"),
      **{name: datasets.Value("bool") for name in ATTRIBUTES}}

@@ -65,6 +65,22 @@ def parse_sampler_options(values: list[str] | None) -> dict:
     return options
 
 
+def parse_attributes(text: str | None) -> dict | None:
+    """``"Smiling=1,Eyeglasses=-1"`` -> {"Smiling": 1, "Eyeglasses": -1}; None for None. Names are checked against the
+    model's attributes when sampling."""
+    if text is None:
+        return None
+    attributes = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, separator, value = item.partition("=")
+        if not separator or value.strip() not in ("1", "-1", "0", "+1"):
+            raise ValueError(f"--attributes entries look like Smiling=1 or Eyeglasses=-1; got {item!r}")
+        attributes[name.strip()] = int(value)
+    if not attributes:
+        raise ValueError("--attributes is empty; give e.g. Smiling=1,Eyeglasses=1")
+    return attributes
+
+
 def check_sampling(scheduler: str, mixed_precision: str, sampler_options: dict | None = None) -> None:
     """One clear error, before any sampling (and before a long reference computation), for settings that cannot work.
 
@@ -82,7 +98,8 @@ def check_sampling(scheduler: str, mixed_precision: str, sampler_options: dict |
 
 def open_batch_store(folder: str | os.PathLike, pipe: CelebADiffusionPipeline, scheduler: str, steps: int, seed: int,
                      batch_size: int = 64, eta: float = 0.0, mixed_precision: str = "no",
-                     mean_colour_correction: bool | None = None, sampler_options: dict | None = None) -> BatchStore:
+                     mean_colour_correction: bool | None = None, sampler_options: dict | None = None,
+                     attributes: dict | None = None, guidance_scale: float = 1.0) -> BatchStore:
     """A ``BatchStore`` for ``generate`` with these arguments: everything that decides a batch's images is its key."""
     get_sampler(scheduler).check_model(pipe.scheduler.config)
     corrected = pipe.resolve_mean_colour_correction(mean_colour_correction)
@@ -91,14 +108,16 @@ def open_batch_store(folder: str | os.PathLike, pipe: CelebADiffusionPipeline, s
         "pixel_unshuffle": pipe.config.pixel_unshuffle, "scheduler": scheduler, "steps": steps, "seed": seed,
         "batch_size": batch_size, "eta": eta, "mixed_precision": mixed_precision, "mean_colour_correction": corrected,
         "mean_colour_prior": pipe.config.mean_colour_prior if corrected else None, "device": pipe.device.type,
-        # only when given, so that batches stored before sampler options existed keep their key
-        **({"sampler_options": sampler_options} if sampler_options else {})})
+        # only when given, so that batches stored before these settings existed keep their key
+        **({"sampler_options": sampler_options} if sampler_options else {}),
+        **({"attributes": attributes, "guidance_scale": guidance_scale} if attributes else {})})
 
 
 def generate(pipe: CelebADiffusionPipeline, num_images: int, scheduler: str, steps: int, seed: int,
              batch_size: int = 64, eta: float = 0.0, progress: bool = True, mixed_precision: str = "no",
              mean_colour_correction: bool | None = None, store: BatchStore | None = None,
-             sampler_options: dict | None = None) -> tuple[np.ndarray, float]:
+             sampler_options: dict | None = None, attributes: dict | None = None,
+             guidance_scale: float = 1.0) -> tuple[np.ndarray, float]:
     """``num_images`` uint8 NHWC images and the measured network evaluations (NFE) per batch.
 
     Batch ``i`` uses seed ``seed + i`` (a CPU generator, so the initial noise is the same on every device), so results
@@ -108,8 +127,10 @@ def generate(pipe: CelebADiffusionPipeline, num_images: int, scheduler: str, ste
     ``mean_colour_correction`` replaces the network's estimate of the image's mean colour (``pipeline.mean_colour``;
     None: when the pipeline has a prior). ``store`` (``open_batch_store`` with the same arguments) keeps every
     finished batch on disk and reuses those already there, so an interrupted run resumes with identical results.
-    ``sampler_options`` go to a score-SDE sampler (e.g. {"rtol": 1e-3, "atol": 1e-3} for ode-rk45)."""
+    ``sampler_options`` go to a score-SDE sampler (e.g. {"rtol": 1e-3, "atol": 1e-3} for ode-rk45).
+    ``attributes`` ({"Smiling": 1, ...}) and ``guidance_scale`` ask an attribute model for those attributes."""
     check_sampling(scheduler, mixed_precision, sampler_options)
+    pipe.guided_denoiser(attributes, guidance_scale)  # unknown names or no attribute model: fail before sampling
     precision = unet_precision(pipe, mixed_precision)
     arguments = sampler_arguments(pipe, scheduler, sampler_options)
     check_steps(scheduler, steps, pipe.scheduler.config.num_train_timesteps)
@@ -129,7 +150,7 @@ def generate(pipe: CelebADiffusionPipeline, num_images: int, scheduler: str, ste
                 with precision:
                     images = pipe(batch_size=size, num_inference_steps=steps, generator=generator, eta=eta,
                                   output_type="np", mean_colour_correction=mean_colour_correction,
-                                  **arguments).images
+                                  attributes=attributes, guidance_scale=guidance_scale, **arguments).images
                 finished = (images * 255).round().astype(np.uint8), len(calls)
                 if store is not None:
                     store.save(index, *finished)
@@ -162,6 +183,11 @@ def main(argv=None):
     parser.add_argument("--sampler_option", nargs="*", default=[], metavar="KEY=VALUE",
                         help="options of the score-SDE samplers (pipeline/sde.py OPTIONS), e.g. rtol=1e-3 atol=1e-3 "
                              "for ode-rk45, snr=0.17 corrector_steps=2 for pc")
+    parser.add_argument("--attributes", default=None, metavar="NAME=1,NAME=-1",
+                        help="attribute model only: ask for these CelebA attributes (1 present, -1 absent; unnamed "
+                             "ones unspecified), e.g. Smiling=1,Eyeglasses=1")
+    parser.add_argument("--guidance_scale", type=float, default=1.0,
+                        help="classifier-free guidance weight w (0: unconditional, 1: conditional, >1: stronger)")
     parser.add_argument("--out", default="samples")
     parser.add_argument("--upscale", type=int, default=4, help="nearest-neighbour factor of the viewing grid")
     args = parser.parse_args(argv)
@@ -169,13 +195,15 @@ def main(argv=None):
         if getattr(args, name) <= 0:
             raise ValueError(f"--{name} must be positive, got {getattr(args, name)}")
     options = parse_sampler_options(args.sampler_option)
+    attributes = parse_attributes(args.attributes)
     check_sampling(args.scheduler, args.mixed_precision, options)
     torch.set_num_threads(os.cpu_count() or 1)
     pipe = load_pipeline(args.model, args.device)
+    pipe.guided_denoiser(attributes, args.guidance_scale)  # one clear error before any output is written
     started = time.perf_counter()
     images, nfe = generate(pipe, args.num_images, args.scheduler, args.steps, args.seed, args.batch_size, args.eta,
                            mixed_precision=args.mixed_precision, mean_colour_correction=args.mean_colour_correction,
-                           sampler_options=options)
+                           sampler_options=options, attributes=attributes, guidance_scale=args.guidance_scale)
     seconds = time.perf_counter() - started
     save_pngs(images, args.out)
     grid = images[:64]
@@ -184,7 +212,7 @@ def main(argv=None):
     corrected = pipe.resolve_mean_colour_correction(args.mean_colour_correction)
     with open(os.path.join(args.out, "generation.json"), "w") as handle:
         json.dump({"model": args.model, "scheduler": args.scheduler, "sampler_options": options, "steps": args.steps,
-                   "nfe": nfe, "eta": args.eta,
+                   "nfe": nfe, "eta": args.eta, "attributes": attributes, "guidance_scale": args.guidance_scale,
                    "mixed_precision": args.mixed_precision, "mean_colour_correction": corrected,
                    "device": pipe.device.type, "seed": args.seed, "num_images": args.num_images,
                    "seconds": round(seconds, 2)}, handle, indent=1)

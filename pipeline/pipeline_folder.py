@@ -1,7 +1,8 @@
 """The saved pipeline folder: written in the Hub layout, read back with one clear error for what is not one.
 
 A folder holds ``model_index.json``, ``unet/``, ``scheduler/`` and a copy of ``pipeline_celeba.py``, and its
-``model_index.json`` names the class as ``["pipeline_celeba", "CelebADiffusionPipeline"]``. So
+``model_index.json`` names the class as ``["pipeline_celeba", "CelebADiffusionPipeline"]``; an attribute model adds
+``attribute_encoder/`` with a copy of ``attribute_encoder.py`` (a diffusers custom component). So
 ``DiffusionPipeline.from_pretrained(folder_or_repo, trust_remote_code=True)`` loads it with no other argument, from
 any directory, and the folder is already what the Hub repo should hold.
 """
@@ -19,6 +20,8 @@ from .pipeline_celeba import CelebADiffusionPipeline
 PIPELINE_FILE = Path(__file__).with_name("pipeline_celeba.py")
 HUB_CLASS_NAME = [PIPELINE_FILE.stem, "CelebADiffusionPipeline"]
 COMPONENTS = ("unet", "scheduler")
+ENCODER_FILE = Path(__file__).with_name("attribute_encoder.py")
+OPTIONAL_COMPONENTS = {"attribute_encoder": ENCODER_FILE}  # component -> the code file its folder carries
 
 
 def save_pipeline_folder(pipe: CelebADiffusionPipeline, folder: str | os.PathLike) -> None:
@@ -29,6 +32,10 @@ def save_pipeline_folder(pipe: CelebADiffusionPipeline, folder: str | os.PathLik
     index_path = folder / "model_index.json"
     index = json.loads(index_path.read_text())
     index["_class_name"] = HUB_CLASS_NAME
+    for name, code in OPTIONAL_COMPONENTS.items():
+        if name in index:  # a custom component: diffusers loads <name>/<module>.py
+            index[name] = [code.stem, index[name][1]]
+            shutil.copy2(code, folder / name / code.name)
     index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
     shutil.copy2(PIPELINE_FILE, folder / PIPELINE_FILE.name)
 
@@ -72,7 +79,10 @@ def load_pipeline(model: str, device: str = "cpu") -> CelebADiffusionPipeline:
     for name in COMPONENTS:
         if name not in index:
             raise ValueError(f"{folder / 'model_index.json'} names no {name}")
+    for name in (*COMPONENTS, *(name for name in OPTIONAL_COMPONENTS if name in index)):
         library, class_name = index[name]
+        if name in OPTIONAL_COMPONENTS:  # this package's own copy of the component's code
+            library = f"{__package__}.{OPTIONAL_COMPONENTS[name].stem}"
         component_class = getattr(importlib.import_module(library), class_name)
         try:
             components[name] = component_class.from_pretrained(str(folder), subfolder=name)
@@ -80,5 +90,6 @@ def load_pipeline(model: str, device: str = "cpu") -> CelebADiffusionPipeline:
             files = sorted(str(path) for path in (folder / name).glob("*") if path.is_file()) or [str(folder / name)]
             raise ValueError(f"cannot load the {name} from {', '.join(files)}: {str(error).splitlines()[0]} "
                              f"(truncated or corrupt? save or download it again)") from None
-    config = {key: value for key, value in index.items() if not key.startswith("_") and key not in COMPONENTS}
+    config = {key: value for key, value in index.items()
+              if not key.startswith("_") and key not in COMPONENTS and key not in OPTIONAL_COMPONENTS}
     return CelebADiffusionPipeline(**components, **config).to(device)

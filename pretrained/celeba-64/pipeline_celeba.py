@@ -85,9 +85,43 @@ class PixelUnshuffleDenoiser(WrappedDenoiser):
         size = self.factor * size if isinstance(size, int) else tuple(self.factor * s for s in size)
         return SimpleNamespace(sample_size=size, in_channels=channels // (self.factor * self.factor))
 
-    def forward(self, sample, timestep, return_dict: bool = True):
-        out = self.unet(F.pixel_unshuffle(sample, self.factor), timestep).sample
+    def forward(self, sample, timestep, class_labels=None, return_dict: bool = True):
+        out = self.unet(F.pixel_unshuffle(sample, self.factor), timestep, class_labels=class_labels).sample
         out = F.pixel_shuffle(out, self.factor)
+        return UNet2DOutput(sample=out) if return_dict else (out,)
+
+
+class GuidedDenoiser(WrappedDenoiser):
+    """An attribute-conditional denoiser with classifier-free guidance (Ho & Salimans 2022), seen as unconditional.
+
+    out = u + w (c - u), with c the prediction given ``attributes`` and u the one given none (all zeros): w = 0 is
+    the unconditional model, w = 1 the conditional one, w > 1 pushes further towards the attributes. Any prediction
+    type combines linearly, since every conversion to a noise estimate is affine in the output.
+
+    Args:
+        denoiser: an image denoiser taking ``class_labels`` (a UNet with ``class_embed_type="identity"``).
+        encoder: maps (B, num_attributes) vectors to ``class_labels``.
+        attributes: (num_attributes,) or (B, num_attributes) values in {-1, 0, +1}.
+        guidance_scale: w.
+    """
+
+    def __init__(self, denoiser, encoder, attributes: torch.Tensor, guidance_scale: float = 1.0):
+        super().__init__(denoiser)
+        self.encoder, self.attributes, self.guidance_scale = encoder, attributes, guidance_scale
+
+    def forward(self, sample, timestep, return_dict: bool = True):
+        batch = sample.shape[0]
+        attributes = self.attributes.to(sample.device).expand(batch, -1)
+        unconditional = self.guidance_scale == 0 or not bool(attributes.any())
+        if unconditional or self.guidance_scale == 1:
+            labels = self.encoder(torch.zeros_like(attributes) if unconditional else attributes)
+            out = self.unet(sample, timestep, class_labels=labels).sample
+        else:  # both predictions in one batch
+            labels = self.encoder(torch.cat([attributes, torch.zeros_like(attributes)]))
+            timesteps = torch.as_tensor(timestep, device=sample.device)
+            timesteps = timesteps.expand(batch).repeat(2) if timesteps.ndim else timesteps
+            conditional, plain = self.unet(torch.cat([sample, sample]), timesteps, class_labels=labels).sample.chunk(2)
+            out = plain + self.guidance_scale * (conditional - plain)
         return UNet2DOutput(sample=out) if return_dict else (out,)
 
 
@@ -143,6 +177,8 @@ class MeanColourDenoiser(WrappedDenoiser):
 class CelebADiffusionPipeline(DiffusionPipeline):
     """Unconditional face generation: start from N(0, I) and let the scheduler walk it back to an image.
 
+    ``attribute_encoder`` (an optional component, ``pipeline.attribute_encoder.AttributeEncoder``) makes it an
+    attribute-conditional model: ``pipe(attributes={"Smiling": 1}, guidance_scale=3)``.
     ``pixel_unshuffle=f`` (saved in model_index.json) marks a UNet trained on f x f pixel-unshuffled images;
     ``mean_colour_prior`` ({"mean", "covariance", "num_images"}, also saved there) enables the mean-colour
     correction; ``preprocessing`` ({"resolution", "crop_size", "crop_offset_y", "resample"}, also saved there) says
@@ -150,19 +186,38 @@ class CelebADiffusionPipeline(DiffusionPipeline):
     way."""
 
     model_cpu_offload_seq = "unet"
+    _optional_components = ["attribute_encoder"]
 
-    def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin, pixel_unshuffle: int = 1,
-                 mean_colour_prior: dict | None = None, preprocessing: dict | None = None):
+    def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin, attribute_encoder: torch.nn.Module | None = None,
+                 pixel_unshuffle: int = 1, mean_colour_prior: dict | None = None, preprocessing: dict | None = None):
         super().__init__()
-        self.register_modules(unet=unet, scheduler=scheduler)
+        self.register_modules(unet=unet, scheduler=scheduler, attribute_encoder=attribute_encoder)
         self.register_to_config(pixel_unshuffle=pixel_unshuffle, mean_colour_prior=mean_colour_prior,
                                 preprocessing=preprocessing)
 
     @property
     def denoiser(self):
-        """The image-space denoiser: the UNet itself, or the UNet behind the pixel-unshuffle transform."""
+        """The image-space denoiser: the UNet itself, or the UNet behind the pixel-unshuffle transform; an attribute
+        model given no attributes."""
+        return self.guided_denoiser(None, 1.0)
+
+    def guided_denoiser(self, attributes: dict | torch.Tensor | None, guidance_scale: float):
+        """The image-space denoiser asked for ``attributes`` (a {name: +1/-1} dict, or a vector or (B, n) tensor of
+        +1/-1/0) with classifier-free guidance ``guidance_scale``; ValueError for attributes or guidance without an
+        attribute model, or for unknown attribute names."""
         factor = self.config.pixel_unshuffle
-        return self.unet if factor == 1 else PixelUnshuffleDenoiser(self.unet, factor)
+        denoiser = self.unet if factor == 1 else PixelUnshuffleDenoiser(self.unet, factor)
+        encoder = getattr(self, "attribute_encoder", None)
+        if encoder is None:
+            if attributes is not None or guidance_scale != 1.0:
+                raise ValueError("attributes and guidance_scale need an attribute model (a pipeline with an "
+                                 "attribute_encoder, e.g. pretrained/celeba-64-attributes); this one is unconditional")
+            return denoiser
+        if attributes is None:
+            attributes = {}
+        if isinstance(attributes, dict):
+            attributes = encoder.vector(attributes)
+        return GuidedDenoiser(denoiser, encoder, torch.as_tensor(attributes, dtype=torch.float32), guidance_scale)
 
     def resolve_mean_colour_correction(self, requested: bool | None) -> bool:
         """Whether a call samples with the mean-colour correction: as requested, or (None) when there is a prior."""
@@ -186,6 +241,8 @@ class CelebADiffusionPipeline(DiffusionPipeline):
         sampler: Callable[..., torch.Tensor] | None = None,
         mean_colour_correction: bool | None = None,
         callback_on_step_end=None,
+        attributes: dict | torch.Tensor | None = None,
+        guidance_scale: float = 1.0,
     ):
         """Generate ``batch_size`` images.
 
@@ -201,10 +258,12 @@ class CelebADiffusionPipeline(DiffusionPipeline):
         or None}, e.g. to record a denoising trajectory; its return value is ignored.
         ``mean_colour_correction`` samples with ``MeanColourDenoiser``: True needs the pipeline's mean_colour_prior,
         None (the default) uses it when the pipeline has one.
+        ``attributes`` and ``guidance_scale`` ask an attribute model for faces with those attributes
+        (``guided_denoiser``); unnamed attributes are left unspecified.
         """
         if output_type not in ("pil", "np", "pt"):
             raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
-        denoiser = self.denoiser
+        denoiser = self.guided_denoiser(attributes, guidance_scale)
         if self.resolve_mean_colour_correction(mean_colour_correction):
             denoiser = MeanColourDenoiser(denoiser, self.scheduler.alphas_cumprod,
                                           self.scheduler.config.prediction_type, self.config.mean_colour_prior)

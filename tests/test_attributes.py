@@ -1,0 +1,118 @@
+"""Attribute conditioning: the zero-initialised encoder, classifier-free guidance, names, the saved folder."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from diffusers import DDPMScheduler, UNet2DModel
+
+from pipeline import CelebADiffusionPipeline
+from pipeline.attribute_encoder import CELEBA_ATTRIBUTES, AttributeEncoder
+from pipeline.generate import generate, parse_attributes
+from pipeline.pipeline_folder import load_pipeline, save_pipeline_folder
+
+from conftest import subprocess_env
+
+
+def tiny_unet(**overrides) -> UNet2DModel:
+    torch.manual_seed(0)
+    config = dict(sample_size=8, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(8, 16),
+                  down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                  norm_num_groups=4)
+    return UNet2DModel(**{**config, **overrides}).eval()
+
+
+def attribute_pipeline(random_encoder: bool = True) -> CelebADiffusionPipeline:
+    """A tiny attribute model; ``random_encoder`` gives the encoder weights as after some fine-tuning."""
+    unet = tiny_unet(class_embed_type="identity")
+    encoder = AttributeEncoder(embedding_dim=4 * unet.config.block_out_channels[0])
+    if random_encoder:
+        torch.nn.init.normal_(encoder.projection.weight, std=0.5)
+        torch.nn.init.normal_(encoder.projection.bias, std=0.5)
+    pipe = CelebADiffusionPipeline(unet=unet, scheduler=DDPMScheduler(), attribute_encoder=encoder)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def predictions(pipe, attributes, guidance_scale, x, t):
+    with torch.no_grad():
+        return pipe.guided_denoiser(attributes, guidance_scale)(x, t).sample
+
+
+def test_a_zero_initialised_encoder_leaves_the_unconditional_unet_unchanged():
+    plain = tiny_unet()
+    conditional = UNet2DModel.from_config(plain.config, class_embed_type="identity").eval()
+    conditional.load_state_dict(plain.state_dict())  # the identity class embedding adds no weights
+    pipe = CelebADiffusionPipeline(unet=conditional, scheduler=DDPMScheduler(),
+                                   attribute_encoder=AttributeEncoder(embedding_dim=32))
+    x, t = torch.randn(2, 3, 8, 8), torch.tensor([10, 900])
+    with torch.no_grad():
+        expected = plain(x, t).sample
+    for guidance in (0.0, 1.0, 3.0):  # (3: the two predictions come from one doubled batch, equal up to rounding)
+        torch.testing.assert_close(predictions(pipe, {"Smiling": 1, "Male": -1}, guidance, x, t), expected,
+                                   rtol=0, atol=1e-6)
+
+
+def test_guidance_0_is_unconditional_1_conditional_and_w_extrapolates_linearly():
+    pipe = attribute_pipeline()
+    x, t = torch.randn(3, 3, 8, 8), torch.tensor([5, 500, 999])
+    wanted = {"Smiling": 1, "Eyeglasses": 1, "Male": -1}
+    vector = pipe.attribute_encoder.vector(wanted)
+    with torch.no_grad():
+        conditional = pipe.unet(x, t, class_labels=pipe.attribute_encoder(vector.expand(3, -1))).sample
+        plain = pipe.unet(x, t, class_labels=pipe.attribute_encoder(torch.zeros(3, len(CELEBA_ATTRIBUTES)))).sample
+    assert not torch.allclose(conditional, plain, atol=1e-3)  # the attributes matter to this encoder
+    torch.testing.assert_close(predictions(pipe, wanted, 0.0, x, t), plain)
+    torch.testing.assert_close(predictions(pipe, wanted, 1.0, x, t), conditional)
+    torch.testing.assert_close(predictions(pipe, wanted, 3.0, x, t), plain + 3 * (conditional - plain),
+                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(predictions(pipe, None, 1.0, x, t), plain)  # no attributes: unconditional
+    scalar = torch.tensor(500)  # a scheduler's 0-dim timestep, batched with the conditional copy
+    torch.testing.assert_close(predictions(pipe, wanted, 3.0, x, scalar)[1], predictions(pipe, wanted, 3.0, x, t)[1],
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_attribute_names_values_and_models_are_checked_before_sampling():
+    pipe = attribute_pipeline()
+    with pytest.raises(ValueError, match=r"unknown attribute\(s\) \['Smilling'\]; the attributes are 5_o_Clock"):
+        pipe(attributes={"Smilling": 1}, num_inference_steps=2)
+    with pytest.raises(ValueError, match="must be 1 .*got {'Smiling': 2}"):
+        pipe.guided_denoiser({"Smiling": 2}, 1.0)
+    plain = CelebADiffusionPipeline(unet=tiny_unet(), scheduler=DDPMScheduler())
+    for call in ({"attributes": {"Smiling": 1}}, {"guidance_scale": 3.0}):
+        with pytest.raises(ValueError, match="need an attribute model"):
+            plain(num_inference_steps=2, **call)
+    assert parse_attributes("Smiling=1, Eyeglasses=-1") == {"Smiling": 1, "Eyeglasses": -1}
+    for text in ("Smiling", "Smiling=yes", ","):
+        with pytest.raises(ValueError, match="--attributes"):
+            parse_attributes(text)
+
+
+def test_guided_generation_is_seeded_and_depends_on_the_attributes():
+    pipe = attribute_pipeline()
+    smiling, _ = generate(pipe, 2, "ddim", 4, seed=0, progress=False, attributes={"Smiling": 1}, guidance_scale=3.0)
+    again, _ = generate(pipe, 2, "ddim", 4, seed=0, progress=False, attributes={"Smiling": 1}, guidance_scale=3.0)
+    plain, _ = generate(pipe, 2, "ddim", 4, seed=0, progress=False)
+    assert (smiling == again).all() and not (smiling == plain).all()
+
+
+def test_the_attribute_folder_round_trips_and_loads_with_plain_diffusers(tmp_path):
+    pipe = attribute_pipeline()
+    save_pipeline_folder(pipe, tmp_path / "model")
+    index = json.loads((tmp_path / "model" / "model_index.json").read_text())
+    assert index["attribute_encoder"] == ["attribute_encoder", "AttributeEncoder"]
+    assert (tmp_path / "model" / "attribute_encoder" / "attribute_encoder.py").is_file()
+    loaded = load_pipeline(str(tmp_path / "model"))
+    x, t = torch.randn(2, 3, 8, 8), torch.tensor([3, 700])
+    assert torch.equal(predictions(loaded, {"Bangs": 1}, 2.0, x, t), predictions(pipe, {"Bangs": 1}, 2.0, x, t))
+    # sys.modules["pipeline"] = None: the folder's own code must be enough
+    load = ("import sys, torch; sys.modules['pipeline'] = None; from diffusers import DiffusionPipeline; "
+            "pipe = DiffusionPipeline.from_pretrained(sys.argv[1], trust_remote_code=True); "
+            "out = pipe(batch_size=1, num_inference_steps=2, attributes={'Bangs': 1}, guidance_scale=2.0, "
+            "output_type='np'); print(type(pipe.attribute_encoder).__name__, out.images.shape)")
+    result = subprocess.run([sys.executable, "-c", load, str(tmp_path / "model")], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=300, env=subprocess_env())
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "AttributeEncoder (1, 8, 8, 3)"
