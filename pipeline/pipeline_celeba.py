@@ -86,7 +86,8 @@ class PixelUnshuffleDenoiser(WrappedDenoiser):
         return SimpleNamespace(sample_size=size, in_channels=channels // (self.factor * self.factor))
 
     def forward(self, sample, timestep, class_labels=None, return_dict: bool = True):
-        out = self.unet(F.pixel_unshuffle(sample, self.factor), timestep, class_labels=class_labels).sample
+        conditioning = {} if class_labels is None else {"class_labels": class_labels}
+        out = self.unet(F.pixel_unshuffle(sample, self.factor), timestep, **conditioning).sample
         out = F.pixel_shuffle(out, self.factor)
         return UNet2DOutput(sample=out) if return_dict else (out,)
 

@@ -33,7 +33,9 @@ def save_pipeline_folder(pipe: CelebADiffusionPipeline, folder: str | os.PathLik
     index = json.loads(index_path.read_text())
     index["_class_name"] = HUB_CLASS_NAME
     for name, code in OPTIONAL_COMPONENTS.items():
-        if name in index:  # a custom component: diffusers loads <name>/<module>.py
+        if index.get(name, [None])[0] is None:  # absent: not named at all
+            index.pop(name, None)
+        else:  # a custom component: diffusers loads <name>/<module>.py
             index[name] = [code.stem, index[name][1]]
             shutil.copy2(code, folder / name / code.name)
     index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
@@ -79,7 +81,7 @@ def load_pipeline(model: str, device: str = "cpu") -> CelebADiffusionPipeline:
     for name in COMPONENTS:
         if name not in index:
             raise ValueError(f"{folder / 'model_index.json'} names no {name}")
-    for name in (*COMPONENTS, *(name for name in OPTIONAL_COMPONENTS if name in index)):
+    for name in (*COMPONENTS, *(name for name in OPTIONAL_COMPONENTS if index.get(name, [None])[0] is not None)):
         library, class_name = index[name]
         if name in OPTIONAL_COMPONENTS:  # this package's own copy of the component's code
             library = f"{__package__}.{OPTIONAL_COMPONENTS[name].stem}"

@@ -116,3 +116,13 @@ def test_the_attribute_folder_round_trips_and_loads_with_plain_diffusers(tmp_pat
                             text=True, timeout=300, env=subprocess_env())
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == "AttributeEncoder (1, 8, 8, 3)"
+
+
+def test_guidance_reaches_a_pixel_unshuffled_unet():
+    unet = tiny_unet(sample_size=4, in_channels=12, out_channels=12, class_embed_type="identity")
+    encoder = AttributeEncoder(embedding_dim=32)
+    torch.nn.init.normal_(encoder.projection.weight, std=0.5)
+    pipe = CelebADiffusionPipeline(unet=unet, scheduler=DDPMScheduler(), attribute_encoder=encoder, pixel_unshuffle=2)
+    x, t = torch.randn(2, 3, 8, 8), torch.tensor([10, 900])
+    plain, smiling = (predictions(pipe, values, 1.0, x, t) for values in ({}, {"Smiling": 1}))
+    assert smiling.shape == (2, 3, 8, 8) and not torch.allclose(plain, smiling, atol=1e-4)
