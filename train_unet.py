@@ -139,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: the launcher's (accelerate launch --mixed_precision, or accelerate config); bf16 on "
                         "CPUs, fp16 only on GPUs")
     p.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=False,
-                   help="NHWC memory format (benchmarks/train_ablation.py measures whether it helps on your "
+                   help="NHWC memory format (experiments/train_ablation.py measures whether it helps on your "
                         "machine)")
     p.add_argument("--seed", type=int, default=0)
     # outputs

@@ -188,8 +188,9 @@ def test_fit_command_stores_the_prior_that_from_pretrained_reads_back(smoke_pipe
     assert json.loads((tmp_path / "again" / "model_index.json").read_text())["mean_colour_prior"] == stored
 
 
+@pytest.mark.slow  # a finished experiment's tool (experiments/)
 def test_mean_error_benchmark_tells_a_network_without_the_mean_from_the_exact_one():
-    from benchmarks.mean_colour_error import measure
+    from experiments.mean_colour_error import measure
 
     config = schedule()
     exact = iid_gaussian(config)

@@ -1,13 +1,17 @@
-"""benchmarks/rk45_nfe.py: the adaptive solver's cost per tolerance, and how far a budget-capped bf16 solve gets."""
+"""experiments/rk45_nfe.py: the adaptive solver's cost per tolerance, and how far a budget-capped bf16 solve gets."""
 
 import json
 
+import pytest
+
 from conftest import run_command
+
+pytestmark = pytest.mark.slow  # a finished experiment's tool (experiments/): ./run.sh test-slow
 
 
 def test_tighter_tolerance_costs_more_and_capped_solves_report_their_progress(smoke_pipeline_dir, tmp_path):
     out = tmp_path / "rk45.json"
-    run_command(["benchmarks/rk45_nfe.py", "--model", str(smoke_pipeline_dir), "--num_images", "2",
+    run_command(["experiments/rk45_nfe.py", "--model", str(smoke_pipeline_dir), "--num_images", "2",
                  "--tolerances", "1e-2", "1e-4", "--bf16_tolerances", "1e-7", "--bf16_budget", "12",
                  "--device", "cpu", "--out", str(out)])
     result = json.loads(out.read_text())
@@ -23,7 +27,7 @@ def test_tighter_tolerance_costs_more_and_capped_solves_report_their_progress(sm
 
 
 def test_non_positive_budget_is_named(tmp_path):
-    result = run_command(["benchmarks/rk45_nfe.py", "--bf16_budget", "0", "--out", str(tmp_path / "x.json")],
+    result = run_command(["experiments/rk45_nfe.py", "--bf16_budget", "0", "--out", str(tmp_path / "x.json")],
                          check=False)
     assert result.returncode == 2 and "--bf16_budget must be positive" in result.stderr
     assert "Traceback" not in result.stderr

@@ -1,13 +1,17 @@
-"""benchmarks/solver_convergence.py: each sampler's distance from a reference ODE solution from the same noise."""
+"""experiments/solver_convergence.py: each sampler's distance from a reference ODE solution from the same noise."""
 
 import json
 
+import pytest
+
 from conftest import run_command
+
+pytestmark = pytest.mark.slow  # a finished experiment's tool (experiments/): ./run.sh test-slow
 
 
 def test_distances_vanish_for_the_reference_and_shrink_with_steps(smoke_pipeline_dir, tmp_path):
     out = tmp_path / "convergence.json"
-    run_command(["benchmarks/solver_convergence.py", "--model", str(smoke_pipeline_dir), "--num_images", "2",
+    run_command(["experiments/solver_convergence.py", "--model", str(smoke_pipeline_dir), "--num_images", "2",
                  "--points", "ddim:2,10,50", "--reference", "ddim:50", "--check", "heun:25", "--mixed_precision", "no",
                  "--device", "cpu", "--out", str(out)])
     result = json.loads(out.read_text())
@@ -19,6 +23,6 @@ def test_distances_vanish_for_the_reference_and_shrink_with_steps(smoke_pipeline
 
 
 def test_unknown_sampler_is_named(tmp_path):
-    result = run_command(["benchmarks/solver_convergence.py", "--points", "rk4:10", "--out", str(tmp_path / "x.json")],
-                         check=False)
+    result = run_command(["experiments/solver_convergence.py", "--points", "rk4:10", "--out",
+                          str(tmp_path / "x.json")], check=False)
     assert result.returncode == 2 and "rk4:10" in result.stderr and "Traceback" not in result.stderr

@@ -1,15 +1,17 @@
-"""benchmarks/upsampling_floor.py: the FID floor of a low-resolution model, measured with real images."""
+"""experiments/upsampling_floor.py: the FID floor of a low-resolution model, measured with real images."""
 
 import json
 
 import pytest
 
-from benchmarks.upsampling_floor import upsampling_floor
+from experiments.upsampling_floor import upsampling_floor
 from pipeline.preprocess import Preprocessing
 
 from conftest import FIXTURE, run_command
 
 PREP = Preprocessing(resolution=32)
+
+pytestmark = pytest.mark.slow  # a finished experiment's tool (experiments/): ./run.sh test-slow
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +31,7 @@ def test_no_resolution_loss_gives_back_the_reference_features(cache_dir):
 
 def test_lost_resolution_costs_fid_and_is_pictured(cache_dir, tmp_path):
     out = tmp_path / "floor.json"
-    run_command(["benchmarks/upsampling_floor.py", "--train_data_dir", str(FIXTURE), "--resolution", "32",
+    run_command(["experiments/upsampling_floor.py", "--train_data_dir", str(FIXTURE), "--resolution", "32",
                  "--low_resolution", "4", "--num_images", "16", "--cache_dir", cache_dir, "--out", str(out)])
     result = json.loads(out.read_text())
     assert result["num_images"] == 16 and result["reference"]["num_images"] == 48

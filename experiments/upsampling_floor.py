@@ -1,6 +1,6 @@
 """The best FID a model trained at a lower resolution can score at the evaluation resolution.
 
-    python benchmarks/upsampling_floor.py --train_data_dir ../shared/celeba --low_resolution 32 --num_images 2000
+    python experiments/upsampling_floor.py --train_data_dir ../shared/celeba --low_resolution 32 --num_images 2000
 
 The recipe study scores the 32x32 recipe's samples upsampled to 64x64 (``pipeline.evaluate`` resizes samples with the
 reference's filter) against the 64x64 reference. Even perfect 32x32 samples lack the detail between 32 and 64 pixels,

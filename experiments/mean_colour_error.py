@@ -1,6 +1,6 @@
 """How well does the network estimate the noise's spatial mean (the image's mean colour) at each noise level?
 
-    python benchmarks/mean_colour_error.py --model pretrained/celeba-64 --train_data_dir ../shared/celeba
+    python experiments/mean_colour_error.py --model pretrained/celeba-64 --train_data_dir ../shared/celeba
 
 Real training images are noised to x_t = alpha x_0 + sigma eps at several labels t (fixed noise, seed 0) and the
 noise estimate eps_hat (any prediction type, converted) is compared with eps:

@@ -1,6 +1,6 @@
 """Does bf16 autocast train like fp32? Two short runs of train_unet.py's step, identical except for the precision.
 
-    python benchmarks/bf16_convergence.py --train_data_dir ../shared/celeba
+    python experiments/bf16_convergence.py --train_data_dir ../shared/celeba
 
 A small 32x32 UNet (configs/smoke.yaml's architecture; batch, steps and learning rate below) is trained twice from
 the same seed: same initial weights, same image order, same noise, timesteps and flips at every step (all drawn from

@@ -1,6 +1,6 @@
 """What does the adaptive RK45 probability-flow ODE solver cost on the trained network, per tolerance and precision?
 
-    python benchmarks/rk45_nfe.py --model pretrained/celeba-64 --num_images 8      # ~15 min on 2 quiet cores
+    python experiments/rk45_nfe.py --model pretrained/celeba-64 --num_images 8      # ~15 min on 2 quiet cores
 
 ``ode-rk45`` (pipeline/sde.py) takes as many network evaluations (NFE) as its error control demands, so its cost is
 only known by running it. In float32, for each ``--tolerances`` value (rtol = atol), this records the NFE, the wall
@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from benchmarks.solver_convergence import rms_levels, summary
+from experiments.solver_convergence import rms_levels, summary
 from pipeline.cli import DEFAULT_DEVICE, ArgumentParser, device_argument, run_cli
 from pipeline.evaluate import weights_sha256
 from pipeline.generate import load_pipeline

@@ -1,6 +1,6 @@
 """How close does each deterministic sampler come to the exact solution of the probability-flow ODE on our network?
 
-    python benchmarks/solver_convergence.py --model pretrained/celeba-64 --num_images 8
+    python experiments/solver_convergence.py --model pretrained/celeba-64 --num_images 8
 
 FID can say that two solvers of the same ODE disagree, not which one is right. From the same initial noise, converged
 solvers end at the same image, so every (sampler, steps) point here is compared image by image with a reference

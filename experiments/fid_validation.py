@@ -1,6 +1,6 @@
 """Validate FID/KID/precision-recall on real CelebA at 64x64, and measure what scoring 10k samples costs on this CPU.
 
-    python benchmarks/fid_validation.py --train_data_dir ../shared/celeba --num_per_set 256
+    python experiments/fid_validation.py --train_data_dir ../shared/celeba --num_per_set 256
 
 Two disjoint sets of real training images with the training preprocessing: A = the first N files of the split by
 name, B = the last N. A is scored against B (the floor of each metric at this N: two samples of one distribution),

@@ -1,7 +1,7 @@
 """Which settings make train_unet.py fast on this CPU? One factor at a time around a reference setting.
 
-    python benchmarks/train_ablation.py --groups precision_layout optimizer_ema
-    python benchmarks/train_ablation.py --table          # print the Markdown table of everything measured so far
+    python experiments/train_ablation.py --groups precision_layout optimizer_ema
+    python experiments/train_ablation.py --table          # print the Markdown table of everything measured so far
 
 Each group starts one process per variant (the harness of benchmarks/train_throughput.py: spawn, build, warm up),
 then interleaves ``--repeats`` rounds of ``--steps`` training steps, so the variants of a group see the same load.
