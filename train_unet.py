@@ -31,7 +31,8 @@ from diffusers.training_utils import EMAModel, compute_snr
 from tqdm.auto import tqdm
 
 from pipeline import CelebADiffusionPipeline
-from pipeline.architecture import build_unet, check_group_norm
+from pipeline.architecture import AttributeConditionedUNet, build_unet, check_group_norm, drop_attributes
+from pipeline.attribute_encoder import AttributeEncoder
 from pipeline.checkpoints import (
     list_checkpoints,
     process_state_files,
@@ -42,7 +43,7 @@ from pipeline.checkpoints import (
     save_checkpoint_atomically,
 )
 from pipeline.cli import ArgumentParser, run_cli
-from pipeline.data import TrainStream, load_celeba
+from pipeline.data import TrainingBatch, TrainStream, load_celeba
 from pipeline.evaluate import fid_against_reference, load_or_compute_reference
 from pipeline.generate import generate
 from pipeline.images import make_grid
@@ -94,6 +95,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dropout", type=float, default=0.0)
     p.add_argument("--pixel_unshuffle", type=int, default=1, help="f > 1: the UNet works on f x f pixel-unshuffled "
                    "images (resolution/f square, 3 f^2 channels), at the cost of a resolution/f model")
+    # attribute conditioning (a fine-tune of an unconditional model: --init_from)
+    p.add_argument("--init_from", default=None, help="a saved pipeline folder whose UNet (and attribute encoder, if "
+                   "any) weights start this run; its architecture must equal the flags'")
+    p.add_argument("--attribute_conditioning", action="store_true", help="train an attribute model: CelebA's 40 "
+                   "attributes, through a zero-initialised AttributeEncoder, offset the UNet's time embedding")
+    p.add_argument("--attribute_unspecified_prob", type=float, default=0.5, help="each attribute of a training label "
+                   "is left unspecified (0) with this probability, so that unnamed attributes mean 'any'")
+    p.add_argument("--attribute_dropout", type=float, default=0.1, help="a whole label is dropped with this "
+                   "probability: the unconditional model of classifier-free guidance")
     # diffusion
     p.add_argument("--ddpm_num_steps", type=int, default=1000)
     p.add_argument("--ddpm_beta_schedule", type=str, default="linear", help="a diffusers beta_schedule "
@@ -234,6 +244,11 @@ def check_settings(args) -> None:
         raise ValueError("give exactly one of --dataset_name and --train_data_dir")
     if args.push_to_hub and not args.hub_model_id:
         raise ValueError("--push_to_hub needs --hub_model_id")
+    for name in ("attribute_unspecified_prob", "attribute_dropout"):
+        if not 0 <= getattr(args, name) <= 1:
+            raise ValueError(f"--{name} is a probability, got {getattr(args, name)}")
+    if args.init_from is not None and not os.path.isfile(os.path.join(args.init_from, "model_index.json")):
+        raise ValueError(f"--init_from {args.init_from} is not a saved pipeline folder (no model_index.json)")
 
 
 def resolve_mixed_precision(flag: str | None, on_gpu: bool) -> tuple[str, str]:
@@ -255,11 +270,17 @@ def resolve_mixed_precision(flag: str | None, on_gpu: bool) -> tuple[str, str]:
 
 
 def build_model_and_scheduler(args):
-    """The UNet2DModel and the training scheduler described by the flags (DDPMScheduler, or EDMEulerScheduler)."""
+    """The UNet2DModel (with --attribute_conditioning: an ``AttributeConditionedUNet``), started from --init_from's
+    weights when given, and the training scheduler described by the flags (DDPMScheduler, or EDMEulerScheduler)."""
     factor = args.pixel_unshuffle
     model = build_unet(args.resolution // factor, 3 * factor**2, args.block_out_channels, args.layers_per_block,
                        args.down_block_types, args.up_block_types, args.norm_num_groups, args.attention_head_dim,
-                       args.dropout, args.allow_instance_norm)
+                       args.dropout, args.allow_instance_norm,
+                       class_embed_type="identity" if args.attribute_conditioning else None)
+    if args.attribute_conditioning:
+        model = AttributeConditionedUNet(model, AttributeEncoder(embedding_dim=4 * args.block_out_channels[0]))
+    if args.init_from is not None:
+        load_initial_weights(model, args.init_from)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if args.preconditioning == "edm":
@@ -277,6 +298,27 @@ def build_model_and_scheduler(args):
     return model, noise_scheduler
 
 
+def load_initial_weights(model, folder: str) -> None:
+    """Copy a saved pipeline's UNet (and attribute encoder, when both have one) into ``model``; ValueError naming the
+    difference when the architectures differ."""
+    unet = model.unet if isinstance(model, AttributeConditionedUNet) else model
+    saved = UNet2DModel.from_pretrained(folder, subfolder="unet")
+    keys = ("sample_size", "in_channels", "block_out_channels", "layers_per_block", "down_block_types",
+            "up_block_types", "norm_num_groups", "attention_head_dim")
+    def comparable(value):  # a config read from JSON holds lists where a built model holds tuples
+        return list(value) if isinstance(value, (list, tuple)) else value
+
+    differing = {key: (saved.config[key], unet.config[key]) for key in keys
+                 if comparable(saved.config[key]) != comparable(unet.config[key])}
+    if differing:
+        raise ValueError(f"--init_from {folder}: its UNet differs from the flags' in {differing} (saved, flags)")
+    unet.load_state_dict(saved.state_dict())
+    encoder_folder = Path(folder, "attribute_encoder")
+    if isinstance(model, AttributeConditionedUNet) and encoder_folder.is_dir():
+        model.encoder.load_state_dict(AttributeEncoder.from_pretrained(folder, subfolder="attribute_encoder")
+                                      .state_dict())
+
+
 def build_optimizer_and_ema(model, args, **optimizer_overrides):
     """AdamW over the model, and the EMA of its weights (None without --use_ema)."""
     ema = None
@@ -290,7 +332,7 @@ def build_optimizer_and_ema(model, args, **optimizer_overrides):
     return optimizer, ema
 
 
-def edm_loss(model, noise_scheduler: EDMEulerScheduler, clean, args):
+def edm_loss(model, noise_scheduler: EDMEulerScheduler, clean, args, conditioning: dict | None = None):
     """EDM training loss: sigma log-normal, x = y + sigma n, the preconditioned denoiser D(x; sigma) against y with
     weight (sigma^2 + sigma_data^2) / (sigma sigma_data)^2, which gives the network's own output a unit-variance
     target at every sigma."""
@@ -298,21 +340,22 @@ def edm_loss(model, noise_scheduler: EDMEulerScheduler, clean, args):
     sigma = log_sigma.exp().view(-1, 1, 1, 1)
     noisy = clean + sigma * torch.randn_like(clean)
     output = model(noise_scheduler.precondition_inputs(noisy, sigma),
-                   noise_scheduler.precondition_noise(sigma.flatten())).sample.float()
+                   noise_scheduler.precondition_noise(sigma.flatten()), **(conditioning or {})).sample.float()
     denoised = noise_scheduler.precondition_outputs(noisy, output, sigma)
     sigma_data = noise_scheduler.config.sigma_data
     weight = (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
     return (weight * (denoised - clean) ** 2).mean()
 
 
-def diffusion_loss(model, noise_scheduler, clean, args):
-    """DDPM training loss: noise a batch at random timesteps and regress the chosen target (EDM: ``edm_loss``)."""
+def diffusion_loss(model, noise_scheduler, clean, args, conditioning: dict | None = None):
+    """DDPM training loss: noise a batch at random timesteps and regress the chosen target (EDM: ``edm_loss``).
+    ``conditioning`` goes to the model as keyword arguments (an attribute model's ``class_labels``)."""
     if isinstance(noise_scheduler, EDMEulerScheduler):
-        return edm_loss(model, noise_scheduler, clean, args)
+        return edm_loss(model, noise_scheduler, clean, args, conditioning)
     noise = torch.randn_like(clean)
     timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (clean.shape[0],), device=clean.device)
     noisy = noise_scheduler.add_noise(clean, noise, timesteps)
-    prediction = model(noisy, timesteps).sample.float()
+    prediction = model(noisy, timesteps, **(conditioning or {})).sample.float()
     if args.prediction_type == "epsilon":
         target = noise
     elif args.prediction_type == "v_prediction":
@@ -329,16 +372,22 @@ def diffusion_loss(model, noise_scheduler, clean, args):
     return (per_example * weight).mean()
 
 
-def training_step(accelerator, model, optimizer, lr_scheduler, noise_scheduler, pixels, args) -> torch.Tensor:
-    """One (micro-)batch: flip, noise, loss, backward; optimizer and lr steps when gradients are synchronised."""
+def training_step(accelerator, model, optimizer, lr_scheduler, noise_scheduler, pixels, args,
+                  attributes: torch.Tensor | None = None) -> torch.Tensor:
+    """One (micro-)batch: flip, noise, loss, backward; optimizer and lr steps when gradients are synchronised.
+    ``attributes`` (the batch's labels) condition an attribute model, partly dropped for classifier-free guidance."""
     clean = to_model_range(pixels).to(accelerator.device)
+    conditioning = None
+    if args.attribute_conditioning:
+        labels = drop_attributes(attributes, args.attribute_unspecified_prob, args.attribute_dropout)
+        conditioning = {"class_labels": labels.to(accelerator.device)}
     if args.channels_last:
         clean = clean.contiguous(memory_format=torch.channels_last)
     if args.random_flip:
         clean = random_hflip(clean)
     denoiser = model if args.pixel_unshuffle == 1 else PixelUnshuffleDenoiser(model, args.pixel_unshuffle)
     with accelerator.accumulate(model):
-        loss = diffusion_loss(denoiser, noise_scheduler, clean, args)
+        loss = diffusion_loss(denoiser, noise_scheduler, clean, args, conditioning)
         if torch.isfinite(loss):  # a non-finite loss is reported by the caller, before any update
             accelerator.backward(loss)
             if accelerator.sync_gradients:
@@ -363,7 +412,9 @@ def ema_pipeline(accelerator, model, ema, noise_scheduler, args, mean_colour_pri
         ema.copy_to(unet.parameters())
     unet.eval()
     try:
-        pipe = CelebADiffusionPipeline(unet=unet, scheduler=noise_scheduler, pixel_unshuffle=args.pixel_unshuffle,
+        parts = ({"unet": unet.unet, "attribute_encoder": unet.encoder} if isinstance(unet, AttributeConditionedUNet)
+                 else {"unet": unet})
+        pipe = CelebADiffusionPipeline(**parts, scheduler=noise_scheduler, pixel_unshuffle=args.pixel_unshuffle,
                                        mean_colour_prior=mean_colour_prior,
                                        preprocessing=training_preprocessing(args).to_dict())
         pipe.set_progress_bar_config(disable=True)
@@ -548,11 +599,11 @@ class Run:
         minutes = self.args.max_train_minutes
         return minutes is not None and self.clock.wall_seconds >= 60 * minutes
 
-    def train_step(self, pixels: torch.Tensor) -> float | None:
+    def train_step(self, batch: TrainingBatch) -> float | None:
         """One forward/backward on a batch: the loss once an optimizer step completes, None while accumulating."""
-        self.mean_colours.update(to_model_range(pixels))
+        self.mean_colours.update(to_model_range(batch.pixels))
         loss = training_step(self.accelerator, self.model, self.optimizer, self.lr_scheduler, self.noise_scheduler,
-                             pixels, self.args)
+                             batch.pixels, self.args, batch.attributes)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite loss {loss.item()} at step {self.step + 1}")
         if not self.accelerator.sync_gradients:
@@ -669,9 +720,9 @@ def main(argv=None):
     [time_is_up] = run.agreed(run.out_of_time())  # a resumed run whose budget is already spent trains no step
     while run.step < args.max_train_steps and not time_is_up:
         with watchdog.waiting():
-            pixels, keys = next(batches)
-        first_keys.extend(keys[:256 - len(first_keys)])
-        loss = run.train_step(pixels)
+            batch = next(batches)
+        first_keys.extend(batch.keys[:256 - len(first_keys)])
+        loss = run.train_step(batch)
         if loss is None:  # accumulating gradients
             continue
         progress.update(1)

@@ -240,7 +240,7 @@ def build_ours_recipe(args, spec):
 
     def train_step():
         model.train()
-        pixels, _ = next(batches)
+        pixels = next(batches).pixels
         loss = training_step(accelerator, model, optimizer, lr_scheduler, noise_scheduler, pixels, args)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite loss {loss.item()}")
@@ -249,8 +249,7 @@ def build_ours_recipe(args, spec):
         return loss.detach().item()
 
     def data_batch():
-        pixels, _ = next(batches)
-        return to_model_range(pixels)
+        return to_model_range(next(batches).pixels)
 
     def flop_batch():
         clean = data_batch()

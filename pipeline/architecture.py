@@ -9,7 +9,10 @@ that the ODE samplers then amplify by sigma/alpha. ``build_unet`` therefore requ
 
 from __future__ import annotations
 
+import torch
 from diffusers import UNet2DModel
+
+from .attribute_encoder import AttributeEncoder
 
 MIN_CHANNELS_PER_GROUP = 2
 
@@ -51,3 +54,38 @@ def build_unet(resolution: int, in_channels: int, block_out_channels, layers_per
         block_out_channels=tuple(block_out_channels), down_block_types=tuple(down_block_types),
         up_block_types=tuple(up_block_types), attention_head_dim=attention_head_dim,
         norm_num_groups=norm_num_groups, dropout=dropout, **unet_kwargs)
+
+
+class AttributeConditionedUNet(torch.nn.Module):
+    """The module an attribute model trains: a UNet2DModel with ``class_embed_type="identity"`` and the
+    ``AttributeEncoder`` that makes its class labels, optimised (and averaged by the EMA) together.
+
+    ``forward(sample, timestep, class_labels)`` takes attribute vectors (B, num_attributes; all zeros when
+    ``class_labels`` is None) as its class labels, so every wrapper that passes ``class_labels`` through (the
+    pixel-unshuffle transform) works unchanged. ``config`` is the UNet's.
+    """
+
+    def __init__(self, unet: UNet2DModel, encoder: AttributeEncoder):
+        super().__init__()
+        if unet.config.class_embed_type != "identity":
+            raise ValueError("an attribute model needs a UNet2DModel with class_embed_type='identity'")
+        self.unet, self.encoder = unet, encoder
+
+    @property
+    def config(self):
+        return self.unet.config
+
+    def forward(self, sample, timestep, class_labels=None, return_dict: bool = True):
+        if class_labels is None:
+            class_labels = torch.zeros(sample.shape[0], len(self.encoder.config.attribute_names), device=sample.device)
+        return self.unet(sample, timestep, class_labels=self.encoder(class_labels), return_dict=return_dict)
+
+
+def drop_attributes(attributes: torch.Tensor, unspecified_prob: float, dropout: float,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+    """Training labels for classifier-free guidance: each attribute set to 0 (unspecified) with probability
+    ``unspecified_prob``, and each whole vector with probability ``dropout`` (the unconditional model)."""
+    attributes = attributes.float()
+    keep = torch.rand(attributes.shape, generator=generator) >= unspecified_prob
+    keep &= torch.rand(attributes.shape[0], 1, generator=generator) >= dropout
+    return attributes * keep.to(attributes.device)

@@ -12,6 +12,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import datasets
 import numpy as np
@@ -146,12 +147,19 @@ class ExamplePreprocessor:
                 raise
             self.skipped.append(key)
             pixels = None
-        return {"pixels": pixels, "key": key}
+        attributes = np.array([1 if example[name] else -1 for name in ATTRIBUTES], dtype=np.int8)
+        return {"pixels": pixels, "key": key, "attributes": attributes}
 
 
 # ----------------------------------------------------------------------------------------------- training stream
+class TrainingBatch(NamedTuple):
+    pixels: torch.Tensor      # uint8 (B, 3, H, W)
+    keys: list[str]           # file names
+    attributes: torch.Tensor  # int8 (B, 40): +1 present, -1 absent, in the order of ATTRIBUTES
+
+
 class TrainStream:
-    """Endless, shuffled, per-process batches of uint8 images whose position can be saved and restored exactly.
+    """Endless, shuffled, per-process ``TrainingBatch``es whose position can be saved and restored exactly.
 
     Epoch ``e`` is the raw stream shuffled with seed ``seed + e`` (shard order and a shuffle buffer), split across
     processes, then preprocessed. Its order depends only on (seed, epoch), so resuming = rebuilding the epoch and
@@ -192,13 +200,14 @@ class TrainStream:
             self.epoch, self.consumed = self.epoch + 1, 0
 
     def __iter__(self):
-        pixels, keys = [], []
+        items = []
         for item in self._examples():
-            pixels.append(item["pixels"])
-            keys.append(item["key"])
-            if len(pixels) == self.batch_size:
-                yield torch.from_numpy(np.stack(pixels)), keys
-                pixels, keys = [], []
+            items.append(item)
+            if len(items) == self.batch_size:
+                yield TrainingBatch(torch.from_numpy(np.stack([item["pixels"] for item in items])),
+                                    [item["key"] for item in items],
+                                    torch.from_numpy(np.stack([item["attributes"] for item in items])))
+                items = []
 
     @property
     def skipped_corrupt(self) -> list[str]:

@@ -9,11 +9,12 @@ import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
 from pipeline import CelebADiffusionPipeline
+from pipeline.architecture import drop_attributes
 from pipeline.attribute_encoder import CELEBA_ATTRIBUTES, AttributeEncoder
 from pipeline.generate import generate, parse_attributes
 from pipeline.pipeline_folder import load_pipeline, save_pipeline_folder
 
-from conftest import subprocess_env
+from conftest import run_command, subprocess_env, train_args
 
 
 def tiny_unet(**overrides) -> UNet2DModel:
@@ -126,3 +127,32 @@ def test_guidance_reaches_a_pixel_unshuffled_unet():
     x, t = torch.randn(2, 3, 8, 8), torch.tensor([10, 900])
     plain, smiling = (predictions(pipe, values, 1.0, x, t) for values in ({}, {"Smiling": 1}))
     assert smiling.shape == (2, 3, 8, 8) and not torch.allclose(plain, smiling, atol=1e-4)
+
+
+def test_fine_tuning_starts_from_the_unconditional_model_and_learns_the_attributes(smoke_pipeline_dir, tmp_path):
+    frozen = tmp_path / "frozen"  # learning rate 0: the attribute model must predict exactly what it started from
+    run_command(train_args(frozen, "--init_from", smoke_pipeline_dir, "--attribute_conditioning", "--max_train_steps",
+                           2, "--learning_rate", 0))
+    base, tuned = load_pipeline(str(smoke_pipeline_dir)), load_pipeline(str(frozen))
+    assert tuned.attribute_encoder is not None and base.attribute_encoder is None
+    x, t = torch.randn(2, 3, 32, 32), torch.tensor([20, 800])
+    torch.testing.assert_close(predictions(tuned, {"Smiling": 1, "Young": -1}, 3.0, x, t),
+                               predictions(base, None, 1.0, x, t), rtol=0, atol=1e-5)
+    learning = tmp_path / "learning"
+    run_command(train_args(learning, "--init_from", smoke_pipeline_dir, "--attribute_conditioning",
+                           "--max_train_steps", 4, "--no-use_ema"))
+    weight = load_pipeline(str(learning)).attribute_encoder.projection.weight
+    assert weight.abs().sum() > 0  # the labels reach the encoder's gradients
+    wrong = run_command(train_args(tmp_path / "wrong", "--init_from", smoke_pipeline_dir, "--attribute_conditioning",
+                                   "--block_out_channels", 16, 16), check=False)
+    assert wrong.returncode == 2 and "differs from the flags' in {'block_out_channels'" in wrong.stderr
+
+
+def test_training_labels_drop_attributes_at_the_asked_rates():
+    generator = torch.Generator().manual_seed(0)
+    attributes = torch.ones(20000, 40, dtype=torch.int8)
+    labels = drop_attributes(attributes, unspecified_prob=0.5, dropout=0.1, generator=generator)
+    dropped_rows = (labels == 0).all(dim=1).float().mean()
+    kept = labels[(labels != 0).any(dim=1)].ne(0).float().mean()
+    assert set(labels.unique().tolist()) <= {0.0, 1.0}
+    assert abs(dropped_rows - 0.1) < 0.01 and abs(kept - 0.5) < 0.01  # rates within ~4 binomial SEs

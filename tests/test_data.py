@@ -76,7 +76,7 @@ def test_corrupt_image_raises_an_error_naming_the_file(tmp_path):
 def test_skip_corrupt_images_counts_and_reports(tmp_path):
     stream = TrainStream(load_celeba(train_data_dir=str(corrupt_copy(tmp_path))), Preprocessing(32), 47, seed=0,
                          skip_corrupt=True)
-    pixels, keys = next(iter(stream))
+    pixels, keys, _ = next(iter(stream))
     assert stream.skipped_corrupt == ["000007.jpg"]
     assert len(set(keys)) == 47 and "000007.jpg" not in keys
 
@@ -109,9 +109,9 @@ def test_stream_resumes_exactly_from_its_state():
     resumed = make()
     resumed.load_state_dict(interrupted.state_dict())
     batches = iter(resumed)
-    for pixels, keys in expected[7:]:
-        got_pixels, got_keys = next(batches)
-        assert got_keys == keys and torch.equal(got_pixels, pixels)
+    for pixels, keys, attributes in expected[7:]:
+        got_pixels, got_keys, got_attributes = next(batches)
+        assert got_keys == keys and torch.equal(got_pixels, pixels) and torch.equal(got_attributes, attributes)
 
 
 def test_processes_read_disjoint_halves():
@@ -146,3 +146,14 @@ def test_hub_export_round_trip(tmp_path):
     from_hub = load_eval_images(None, "train", 32, 4, dataset_name=str(out), dataset_config_name=HUB_CONFIG)
     from_folder = load_eval_images(str(FIXTURE), "train", 32, 4)
     assert torch.equal(from_hub, from_folder)
+
+
+def test_batches_carry_each_image_s_official_attributes():
+    layout = read_official_layout(FIXTURE)
+    official = {name: attributes for name, _, attributes in layout.records["train"]}
+    stream = TrainStream(load_celeba(train_data_dir=str(FIXTURE)), Preprocessing(32), 6, seed=1)
+    batch = next(iter(stream))
+    assert batch.attributes.dtype == torch.int8 and batch.attributes.shape == (6, len(ATTRIBUTES))
+    for key, row in zip(batch.keys, batch.attributes.tolist()):
+        assert row == [1 if present else -1 for present in official[key]]
+    assert len({tuple(row) for row in batch.attributes.tolist()}) > 1  # real, varied labels
