@@ -1,0 +1,230 @@
+"""Does an attribute model give the attributes it is asked for? A CelebA attribute classifier, then guided samples.
+
+    python benchmarks/attribute_control.py classifier --train_data_dir ../shared/celeba \
+        --out results/attributes/classifier.json
+    python benchmarks/attribute_control.py control --model pretrained/celeba-64-attributes \
+        --train_data_dir ../shared/celeba --guidance 0 1 3 5 --out results/attributes/control.json
+
+``classifier`` trains a small CNN on the official train split's images and 40 labels (preprocessed as the model's
+training images) and reports its accuracy per attribute on every valid and test image present (never trained on),
+beside the accuracy of always answering the train split's majority label. Its weights are kept outside the work tree
+(``--weights``, a cache file by default).
+
+``control`` asks the attribute model, at each guidance weight, for ``--num_samples`` faces that cycle through the
+attributes of ``--attributes`` (one attribute set to present per face, the rest unspecified). Per attribute it reports
+the classifier's positive rate on the faces asked for it, against the unconditional model's rate (guidance 0, the
+same faces' seeds), and per weight the FID of all its faces against the train split's reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from pipeline.attribute_encoder import CELEBA_ATTRIBUTES
+from pipeline.cli import DEFAULT_DEVICE, ArgumentParser, device_argument, run_cli
+from pipeline.data import load_celeba, preprocessed_batches, read_official_layout
+from pipeline.evaluate import fid_against_reference, load_or_compute_reference
+from pipeline.generate import check_sampling, generate, load_pipeline
+from pipeline.preprocess import Preprocessing, pipeline_preprocessing, random_hflip, to_model_range
+
+DEFAULT_WEIGHTS = Path(os.environ.get("CELEBA_DIFFUSION_CACHE", "~/.cache/celeba-diffusion")).expanduser() / \
+    "attribute_classifier.pt"
+CONTROL_ATTRIBUTES = ("Smiling", "Eyeglasses", "Male", "Blond_Hair", "Black_Hair", "Wearing_Hat", "Bangs",
+                      "Mouth_Slightly_Open", "Young", "No_Beard")
+
+
+class AttributeClassifier(torch.nn.Module):
+    """Four stride-2 convolution stages, global average pooling and one logit per attribute, for [-1, 1] images."""
+
+    def __init__(self, num_attributes: int = len(CELEBA_ATTRIBUTES), width: int = 32):
+        super().__init__()
+        layers, channels = [], 3
+        for stage in range(4):
+            out = width * 2**stage
+            layers += [torch.nn.Conv2d(channels, out, 3, stride=2, padding=1), torch.nn.BatchNorm2d(out),
+                       torch.nn.SiLU(), torch.nn.Conv2d(out, out, 3, padding=1), torch.nn.BatchNorm2d(out),
+                       torch.nn.SiLU()]
+            channels = out
+        self.features = torch.nn.Sequential(*layers)
+        self.head = torch.nn.Linear(channels, num_attributes)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(images).mean(dim=(2, 3)))
+
+
+def labelled_images(train_data_dir: str, splits: tuple[str, ...], prep: Preprocessing,
+                    limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(uint8 NCHW images, {0, 1} labels (N, 40)) of every present image of ``splits`` (at most ``limit`` each)."""
+    layout = read_official_layout(train_data_dir)
+    images, labels = [], []
+    for split in (split for split in splits if layout.records[split]):  # a copy may hold none of a split
+        official = {name: attributes for name, _, attributes in layout.records[split]}
+        raw = load_celeba(train_data_dir=train_data_dir, split=split)
+        for batch, keys in tqdm(preprocessed_batches(raw if limit is None else raw.take(limit), prep, 256),
+                                desc=f"{split} images", unit="batch"):
+            images.append(batch)
+            labels.append(torch.tensor([official[key] for key in keys], dtype=torch.float32))
+    if not images:
+        return torch.zeros(0, 3, prep.resolution, prep.resolution, dtype=torch.uint8), torch.zeros(0, 40)
+    return torch.cat(images), torch.cat(labels)
+
+
+def predict(classifier: AttributeClassifier, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """{0, 1} predictions (N, 40) for uint8 NCHW images."""
+    classifier.eval()
+    with torch.no_grad():
+        return torch.cat([(classifier(to_model_range(images[i:i + batch_size])) > 0).float()
+                          for i in range(0, len(images), batch_size)])
+
+
+def train_classifier(images: torch.Tensor, labels: torch.Tensor, epochs: int, batch_size: int, seed: int,
+                     learning_rate: float = 2e-3) -> AttributeClassifier:
+    """AdamW on the 40 binary cross-entropies, random flips, a cosine learning rate."""
+    torch.manual_seed(seed)
+    classifier = AttributeClassifier()
+    optimizer = torch.optim.AdamW(classifier.parameters(), lr=learning_rate, weight_decay=1e-4)
+    steps = epochs * max(len(images) // batch_size, 1)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+    generator = torch.Generator().manual_seed(seed)
+    classifier.train()
+    with tqdm(total=steps, desc="classifier", unit="step") as progress:
+        for _ in range(epochs):
+            order = torch.randperm(len(images), generator=generator)
+            for start in range(0, max(len(images) - batch_size + 1, 1), batch_size):
+                index = order[start:start + batch_size]
+                logits = classifier(random_hflip(to_model_range(images[index]), generator))
+                loss = F.binary_cross_entropy_with_logits(logits, labels[index])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                progress.update(1)
+                progress.set_postfix(loss=f"{loss.item():.3f}")
+    return classifier
+
+
+def classifier_main(args) -> dict:
+    prep = Preprocessing(resolution=args.resolution)
+    train_images, train_labels = labelled_images(args.train_data_dir, ("train",), prep, args.num_train)
+    heldout_images, heldout_labels = labelled_images(args.train_data_dir, ("valid", "test"), prep)
+    if len(heldout_images) == 0:
+        raise ValueError(f"no valid or test images in {args.train_data_dir}: nothing held out to measure accuracy on")
+    started = time.perf_counter()
+    classifier = train_classifier(train_images, train_labels, args.epochs, args.batch_size, args.seed)
+    seconds = time.perf_counter() - started
+    weights = Path(args.weights).expanduser()
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": classifier.state_dict(), "preprocessing": prep.to_dict()}, weights)
+    correct = (predict(classifier, heldout_images) == heldout_labels).float().mean(dim=0)
+    majority = (train_labels.mean(dim=0) > 0.5).float()
+    baseline = (heldout_labels == majority).float().mean(dim=0)
+    per_attribute = {name: {"accuracy": float(correct[i]), "majority_accuracy": float(baseline[i]),
+                            "heldout_positive_rate": float(heldout_labels[:, i].mean())}
+                     for i, name in enumerate(CELEBA_ATTRIBUTES)}
+    return {"num_train": len(train_images), "num_heldout": len(heldout_images), "heldout_splits": ["valid", "test"],
+            "epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed, "preprocessing": prep.to_dict(),
+            "train_seconds": seconds, "weights": str(weights),
+            "mean_accuracy": float(correct.mean()), "mean_majority_accuracy": float(baseline.mean()),
+            "attributes": per_attribute}
+
+
+def load_classifier(path: str) -> tuple[AttributeClassifier, Preprocessing]:
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"no attribute classifier at {path}; train it first with "
+                                f"python benchmarks/attribute_control.py classifier --train_data_dir DIR")
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    classifier = AttributeClassifier()
+    classifier.load_state_dict(saved["state_dict"])
+    return classifier, Preprocessing(**saved["preprocessing"])
+
+
+def control_main(args) -> dict:
+    unknown = sorted(set(args.attributes) - set(CELEBA_ATTRIBUTES))
+    if unknown:
+        raise ValueError(f"unknown attribute(s) {unknown}; the attributes are {', '.join(CELEBA_ATTRIBUTES)}")
+    if 0.0 not in args.guidance:
+        raise ValueError("--guidance must include 0: the unconditional base rate every weight is compared with")
+    check_sampling(args.scheduler, args.mixed_precision)
+    classifier, classifier_prep = load_classifier(args.weights)
+    pipe = load_pipeline(args.model, args.device)
+    if getattr(pipe, "attribute_encoder", None) is None:
+        raise ValueError(f"{args.model} is not an attribute model (no attribute_encoder)")
+    if classifier_prep.resolution != pipeline_preprocessing(pipe).resolution:
+        raise ValueError(f"the classifier was trained at {classifier_prep.resolution} px, the model samples at "
+                         f"{pipeline_preprocessing(pipe).resolution} px")
+    reference = load_or_compute_reference(args.train_data_dir, split="train", prep=pipeline_preprocessing(pipe),
+                                          cache_dir=args.cache_dir, device=args.device)
+    index = {name: CELEBA_ATTRIBUTES.index(name) for name in args.attributes}
+    per_attribute = args.num_samples // len(args.attributes)
+    rows = {}
+    for weight in args.guidance:
+        faces, rates = [], {}
+        for offset, name in enumerate(args.attributes):  # the same seeds for every weight: paired comparisons
+            images, _ = generate(pipe, per_attribute, args.scheduler, args.steps, args.seed + 1000 * offset,
+                                 batch_size=args.batch_size, mixed_precision=args.mixed_precision,
+                                 attributes={name: 1}, guidance_scale=weight, progress=True)
+            faces.append(images)
+            tensor = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+            rates[name] = float(predict(classifier, tensor)[:, index[name]].mean())
+        rows[str(weight)] = {"positive_rate": rates, "fid": fid_against_reference(np.concatenate(faces), reference)}
+    base = rows[str(0.0)]["positive_rate"]
+    for row in rows.values():
+        row["rate_minus_base"] = {name: row["positive_rate"][name] - base[name] for name in args.attributes}
+    return {"model": args.model, "sampler": args.scheduler, "steps": args.steps, "seed": args.seed,
+            "mixed_precision": args.mixed_precision, "attributes": list(args.attributes),
+            "samples_per_attribute": per_attribute, "fid_label": f"FID-{per_attribute * len(args.attributes)}",
+            "fid_reference": f"{reference['num']} train images", "classifier": str(args.weights),
+            "guidance": rows}
+
+
+def main(argv=None) -> int:
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    train = commands.add_parser("classifier", help="train the attribute classifier, measure it on held-out images")
+    train.add_argument("--train_data_dir", required=True, help="CelebA in the official layout (with valid/test)")
+    train.add_argument("--resolution", type=int, default=64)
+    train.add_argument("--num_train", type=int, default=None, help="default: every train image present")
+    train.add_argument("--epochs", type=int, default=4)
+    train.add_argument("--batch_size", type=int, default=128)
+    train.add_argument("--seed", type=int, default=0)
+    control = commands.add_parser("control", help="positive rates and FID of guided samples per guidance weight")
+    control.add_argument("--model", required=True, help="an attribute pipeline folder")
+    control.add_argument("--train_data_dir", required=True, help="CelebA in the official layout: the FID reference")
+    control.add_argument("--attributes", nargs="+", default=list(CONTROL_ATTRIBUTES))
+    control.add_argument("--guidance", nargs="+", type=float, default=[0.0, 1.0, 3.0, 5.0])
+    control.add_argument("--num_samples", type=int, default=2000, help="per guidance weight, over all attributes")
+    control.add_argument("--scheduler", default="dpm++2m")
+    control.add_argument("--steps", type=int, default=20)
+    control.add_argument("--batch_size", type=int, default=64)
+    control.add_argument("--seed", type=int, default=0)
+    control.add_argument("--mixed_precision", default="bf16", choices=["no", "bf16"])
+    control.add_argument("--device", type=device_argument, default=DEFAULT_DEVICE)
+    control.add_argument("--cache_dir", default=None)
+    for command in (train, control):
+        command.add_argument("--weights", default=str(DEFAULT_WEIGHTS), help="the classifier's weights file")
+        command.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    if args.command == "classifier" and min(args.epochs, args.batch_size, args.resolution) <= 0:
+        raise ValueError("--epochs, --batch_size and --resolution must be positive")
+    if args.command == "control" and args.num_samples < 2 * len(args.attributes):
+        raise ValueError(f"--num_samples must give each of the {len(args.attributes)} attributes at least 2 faces")
+    result = classifier_main(args) if args.command == "classifier" else control_main(args)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
