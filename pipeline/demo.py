@@ -37,7 +37,10 @@ MAX_UPLOAD_SIDE = 2048
 def input_error(message: str) -> gr.Error:
     """A message shown in the page until the user closes it (bad input, not a crash: no traceback is printed)."""
     return gr.Error(message, duration=None, print_exception=False)
+
+
 MAX_BATCH = 16
+MAX_GUIDANCE = 10.0
 LOCAL_FONTS = dict(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
 
 
@@ -130,6 +133,30 @@ class FaceDemo:
             raise input_error(str(error)) from None
         return [Image.fromarray(image) for image in images]
 
+    @property
+    def attribute_names(self) -> list[str]:
+        """The attributes an attribute model can be asked for (none for an unconditional one)."""
+        encoder = getattr(self.pipe, "attribute_encoder", None)
+        return [] if encoder is None else list(encoder.config.attribute_names)
+
+    def generate_with_attributes(self, present: list[str], absent: list[str], guidance: float, sampler: str,
+                                 steps: float, seed: float, batch: float, progress=gr.Progress(track_tqdm=True)):
+        both = sorted(set(present or []) & set(absent or []))
+        if both:
+            raise input_error(f"{', '.join(both)} cannot be both present and absent.")
+        if not 0 <= float(guidance) <= MAX_GUIDANCE:
+            raise input_error(f"Guidance must be 0-{MAX_GUIDANCE}.")
+        if sampler not in self.samplers or not 1 <= int(batch) <= MAX_BATCH or int(steps) < 1:
+            raise input_error(f"Choose one of {', '.join(self.samplers)}, 1-{MAX_BATCH} images, at least 1 step.")
+        attributes = {**{name: 1 for name in present or []}, **{name: -1 for name in absent or []}}
+        try:
+            images, _ = generate(self.pipe, int(batch), sampler, int(steps), int(seed), batch_size=int(batch),
+                                 progress=True, mixed_precision=self.mixed_precision, attributes=attributes or None,
+                                 guidance_scale=float(guidance) if attributes else 1.0)
+        except ValueError as error:   # e.g. an attribute this model does not know
+            raise input_error(str(error)) from None
+        return [Image.fromarray(image) for image in images]
+
     def pick_face(self, event: gr.SelectData) -> dict:
         """The ImageEditor value of the held-out face clicked in the picker."""
         face = np.asarray(self.faces[event.index])
@@ -185,6 +212,22 @@ def build_demo(demo: FaceDemo) -> gr.Blocks:
             for control in (sampler, steps, batch):
                 control.change(demo.generate_estimate, [sampler, steps, batch], estimate, api_name=False)
             button.click(demo.generate, [sampler, steps, seed, batch], gallery, api_name="generate")
+        if demo.attribute_names:
+            with gr.Tab("Attributes"):
+                present = gr.CheckboxGroup(demo.attribute_names, label="Present", elem_id="attributes-present")
+                absent = gr.CheckboxGroup(demo.attribute_names, label="Absent")
+                with gr.Row():
+                    guidance = gr.Slider(0, MAX_GUIDANCE, value=3, step=0.5,
+                                         label="Guidance (0: ignore the attributes, 1: conditional, >1: stronger)")
+                    attribute_sampler = gr.Dropdown(demo.samplers, value=demo.samplers[0], label="Sampler")
+                    attribute_steps = gr.Slider(1, 1000, value=20, step=1, label="Steps")
+                    attribute_seed = gr.Number(0, precision=0, label="Seed")
+                    attribute_batch = gr.Slider(1, MAX_BATCH, value=8, step=1, label="Images")
+                attribute_button = gr.Button("Generate", variant="primary", elem_id="attributes-button")
+                attribute_gallery = gr.Gallery(label="Samples", columns=8, format="png")
+                attribute_button.click(demo.generate_with_attributes,
+                                       [present, absent, guidance, attribute_sampler, attribute_steps,
+                                        attribute_seed, attribute_batch], attribute_gallery, api_name="attributes")
         with gr.Tab("Inpaint"):
             editor = gr.ImageEditor(label="Face: paint over the region to fill", type="numpy", image_mode="RGBA",
                                     sources=["upload"], elem_id="inpaint-editor",

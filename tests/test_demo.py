@@ -10,6 +10,9 @@ from PIL import Image
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 gradio_client = pytest.importorskip("gradio_client")
 
+from diffusers import DDPMScheduler  # noqa: E402
+
+from pipeline import CelebADiffusionPipeline  # noqa: E402
 from pipeline.demo import FaceDemo, build_demo, drawn_mask, launch  # noqa: E402
 from pipeline.pipeline_folder import load_pipeline  # noqa: E402
 from pipeline.preprocess import Preprocessing  # noqa: E402
@@ -115,3 +118,26 @@ def test_a_real_browser_generates_and_shows_the_inpaint_error(server, tmp_path):
                  300)
     finally:
         driver.quit()
+
+
+def test_an_attribute_model_gets_an_attributes_tab(tmp_path):
+    from test_attributes import attribute_pipeline, tiny_unet
+
+    demo = FaceDemo(attribute_pipeline(), mixed_precision="no")
+    plain_pipe = CelebADiffusionPipeline(unet=tiny_unet(), scheduler=DDPMScheduler())
+    assert "Smiling" in demo.attribute_names and FaceDemo(plain_pipe, mixed_precision="no").attribute_names == []
+    app = build_demo(demo)
+    port = free_port()
+    launch(app, "127.0.0.1", port, max_queue=4, block=False)
+    try:
+        client = gradio_client.Client(f"http://127.0.0.1:{port}/", verbose=False)
+        assert "/attributes" in client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+        smiling = client.predict(["Smiling"], [], 3, "ddim", 4, 0, 2, api_name="/attributes")
+        plain = client.predict([], [], 3, "ddim", 4, 0, 2, api_name="/attributes")
+        assert len(smiling) == 2 and Image.open(smiling[0]["image"]).size == (8, 8)
+        assert not np.array_equal(np.asarray(Image.open(smiling[0]["image"])),
+                                  np.asarray(Image.open(plain[0]["image"])))
+        with pytest.raises(Exception, match="Smiling cannot be both present and absent"):
+            client.predict(["Smiling"], ["Smiling"], 3, "ddim", 4, 0, 2, api_name="/attributes")
+    finally:
+        app.close()
