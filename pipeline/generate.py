@@ -199,7 +199,6 @@ def main(argv=None):
     check_sampling(args.scheduler, args.mixed_precision, options)
     torch.set_num_threads(os.cpu_count() or 1)
     pipe = load_pipeline(args.model, args.device)
-    pipe.guided_denoiser(attributes, args.guidance_scale)  # one clear error before any output is written
     started = time.perf_counter()
     images, nfe = generate(pipe, args.num_images, args.scheduler, args.steps, args.seed, args.batch_size, args.eta,
                            mixed_precision=args.mixed_precision, mean_colour_correction=args.mean_colour_correction,
