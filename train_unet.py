@@ -52,11 +52,10 @@ from pipeline.mean_colour import MeanColourStatistics
 from pipeline.model_card import read_training_log, render_card
 from pipeline.noise_schedules import shifted_cosine_betas
 from pipeline.pipeline_celeba import PixelUnshuffleDenoiser
-from pipeline.pipeline_folder import save_pipeline_folder
+from pipeline.pipeline_folder import save_pipeline_folder, weights_checksum
 from pipeline.preprocess import Preprocessing, random_hflip, to_model_range
 from pipeline.publish import prepare_repo, publish
 from pipeline.run_control import DataWatchdog, StopSignals
-from pipeline.sample_store import weights_checksum
 from pipeline.training_log import LossMeter, TrainingClock, append_record
 
 logger = get_logger(__name__)

@@ -29,7 +29,8 @@ from pathlib import Path
 
 from pipeline import evaluate
 from pipeline.cli import DEFAULT_DEVICE, ArgumentParser, device_argument, run_cli
-from pipeline.generate import check_sampling, parse_sampler_options
+from pipeline.generate import check_sampling, load_pipeline, parse_sampler_options
+from pipeline.pipeline_folder import weights_checksum
 from pipeline.plots import PALETTE, line_chart
 from pipeline.schedulers import ALL_SAMPLERS
 
@@ -156,7 +157,7 @@ def main(argv=None) -> int:
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     protocol = {"seed": args.seed, "mixed_precision": args.mixed_precision,
-                "unet_sha256": evaluate.weights_sha256(args.model)}
+                "unet_sha256": weights_checksum(load_pipeline(args.model).unet)}
     for name, steps in points:
         path = out_dir / f"{name}-{steps}_n{args.num_samples}.json"
         if measured_under(path, protocol):

@@ -27,8 +27,8 @@ from tqdm.auto import tqdm
 
 from experiments.solver_convergence import rms_levels, summary
 from pipeline.cli import DEFAULT_DEVICE, ArgumentParser, device_argument, run_cli
-from pipeline.evaluate import weights_sha256
 from pipeline.generate import load_pipeline
+from pipeline.pipeline_folder import weights_checksum
 from pipeline.sde import VPSDE, SDESampler
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -100,7 +100,7 @@ def main(argv=None) -> int:
         if images is not None:
             run["rms_levels_from_tightest_fp32"] = summary(rms_levels(images, tightest))
     sde = VPSDE(pipe.scheduler.config)
-    result = {"model": args.model, "unet_sha256": weights_sha256(args.model), "num_images": args.num_images,
+    result = {"model": args.model, "unet_sha256": weights_checksum(pipe.unet), "num_images": args.num_images,
               "seed": args.seed, "device": pipe.device.type, "torch_threads": torch.get_num_threads(),
               "log_sigma_bar_span": [math.log(sde.sigma_bar(1.0)), math.log(sde.sigma_bar(sde.t_min))],
               "runs": runs}

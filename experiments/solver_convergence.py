@@ -26,8 +26,8 @@ from tqdm.auto import tqdm
 
 from benchmarks.fid_vs_nfe import MEAN_COLOUR, parse_points
 from pipeline.cli import DEFAULT_DEVICE, ArgumentParser, device_argument, run_cli
-from pipeline.evaluate import weights_sha256
 from pipeline.generate import MIXED_PRECISION, generate, load_pipeline
+from pipeline.pipeline_folder import weights_checksum
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -85,7 +85,7 @@ def main(argv=None) -> int:
     points = parse_points(args.points)  # bad names fail before any sampling
     (reference,), (check,) = parse_points([args.reference]), parse_points([args.check])
     pipe = load_pipeline(args.model, args.device)
-    result = {"model": args.model, "unet_sha256": weights_sha256(args.model), "num_images": args.num_images,
+    result = {"model": args.model, "unet_sha256": weights_checksum(pipe.unet), "num_images": args.num_images,
               "seed": args.seed, "mixed_precision": args.mixed_precision, "device": pipe.device.type,
               "distance": "RMS over pixels of the 8-bit images, in levels; mean and min-max over images",
               **convergence(pipe, points, reference, check, args.num_images, args.seed, args.mixed_precision)}

@@ -118,14 +118,6 @@ def load_or_compute_reference(train_data_dir: str | None = None, dataset_name: s
     return {**reference, "cache_file": str(path), "from_cache": False}
 
 
-def weights_sha256(model: str) -> str:
-    """Identity of a saved pipeline's UNet weights, recorded next to every number measured on them."""
-    path = Path(model) / "unet" / "diffusion_pytorch_model.safetensors"
-    if not path.is_file():
-        raise FileNotFoundError(f"no UNet weights at {path}")
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def as_nchw_uint8(images) -> torch.Tensor:
     """uint8 NCHW tensor from a tensor (already NCHW) or a numpy NHWC array (``pipeline.generate`` output)."""
     if isinstance(images, np.ndarray):

@@ -15,8 +15,8 @@ from tqdm.auto import tqdm
 from .cli import DEFAULT_DEVICE, ArgumentParser, device_argument, run_cli
 from .images import make_grid, save_pngs
 from .pipeline_celeba import CelebADiffusionPipeline
-from .pipeline_folder import load_pipeline
-from .sample_store import BatchStore, weights_checksum
+from .pipeline_folder import load_pipeline, weights_checksum
+from .sample_store import BatchStore
 from .schedulers import ALL_SAMPLERS, check_steps, get_sampler
 from .sde import SDESampler
 

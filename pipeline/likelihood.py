@@ -144,9 +144,8 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
 
     from pipeline.data import load_eval_images
-    from pipeline.evaluate import weights_sha256
 
-    from .pipeline_folder import load_pipeline
+    from .pipeline_folder import load_pipeline, weights_checksum
 
     pipe = load_pipeline(args.model)
     pipe.unet.to(args.device).eval().requires_grad_(False)
@@ -160,7 +159,7 @@ def main(argv=None) -> dict:
                           log=lambda line: print(line, file=sys.stderr, flush=True),
                           hutchinson=args.hutchinson, rtol=args.rtol, atol=args.atol, eps=args.eps)
     report = {
-        "model": args.model, "unet_sha256": weights_sha256(args.model), "split": args.split,
+        "model": args.model, "unet_sha256": weights_checksum(pipe.unet), "split": args.split,
         "num_images": len(result.bpd),
         "bpd_mean": result.mean, "bpd_stderr": result.stderr, "bpd": result.bpd.tolist(), "nfe_per_batch": result.nfe,
         "options": {k: getattr(args, k) for k in ("rtol", "atol", "eps", "hutchinson", "seed", "batch_size")},

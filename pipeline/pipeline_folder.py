@@ -9,11 +9,14 @@ any directory, and the folder is already what the Hub repo should hold.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import os
 import shutil
 from pathlib import Path
+
+import torch
 
 from .pipeline_celeba import CelebADiffusionPipeline
 
@@ -22,6 +25,16 @@ HUB_CLASS_NAME = [PIPELINE_FILE.stem, "CelebADiffusionPipeline"]
 COMPONENTS = ("unet", "scheduler")
 ENCODER_FILE = Path(__file__).with_name("attribute_encoder.py")
 OPTIONAL_COMPONENTS = {"attribute_encoder": ENCODER_FILE}  # component -> the code file its folder carries
+
+
+def weights_checksum(module: torch.nn.Module) -> str:
+    """SHA-256 of a module's state (names and values): the identity of weights, the same in memory and after a
+    save/load round trip, recorded next to every number measured on them."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def save_pipeline_folder(pipe: CelebADiffusionPipeline, folder: str | os.PathLike) -> None:

@@ -10,25 +10,14 @@ holding batches of other settings is one error naming the settings that differ.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 SETTINGS_FILE = "settings.json"
-
-
-def weights_checksum(module: torch.nn.Module) -> str:
-    """SHA-256 of a module's state (names and values): the identity of weights in memory."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 class BatchStore:

@@ -7,7 +7,6 @@ Hutchinson estimate of the trace exact: the only error left is the ODE solver's.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 
@@ -17,6 +16,7 @@ from diffusers import DDPMScheduler, UNet2DModel
 
 from pipeline import CelebADiffusionPipeline
 from pipeline import likelihood as L
+from pipeline.pipeline_folder import weights_checksum
 
 from gaussian_model import make_gaussian
 
@@ -132,5 +132,4 @@ def test_cli_writes_a_report(tmp_path, monkeypatch):
     assert report["num_images"] == 3 and len(report["bpd"]) == 3 and len(report["nfe_per_batch"]) == 2
     assert all(math.isfinite(b) for b in report["bpd"]) and math.isfinite(report["bpd_stderr"])
     assert report["bpd_mean"] == pytest.approx(sum(report["bpd"]) / 3)
-    weights = (tmp_path / "model" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
-    assert report["unet_sha256"] == hashlib.sha256(weights).hexdigest()  # which weights the number belongs to
+    assert report["unet_sha256"] == weights_checksum(unet)  # which weights the number belongs to

@@ -10,6 +10,7 @@ from diffusers import DDIMScheduler, DDPMScheduler, DiffusionPipeline, UNet2DMod
 from pipeline import CelebADiffusionPipeline, load_pipeline, save_pipeline_folder
 from pipeline.cli import DEFAULT_DEVICE
 from pipeline.generate import generate, parse_sampler_options
+from pipeline.pipeline_folder import weights_checksum
 
 from conftest import ROOT, run_command
 
@@ -75,6 +76,15 @@ def test_loads_through_diffusers_custom_pipeline(tmp_path):
     kwargs = dict(batch_size=1, num_inference_steps=3, output_type="np")
     np.testing.assert_allclose(pipe(generator=torch.Generator().manual_seed(2), **kwargs).images,
                                loaded(generator=torch.Generator().manual_seed(2), **kwargs).images, atol=1e-5)
+
+
+def test_weights_checksum_survives_a_folder_round_trip_and_sees_one_changed_weight(tmp_path):
+    pipe = tiny_pipeline()
+    save_pipeline_folder(pipe, tmp_path)
+    assert weights_checksum(load_pipeline(str(tmp_path)).unet) == weights_checksum(pipe.unet)
+    with torch.no_grad():
+        pipe.unet.conv_out.bias[0] += 1e-6
+    assert weights_checksum(load_pipeline(str(tmp_path)).unet) != weights_checksum(pipe.unet)
 
 
 @pytest.mark.parametrize("scheduler", ["ddim", "dpm++2m"])  # pipeline.sde casts its state itself
