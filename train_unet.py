@@ -44,7 +44,7 @@ from pipeline.checkpoints import (
 )
 from pipeline.cli import ArgumentParser, run_cli
 from pipeline.data import TrainingBatch, TrainStream, load_celeba
-from pipeline.evaluate import fid_against_reference, load_or_compute_reference
+from pipeline.evaluate import fid_against_reference
 from pipeline.generate import generate
 from pipeline.images import make_grid
 from pipeline.lr_schedules import build_lr_scheduler, check_resumed_learning_rate
@@ -55,6 +55,7 @@ from pipeline.pipeline_celeba import PixelUnshuffleDenoiser
 from pipeline.pipeline_folder import save_pipeline_folder, weights_checksum
 from pipeline.preprocess import Preprocessing, random_hflip, to_model_range
 from pipeline.publish import prepare_repo, publish
+from pipeline.reference_stats import load_or_compute_reference
 from pipeline.run_control import DataWatchdog, StopSignals
 from pipeline.training_log import LossMeter, TrainingClock, append_record
 

@@ -22,13 +22,14 @@ from pathlib import Path
 import torch
 
 from pipeline.cli import ArgumentParser, run_cli
-from pipeline.evaluate import as_nchw_uint8, load_or_compute_reference
+from pipeline.evaluate import as_nchw_uint8
 from pipeline.inception import extract_features
 from pipeline.metrics import (
     kernel_inception_distance,
     kid_generated_standard_error,
     kid_paired_difference_standard_error,
 )
+from pipeline.reference_stats import load_or_compute_reference
 from pipeline.sample_store import read_batches
 
 SAME_NOISE = ("seed", "batch_size")  # with the same count, these decide every initial noise

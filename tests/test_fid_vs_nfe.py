@@ -34,7 +34,7 @@ def test_sweep_writes_points_summary_and_plot_then_reuses_them(smoke_pipeline_di
     assert summary["points"][0]["fid"] != summary["points"][1]["fid"]  # the correction changes the samples
     assert all(p["fid"] > 0 for p in summary["points"]) and (out / "fid_vs_nfe.png").is_file()
     # the rest in this process (a subprocess costs seconds of imports each), on the reference cached above
-    monkeypatch.setattr(fid_vs_nfe.evaluate, "DEFAULT_CACHE_DIR", tmp_path / "cache" / "ref_stats")
+    monkeypatch.setattr("pipeline.reference_stats.DEFAULT_CACHE_DIR", tmp_path / "cache" / "ref_stats")
     capsys.readouterr()
     assert fid_vs_nfe.main(argv) == 0
     assert capsys.readouterr().out.count("reused") == 3 and json.loads((out / "summary.json").read_text()) == summary

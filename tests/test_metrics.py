@@ -13,7 +13,7 @@ from torchmetrics.image.kid import KernelInceptionDistance, poly_kernel
 
 from pipeline.cli import run_cli
 from pipeline.data import load_eval_images
-from pipeline.evaluate import fid_against_reference, load_or_compute_reference, main, reference_fields, reference_key
+from pipeline.evaluate import fid_against_reference, main
 from pipeline.inception import extract_features, legacy_bilinear_matrix, load_inception, weights_path
 from pipeline.metrics import (
     PrecomputedFeatures,
@@ -27,6 +27,7 @@ from pipeline.metrics import (
     precision_recall,
 )
 from pipeline.preprocess import Preprocessing, resize_samples
+from pipeline.reference_stats import load_or_compute_reference, reference_fields, reference_key
 
 from conftest import FIXTURE, run_command
 
