@@ -31,9 +31,22 @@ from diffusers.training_utils import EMAModel, compute_snr
 from tqdm.auto import tqdm
 
 from pipeline import CelebADiffusionPipeline
-from pipeline.architecture import AttributeConditionedUNet, build_unet, check_group_norm, drop_attributes
-from pipeline.attribute_encoder import AttributeEncoder
-from pipeline.checkpoints import (
+from pipeline.cli import ArgumentParser, run_cli
+from pipeline.data.celeba import TrainingBatch, TrainStream, load_celeba
+from pipeline.data.images import make_grid
+from pipeline.data.preprocess import Preprocessing, random_hflip, to_model_range
+from pipeline.evaluate import fid_against_reference
+from pipeline.evaluation.reference_stats import load_or_compute_reference
+from pipeline.generate import generate
+from pipeline.mean_colour import MeanColourStatistics
+from pipeline.model_card import read_training_log, render_card
+from pipeline.models.architecture import AttributeConditionedUNet, build_unet, check_group_norm, drop_attributes
+from pipeline.models.attribute_encoder import AttributeEncoder
+from pipeline.models.noise_schedules import shifted_cosine_betas
+from pipeline.pipeline_celeba import PixelUnshuffleDenoiser
+from pipeline.pipeline_folder import save_pipeline_folder, weights_checksum
+from pipeline.publish import prepare_repo, publish
+from pipeline.training.checkpoints import (
     list_checkpoints,
     process_state_files,
     read_process_state,
@@ -42,21 +55,8 @@ from pipeline.checkpoints import (
     restore_newest_readable,
     save_checkpoint_atomically,
 )
-from pipeline.cli import ArgumentParser, run_cli
-from pipeline.data import TrainingBatch, TrainStream, load_celeba
-from pipeline.evaluate import fid_against_reference
-from pipeline.generate import generate
-from pipeline.images import make_grid
-from pipeline.lr_schedules import build_lr_scheduler, check_resumed_learning_rate
-from pipeline.mean_colour import MeanColourStatistics
-from pipeline.model_card import read_training_log, render_card
-from pipeline.noise_schedules import shifted_cosine_betas
-from pipeline.pipeline_celeba import PixelUnshuffleDenoiser
-from pipeline.pipeline_folder import save_pipeline_folder, weights_checksum
-from pipeline.preprocess import Preprocessing, random_hflip, to_model_range
-from pipeline.publish import prepare_repo, publish
-from pipeline.reference_stats import load_or_compute_reference
-from pipeline.run_control import DataWatchdog, StopSignals
+from pipeline.training.lr_schedules import build_lr_scheduler, check_resumed_learning_rate
+from pipeline.training.run_control import DataWatchdog, StopSignals
 from pipeline.training_log import LossMeter, TrainingClock, append_record
 
 logger = get_logger(__name__)
@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
                    default=["UpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D"])
     p.add_argument("--attention_head_dim", type=int, default=None)
     p.add_argument("--norm_num_groups", type=int, default=32, help="GroupNorm groups at every level; each level needs "
-                   ">= 2 channels per group (pipeline/architecture.py)")
+                   ">= 2 channels per group (pipeline/models/architecture.py)")
     p.add_argument("--allow_instance_norm", action="store_true", help="build a UNet with 1 channel per GroupNorm "
                    "group anyway (an InstanceNorm: the denoiser cannot see its input's mean colour or noise scale)")
     p.add_argument("--dropout", type=float, default=0.0)
@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     # diffusion
     p.add_argument("--ddpm_num_steps", type=int, default=1000)
     p.add_argument("--ddpm_beta_schedule", type=str, default="linear", help="a diffusers beta_schedule "
-                   "(linear, squaredcos_cap_v2, ...) or shifted_cosine (pipeline/noise_schedules.py)")
+                   "(linear, squaredcos_cap_v2, ...) or shifted_cosine (pipeline/models/noise_schedules.py)")
     p.add_argument("--shifted_cosine_base_resolution", type=int, default=None, help="shifted_cosine: log-SNR "
                    "shifted by 2 log(base/resolution) (default: the resolution, i.e. no shift)")
     p.add_argument("--prediction_type", type=str, default="epsilon", choices=["epsilon", "v_prediction", "sample"])
@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "once the run's wall-clock time, summed over resumes, reaches this budget")
     p.add_argument("--learning_rate", type=float, default=2e-4)
     p.add_argument("--lr_scheduler", type=str, default="cosine", help="a diffusers schedule (cosine, "
-                   "constant_with_warmup, ...) or warmup_stable_decay (pipeline/lr_schedules.py)")
+                   "constant_with_warmup, ...) or warmup_stable_decay (pipeline/training/lr_schedules.py)")
     p.add_argument("--lr_warmup_steps", type=int, default=500)
     p.add_argument("--lr_decay_steps", type=int, default=None, help="warmup_stable_decay: the final N steps before "
                    "--max_train_steps anneal the LR linearly to 0; a constant-LR run may be resumed with a cooldown")

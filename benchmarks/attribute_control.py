@@ -30,13 +30,13 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from pipeline.attribute_encoder import CELEBA_ATTRIBUTES
 from pipeline.cli import DEFAULT_DEVICE, ArgumentParser, device_argument, run_cli
-from pipeline.data import load_celeba, preprocessed_batches, read_official_layout
+from pipeline.data.celeba import load_celeba, preprocessed_batches, read_official_layout
+from pipeline.data.preprocess import Preprocessing, pipeline_preprocessing, random_hflip, to_model_range
 from pipeline.evaluate import fid_against_reference
+from pipeline.evaluation.reference_stats import load_or_compute_reference
 from pipeline.generate import check_sampling, generate, load_pipeline
-from pipeline.preprocess import Preprocessing, pipeline_preprocessing, random_hflip, to_model_range
-from pipeline.reference_stats import load_or_compute_reference
+from pipeline.models.attribute_encoder import CELEBA_ATTRIBUTES
 
 DEFAULT_WEIGHTS = Path(os.environ.get("CELEBA_DIFFUSION_CACHE", "~/.cache/celeba-diffusion")).expanduser() / \
     "attribute_classifier.pt"

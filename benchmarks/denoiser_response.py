@@ -32,10 +32,10 @@ import torch
 
 from pipeline import pipeline_celeba
 from pipeline.cli import ArgumentParser, run_cli
-from pipeline.data import load_eval_images
+from pipeline.data.celeba import load_eval_images
+from pipeline.data.preprocess import pipeline_preprocessing, to_model_range
 from pipeline.generate import load_pipeline
 from pipeline.mean_colour import MeanColourStatistics
-from pipeline.preprocess import pipeline_preprocessing, to_model_range
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -29,10 +29,10 @@ from pathlib import Path
 
 from pipeline import evaluate
 from pipeline.cli import DEFAULT_DEVICE, ArgumentParser, device_argument, run_cli
+from pipeline.evaluation.plots import PALETTE, line_chart
 from pipeline.generate import check_sampling, load_pipeline, parse_sampler_options
 from pipeline.pipeline_folder import weights_checksum
-from pipeline.plots import PALETTE, line_chart
-from pipeline.schedulers import ALL_SAMPLERS
+from pipeline.sampling.schedulers import ALL_SAMPLERS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -22,12 +22,12 @@ from pathlib import Path
 import torch
 
 from pipeline.cli import DEFAULT_DEVICE, ArgumentParser, device_argument, run_cli
+from pipeline.data.preprocess import Preprocessing, pipeline_preprocessing
 from pipeline.evaluate import as_nchw_uint8, score_features
+from pipeline.evaluation.inception import extract_features, load_inception
+from pipeline.evaluation.metrics import feature_stats, memorization
+from pipeline.evaluation.reference_stats import load_or_compute_reference
 from pipeline.generate import check_sampling, generate, load_pipeline
-from pipeline.inception import extract_features, load_inception
-from pipeline.metrics import feature_stats, memorization
-from pipeline.preprocess import Preprocessing, pipeline_preprocessing
-from pipeline.reference_stats import load_or_compute_reference
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -6,7 +6,8 @@
 
 Given the same seed, two samplers turn the same initial noise into sample i of each set. Their KIDs against the same
 reference then share much of their generated-set error, so the unpaired error of the difference, sqrt(se_a^2 + se_b^2),
-overstates it; ``pipeline.metrics.kid_paired_difference_standard_error`` measures the paired one. This command rescores
+overstates it; ``pipeline.evaluation.metrics.kid_paired_difference_standard_error`` measures the paired one. This
+command rescores
 the sample batches that ``--resume_dir`` kept (``pipeline.evaluate``, ``benchmarks/fid_vs_nfe.py``), after checking
 that every folder holds the same number of samples drawn with the same seed and batch size, and reports every pair.
 """
@@ -23,14 +24,14 @@ import torch
 
 from pipeline.cli import ArgumentParser, run_cli
 from pipeline.evaluate import as_nchw_uint8
-from pipeline.inception import extract_features
-from pipeline.metrics import (
+from pipeline.evaluation.inception import extract_features
+from pipeline.evaluation.metrics import (
     kernel_inception_distance,
     kid_generated_standard_error,
     kid_paired_difference_standard_error,
 )
-from pipeline.reference_stats import load_or_compute_reference
-from pipeline.sample_store import read_batches
+from pipeline.evaluation.reference_stats import load_or_compute_reference
+from pipeline.sampling.sample_store import read_batches
 
 SAME_NOISE = ("seed", "batch_size")  # with the same count, these decide every initial noise
 

@@ -38,8 +38,8 @@ import torch
 
 from pipeline import evaluate
 from pipeline.cli import ArgumentParser, run_cli
+from pipeline.data.images import make_grid
 from pipeline.generate import generate, load_pipeline
-from pipeline.images import make_grid
 from pipeline.model_card import read_training_log
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -5,7 +5,7 @@
 
 The pipeline is CelebADiffusionPipeline with the UNet of ``--config`` (celeba64_cpu: 6.3M parameters) and RANDOM
 weights (seed 0): speed does not depend on the weights' values. Images are generated with pipeline.generate.generate
-(the code path of ``python -m pipeline.generate``), samplers from pipeline/schedulers.py. Variants:
+(the code path of ``python -m pipeline.generate``), samplers from pipeline/sampling/schedulers.py. Variants:
 
 * fp32 / bf16: ``torch.autocast("cpu", bfloat16)`` around generation or not (weights stay fp32; the scheduler
   arithmetic stays fp32: only convolutions/matmuls run in bf16);

@@ -206,8 +206,8 @@ def build_ours_recipe(args, spec):
     from accelerate import Accelerator
     from diffusers.optimization import get_scheduler
 
-    from pipeline.data import TrainStream, load_celeba
-    from pipeline.preprocess import to_model_range
+    from pipeline.data.celeba import TrainStream, load_celeba
+    from pipeline.data.preprocess import to_model_range
     from train_unet import (
         build_model_and_scheduler,
         build_optimizer_and_ema,

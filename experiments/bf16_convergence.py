@@ -27,7 +27,7 @@ import statistics
 import time
 
 from benchmarks.train_throughput import ROOT, load_average, start_variants
-from pipeline.plots import draw_panel
+from pipeline.evaluation.plots import draw_panel
 
 COLORS = {"fp32": (31, 119, 180), "bf16": (214, 39, 40)}
 

@@ -26,12 +26,12 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter
 
-from pipeline.data import IMAGE_DIR, read_official_layout
+from pipeline.data.celeba import IMAGE_DIR, read_official_layout
+from pipeline.data.images import make_grid
+from pipeline.data.preprocess import Preprocessing, decode_image, preprocess_image
 from pipeline.evaluate import score_features
-from pipeline.images import make_grid
-from pipeline.inception import DESCRIPTION, RESIZE_FILTER, extract_features, load_inception, weights_sha1
-from pipeline.metrics import feature_stats, memorization
-from pipeline.preprocess import Preprocessing, decode_image, preprocess_image
+from pipeline.evaluation.inception import DESCRIPTION, RESIZE_FILTER, extract_features, load_inception, weights_sha1
+from pipeline.evaluation.metrics import feature_stats, memorization
 
 BLUR_RADII = (0.5, 1.0, 2.0)  # PIL GaussianBlur radius = standard deviation in pixels of the 64x64 image
 NOISE_STD = 32.0  # in 8-bit levels

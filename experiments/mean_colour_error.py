@@ -29,10 +29,10 @@ import torch
 
 from benchmarks.denoiser_response import noise_estimate
 from pipeline.cli import ArgumentParser, run_cli
-from pipeline.data import load_eval_images
+from pipeline.data.celeba import load_eval_images
+from pipeline.data.preprocess import pipeline_preprocessing, to_model_range
 from pipeline.generate import load_pipeline
 from pipeline.pipeline_celeba import MeanColourDenoiser
-from pipeline.preprocess import pipeline_preprocessing, to_model_range
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

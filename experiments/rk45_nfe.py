@@ -2,10 +2,10 @@
 
     python experiments/rk45_nfe.py --model pretrained/celeba-64 --num_images 8      # ~15 min on 2 quiet cores
 
-``ode-rk45`` (pipeline/sde.py) takes as many network evaluations (NFE) as its error control demands, so its cost is
-only known by running it. In float32, for each ``--tolerances`` value (rtol = atol), this records the NFE, the wall
-time and the RMS distance, in 8-bit levels, of its images from those of the tightest tolerance (same noise). Under
-bf16 autocast, which ``pipeline.generate`` refuses for ode-rk45, each run of ``--bf16_tolerances`` stops after
+``ode-rk45`` (pipeline/sampling/sde.py) takes as many network evaluations (NFE) as its error control demands, so its
+cost is only known by running it. In float32, for each ``--tolerances`` value (rtol = atol), this records the NFE,
+the wall time and the RMS distance, in 8-bit levels, of its images from those of the tightest tolerance (same noise).
+Under bf16 autocast, which ``pipeline.generate`` refuses for ode-rk45, each run of ``--bf16_tolerances`` stops after
 ``--bf16_budget`` evaluations and records how far along the solver's clock l = log sigma_bar it got; budget / fraction
 estimates the total, assuming the rest of the path is no harder. The images are the first ``--num_images`` of the FID
 protocol's first batch (same seed and noise), with the pipeline's default mean-colour correction.
@@ -29,7 +29,7 @@ from experiments.solver_convergence import rms_levels, summary
 from pipeline.cli import DEFAULT_DEVICE, ArgumentParser, device_argument, run_cli
 from pipeline.generate import load_pipeline
 from pipeline.pipeline_folder import weights_checksum
-from pipeline.sde import VPSDE, SDESampler
+from pipeline.sampling.sde import VPSDE, SDESampler
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

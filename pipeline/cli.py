@@ -7,8 +7,8 @@ import sys
 
 import torch
 
-from .checkpoints import CheckpointWriteError
-from .preprocess import CorruptImageError
+from .data.preprocess import CorruptImageError
+from .training.checkpoints import CheckpointWriteError
 
 # the --device of every command that runs a network: the GPU when there is one
 DEFAULT_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

@@ -24,12 +24,12 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from .cli import DEFAULT_DEVICE, ArgumentParser, device_argument, run_cli  # noqa: E402
+from .data.preprocess import Preprocessing, pipeline_preprocessing, to_uint8_nhwc  # noqa: E402
 from .edit import face_tensor  # noqa: E402
-from .editing import METHODS, colorize, impute, interpolate  # noqa: E402
 from .generate import generate, unet_precision  # noqa: E402
 from .pipeline_folder import load_pipeline  # noqa: E402
-from .preprocess import Preprocessing, pipeline_preprocessing, to_uint8_nhwc  # noqa: E402
-from .schedulers import EDM_SAMPLERS, VP_SAMPLERS, is_edm, nfe  # noqa: E402
+from .sampling.editing import METHODS, colorize, impute, interpolate  # noqa: E402
+from .sampling.schedulers import EDM_SAMPLERS, VP_SAMPLERS, is_edm, nfe  # noqa: E402
 
 MAX_UPLOAD_SIDE = 2048
 
@@ -288,7 +288,7 @@ def heldout_faces(celeba: str | None, prep: Preprocessing, count: int = 16) -> l
     """The first ``count`` faces of CelebA's test split (never trained on), to pick from in the Inpaint tab."""
     if celeba is None:
         return []
-    from .data import load_eval_images
+    from .data.celeba import load_eval_images
 
     pixels = load_eval_images(celeba, "test", prep.resolution, count, prep=prep)
     return [Image.fromarray(image) for image in pixels.permute(0, 2, 3, 1).numpy()]

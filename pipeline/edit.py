@@ -1,4 +1,4 @@
-"""Edit real faces with the unconditional model: inpaint, colorize, interpolate (``pipeline.editing``).
+"""Edit real faces with the unconditional model: inpaint, colorize, interpolate (``pipeline.sampling.editing``).
 
     python -m pipeline.edit inpaint --image face.jpg --mask center --method repaint --out edits/inpaint
     python -m pipeline.edit inpaint --celeba ../shared/celeba --split test --num_images 8 --mask eyes --out edits/eyes
@@ -24,10 +24,8 @@ import torch
 from PIL import Image
 
 from .cli import DEFAULT_DEVICE, ArgumentParser, device_argument, run_cli
-from .editing import METHODS, colorize, decode, impute, interpolate, invert
-from .images import make_grid
-from .pipeline_folder import load_pipeline
-from .preprocess import (
+from .data.images import make_grid
+from .data.preprocess import (
     Preprocessing,
     decode_image,
     pipeline_preprocessing,
@@ -36,6 +34,8 @@ from .preprocess import (
     to_uint8,
     to_uint8_nhwc,
 )
+from .pipeline_folder import load_pipeline
+from .sampling.editing import METHODS, colorize, decode, impute, interpolate, invert
 
 NAMED_MASKS = ("center", "left", "right", "top", "bottom", "eyes", "random")
 CELEBA_ALIGNED_SIZE = (178, 218)
@@ -123,7 +123,7 @@ def load_faces(args, prep: Preprocessing) -> tuple[torch.Tensor, list[str]]:
     if args.image is not None:
         paths = image_paths(args.image)
         return torch.stack([read_face(path, prep) for path in paths]), [Path(p).name for p in paths]
-    from .data import ExamplePreprocessor, load_celeba
+    from .data.celeba import ExamplePreprocessor, load_celeba
 
     preprocessor = ExamplePreprocessor(prep)
     faces, names = [], []

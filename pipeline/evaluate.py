@@ -4,7 +4,7 @@
         --train_data_dir ../shared/celeba --out results/eval_ddim50.json
     python -m pipeline.evaluate --fake_dir DIR --ref_dir DIR2 --out results/folders.json
 
-Real images are scored through the cached reference features of ``pipeline.reference_stats``, read with the
+Real images are scored through the cached reference features of ``pipeline.evaluation.reference_stats``, read with the
 model's own preprocessing. Folder mode scores two folders as they are (only the Inception resize is applied).
 ``fid_against_reference`` is the entry point for FID during training.
 """
@@ -25,10 +25,18 @@ import torch
 from PIL import Image
 
 from .cli import DEFAULT_DEVICE, ArgumentParser, device_argument, run_cli
-from .data import HUB_CONFIG, read_official_layout
-from .images import make_grid
-from .inception import BATCH_SIZE, DESCRIPTION, RESIZE_FILTER, extract_features, load_inception, weights_sha1
-from .metrics import (
+from .data.celeba import HUB_CONFIG, read_official_layout
+from .data.images import make_grid
+from .data.preprocess import Preprocessing, pipeline_preprocessing, resize_samples
+from .evaluation.inception import (
+    BATCH_SIZE,
+    DESCRIPTION,
+    RESIZE_FILTER,
+    extract_features,
+    load_inception,
+    weights_sha1,
+)
+from .evaluation.metrics import (
     feature_stats,
     frechet_distance,
     kernel_inception_distance,
@@ -36,9 +44,8 @@ from .metrics import (
     memorization,
     precision_recall,
 )
-from .preprocess import Preprocessing, pipeline_preprocessing, resize_samples
-from .reference_stats import DEFAULT_CACHE_DIR, load_or_compute_reference, stream_real_images
-from .schedulers import ALL_SAMPLERS
+from .evaluation.reference_stats import DEFAULT_CACHE_DIR, load_or_compute_reference, stream_real_images
+from .sampling.schedulers import ALL_SAMPLERS
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -141,7 +148,7 @@ def label(num_samples: int) -> str:
 def evaluate_model(args) -> dict:
     # diffusers is only needed in this mode
     from .generate import check_sampling, generate, load_pipeline, open_batch_store, parse_sampler_options
-    from .schedulers import ALL_SAMPLERS
+    from .sampling.schedulers import ALL_SAMPLERS
 
     if args.scheduler not in ALL_SAMPLERS:
         raise ValueError(f"unknown scheduler {args.scheduler!r}; choose one of {list(ALL_SAMPLERS)}")
@@ -167,7 +174,7 @@ def evaluate_model(args) -> dict:
     images = resize_samples(images, resolution, prep.resample)
     corrected = pipe.resolve_mean_colour_correction(args.mean_colour_correction)
     if args.save_samples:
-        from .images import save_pngs
+        from .data.images import save_pngs
         save_pngs(images, args.save_samples)
     fake, features_per_second = extract_features(as_nchw_uint8(images), args.inception_batch_size, progress=True,
                                                  model=load_inception(args.device))
@@ -229,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="pipeline folder to sample from (generation mode)")
     p.add_argument("--num_samples", type=int, default=10000)
     p.add_argument("--scheduler", default="ddpm", metavar="NAME",
-                        help=f"sampler: {', '.join(ALL_SAMPLERS)} (pipeline/schedulers.py)")
+                        help=f"sampler: {', '.join(ALL_SAMPLERS)} (pipeline/sampling/schedulers.py)")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--eta", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0, help="generation, KID subsets, P/R and memorization subsets")
@@ -256,8 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="closed-form mean colour instead of the network's (pipeline.mean_colour); default: when "
                         "the model has a mean_colour_prior")
     p.add_argument("--sampler_option", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="options of the score-SDE samplers (pipeline/sde.py OPTIONS), e.g. rtol=1e-3 atol=1e-3 for "
-                        "ode-rk45")
+                   help="options of the score-SDE samplers (pipeline/sampling/sde.py OPTIONS), e.g. rtol=1e-3 "
+                        "atol=1e-3 for ode-rk45")
     p.add_argument("--inception_batch_size", type=int, default=BATCH_SIZE)
     p.add_argument("--device", type=device_argument, default=DEFAULT_DEVICE,
                    help="where the UNet and Inception run (default: cuda if available); metrics run on the CPU")

@@ -21,7 +21,14 @@ import yaml
 from tqdm.auto import tqdm
 
 from .cli import ArgumentParser, run_cli
-from .data import FEATURES, HUB_CONFIG, IMAGE_DIR, SPLIT_CODES, _generate_official_examples, read_official_layout
+from .data.celeba import (
+    FEATURES,
+    HUB_CONFIG,
+    IMAGE_DIR,
+    SPLIT_CODES,
+    _generate_official_examples,
+    read_official_layout,
+)
 
 CARD_BODY = """
 # CelebA (aligned faces, identities, attributes)

@@ -13,12 +13,12 @@ import torch
 from tqdm.auto import tqdm
 
 from .cli import DEFAULT_DEVICE, ArgumentParser, device_argument, run_cli
-from .images import make_grid, save_pngs
+from .data.images import make_grid, save_pngs
 from .pipeline_celeba import CelebADiffusionPipeline
 from .pipeline_folder import load_pipeline, weights_checksum
-from .sample_store import BatchStore
-from .schedulers import ALL_SAMPLERS, check_steps, get_sampler
-from .sde import SDESampler
+from .sampling.sample_store import BatchStore
+from .sampling.schedulers import ALL_SAMPLERS, check_steps, get_sampler
+from .sampling.sde import SDESampler
 
 DEFAULT_MODEL = "pretrained/celeba-64"
 
@@ -84,7 +84,8 @@ def parse_attributes(text: str | None) -> dict | None:
 def check_sampling(scheduler: str, mixed_precision: str, sampler_options: dict | None = None) -> None:
     """One clear error, before any sampling (and before a long reference computation), for settings that cannot work.
 
-    ``sampler_options`` belong to the score-SDE samplers (``pipeline.sde.OPTIONS``). The adaptive ``ode-rk45`` does
+    ``sampler_options`` belong to the score-SDE samplers (``pipeline.sampling.sde.OPTIONS``). The adaptive
+    ``ode-rk45`` does
     not run under bf16: its step-size control needs network outputs accurate to well below its tolerance (1e-5), and
     bf16 keeps about 3 significant digits, so its steps shrink until a batch takes thousands of evaluations instead of
     hundreds (experiments/rk45_nfe.py measures both)."""
@@ -168,7 +169,7 @@ def main(argv=None):
     # DDPM (with the mean-colour correction, on by default for a pipeline that has a prior) by default: the lowest
     # FID-2k at 20 NFE measured on the shipped checkpoint (README, Results)
     parser.add_argument("--scheduler", default="ddpm", metavar="NAME",
-                        help=f"sampler: {', '.join(ALL_SAMPLERS)} (pipeline/schedulers.py)")
+                        help=f"sampler: {', '.join(ALL_SAMPLERS)} (pipeline/sampling/schedulers.py)")
     parser.add_argument("--steps", type=int, default=20, help="number of sampler steps")
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 = deterministic)")
     parser.add_argument("--seed", type=int, default=0)
@@ -181,8 +182,8 @@ def main(argv=None):
                         help="closed-form mean colour instead of the network's (pipeline.mean_colour); default: when "
                              "the model has a mean_colour_prior")
     parser.add_argument("--sampler_option", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="options of the score-SDE samplers (pipeline/sde.py OPTIONS), e.g. rtol=1e-3 atol=1e-3 "
-                             "for ode-rk45, snr=0.17 corrector_steps=2 for pc")
+                        help="options of the score-SDE samplers (pipeline/sampling/sde.py OPTIONS), e.g. rtol=1e-3 "
+                             "atol=1e-3 for ode-rk45, snr=0.17 corrector_steps=2 for pc")
     parser.add_argument("--attributes", default=None, metavar="NAME=1,NAME=-1",
                         help="attribute model only: ask for these CelebA attributes (1 present, -1 absent; unnamed "
                              "ones unspecified), e.g. Smiling=1,Eyeglasses=1")

@@ -11,8 +11,9 @@ By Jensen, E_u[bpd] bounds the NLL of the discrete images under the model's bin 
 what the literature reports for CIFAR-10/ImageNet/CelebA. (Training maps k -> k / 127.5 - 1; the dequantized scale
 k / 128 - 1 is 0.4% narrower, the convention of score_sde and other likelihood papers.)
 
-Density. log p_x(x) is the density at t = eps of the ODE flow of the N(0, I) prior at t = 1 (``pipeline.sde``'s VP
-SDE). The ODE is solved in y' = x / alpha and l = log sigma_bar as in ``pipeline.sde.pf_ode_rk45`` (dy'/dl =
+Density. log p_x(x) is the density at t = eps of the ODE flow of the N(0, I) prior at t = 1
+(``pipeline.sampling.sde``'s VP
+SDE). The ODE is solved in y' = x / alpha and l = log sigma_bar as in ``pipeline.sampling.sde.pf_ode_rk45`` (dy'/dl =
 sigma_bar eps_hat), with the log-density change along the trajectory:
 
     log p_x(x) = log N(x_1; 0, I) + D (log alpha_1 - log alpha_eps) + int_{l_eps}^{l_1} div_{y'}(sigma_bar eps_hat) dl,
@@ -21,7 +22,7 @@ sigma_bar eps_hat), with the log-density change along the trajectory:
 the trace by the Hutchinson-Skilling estimator with one Rademacher (or Gaussian) xi per image, fixed for the whole
 solve (so the integrand stays smooth for RK45) and unbiased. eps = 1e-5 is score_sde's; with our time map that is
 sigma = 1e-3 (0.13 of a 256-level bin), below the first trained step t = 1/T where the network label is clamped to 0
-(see ``pipeline.sde``). ``--eps 1e-3`` (T = 1000) stops at the first trained step instead: no extrapolation, a
+(see ``pipeline.sampling.sde``). ``--eps 1e-3`` (T = 1000) stops at the first trained step instead: no extrapolation, a
 smoother density (sigma ~ 0.01 = 1.3 bins for the linear schedule), typically a slightly higher bpd. Both are valid
 upper bounds in the sense above.
 
@@ -41,7 +42,7 @@ import numpy as np
 import torch
 
 from .cli import DEFAULT_DEVICE, ArgumentParser, device_argument
-from .sde import VPSDE, NoisePredictor, rk45_in_log_sigma_bar
+from .sampling.sde import VPSDE, NoisePredictor, rk45_in_log_sigma_bar
 
 LEVELS = 256                              # 8-bit data
 BPD_OFFSET = math.log2(LEVELS / 2)        # = 7: bits/dim of the map x = y / 128 - 1 from the 256-level scale
@@ -143,7 +144,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", default="results/likelihood.json")
     args = parser.parse_args(argv)
 
-    from pipeline.data import load_eval_images
+    from pipeline.data.celeba import load_eval_images
 
     from .pipeline_folder import load_pipeline, weights_checksum
 

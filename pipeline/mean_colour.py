@@ -115,9 +115,9 @@ def write_prior(model: str, prior: MeanColourPrior) -> None:
 
 
 def main(argv=None) -> int:
-    from .data import load_celeba, preprocessed_batches
+    from .data.celeba import load_celeba, preprocessed_batches
+    from .data.preprocess import pipeline_preprocessing, to_model_range
     from .generate import load_pipeline
-    from .preprocess import pipeline_preprocessing, to_model_range
 
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="pipeline folder whose model_index.json gets the prior")

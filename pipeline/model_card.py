@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from .cli import ArgumentParser, run_cli
-from .schedulers import DIFFUSERS_SAMPLERS, SAMPLERS
+from .sampling.schedulers import DIFFUSERS_SAMPLERS, SAMPLERS
 from .training_log import read_records
 
 GRID_NAME = "samples.png"
@@ -114,7 +114,8 @@ def best_sampler(evals: list[dict]) -> dict | None:
 
 
 def use_section(evals: list[dict]) -> list[str]:
-    """Loading code that samples with the best measured sampler, configured exactly as ``pipeline.schedulers`` does
+    """Loading code that samples with the best measured sampler, configured exactly as
+    ``pipeline.sampling.schedulers`` does
     but written with diffusers names only."""
     best = best_sampler(evals)
     imports, setup, steps, correction = "from diffusers import DiffusionPipeline", [], 50, ""

@@ -18,13 +18,13 @@ from pathlib import Path
 
 import torch
 
+from .models import attribute_encoder
 from .pipeline_celeba import CelebADiffusionPipeline
 
 PIPELINE_FILE = Path(__file__).with_name("pipeline_celeba.py")
 HUB_CLASS_NAME = [PIPELINE_FILE.stem, "CelebADiffusionPipeline"]
 COMPONENTS = ("unet", "scheduler")
-ENCODER_FILE = Path(__file__).with_name("attribute_encoder.py")
-OPTIONAL_COMPONENTS = {"attribute_encoder": ENCODER_FILE}  # component -> the code file its folder carries
+OPTIONAL_COMPONENTS = {"attribute_encoder": attribute_encoder}  # component -> the module whose file its folder carries
 
 
 def weights_checksum(module: torch.nn.Module) -> str:
@@ -45,7 +45,8 @@ def save_pipeline_folder(pipe: CelebADiffusionPipeline, folder: str | os.PathLik
     index_path = folder / "model_index.json"
     index = json.loads(index_path.read_text())
     index["_class_name"] = HUB_CLASS_NAME
-    for name, code in OPTIONAL_COMPONENTS.items():
+    for name, module in OPTIONAL_COMPONENTS.items():
+        code = Path(module.__file__)
         if index.get(name, [None])[0] is None:  # absent: not named at all
             index.pop(name, None)
         else:  # a custom component: diffusers loads <name>/<module>.py
@@ -97,7 +98,7 @@ def load_pipeline(model: str, device: str = "cpu") -> CelebADiffusionPipeline:
     for name in (*COMPONENTS, *(name for name in OPTIONAL_COMPONENTS if index.get(name, [None])[0] is not None)):
         library, class_name = index[name]
         if name in OPTIONAL_COMPONENTS:  # this package's own copy of the component's code
-            library = f"{__package__}.{OPTIONAL_COMPONENTS[name].stem}"
+            library = OPTIONAL_COMPONENTS[name].__name__
         component_class = getattr(importlib.import_module(library), class_name)
         try:
             components[name] = component_class.from_pretrained(str(folder), subfolder=name)

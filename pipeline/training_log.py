@@ -107,7 +107,7 @@ def fid_series(records: list[dict]) -> dict[str, list[tuple[int, float]]]:
 def plot_training_log(records: list[dict], path: str) -> None:
     """Loss (mean over each logging interval, log scale), the learning rate, and any FID curves against the
     optimisation step."""
-    from .plots import PALETTE, line_chart
+    from .evaluation.plots import PALETTE, line_chart
 
     def panel(curves: dict[tuple, list[tuple[int, float]]], y_label: str, log_y: bool = False) -> dict:
         return {"lines": {color: ([s for s, _ in points], [v for _, v in points], 2)

@@ -18,10 +18,10 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from .cli import DEFAULT_DEVICE, ArgumentParser, device_argument, run_cli
+from .data.images import make_grid
+from .data.preprocess import to_uint8_nhwc
 from .generate import DEFAULT_MODEL, MIXED_PRECISION, load_pipeline, unet_precision
-from .images import make_grid
-from .preprocess import to_uint8_nhwc
-from .schedulers import check_steps, make_scheduler
+from .sampling.schedulers import check_steps, make_scheduler
 
 # Schedulers whose step returns pred_original_sample (the x0 estimate shown in the bottom rows).
 TRAJECTORY_SAMPLERS = ("ddim", "ddim-clip", "ddpm")

@@ -5,7 +5,8 @@ With x_t = a x_0 + sigma eps (a^2 = abar, sigma^2 = 1 - abar) everything is Gaus
     E[eps | x_t] = sigma (x_t - a mu) / v_t
     E[x_0 | x_t] = mu + a s^2 (x_t - a mu) / v_t
     E[v   | x_t] = a E[eps | x_t] - sigma E[x_0 | x_t]          (v = a eps - sigma x_0)
-The model reads abar at (fractional) labels from ``pipeline.sde.VPSDE``, the same continuous schedule the score-SDE
+The model reads abar at (fractional) labels from ``pipeline.sampling.sde.VPSDE``, the same continuous schedule the
+score-SDE
 samplers use, so every sampler and the likelihood ODE see the exact score of the continuous-time process.
 
 In y = x / a, sigma_bar = sigma / a the probability-flow ODE is
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 from diffusers.models.unets.unet_2d import UNet2DOutput
 
-from pipeline.sde import VPSDE
+from pipeline.sampling.sde import VPSDE
 
 
 class GaussianDenoiser(torch.nn.Module):

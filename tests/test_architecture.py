@@ -1,9 +1,10 @@
-"""The GroupNorm guard of pipeline.architecture, and why it exists: an InstanceNorm UNet is blind to a DC shift."""
+"""The GroupNorm guard of pipeline.models.architecture, and why it exists: an InstanceNorm UNet is blind to a DC
+shift."""
 
 import pytest
 import torch
 
-from pipeline.architecture import build_unet, check_group_norm
+from pipeline.models.architecture import build_unet, check_group_norm
 from train_unet import parse_args
 
 TINY = dict(resolution=16, in_channels=3, block_out_channels=(8, 16), layers_per_block=1,

@@ -6,7 +6,7 @@ import shutil
 import pytest
 
 from benchmarks.attribute_control import labelled_images, load_classifier, predict
-from pipeline.preprocess import Preprocessing
+from pipeline.data.preprocess import Preprocessing
 
 from conftest import FIXTURE, run_command, train_args
 

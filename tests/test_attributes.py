@@ -9,9 +9,9 @@ import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
 from pipeline import CelebADiffusionPipeline
-from pipeline.architecture import drop_attributes
-from pipeline.attribute_encoder import CELEBA_ATTRIBUTES, AttributeEncoder
 from pipeline.generate import generate, parse_attributes
+from pipeline.models.architecture import drop_attributes
+from pipeline.models.attribute_encoder import CELEBA_ATTRIBUTES, AttributeEncoder
 from pipeline.pipeline_folder import load_pipeline, save_pipeline_folder
 
 from conftest import run_command, subprocess_env, train_args

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.data import (
+from pipeline.data.celeba import (
     ATTRIBUTES,
     FEATURES,
     HUB_CONFIG,
@@ -17,8 +17,8 @@ from pipeline.data import (
     official_layout_dataset,
     read_official_layout,
 )
+from pipeline.data.preprocess import CorruptImageError, Preprocessing
 from pipeline.export_hub_layout import export
-from pipeline.preprocess import CorruptImageError, Preprocessing
 
 from conftest import FIXTURE
 

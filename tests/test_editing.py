@@ -1,4 +1,5 @@
-"""pipeline.editing on the exact denoiser of a correlated Gaussian, where the conditional laws are closed-form."""
+"""pipeline.sampling.editing on the exact denoiser of a correlated Gaussian, where the conditional laws are
+closed-form."""
 
 from types import SimpleNamespace
 
@@ -6,7 +7,7 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from pipeline.editing import (
+from pipeline.sampling.editing import (
     COLOUR_BASIS,
     IDENTITY_BASIS,
     colorize,

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.checkpoints import CheckpointWriteError, list_checkpoints, save_checkpoint_atomically
-from pipeline.run_control import DataWatchdog, StopSignals
+from pipeline.training.checkpoints import CheckpointWriteError, list_checkpoints, save_checkpoint_atomically
+from pipeline.training.run_control import DataWatchdog, StopSignals
 
 from conftest import ROOT, run_command, subprocess_env, train_args
 

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from benchmarks import fid_vs_nfe
+from pipeline.evaluation.plots import PALETTE
 from pipeline.mean_colour import MeanColourPrior, write_prior
-from pipeline.plots import PALETTE
 
 from conftest import FIXTURE, run_command
 
@@ -34,7 +34,7 @@ def test_sweep_writes_points_summary_and_plot_then_reuses_them(smoke_pipeline_di
     assert summary["points"][0]["fid"] != summary["points"][1]["fid"]  # the correction changes the samples
     assert all(p["fid"] > 0 for p in summary["points"]) and (out / "fid_vs_nfe.png").is_file()
     # the rest in this process (a subprocess costs seconds of imports each), on the reference cached above
-    monkeypatch.setattr("pipeline.reference_stats.DEFAULT_CACHE_DIR", tmp_path / "cache" / "ref_stats")
+    monkeypatch.setattr("pipeline.evaluation.reference_stats.DEFAULT_CACHE_DIR", tmp_path / "cache" / "ref_stats")
     capsys.readouterr()
     assert fid_vs_nfe.main(argv) == 0
     assert capsys.readouterr().out.count("reused") == 3 and json.loads((out / "summary.json").read_text()) == summary

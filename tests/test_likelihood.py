@@ -123,7 +123,7 @@ def test_cli_writes_a_report(tmp_path, monkeypatch):
         return torch.randint(0, 256, (num_images, 3, resolution, resolution), dtype=torch.uint8,
                              generator=torch.Generator().manual_seed(0))
 
-    monkeypatch.setattr("pipeline.data.load_eval_images", fake_load_eval_images)
+    monkeypatch.setattr("pipeline.data.celeba.load_eval_images", fake_load_eval_images)
     out = tmp_path / "results" / "likelihood.json"
     L.main(["--model", str(tmp_path / "model"), "--num_images", "3", "--batch_size", "2", "--split", "valid",
             "--rtol", "1e-2", "--atol", "1e-2", "--device", "cpu", "--out", str(out)])

@@ -17,12 +17,12 @@ from diffusers.models.unets.unet_2d import UNet2DOutput
 from test_samplers import assert_moments, run_pipeline
 
 from pipeline import CelebADiffusionPipeline, load_pipeline
-from pipeline.data import load_eval_images
+from pipeline.data.celeba import load_eval_images
+from pipeline.data.preprocess import to_model_range
 from pipeline.mean_colour import MeanColourPrior, MeanColourStatistics
 from pipeline.pipeline_celeba import MeanColourDenoiser
-from pipeline.preprocess import to_model_range
-from pipeline.schedulers import make_scheduler
-from pipeline.sde import VPSDE
+from pipeline.sampling.schedulers import make_scheduler
+from pipeline.sampling.sde import VPSDE
 
 from conftest import FIXTURE, run_command
 from gaussian_model import GaussianDenoiser

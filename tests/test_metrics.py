@@ -12,10 +12,11 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance, poly_kernel
 
 from pipeline.cli import run_cli
-from pipeline.data import load_eval_images
+from pipeline.data.celeba import load_eval_images
+from pipeline.data.preprocess import Preprocessing, resize_samples
 from pipeline.evaluate import fid_against_reference, main
-from pipeline.inception import extract_features, legacy_bilinear_matrix, load_inception, weights_path
-from pipeline.metrics import (
+from pipeline.evaluation.inception import extract_features, legacy_bilinear_matrix, load_inception, weights_path
+from pipeline.evaluation.metrics import (
     PrecomputedFeatures,
     feature_stats,
     frechet_distance,
@@ -26,8 +27,7 @@ from pipeline.metrics import (
     nearest_neighbors,
     precision_recall,
 )
-from pipeline.preprocess import Preprocessing, resize_samples
-from pipeline.reference_stats import load_or_compute_reference, reference_fields, reference_key
+from pipeline.evaluation.reference_stats import load_or_compute_reference, reference_fields, reference_key
 
 from conftest import FIXTURE, run_command
 

@@ -8,7 +8,7 @@ import torch
 import yaml
 
 from pipeline.mean_colour import MeanColourPrior, write_prior
-from pipeline.schedulers import make_scheduler
+from pipeline.sampling.schedulers import make_scheduler
 
 from conftest import ROOT, run_command
 
@@ -50,7 +50,8 @@ def test_card_numbers_come_from_the_results(smoke_pipeline_dir, tmp_path):
     assert "| 23.46 | 12.34 ± 1.10 | 0.612 | 0.432 |" in card
     assert "2,000 optimisation steps, 64,000 training images seen. 2.50 CPU-hours (2 CPU cores)" in card
     assert "early checkpoint" not in card and "intermediate checkpoint" not in card
-    # the loading code samples with the measured sampler, configured like pipeline.schedulers; it runs as written
+    # the loading code samples with the measured sampler, configured like pipeline.sampling.schedulers; it runs as
+    # written
     assert "samples with `dpm++2m, 20 steps, 20 NFE`, the sampler with the lowest FID-10k below" in card
     assert "measured with the UNet under bf16 autocast; the code runs it in fp32" in card  # as the snippet does
     snippet = card.split("```python\n")[1].split("```")[0]

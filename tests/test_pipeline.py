@@ -87,7 +87,7 @@ def test_weights_checksum_survives_a_folder_round_trip_and_sees_one_changed_weig
     assert weights_checksum(load_pipeline(str(tmp_path)).unet) != weights_checksum(pipe.unet)
 
 
-@pytest.mark.parametrize("scheduler", ["ddim", "dpm++2m"])  # pipeline.sde casts its state itself
+@pytest.mark.parametrize("scheduler", ["ddim", "dpm++2m"])  # pipeline.sampling.sde casts its state itself
 def test_bf16_generation_runs_the_unet_in_bf16_and_stays_close_to_fp32(scheduler):
     pipe = tiny_pipeline(DDIMScheduler)
     outputs, states = [], []

@@ -1,10 +1,10 @@
-"""pipeline.plots: the legend sits in its own column, sized to its longest name; axes get round ticks."""
+"""pipeline.evaluation.plots: the legend sits in its own column, sized to its longest name; axes get round ticks."""
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.plots import axis_ticks, line_chart, tick_label
+from pipeline.evaluation.plots import axis_ticks, line_chart, tick_label
 
 BLUE, RED = (31, 119, 180), (214, 39, 40)
 

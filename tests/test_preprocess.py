@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.preprocess import (
+from pipeline.data.preprocess import (
     Preprocessing,
     crop_box,
     pipeline_preprocessing,

@@ -1,4 +1,5 @@
-"""pipeline.sample_store: a generation interrupted between batches resumes with exactly the images it would have
+"""pipeline.sampling.sample_store: a generation interrupted between batches resumes with exactly the images it would
+have
 made."""
 
 import numpy as np
@@ -6,7 +7,7 @@ import pytest
 import torch
 
 from pipeline.generate import generate, load_pipeline, open_batch_store
-from pipeline.sample_store import read_batches
+from pipeline.sampling.sample_store import read_batches
 
 SETTINGS = {"scheduler": "ddim", "steps": 4, "seed": 5, "batch_size": 2, "mixed_precision": "no"}
 

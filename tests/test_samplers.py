@@ -17,8 +17,8 @@ from diffusers import DDPMScheduler, EDMEulerScheduler, UNet2DModel
 from diffusers.utils.torch_utils import randn_tensor
 
 from pipeline import CelebADiffusionPipeline
-from pipeline import sde as S
-from pipeline.schedulers import (
+from pipeline.sampling import sde as S
+from pipeline.sampling.schedulers import (
     ALL_SAMPLERS,
     DIFFUSERS_SAMPLERS,
     EDM_SAMPLERS,
@@ -71,7 +71,8 @@ def assert_moments(x: torch.Tensor, model: GaussianDenoiser, n_se: float = 5.0):
 
 
 def exact_noise(batch, seed=0, dtype=torch.float64):
-    """The initial noise both the pipeline and pipeline.sde draw first from a generator seeded with ``seed``."""
+    """The initial noise both the pipeline and pipeline.sampling.sde draw first from a generator seeded with
+    ``seed``."""
     return randn_tensor((batch, *SHAPE), generator=torch.Generator().manual_seed(seed), dtype=dtype)
 
 
@@ -189,8 +190,8 @@ def test_ddim_clip_drops_what_the_clip_removes():
 
 
 def test_sde_euler_step_reproduces_diffusers_ddim_trajectory():
-    """pipeline.sde's Euler step of the PF-ODE (ddim_step) on DDIM's own timesteps gives diffusers' DDIMScheduler
-    trajectory (eta = 0) step by step, with the same network calls."""
+    """pipeline.sampling.sde's Euler step of the PF-ODE (ddim_step) on DDIM's own timesteps gives diffusers'
+    DDIMScheduler trajectory (eta = 0) step by step, with the same network calls."""
     model = gaussian(LINEAR, dtype=torch.float64)
     scheduler = make_scheduler("ddim", LINEAR)
     scheduler.set_timesteps(50)

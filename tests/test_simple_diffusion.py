@@ -11,9 +11,9 @@ from diffusers import DDPMScheduler
 
 from pipeline import CelebADiffusionPipeline
 from pipeline.generate import generate, load_pipeline
-from pipeline.noise_schedules import MAX_BETA, shifted_cosine_betas
+from pipeline.models.noise_schedules import MAX_BETA, shifted_cosine_betas
 from pipeline.pipeline_celeba import PixelUnshuffleDenoiser
-from pipeline.schedulers import make_scheduler
+from pipeline.sampling.schedulers import make_scheduler
 from train_unet import parse_args
 
 from conftest import run_command, train_args

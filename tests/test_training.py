@@ -16,10 +16,10 @@ from diffusers import DDPMScheduler, UNet2DModel
 from PIL import Image
 from safetensors.torch import load_file
 
-from pipeline.data import ExamplePreprocessor, load_celeba
-from pipeline.lr_schedules import build_lr_scheduler
+from pipeline.data.celeba import ExamplePreprocessor, load_celeba
+from pipeline.data.preprocess import Preprocessing, to_model_range
 from pipeline.mean_colour import MeanColourStatistics
-from pipeline.preprocess import Preprocessing, to_model_range
+from pipeline.training.lr_schedules import build_lr_scheduler
 from train_unet import cpu_thread_advice, diffusion_loss, parse_args
 
 from conftest import FIXTURE, ROOT, run_command, subprocess_env, train_args

@@ -5,7 +5,7 @@ import torch
 from diffusers import DDPMScheduler
 
 from pipeline import CelebADiffusionPipeline
-from pipeline.sde import SDESampler
+from pipeline.sampling.sde import SDESampler
 from pipeline.trajectory import record_trajectory, snapshot_indices, trajectory_picture
 
 from gaussian_model import make_gaussian

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from experiments.upsampling_floor import upsampling_floor
-from pipeline.preprocess import Preprocessing
+from pipeline.data.preprocess import Preprocessing
 
 from conftest import FIXTURE, run_command
 

@@ -74,7 +74,7 @@ def test_bad_generation_settings_are_one_line_before_loading_anything(tmp_path, 
 
 
 def test_help_lists_every_sampler():
-    from pipeline.schedulers import ALL_SAMPLERS
+    from pipeline.sampling.schedulers import ALL_SAMPLERS
 
     text = " ".join(run_command(["-m", "pipeline.generate", "--help"]).stdout.split())
     assert all(name in text for name in ALL_SAMPLERS) and "ode-rk45" in text and "pc," in text

@@ -133,7 +133,7 @@ class MeanColourDenoiser(WrappedDenoiser):
     N(mu, S) (``mean_colour_prior``, fitted by ``python -m pipeline.mean_colour``), xbar = mean_hw(x_t) = alpha m +
     sigma n, n ~ N(0, I/D) for D pixels, and E[n | xbar] = (sigma/D) (alpha^2 S + sigma^2/D I)^{-1} (xbar - alpha mu)
     replaces the spatial mean of eps_hat; every prediction type is converted to eps and back. (alpha, sigma) at a
-    fractional label interpolate log abar linearly between trained steps, as ``pipeline.sde.VPSDE`` does.
+    fractional label interpolate log abar linearly between trained steps, as ``pipeline.sampling.sde.VPSDE`` does.
     """
 
     def __init__(self, denoiser, alphas_cumprod: torch.Tensor, prediction_type: str, prior: dict):
@@ -178,7 +178,7 @@ class MeanColourDenoiser(WrappedDenoiser):
 class CelebADiffusionPipeline(DiffusionPipeline):
     """Unconditional face generation: start from N(0, I) and let the scheduler walk it back to an image.
 
-    ``attribute_encoder`` (an optional component, ``pipeline.attribute_encoder.AttributeEncoder``) makes it an
+    ``attribute_encoder`` (an optional component, ``pipeline.models.attribute_encoder.AttributeEncoder``) makes it an
     attribute-conditional model: ``pipe(attributes={"Smiling": 1}, guidance_scale=3)``.
     ``pixel_unshuffle=f`` (saved in model_index.json) marks a UNet trained on f x f pixel-unshuffled images;
     ``mean_colour_prior`` ({"mean", "covariance", "num_images"}, also saved there) enables the mean-colour
@@ -249,10 +249,11 @@ class CelebADiffusionPipeline(DiffusionPipeline):
 
         ``eta`` is passed to schedulers whose ``step`` accepts it (DDIM: 0 = deterministic ODE, 1 = DDPM-like).
         ``scheduler`` samples this call with another diffusers scheduler of the same noise schedule (e.g.
-        ``pipeline.schedulers.make_scheduler("dpm++2m", pipe.scheduler.config)``); ``self.scheduler`` stays as it is.
+        ``pipeline.sampling.schedulers.make_scheduler("dpm++2m", pipe.scheduler.config)``); ``self.scheduler`` stays
+        as it is.
         ``sampler`` replaces the scheduler loop by a sampler that is not a diffusers scheduler, called as
         ``sampler(denoiser, scheduler_config, num_inference_steps, shape, generator, progress_bar)`` and returning the
-        images, e.g. a score-SDE sampler ``pipeline.sde.SDESampler("pc")``.
+        images, e.g. a score-SDE sampler ``pipeline.sampling.sde.SDESampler("pc")``.
         ``output_type`` is ``"pil"``, ``"np"`` (float in [0, 1], NHWC) or ``"pt"`` ([-1, 1], NCHW).
         ``callback_on_step_end(pipe, step_index, timestep, tensors)`` is called after every scheduler step with
         ``tensors`` = {"sample": x_t, "prev_sample": the next x, "pred_original_sample": the scheduler's x0 estimate

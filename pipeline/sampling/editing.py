@@ -6,7 +6,7 @@ the grey direction (1, 1, 1)/sqrt(3) for colorization (the known coordinate is t
 basis is orthonormal, the forward noise is isotropic in it too, so each known coordinate's noisy version at time t is
 a fresh draw of alpha_t y_0 + sigma_t z (Song et al. 2021, App. I). Two samplers:
 
-- ``pc``: the predictor-corrector sampler of ``pipeline.sde`` with the known coordinates replaced after every
+- ``pc``: the predictor-corrector sampler of ``pipeline.sampling.sde`` with the known coordinates replaced after every
   predictor and corrector update;
 - ``repaint``: diffusers' ``RePaintScheduler`` (Lugmayr et al. 2022), DDPM steps with the same replacement that
   jump back and re-noise ``jump_n_sample`` times every ``jump_length`` steps, to harmonise the two parts.
@@ -25,8 +25,8 @@ import torch
 from diffusers import DDPMScheduler, RePaintScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
-from .noise_schedules import schedule_config
-from .sde import VPSDE, NoisePredictor, pc_sampler, pf_ode_fixed_step, time_grid
+from ..models.noise_schedules import schedule_config
+from ..sampling.sde import VPSDE, NoisePredictor, pc_sampler, pf_ode_fixed_step, time_grid
 
 IDENTITY_BASIS = torch.eye(3, dtype=torch.float64)
 # rows: the grey axis, then two chroma axes; orthonormal (score-SDE App. I.3 uses the same decoupling)

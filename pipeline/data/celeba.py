@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from datasets.distributed import split_dataset_by_node
 
-from .attribute_encoder import CELEBA_ATTRIBUTES
-from .preprocess import CorruptImageError, Preprocessing, decode_image, preprocess_image
+from ..data.preprocess import CorruptImageError, Preprocessing, decode_image, preprocess_image
+from ..models.attribute_encoder import CELEBA_ATTRIBUTES
 
 logger = logging.getLogger(__name__)
 

@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .data import HUB_CONFIG, load_celeba, preprocessed_batches, read_official_layout
-from .inception import BATCH_SIZE, RESIZE_FILTER, load_inception, weights_sha1
-from .metrics import feature_stats
-from .preprocess import Preprocessing
+from ..data.celeba import HUB_CONFIG, load_celeba, preprocessed_batches, read_official_layout
+from ..data.preprocess import Preprocessing
+from ..evaluation.inception import BATCH_SIZE, RESIZE_FILTER, load_inception, weights_sha1
+from ..evaluation.metrics import feature_stats
 
 # CELEBA_DIFFUSION_CACHE moves every cache of the project (tests point it at a temporary folder)
 DEFAULT_CACHE_DIR = (Path(os.environ.get("CELEBA_DIFFUSION_CACHE", "~/.cache/celeba-diffusion")).expanduser()

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torchmetrics.image.kid import KernelInceptionDistance, poly_kernel
 
-from .inception import NUM_FEATURES
+from ..evaluation.inception import NUM_FEATURES
 
 QUANTILES = (0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9)
 

@@ -1,5 +1,5 @@
 """Every sampler by name, in one registry: diffusers schedulers built on the model's noise schedule, and the score-SDE
-samplers of ``pipeline.sde``.
+samplers of ``pipeline.sampling.sde``.
 
 A diffusers entry is ``SchedulerClass.from_config(schedule_config(model_config), **overrides)``: it shares the trained
 noise schedule and ``prediction_type`` and sets everything a sampler decides itself. ``timestep_spacing`` is always
@@ -29,8 +29,8 @@ from diffusers import (
     UniPCMultistepScheduler,
 )
 
+from ..models.noise_schedules import schedule_config
 from . import sde
-from .noise_schedules import schedule_config
 
 
 def one_per_step(steps: int, **_options) -> int:
@@ -45,7 +45,7 @@ def heun_evaluations(steps: int, **_options) -> int:
 @dataclass(frozen=True)
 class Sampler:
     """One named sampler: a diffusers scheduler (``scheduler_class`` with ``overrides``) or, without one, the score-SDE
-    sampler of ``pipeline.sde`` of the same name.
+    sampler of ``pipeline.sampling.sde`` of the same name.
 
     Attributes:
         name: the name users type (``--scheduler NAME``).
@@ -89,7 +89,7 @@ class Sampler:
         """A fresh diffusers scheduler on the noise schedule of ``scheduler_config`` (any scheduler of the model)."""
         if not self.is_scheduler:
             raise ValueError(f"{self.name!r} is a score-SDE sampler, not a diffusers scheduler: pass "
-                             f"sampler=pipeline.sde.SDESampler({self.name!r}) to the pipeline")
+                             f"sampler=pipeline.sampling.sde.SDESampler({self.name!r}) to the pipeline")
         self.check_model(scheduler_config)
         return self.scheduler_class.from_config(schedule_config(scheduler_config), **self.overrides)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from diffusers import UNet2DModel
 
-from .attribute_encoder import AttributeEncoder
+from ..models.attribute_encoder import AttributeEncoder
 
 MIN_CHANNELS_PER_GROUP = 2
 

@@ -31,8 +31,8 @@ from diffusers import DDPMScheduler
 from diffusers.utils.torch_utils import randn_tensor
 from scipy.integrate import solve_ivp
 
-from .noise_schedules import schedule_config
-from .pipeline_celeba import PREDICTION_TYPES, noise_estimate
+from ..models.noise_schedules import schedule_config
+from ..pipeline_celeba import PREDICTION_TYPES, noise_estimate
 
 # the samplers, the options each takes (``SDESampler(name, options)``) and their defaults
 OPTIONS = {
@@ -149,7 +149,8 @@ def pc_sampler(model: NoisePredictor, x, ts, generator=None, snr: float = 0.16, 
     """Langevin corrector + reverse-SDE Euler-Maruyama predictor on the grid ``ts``, then Tweedie denoising.
 
     ``constraint(x, t)``, if given, is applied after every corrector and predictor update (x then lives at time t):
-    imputation replaces the known coordinates by a fresh sample of their forward process there (``pipeline.editing``).
+    imputation replaces the known coordinates by a fresh sample of their forward process there
+    (``pipeline.sampling.editing``).
     """
     sde, progress_bar = model.sde, progress_bar or (lambda iterable: iterable)
     constraint = constraint or (lambda x, _t: x)

@@ -1,0 +1,1 @@
+"""The networks: the UNet builder and its checks, the attribute encoder, the noise schedules."""

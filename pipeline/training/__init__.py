@@ -1,0 +1,1 @@
+"""What a training run needs besides the model: checkpoints, learning-rate schedules, run control."""
