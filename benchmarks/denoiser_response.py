@@ -17,7 +17,10 @@ estimate eps_hat (any prediction type, converted) is measured under two small pe
   a network blind to its input's scale answers ~0 and leaves the error for an ODE sampler to amplify by
   sigma / alpha.
 
-Writes one JSON per model: a row per label with both slopes, the ideal mean slope and the ratio between them.
+An EDM-preconditioned model (``--preconditioning edm``) is measured at the same noise levels: label t of the linear
+DDPM schedule is its sigma = sigma_t / alpha_t on x_t / alpha_t, and its denoiser D(x; sigma) gives
+eps_hat = (x - D) / sigma. Writes one JSON per model: a row per label with both slopes, the ideal mean slope and the
+ratio between them.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import sys
 from pathlib import Path
 
 import torch
+from diffusers import DDPMScheduler, EDMEulerScheduler
 
 from pipeline import pipeline_celeba
 from pipeline.cli import ArgumentParser, run_cli
@@ -36,6 +40,7 @@ from pipeline.data.celeba import load_eval_images
 from pipeline.data.preprocess import pipeline_preprocessing, to_model_range
 from pipeline.generate import load_pipeline
 from pipeline.mean_colour import MeanColourStatistics
+from pipeline.sampling.schedulers import is_edm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -43,10 +48,24 @@ LABELS = [999, 950, 900, 800, 700, 500, 300, 100]
 AMPLITUDE_STEP = 0.02
 
 
-def noise_estimate(denoiser, prediction_type: str, x: torch.Tensor, label: int, alpha: float, sigma: float):
-    """eps_hat in float64, whatever the network predicts (epsilon, v or x_0)."""
-    out = denoiser(x.float(), torch.full((x.shape[0],), label)).sample.double()
-    return pipeline_celeba.noise_estimate(out, x.double(), alpha, sigma, prediction_type)
+def vp_noise_estimator(denoiser, prediction_type: str):
+    """``estimate(x, label, alpha, sigma)``: eps_hat in float64 of a DDPM-trained denoiser, whatever it predicts
+    (epsilon, v or x_0)."""
+    def estimate(x: torch.Tensor, label: int, alpha: float, sigma: float) -> torch.Tensor:
+        out = denoiser(x.float(), torch.full((x.shape[0],), label)).sample.double()
+        return pipeline_celeba.noise_estimate(out, x.double(), alpha, sigma, prediction_type)
+    return estimate
+
+
+def edm_noise_estimator(denoiser, scheduler: EDMEulerScheduler):
+    """``estimate(x, label, alpha, sigma)``: eps_hat in float64 of an EDM-preconditioned denoiser at the VP noise level
+    (alpha, sigma), i.e. at EDM's sigma / alpha on x / alpha."""
+    def estimate(x: torch.Tensor, label: int, alpha: float, sigma: float) -> torch.Tensor:
+        edm_sigma, scaled = sigma / alpha, x.double() / alpha
+        noise = scheduler.precondition_noise(torch.full((x.shape[0],), edm_sigma)).float()
+        out = denoiser(scheduler.precondition_inputs(scaled, edm_sigma).float(), noise).sample.double()
+        return (scaled - scheduler.precondition_outputs(scaled, out, edm_sigma)) / edm_sigma
+    return estimate
 
 
 def ideal_mean_slopes(covariance: torch.Tensor, alpha: float, sigma: float, pixels: int) -> torch.Tensor:
@@ -57,14 +76,14 @@ def ideal_mean_slopes(covariance: torch.Tensor, alpha: float, sigma: float, pixe
 
 
 @torch.no_grad()
-def response(denoiser, prediction_type: str, alphas_cumprod: torch.Tensor, images: torch.Tensor,
-             covariance: torch.Tensor, labels: list[int], seed: int = 0) -> list[dict]:
+def response(estimate_noise, alphas_cumprod: torch.Tensor, images: torch.Tensor, covariance: torch.Tensor,
+             labels: list[int], seed: int = 0) -> list[dict]:
     """One row per label: ``mean_slope``, ``ideal_mean_slope``, ``mean_slope_ratio`` and ``amplitude_slope``.
 
     Args:
-        denoiser: called as ``denoiser(x, t).sample`` (a UNet2DModel or a wrapper).
-        prediction_type: what the denoiser predicts ("epsilon", "v_prediction" or "sample").
-        alphas_cumprod: the trained schedule's abar_t, indexed by label.
+        estimate_noise: ``estimate_noise(x, label, alpha, sigma)`` -> eps_hat, float64 (``vp_noise_estimator`` or
+            ``edm_noise_estimator``).
+        alphas_cumprod: abar_t of the noise levels, indexed by label.
         images: clean images in [-1, 1], NCHW.
         covariance: C x C covariance of the per-image mean colour (for the ideal slope).
     """
@@ -78,7 +97,7 @@ def response(denoiser, prediction_type: str, alphas_cumprod: torch.Tensor, image
         alpha, sigma = abar**0.5, (1 - abar) ** 0.5
 
         def estimate(x):  # called only within this iteration, so the loop variables it reads are current
-            return noise_estimate(denoiser, prediction_type, x, label, alpha, sigma)  # noqa: B023
+            return estimate_noise(x, label, alpha, sigma)  # noqa: B023
 
         x = alpha * x0 + sigma * eps
         shift = sigma / pixels**0.5
@@ -118,8 +137,12 @@ def main(argv=None) -> int:
     statistics = MeanColourStatistics()
     statistics.update(images[: args.prior_images])
     covariance = torch.tensor(statistics.prior().covariance, dtype=torch.float64)
-    rows = response(pipe.denoiser, pipe.scheduler.config.prediction_type, pipe.scheduler.alphas_cumprod,
-                    images[: args.num_images], covariance, LABELS, args.seed)
+    if is_edm(pipe.scheduler.config):  # measured at the noise levels of the linear DDPM schedule's labels
+        estimate, alphas_cumprod = edm_noise_estimator(pipe.denoiser, pipe.scheduler), DDPMScheduler().alphas_cumprod
+    else:
+        estimate = vp_noise_estimator(pipe.denoiser, pipe.scheduler.config.prediction_type)
+        alphas_cumprod = pipe.scheduler.alphas_cumprod
+    rows = response(estimate, alphas_cumprod, images[: args.num_images], covariance, LABELS, args.seed)
     result = {"model": args.model, "num_images": args.num_images, "prior_images": args.prior_images,
               "seed": args.seed, "precision": "float32", "amplitude_step": AMPLITUDE_STEP,
               "norm_num_groups": pipe.unet.config.norm_num_groups,

@@ -7,8 +7,8 @@
 Given the same seed, two samplers turn the same initial noise into sample i of each set. Their KIDs against the same
 reference then share much of their generated-set error, so the unpaired error of the difference, sqrt(se_a^2 + se_b^2),
 overstates it; ``pipeline.evaluation.metrics.kid_paired_difference_standard_error`` measures the paired one. This
-command rescores
-the sample batches that ``--resume_dir`` kept (``pipeline.evaluate``, ``benchmarks/fid_vs_nfe.py``), after checking
+command rescores the sample batches that ``--resume_dir`` kept (``pipeline.evaluate``, ``benchmarks/fid_vs_nfe.py``),
+after checking
 that every folder holds the same number of samples drawn with the same seed and batch size, and reports every pair.
 """
 

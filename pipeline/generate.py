@@ -84,11 +84,10 @@ def parse_attributes(text: str | None) -> dict | None:
 def check_sampling(scheduler: str, mixed_precision: str, sampler_options: dict | None = None) -> None:
     """One clear error, before any sampling (and before a long reference computation), for settings that cannot work.
 
-    ``sampler_options`` belong to the score-SDE samplers (``pipeline.sampling.sde.OPTIONS``). The adaptive
-    ``ode-rk45`` does
-    not run under bf16: its step-size control needs network outputs accurate to well below its tolerance (1e-5), and
-    bf16 keeps about 3 significant digits, so its steps shrink until a batch takes thousands of evaluations instead of
-    hundreds (experiments/rk45_nfe.py measures both)."""
+    ``sampler_options`` belong to the score-SDE samplers (``pipeline.sampling.sde.OPTIONS``). The adaptive ``ode-rk45``
+    does not run under bf16: its step-size control needs network outputs accurate to well below its tolerance (1e-5),
+    and bf16 keeps about 3 significant digits, so its steps shrink until a batch takes thousands of evaluations instead
+    of hundreds (experiments/rk45_nfe.py measures both)."""
     sampler = get_sampler(scheduler)
     if scheduler == "ode-rk45" and mixed_precision == "bf16":
         raise ValueError("ode-rk45 cannot sample under bf16: its adaptive step-size control chases the UNet's bf16 "

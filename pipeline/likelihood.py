@@ -12,9 +12,8 @@ what the literature reports for CIFAR-10/ImageNet/CelebA. (Training maps k -> k 
 k / 128 - 1 is 0.4% narrower, the convention of score_sde and other likelihood papers.)
 
 Density. log p_x(x) is the density at t = eps of the ODE flow of the N(0, I) prior at t = 1
-(``pipeline.sampling.sde``'s VP
-SDE). The ODE is solved in y' = x / alpha and l = log sigma_bar as in ``pipeline.sampling.sde.pf_ode_rk45`` (dy'/dl =
-sigma_bar eps_hat), with the log-density change along the trajectory:
+(``pipeline.sampling.sde``'s VP SDE). The ODE is solved in y' = x / alpha and l = log sigma_bar as in
+``pipeline.sampling.sde.pf_ode_rk45`` (dy'/dl = sigma_bar eps_hat), with the log-density change along the trajectory:
 
     log p_x(x) = log N(x_1; 0, I) + D (log alpha_1 - log alpha_eps) + int_{l_eps}^{l_1} div_{y'}(sigma_bar eps_hat) dl,
     div_{y'}(sigma_bar eps_hat) = sigma_bar alpha tr(d eps_hat / dx)  ~  sigma_bar alpha xi^T (d eps_hat / dx) xi,

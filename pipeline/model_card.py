@@ -114,9 +114,8 @@ def best_sampler(evals: list[dict]) -> dict | None:
 
 
 def use_section(evals: list[dict]) -> list[str]:
-    """Loading code that samples with the best measured sampler, configured exactly as
-    ``pipeline.sampling.schedulers`` does
-    but written with diffusers names only."""
+    """Loading code that samples with the best measured sampler, configured exactly as ``pipeline.sampling.schedulers``
+    does but written with diffusers names only."""
     best = best_sampler(evals)
     imports, setup, steps, correction = "from diffusers import DiffusionPipeline", [], 50, ""
     if best:

@@ -6,8 +6,7 @@ With x_t = a x_0 + sigma eps (a^2 = abar, sigma^2 = 1 - abar) everything is Gaus
     E[x_0 | x_t] = mu + a s^2 (x_t - a mu) / v_t
     E[v   | x_t] = a E[eps | x_t] - sigma E[x_0 | x_t]          (v = a eps - sigma x_0)
 The model reads abar at (fractional) labels from ``pipeline.sampling.sde.VPSDE``, the same continuous schedule the
-score-SDE
-samplers use, so every sampler and the likelihood ODE see the exact score of the continuous-time process.
+score-SDE samplers use, so every sampler and the likelihood ODE see the exact score of the continuous-time process.
 
 In y = x / a, sigma_bar = sigma / a the probability-flow ODE is
     dy/dsigma_bar = sigma_bar (y - mu) / (s^2 + sigma_bar^2),

@@ -1,6 +1,5 @@
 """pipeline.sampling.sample_store: a generation interrupted between batches resumes with exactly the images it would
-have
-made."""
+have made."""
 
 import numpy as np
 import pytest

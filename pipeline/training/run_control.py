@@ -1,10 +1,9 @@
 """Stopping a training run cleanly or at once: stop signals, and a watchdog on the data stream.
 
-The first SIGINT/SIGTERM asks the loop to checkpoint after the current step and exit; a second one exits
-immediately. That is safe because checkpoints are written to a temporary folder and renamed only when complete
+The first SIGINT/SIGTERM asks the loop to checkpoint after the current step and exit; a second one exits immediately.
+That is safe because checkpoints are written to a temporary folder and renamed only when complete
 (``pipeline.training.checkpoints``): an interrupted save is never resumed from. The watchdog turns a data stream that
-stops
-delivering (a Hub dataset without network, a stalled file system) into an error instead of a silent hang.
+stops delivering (a Hub dataset without network, a stalled file system) into an error instead of a silent hang.
 """
 
 from __future__ import annotations
