@@ -9,8 +9,8 @@ Layout, one concept per subpackage:
 - ``training``: checkpoints, learning-rate schedules, run control;
 - ``evaluation``: Inception features, the cached real-image reference, FID/KID/precision-recall, plots;
 - the command-line layer, one module per ``python -m pipeline.<command>``: ``generate``, ``evaluate``, ``edit``,
-  ``demo``, ``likelihood``, ``trajectory``, ``training_log``, ``model_card``, ``publish``, ``export_hub_layout``,
-  ``mean_colour``, with their shared arguments in ``cli``.
+  ``demo``, ``likelihood``, ``trajectory``, ``training_log``, ``model_card``, ``ship``, ``publish``,
+  ``export_hub_layout``, ``mean_colour``, with their shared arguments in ``cli``.
 """
 
 from .pipeline_celeba import CelebADiffusionPipeline

@@ -184,17 +184,19 @@ class CelebADiffusionPipeline(DiffusionPipeline):
     ``mean_colour_prior`` ({"mean", "covariance", "num_images"}, also saved there) enables the mean-colour
     correction; ``preprocessing`` ({"resolution", "crop_size", "crop_offset_y", "resample"}, also saved there) says
     how the training images were cropped and resized, so that evaluation and editing prepare real faces the same
-    way."""
+    way; ``default_num_inference_steps`` (also saved there) is the step count of a call that names none, the one the
+    saved ``scheduler`` was chosen for."""
 
     model_cpu_offload_seq = "unet"
     _optional_components = ["attribute_encoder"]
 
     def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin, attribute_encoder: torch.nn.Module | None = None,
-                 pixel_unshuffle: int = 1, mean_colour_prior: dict | None = None, preprocessing: dict | None = None):
+                 pixel_unshuffle: int = 1, mean_colour_prior: dict | None = None, preprocessing: dict | None = None,
+                 default_num_inference_steps: int = 50):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler, attribute_encoder=attribute_encoder)
         self.register_to_config(pixel_unshuffle=pixel_unshuffle, mean_colour_prior=mean_colour_prior,
-                                preprocessing=preprocessing)
+                                preprocessing=preprocessing, default_num_inference_steps=default_num_inference_steps)
 
     @property
     def denoiser(self):
@@ -233,7 +235,7 @@ class CelebADiffusionPipeline(DiffusionPipeline):
     def __call__(
         self,
         batch_size: int = 1,
-        num_inference_steps: int = 50,
+        num_inference_steps: int | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         eta: float = 0.0,
         output_type: str = "pil",
@@ -245,7 +247,8 @@ class CelebADiffusionPipeline(DiffusionPipeline):
         attributes: dict | torch.Tensor | None = None,
         guidance_scale: float = 1.0,
     ):
-        """Generate ``batch_size`` images.
+        """Generate ``batch_size`` images, with ``num_inference_steps`` steps (default: the pipeline's
+        ``default_num_inference_steps``).
 
         ``eta`` is passed to schedulers whose ``step`` accepts it (DDIM: 0 = deterministic ODE, 1 = DDPM-like).
         ``scheduler`` samples this call with another diffusers scheduler of the same noise schedule (e.g.
@@ -265,6 +268,8 @@ class CelebADiffusionPipeline(DiffusionPipeline):
         """
         if output_type not in ("pil", "np", "pt"):
             raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
+        if num_inference_steps is None:
+            num_inference_steps = self.config.default_num_inference_steps
         denoiser = self.guided_denoiser(attributes, guidance_scale)
         if self.resolve_mean_colour_correction(mean_colour_correction):
             denoiser = MeanColourDenoiser(denoiser, self.scheduler.alphas_cumprod,

@@ -20,6 +20,7 @@ import torch
 
 from .models import attribute_encoder
 from .pipeline_celeba import CelebADiffusionPipeline
+from .sampling.schedulers import check_steps, get_sampler
 
 PIPELINE_FILE = Path(__file__).with_name("pipeline_celeba.py")
 HUB_CLASS_NAME = [PIPELINE_FILE.stem, "CelebADiffusionPipeline"]
@@ -35,6 +36,22 @@ def weights_checksum(module: torch.nn.Module) -> str:
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
+
+
+def with_default_sampler(pipe: CelebADiffusionPipeline, sampler: str, steps: int) -> CelebADiffusionPipeline:
+    """The same model whose plain ``pipe()`` samples with registry sampler ``sampler`` at ``steps`` steps: that
+    scheduler, configured as the registry configures it, becomes the pipeline's scheduler (saved with it), and
+    ``steps`` its ``default_num_inference_steps``. Every other sampler is still built from the saved scheduler's noise
+    schedule. ValueError for a score-SDE sampler (not a diffusers scheduler) or a step count it cannot take."""
+    entry = get_sampler(sampler)
+    if not entry.is_scheduler:
+        raise ValueError(f"the default sampler must be a diffusers scheduler; {sampler!r} is a score-SDE sampler")
+    check_steps(sampler, steps, pipe.scheduler.config.num_train_timesteps)
+    config = {key: value for key, value in pipe.config.items() if not key.startswith("_")
+              and key not in (*COMPONENTS, *OPTIONAL_COMPONENTS)}
+    return CelebADiffusionPipeline(unet=pipe.unet, scheduler=entry.scheduler(pipe.scheduler.config),
+                                   attribute_encoder=getattr(pipe, "attribute_encoder", None),
+                                   **{**config, "default_num_inference_steps": steps})
 
 
 def save_pipeline_folder(pipe: CelebADiffusionPipeline, folder: str | os.PathLike) -> None:

@@ -1,0 +1,60 @@
+"""pipeline.ship: the shipped folder's plain pipe() is the chosen sampler, and a failed ship changes nothing."""
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
+
+from pipeline import CelebADiffusionPipeline, load_pipeline, save_pipeline_folder
+from pipeline.sampling.schedulers import make_scheduler
+from pipeline.ship import main, ship
+
+
+@pytest.fixture()
+def trained(tmp_path):
+    torch.manual_seed(0)
+    unet = UNet2DModel(sample_size=8, block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4,
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"))
+    pipe = CelebADiffusionPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=1000),
+                                   preprocessing={"resolution": 8, "crop_size": 140, "crop_offset_y": 0,
+                                                  "resample": "bilinear"})
+    save_pipeline_folder(pipe, tmp_path / "run")
+    return tmp_path / "run"
+
+
+def sample(pipe, **kwargs):
+    pipe.set_progress_bar_config(disable=True)
+    return pipe(batch_size=2, generator=torch.Generator().manual_seed(3), output_type="np", **kwargs).images
+
+
+def test_a_plain_call_of_the_shipped_folder_samples_with_the_chosen_sampler(trained, tmp_path):
+    flags = ["--model", str(trained), "--out", str(tmp_path / "shipped"), "--sampler", "ddim", "--steps", "10"]
+    assert main(flags) == 0
+    shipped, original = load_pipeline(str(tmp_path / "shipped")), load_pipeline(str(trained))
+    assert type(shipped.scheduler) is DDIMScheduler and shipped.scheduler.config.timestep_spacing == "trailing"
+    assert shipped.config.default_num_inference_steps == 10 and shipped.config.preprocessing["resolution"] == 8
+    expected = sample(original, num_inference_steps=10, scheduler=make_scheduler("ddim", original.scheduler.config))
+    assert np.array_equal(sample(shipped), expected)
+    # every other sampler is still built on the trained noise schedule
+    for name in ("ddpm", "dpm++2m", "heun"):
+        assert make_scheduler(name, shipped.scheduler.config).config == make_scheduler(
+            name, original.scheduler.config).config
+    assert sample(original).shape == (2, 8, 8, 3)  # a pipeline saved without a default keeps diffusers' 50 steps
+    assert original.config.default_num_inference_steps == 50
+
+
+def test_bad_choices_and_an_existing_folder_fail_before_anything_is_written(trained, tmp_path):
+    out = tmp_path / "shipped"
+    with pytest.raises(ValueError, match="score-SDE sampler"):
+        ship(str(trained), out, "pc", 10)
+    with pytest.raises(ValueError, match="dividing T"):
+        ship(str(trained), out, "ddim", 30)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no folder, no staging left behind
+    ship(str(trained), out, "ddpm", 20)
+    (out / "stale.txt").write_text("from the model shipped before")
+    with pytest.raises(FileExistsError, match="--replace"):
+        ship(str(trained), out, "ddim", 10)
+    assert load_pipeline(str(out)).config.default_num_inference_steps == 20
+    ship(str(trained), out, "ddim", 10, replace=True)
+    assert not (out / "stale.txt").exists() and load_pipeline(str(out)).config.default_num_inference_steps == 10
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "shipped"]
