@@ -38,6 +38,13 @@ def weights_checksum(module: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
+def pipeline_settings(config) -> dict:
+    """The pipeline's own settings in a model_index.json or pipeline config (pixel_unshuffle, preprocessing, ...):
+    every entry but the components and diffusers' private keys."""
+    return {key: value for key, value in dict(config).items()
+            if not key.startswith("_") and key not in COMPONENTS and key not in OPTIONAL_COMPONENTS}
+
+
 def with_default_sampler(pipe: CelebADiffusionPipeline, sampler: str, steps: int) -> CelebADiffusionPipeline:
     """The same model whose plain ``pipe()`` samples with registry sampler ``sampler`` at ``steps`` steps: that
     scheduler, configured as the registry configures it, becomes the pipeline's scheduler (saved with it), and
@@ -47,11 +54,9 @@ def with_default_sampler(pipe: CelebADiffusionPipeline, sampler: str, steps: int
     if not entry.is_scheduler:
         raise ValueError(f"the default sampler must be a diffusers scheduler; {sampler!r} is a score-SDE sampler")
     check_steps(sampler, steps, pipe.scheduler.config.num_train_timesteps)
-    config = {key: value for key, value in pipe.config.items() if not key.startswith("_")
-              and key not in (*COMPONENTS, *OPTIONAL_COMPONENTS)}
     return CelebADiffusionPipeline(unet=pipe.unet, scheduler=entry.scheduler(pipe.scheduler.config),
                                    attribute_encoder=getattr(pipe, "attribute_encoder", None),
-                                   **{**config, "default_num_inference_steps": steps})
+                                   **{**pipeline_settings(pipe.config), "default_num_inference_steps": steps})
 
 
 def save_pipeline_folder(pipe: CelebADiffusionPipeline, folder: str | os.PathLike) -> None:
@@ -123,6 +128,4 @@ def load_pipeline(model: str, device: str = "cpu") -> CelebADiffusionPipeline:
             files = sorted(str(path) for path in (folder / name).glob("*") if path.is_file()) or [str(folder / name)]
             raise ValueError(f"cannot load the {name} from {', '.join(files)}: {str(error).splitlines()[0]} "
                              f"(truncated or corrupt? save or download it again)") from None
-    config = {key: value for key, value in index.items()
-              if not key.startswith("_") and key not in COMPONENTS and key not in OPTIONAL_COMPONENTS}
-    return CelebADiffusionPipeline(**components, **config).to(device)
+    return CelebADiffusionPipeline(**components, **pipeline_settings(index)).to(device)
