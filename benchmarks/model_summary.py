@@ -17,7 +17,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline.cli import ArgumentParser, run_cli
-from train_unet import build_model_and_scheduler, parse_args
+from pipeline.training.build import build_model_and_scheduler
+from pipeline.training.settings import load_settings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -31,8 +32,8 @@ def block_names(model) -> list[str]:
 
 
 def summarize(config: str) -> dict:
-    args = parse_args(["--config", config, "--train_data_dir", "unused"])
-    model, _ = build_model_and_scheduler(args)
+    settings = load_settings(config)
+    model, _ = build_model_and_scheduler(settings)
     model.eval()
     size, channels = model.config.sample_size, model.config.in_channels
     inputs = (torch.randn(1, channels, size, size), torch.tensor([500]))
@@ -56,7 +57,8 @@ def summarize(config: str) -> dict:
                        "forward_gflop_per_image": flops / 1e9, "share_of_flops": flops / total_flops,
                        "output_shape": shapes.get(name)})
     return {"config": config, "sample_size": size, "in_channels": channels,
-            "pixel_unshuffle": args.pixel_unshuffle, "parameters": sum(p.numel() for p in model.parameters()),
+            "pixel_unshuffle": settings.model.pixel_unshuffle,
+            "parameters": sum(p.numel() for p in model.parameters()),
             "forward_gflop_per_image": total_flops / 1e9, "training_gflop_per_image_approx": 3 * total_flops / 1e9,
             "counter": "torch.utils.flop_counter.FlopCounterMode, 2 FLOP per multiply-add, batch 1, t = 500",
             "blocks": blocks}

@@ -85,34 +85,35 @@ def run_dir(name: str, args) -> Path:
     return Path(args.runs_dir).expanduser() / f"{name}-{args.steps}steps"
 
 
-def recipe_args(name: str, base_config: str, overrides: dict | None = None):
+def recipe_settings(name: str, base_config: str, overrides: dict | None = None):
     """train_unet.py's settings of a recipe (no data needed: for building its UNet)."""
-    from train_unet import parse_args
+    from pipeline.training.settings import load_settings
 
-    flags = as_flags({**COMMON, **RECIPES[name], **(overrides or {})})
-    return parse_args(["--config", base_config, "--train_data_dir", "unused", *flags])
+    return load_settings(base_config, *as_flags({**COMMON, **RECIPES[name], **(overrides or {})}))
 
 
 def measure_step_cost(base_config: str, names: list[str], repeats: int = 5) -> dict:
     """Seconds per training step (forward, backward, AdamW; bf16 autocast, synthetic batch) of each recipe's UNet,
     measured interleaved so that both see the same machine; median over ``repeats`` after one warm-up step."""
-    from train_unet import build_model_and_scheduler, build_optimizer_and_ema, diffusion_loss
+    from pipeline.training.build import build_model_and_scheduler, build_optimizer_and_ema
+    from pipeline.training.losses import diffusion_loss
 
     setups = {}
     for name in names:
-        args = recipe_args(name, base_config)
+        settings = recipe_settings(name, base_config)
         torch.manual_seed(0)
-        model, scheduler = build_model_and_scheduler(args)
-        optimizer, _ = build_optimizer_and_ema(model, args)
-        batch = torch.rand(args.train_batch_size, 3, args.resolution, args.resolution) * 2 - 1
-        setups[name] = (model, scheduler, optimizer, batch, args)
+        model, scheduler = build_model_and_scheduler(settings)
+        optimizer, _ = build_optimizer_and_ema(model, settings.optimizer)
+        size = settings.data.resolution
+        batch = torch.rand(settings.optimizer.train_batch_size, 3, size, size) * 2 - 1
+        setups[name] = (model, scheduler, optimizer, batch, settings.diffusion)
     times = {name: [] for name in names}
     for repeat in range(repeats + 1):
         for name in (names if repeat % 2 else names[::-1]):
-            model, scheduler, optimizer, batch, args = setups[name]
+            model, scheduler, optimizer, batch, diffusion = setups[name]
             started = time.perf_counter()
             with torch.autocast("cpu", dtype=torch.bfloat16):
-                loss = diffusion_loss(model, scheduler, batch, args)
+                loss = diffusion_loss(model, scheduler, batch, diffusion)
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

@@ -33,7 +33,8 @@ import torch
 
 from pipeline import CelebADiffusionPipeline
 from pipeline.generate import generate
-from train_unet import build_model_and_scheduler, parse_args
+from pipeline.training.build import build_model_and_scheduler
+from pipeline.training.settings import load_settings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -48,14 +49,14 @@ def summary(values):
 
 
 def build_pipelines(config: str, variants):
-    args = parse_args(["--config", config, "--train_data_dir", "unused", "--no-channels_last"])
+    settings = load_settings(config, "--no-channels_last")
     torch.manual_seed(0)
-    unet, scheduler = build_model_and_scheduler(args)
+    unet, scheduler = build_model_and_scheduler(settings)
     unet.eval()
     pipes = {}
     for name in variants:
         _, channels_last = VARIANTS[name]
-        model, _ = build_model_and_scheduler(args)
+        model, _ = build_model_and_scheduler(settings)
         model.load_state_dict(unet.state_dict())
         model.eval()
         if channels_last:

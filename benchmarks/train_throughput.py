@@ -128,7 +128,7 @@ class DiffusersStyleImages:
         return {"input": self.transform(image.convert("RGB"))}
 
 
-def build_diffusers_recipe(args, spec):
+def build_diffusers_recipe(settings, spec):
     import torch
     import torch.nn.functional as F
     from accelerate import Accelerator
@@ -138,17 +138,18 @@ def build_diffusers_recipe(args, spec):
 
     torch.manual_seed(spec.get("seed", 0))
     accelerator = Accelerator(cpu=True, mixed_precision=spec.get("mixed_precision", "no"))
+    unet = settings.model
     model = UNet2DModel(
-        sample_size=args.resolution, in_channels=3, out_channels=3, layers_per_block=args.layers_per_block,
-        block_out_channels=tuple(args.block_out_channels), down_block_types=tuple(args.down_block_types),
-        up_block_types=tuple(args.up_block_types), attention_head_dim=args.attention_head_dim,
-        norm_num_groups=args.norm_num_groups, dropout=args.dropout,
+        sample_size=settings.data.resolution, in_channels=3, out_channels=3, layers_per_block=unet.layers_per_block,
+        block_out_channels=tuple(unet.block_out_channels), down_block_types=tuple(unet.down_block_types),
+        up_block_types=tuple(unet.up_block_types), attention_head_dim=unet.attention_head_dim,
+        norm_num_groups=unet.norm_num_groups, dropout=unet.dropout,
     )
     noise_scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", prediction_type="epsilon")
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.95, 0.999), weight_decay=1e-6, eps=1e-8)
     image_dir = os.path.join(spec["train_data_dir"], "img_align_celeba")
     files = sorted(os.path.join(image_dir, f) for f in os.listdir(image_dir) if f.lower().endswith(IMAGE_EXTENSIONS))
-    dataset = DiffusersStyleImages(files, args.resolution, center_crop=spec.get("center_crop", True),
+    dataset = DiffusersStyleImages(files, settings.data.resolution, center_crop=spec.get("center_crop", True),
                                    random_flip=spec.get("random_flip", True))
     loader = torch.utils.data.DataLoader(dataset, batch_size=spec["batch_size"], shuffle=True, num_workers=0)
     lr_scheduler = get_scheduler("cosine", optimizer=optimizer, num_warmup_steps=500,
@@ -200,39 +201,34 @@ def build_diffusers_recipe(args, spec):
 
 
 # ------------------------------------------------------------------------------------ B: train_unet.py's step
-def build_ours_recipe(args, spec):
-    """train_unet.main's setup and loop body, for the flags in ``args`` (config + overrides)."""
+def build_ours_recipe(settings, spec):
+    """train_unet.main's setup and loop body, for the flags in ``settings`` (config + overrides)."""
     import torch
     from accelerate import Accelerator
     from diffusers.optimization import get_scheduler
 
     from pipeline.data.celeba import TrainStream, load_celeba
     from pipeline.data.preprocess import to_model_range
-    from train_unet import (
-        build_model_and_scheduler,
-        build_optimizer_and_ema,
-        diffusion_loss,
-        training_preprocessing,
-        training_step,
-    )
+    from pipeline.training.build import build_model_and_scheduler, build_optimizer_and_ema
+    from pipeline.training.losses import diffusion_loss
+    from train_unet import training_step
 
     torch.manual_seed(spec.get("seed", 0))
-    accelerator = Accelerator(cpu=True, mixed_precision=args.mixed_precision or "no")
-    model, noise_scheduler = build_model_and_scheduler(args)
+    accelerator = Accelerator(cpu=True, mixed_precision=settings.optimizer.mixed_precision or "no")
+    model, noise_scheduler = build_model_and_scheduler(settings)
     if spec.get("attention") == "classic":
         from diffusers.models.attention_processor import Attention, AttnProcessor
 
         for module in model.modules():
             if isinstance(module, Attention):
                 module.set_processor(AttnProcessor())
-    optimizer, ema = build_optimizer_and_ema(model, args, foreach=spec.get("adam_foreach"))
-    lr_scheduler = get_scheduler(args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps,
-                                 num_training_steps=args.max_train_steps)
-    stream = TrainStream(
-        load_celeba(args.dataset_name, args.dataset_config_name, args.train_data_dir, args.split),
-        training_preprocessing(args), batch_size=args.train_batch_size, seed=args.seed,
-        shuffle_buffer_size=args.shuffle_buffer_size,
-    )
+    optimizer, ema = build_optimizer_and_ema(model, settings.optimizer, foreach=spec.get("adam_foreach"))
+    data, opt = settings.data, settings.optimizer
+    lr_scheduler = get_scheduler(opt.lr_scheduler, optimizer, num_warmup_steps=opt.lr_warmup_steps,
+                                 num_training_steps=opt.max_train_steps)
+    stream = TrainStream(load_celeba(data.dataset_name, data.dataset_config_name, data.train_data_dir, data.split),
+                         data.preprocessing, batch_size=opt.train_batch_size, seed=opt.seed,
+                         shuffle_buffer_size=data.shuffle_buffer_size)
     model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
     if spec.get("compile"):
         model = torch.compile(model, mode=None if spec["compile"] == "default" else spec["compile"])
@@ -241,7 +237,7 @@ def build_ours_recipe(args, spec):
     def train_step():
         model.train()
         pixels = next(batches).pixels
-        loss = training_step(accelerator, model, optimizer, lr_scheduler, noise_scheduler, pixels, args)
+        loss = training_step(accelerator, model, optimizer, lr_scheduler, noise_scheduler, pixels, settings)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite loss {loss.item()}")
         if ema is not None:
@@ -253,7 +249,7 @@ def build_ours_recipe(args, spec):
 
     def flop_batch():
         clean = data_batch()
-        loss = diffusion_loss(model, noise_scheduler, clean, args)
+        loss = diffusion_loss(model, noise_scheduler, clean, settings.diffusion)
         loss.backward()
         optimizer.zero_grad(set_to_none=True)
 
@@ -263,12 +259,11 @@ def build_ours_recipe(args, spec):
         """fp32 epsilon-MSE of the raw (unwrapped, no autocast) model on a fixed batch with fixed noise and
         timesteps (a separate stream and generator, so the training RNG and data order are untouched)."""
         if not fixed:
-            eval_stream = TrainStream(load_celeba(args.dataset_name, args.dataset_config_name, args.train_data_dir,
-                                                  args.split),
-                                      training_preprocessing(args),
-                                      batch_size=num_images, seed=args.seed + 12345, shuffle_buffer_size=100)
+            eval_stream = TrainStream(load_celeba(data.dataset_name, data.dataset_config_name, data.train_data_dir,
+                                                  data.split), data.preprocessing,
+                                      batch_size=num_images, seed=opt.seed + 12345, shuffle_buffer_size=100)
             fixed["clean"] = to_model_range(next(iter(eval_stream))[0])
-            generator = torch.Generator().manual_seed(args.seed + 1)
+            generator = torch.Generator().manual_seed(opt.seed + 1)
             fixed["noise"] = torch.randn(fixed["clean"].shape, generator=generator)
             fixed["t"] = torch.randint(0, noise_scheduler.config.num_train_timesteps, (num_images,),
                                        generator=generator)
@@ -285,7 +280,7 @@ def build_ours_recipe(args, spec):
 
 
 # -------------------------------------------------------------------------------------------- worker processes
-def ours_args(spec):
+def ours_settings(spec):
     from train_unet import parse_args
 
     argv = ["--config", spec["config"], "--train_data_dir", spec["train_data_dir"], "--logger", "none"]
@@ -309,11 +304,12 @@ def worker(conn, spec):
     if spec.get("inductor_cache_dir"):
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = spec["inductor_cache_dir"]
     try:
-        args = ours_args(spec)
-        spec["batch_size"] = args.train_batch_size
+        settings = ours_settings(spec)
+        opt = settings.optimizer
+        spec["batch_size"] = opt.train_batch_size
         started = time.perf_counter()
         build = build_diffusers_recipe if spec["recipe"] == "diffusers" else build_ours_recipe
-        recipe = build(args, spec)
+        recipe = build(settings, spec)
         train_step = recipe["train"]
         setup_s = time.perf_counter() - started
         warmup = []
@@ -322,9 +318,9 @@ def worker(conn, spec):
             train_step()
             warmup.append(time.perf_counter() - started)
         precision = (spec.get("mixed_precision", "no") if spec["recipe"] == "diffusers"
-                     else args.mixed_precision or "no")
-        conn.send({"ready": True, "setup_s": setup_s, "warmup_step_s": warmup, "batch_size": args.train_batch_size,
-                   "mixed_precision": precision, "channels_last": spec["recipe"] == "ours" and args.channels_last,
+                     else opt.mixed_precision or "no")
+        conn.send({"ready": True, "setup_s": setup_s, "warmup_step_s": warmup, "batch_size": opt.train_batch_size,
+                   "mixed_precision": precision, "channels_last": spec["recipe"] == "ours" and opt.channels_last,
                    "threads": torch.get_num_threads(), "interop_threads": torch.get_num_interop_threads()})
         while True:
             command = conn.recv()
@@ -332,19 +328,19 @@ def worker(conn, spec):
                 cpu, wall = time.process_time(), time.perf_counter()
                 losses = [train_step() for _ in range(command[1])]
                 conn.send({"wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu,
-                           "images": command[1] * args.train_batch_size, "losses": losses})
+                           "images": command[1] * opt.train_batch_size, "losses": losses})
             elif command[0] == "data":
                 cpu, wall = time.process_time(), time.perf_counter()
                 for _ in range(command[1]):
                     recipe["data"]()
                 conn.send({"wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu,
-                           "images": command[1] * args.train_batch_size})
+                           "images": command[1] * opt.train_batch_size})
             elif command[0] == "flops":
                 from torch.utils.flop_counter import FlopCounterMode
 
                 with FlopCounterMode(display=False) as counter:
                     recipe["flops"]()
-                conn.send({"flops_per_image": counter.get_total_flops() / args.train_batch_size})
+                conn.send({"flops_per_image": counter.get_total_flops() / opt.train_batch_size})
             elif command[0] == "eval":
                 conn.send({"loss": recipe["eval"]()})
             elif command[0] == "stop":

@@ -113,21 +113,22 @@ def optimizer_micro(cli) -> dict:
     import torch
     from diffusers.training_utils import EMAModel
 
-    from benchmarks.train_throughput import ours_args
-    from train_unet import build_model_and_scheduler
+    from benchmarks.train_throughput import ours_settings
+    from pipeline.training.build import build_model_and_scheduler
 
     load_start, started = load_average(), time.time()
-    args = ours_args({"config": cli.config, "train_data_dir": cli.train_data_dir, "flags": cli.reference_flags})
+    reference = {"config": cli.config, "train_data_dir": cli.train_data_dir, "flags": cli.reference_flags}
+    settings = ours_settings(reference)
     models, steps = {}, {}
     for name in ("AdamW per-tensor", "AdamW foreach", "AdamW fused", "EMA per-tensor", "EMA foreach"):
         torch.manual_seed(0)  # identical weights and gradients for every implementation
-        model, _ = build_model_and_scheduler(args)
+        model, _ = build_model_and_scheduler(settings)
         torch.manual_seed(1)
         for parameter in model.parameters():
             parameter.grad = torch.randn_like(parameter) * 1e-3
         if name.startswith("AdamW"):
             kind = name.split()[1]
-            optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=1e-6,
+            optimizer = torch.optim.AdamW(model.parameters(), lr=settings.optimizer.learning_rate, weight_decay=1e-6,
                                           foreach=kind == "foreach", fused=kind == "fused" or None)
             steps[name] = optimizer.step
         else:

@@ -6,7 +6,8 @@ Layout, one concept per subpackage:
 - ``models``: the UNet builder and its GroupNorm guard, the attribute encoder, the noise schedules;
 - ``sampling``: the sampler registry, the score-SDE samplers, editing (imputation, colorization), sample batches;
 - ``data``: CelebA reading (official layout or Hub stream), the model's preprocessing, image files and grids;
-- ``training``: checkpoints, learning-rate schedules, run control;
+- ``training``: typed run settings, building the model, scheduler and optimizer, the losses, checkpoints,
+  learning-rate schedules, run control;
 - ``evaluation``: Inception features, the cached real-image reference, FID/KID/precision-recall, plots;
 - the command-line layer, one module per ``python -m pipeline.<command>``: ``generate``, ``evaluate``, ``edit``,
   ``demo``, ``likelihood``, ``trajectory``, ``training_log``, ``model_card``, ``ship``, ``publish``,

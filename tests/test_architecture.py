@@ -25,7 +25,7 @@ def test_train_flags_refuse_instance_norm_before_any_work(capsys):
     with pytest.raises(SystemExit):
         parse_args(base + ["--norm_num_groups", "32"])
     assert "level 0: 32 channels" in capsys.readouterr().err
-    assert parse_args(base + ["--norm_num_groups", "32", "--allow_instance_norm"]).allow_instance_norm
+    assert parse_args(base + ["--norm_num_groups", "32", "--allow_instance_norm"]).model.allow_instance_norm
 
 
 @torch.no_grad()

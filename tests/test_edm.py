@@ -1,7 +1,6 @@
 """EDM preconditioning (train_unet.py --preconditioning edm): its loss, its saved scheduler and its samplers."""
 
 import json
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -10,7 +9,9 @@ from diffusers import EDMEulerScheduler
 from diffusers.models.unets.unet_2d import UNet2DOutput
 
 from pipeline.generate import generate, load_pipeline
-from train_unet import edm_loss, parse_args
+from pipeline.training.losses import edm_loss
+from pipeline.training.settings import DiffusionSettings
+from train_unet import parse_args
 
 from conftest import run_command, train_args
 
@@ -36,16 +37,16 @@ def test_edm_loss_is_zero_for_the_exact_denoiser_and_unit_scale_for_a_wrong_one(
     scheduler = EDMEulerScheduler(sigma_data=0.5)
     target = torch.rand(1, 3, 8, 8) * 2 - 1
     clean = target.expand(64, -1, -1, -1)
-    args = SimpleNamespace(edm_p_mean=-1.2, edm_p_std=1.2)
-    assert edm_loss(IdealForOnePoint(scheduler, target), scheduler, clean, args).item() < 1e-8
+    diffusion = DiffusionSettings(preconditioning="edm", edm_p_mean=-1.2, edm_p_std=1.2)
+    assert edm_loss(IdealForOnePoint(scheduler, target), scheduler, clean, diffusion).item() < 1e-8
     # an output off by a factor 1 - k misses the unit-variance target by k times its size: loss k^2 E|F*|^2 > 0
-    wrong = edm_loss(IdealForOnePoint(scheduler, target, scale=0.5), scheduler, clean, args).item()
+    wrong = edm_loss(IdealForOnePoint(scheduler, target, scale=0.5), scheduler, clean, diffusion).item()
     assert wrong > 1e-2
 
 
 def test_edm_flags_are_checked_before_training():
     base = ["--config", "configs/smoke.yaml", "--train_data_dir", "x", "--preconditioning", "edm"]
-    assert parse_args(base).preconditioning == "edm"
+    assert parse_args(base).diffusion.preconditioning == "edm"
     with pytest.raises(SystemExit):
         parse_args([*base, "--prediction_type", "v_prediction"])
 

@@ -6,7 +6,6 @@ import signal
 import subprocess
 import sys
 import time
-from argparse import Namespace
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +18,10 @@ from safetensors.torch import load_file
 from pipeline.data.celeba import ExamplePreprocessor, load_celeba
 from pipeline.data.preprocess import Preprocessing, to_model_range
 from pipeline.mean_colour import MeanColourStatistics
+from pipeline.training.losses import diffusion_loss
 from pipeline.training.lr_schedules import build_lr_scheduler
-from train_unet import cpu_thread_advice, diffusion_loss, parse_args
+from pipeline.training.settings import DiffusionSettings
+from train_unet import cpu_thread_advice, parse_args
 
 from conftest import FIXTURE, ROOT, run_command, subprocess_env, train_args
 
@@ -41,7 +42,7 @@ def test_overfits_one_fixed_batch():
                         down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"))
     scheduler = DDPMScheduler(num_train_timesteps=1000)
     clean = torch.rand(4, 3, 16, 16) * 2 - 1
-    args = Namespace(prediction_type="epsilon", snr_gamma=None)
+    diffusion = DiffusionSettings(prediction_type="epsilon", snr_gamma=None)
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
     fixed_noise = torch.randn_like(clean)
     fixed_t = torch.tensor([50, 300, 600, 900])
@@ -53,7 +54,7 @@ def test_overfits_one_fixed_batch():
         torch.randn_like = lambda x: generator_noise
         torch.randint = lambda *a, **k: generator_t
         try:
-            return diffusion_loss(model, scheduler, clean, args)
+            return diffusion_loss(model, scheduler, clean, diffusion)
         finally:
             torch.randn_like, torch.randint = original_randn_like, original_randint
             torch.set_rng_state(state)
@@ -68,8 +69,9 @@ def test_overfits_one_fixed_batch():
 
 
 def test_config_and_flags(tmp_path):
-    args = parse_args(["--config", "configs/smoke.yaml", "--train_data_dir", "x", "--resolution", "16"])
-    assert args.resolution == 16 and args.block_out_channels == [16, 32] and args.max_train_steps == 8
+    settings = parse_args(["--config", "configs/smoke.yaml", "--train_data_dir", "x", "--resolution", "16"])
+    assert settings.data.resolution == 16 and settings.model.block_out_channels == [16, 32]
+    assert settings.optimizer.max_train_steps == 8
     bad = tmp_path / "bad.yaml"
     bad.write_text("resolutoin: 32\n")
     result = run_command(train_args(tmp_path / "out", "--config", bad), check=False)

@@ -1,1 +1,2 @@
-"""What a training run needs besides the model: checkpoints, learning-rate schedules, run control."""
+"""A training run's parts besides its loop: typed settings, building what it trains, the losses, checkpoints,
+learning-rate schedules and run control."""
