@@ -88,40 +88,43 @@ def score_features(fake: torch.Tensor, real: torch.Tensor, real_stats: dict | No
             "metric_seconds": time.perf_counter() - started}
 
 
-def split_heldout(reference: dict, args, prep: Preprocessing) -> tuple[torch.Tensor, list[str], torch.Tensor, dict]:
-    """(training features, their keys, held-out features, description): the official test split when present, else
-    the last ``num_heldout`` reference images by file name, which the training run saw unless it excluded them."""
-    mode = args.heldout
+def split_heldout(reference: dict, source: dict, mode: str, num_heldout: int, prep: Preprocessing,
+                  **reference_options) -> tuple[torch.Tensor, list[str], torch.Tensor, dict]:
+    """(training features, their keys, held-out features, description): the official test (or valid) split when
+    present, else the last ``num_heldout`` reference images by file name, which the training run saw unless it
+    excluded them. ``source``: the ``train_data_dir`` / ``dataset_name`` / ``dataset_config_name`` of the images;
+    ``mode``: auto, test, valid or tail; ``reference_options`` go to ``load_or_compute_reference``."""
     if mode == "auto":
-        has_test = args.dataset_name is not None or bool(read_official_layout(args.train_data_dir).records["test"])
+        has_test = (source["dataset_name"] is not None
+                    or bool(read_official_layout(source["train_data_dir"]).records["test"]))
         mode = "test" if has_test else "tail"
     if mode in ("test", "valid"):
-        count = args.num_heldout
-        if args.train_data_dir is not None:
-            count = min(count, len(read_official_layout(args.train_data_dir).records[mode]))
-        heldout = load_or_compute_reference(args.train_data_dir, args.dataset_name, args.dataset_config_name, mode,
-                                            prep, count, args.cache_dir,
-                                            args.inception_batch_size)
+        count = num_heldout
+        if source["train_data_dir"] is not None:
+            count = min(count, len(read_official_layout(source["train_data_dir"]).records[mode]))
+        heldout = load_or_compute_reference(**source, split=mode, prep=prep, num_images=count, **reference_options)
         return reference["features"], reference["keys"], heldout["features"], {
             "source": f"official {mode} split, first {heldout['num']} images in stream order",
             "num": heldout["num"], "used_in_training": False, "cache_file": heldout["cache_file"]}
-    count = min(args.num_heldout, reference["num"] // 2)
+    count = min(num_heldout, reference["num"] // 2)
     keys = reference["keys"]
     return reference["features"][:-count], keys[:-count], reference["features"][-count:], {
-        "source": f"last {count} images of the reference ({args.split} split) by file name: {keys[-count]} .. "
+        "source": f"last {count} images of the reference ({reference['fields']['split']} split) by file name: "
+                  f"{keys[-count]} .. "
                   f"{keys[-1]}; training part = the other {len(keys) - count}",
         "num": count, "used_in_training": "yes, unless the training run excluded them: train_unet.py streams the "
         "whole split, so then the ratio compares two sets of training images and cannot reveal memorization"}
 
 
-def closest_pairs_picture(fake_images: np.ndarray, mem: dict, train_keys: list[str], args, prep: Preprocessing,
-                          path: Path) -> list[dict]:
-    """Save the 8 samples closest to a training image (top row) above those training images (bottom row)."""
+def closest_pairs_picture(fake_images: np.ndarray, mem: dict, train_keys: list[str], source: dict, split: str,
+                          prep: Preprocessing, path: Path) -> list[dict]:
+    """Save the 8 samples closest to a training image (top row) above those training images (bottom row), read from
+    ``source`` (as in ``split_heldout``); returns the pairs."""
     order = torch.argsort(mem["nearest_train_distance"])[:8].tolist()
     wanted = [train_keys[mem["nearest_train_index"][i]] for i in order]
     found = {}
-    for batch, names in stream_real_images(args.train_data_dir, args.dataset_name, args.dataset_config_name,
-                                           args.split, prep, None, 64, keys=set(wanted)):
+    for batch, names in stream_real_images(**source, split=split, prep=prep, num_images=None, batch_size=64,
+                                           keys=set(wanted)):
         found.update(zip(names, batch.permute(0, 2, 3, 1).numpy()))
     train_images = np.stack([found[key] for key in wanted])
     make_grid(np.concatenate([fake_images[order], train_images]), columns=len(order), upscale=2).save(path)
@@ -161,9 +164,11 @@ def evaluate_model(args) -> dict:
     resolution = args.resolution or sample_resolution
     # the references are cropped as the model's training images were, at the scoring resolution
     prep = dataclasses.replace(pipeline_preprocessing(pipe), resolution=resolution)
-    reference = load_or_compute_reference(args.train_data_dir, args.dataset_name, args.dataset_config_name,
-                                          args.split, prep, args.num_reference, args.cache_dir,
-                                          args.inception_batch_size, device=args.device)
+    source = {"train_data_dir": args.train_data_dir, "dataset_name": args.dataset_name,
+              "dataset_config_name": args.dataset_config_name}
+    reference = load_or_compute_reference(**source, split=args.split, prep=prep, num_images=args.num_reference,
+                                          cache_dir=args.cache_dir, batch_size=args.inception_batch_size,
+                                          device=args.device)
     sampling = {"scheduler": args.scheduler, "steps": args.steps, "seed": args.seed, "batch_size": args.batch_size,
                 "eta": args.eta, "mixed_precision": args.mixed_precision,
                 "mean_colour_correction": args.mean_colour_correction, "sampler_options": options}
@@ -180,11 +185,13 @@ def evaluate_model(args) -> dict:
                                                  model=load_inception(args.device))
     result = score_features(fake, reference["features"], reference, args.kid_subset_size, args.kid_subsets,
                             args.pr_k, args.seed)
-    train, train_keys, heldout, heldout_info = split_heldout(reference, args, prep)
+    train, train_keys, heldout, heldout_info = split_heldout(reference, source, args.heldout, args.num_heldout, prep,
+                                                             cache_dir=args.cache_dir,
+                                                             batch_size=args.inception_batch_size)
     mem = memorization(fake, train, heldout, args.seed)
     picture = Path(args.out).with_name(Path(args.out).stem + "_closest_pairs.png")
     picture.parent.mkdir(parents=True, exist_ok=True)
-    pairs = closest_pairs_picture(images, mem, train_keys, args, prep, picture)
+    pairs = closest_pairs_picture(images, mem, train_keys, source, args.split, prep, picture)
     result.update({
         "label": label(args.num_samples), "num_samples": args.num_samples, "model": args.model,
         "sampler": args.scheduler, "sampler_options": options, "steps": args.steps, "nfe": measured_nfe,
