@@ -158,12 +158,18 @@ def save_ema_pipeline(accelerator, model, ema, noise_scheduler, settings: Traini
         save_pipeline_folder(pipe, folder)
 
 
+def sampling_precision(accelerator) -> str:
+    """The precision of the sample grids and the in-training FID: bf16 autocast when the run trains in bf16."""
+    return "bf16" if accelerator.mixed_precision == "bf16" else "no"
+
+
 def save_sample_grid(accelerator, model, ema, noise_scheduler, settings: TrainingSettings, step):
     """A grid of EMA samples for TensorBoard and output_dir/samples/."""
     sampling = settings.sampling
     with ema_pipeline(accelerator, model, ema, noise_scheduler, settings) as pipe:
         images, _ = generate(pipe, sampling.num_validation_images, sampling.validation_scheduler,
-                             sampling.validation_inference_steps, seed=settings.optimizer.seed, progress=False)
+                             sampling.validation_inference_steps, seed=settings.optimizer.seed, progress=False,
+                             mixed_precision=sampling_precision(accelerator))
     folder = Path(settings.output.output_dir, "samples")
     folder.mkdir(parents=True, exist_ok=True)
     make_grid(images).save(folder / f"step_{step:07d}.png")
@@ -177,7 +183,8 @@ def evaluate_fid(accelerator, model, ema, noise_scheduler, settings: TrainingSet
     sampling = settings.sampling
     with ema_pipeline(accelerator, model, ema, noise_scheduler, settings) as pipe:
         images, _ = generate(pipe, sampling.eval_fid_num_samples, sampling.eval_fid_scheduler,
-                             sampling.eval_fid_steps, seed=settings.optimizer.seed, progress=False)
+                             sampling.eval_fid_steps, seed=settings.optimizer.seed, progress=False,
+                             mixed_precision=sampling_precision(accelerator))
     return fid_against_reference(images, reference)
 
 
@@ -367,8 +374,10 @@ class Run:
         self.accelerator.log({key: fid}, step=self.step)
         append_record(self.training_log, {
             "step": self.step, "images_seen": self.step * self.images_per_step, key: fid,
-            "fid_protocol": f"{sampling.eval_fid_scheduler}-{sampling.eval_fid_steps}, seed "
-                            f"{self.settings.optimizer.seed}, reference {reference['num']} train images"})
+            "fid_protocol": f"{sampling.eval_fid_scheduler}-{sampling.eval_fid_steps}, "
+                            f"{'bf16' if sampling_precision(self.accelerator) == 'bf16' else 'fp32'}, "
+                            f"seed {self.settings.optimizer.seed}, "
+                            f"reference {reference['num']} train images"})
 
     def finish(self, first_keys: list[str]) -> None:
         """The end of a run: this process's summary, then (main process) the EMA pipeline with its model card in

@@ -282,7 +282,8 @@ def test_training_log_fid_sample_grids_and_cumulative_cpu_time(tmp_path):
              "--validation_inference_steps", 2, "--logger", "tensorboard"]
     env = {"CELEBA_DIFFUSION_CACHE": str(tmp_path / "cache")}
     run_command(train_args(out, *flags, "--max_train_steps", 4), env=env)
-    run_command(train_args(out, *flags, "--max_train_steps", 8, "--resume_from_checkpoint", "latest"), env=env)
+    run_command(train_args(out, *flags, "--max_train_steps", 8, "--resume_from_checkpoint", "latest",
+                           "--mixed_precision", "bf16"), env=env)
     records = [json.loads(line) for line in (out / "training_log.jsonl").read_text().splitlines()]
     checkpoints = [r for r in records if "cpu_hours" in r]
     fids = [r for r in records if "fid_6" in r]
@@ -290,6 +291,7 @@ def test_training_log_fid_sample_grids_and_cumulative_cpu_time(tmp_path):
     assert checkpoints[1]["images_seen"] == 8 * 4 and 0 < checkpoints[0]["cpu_hours"] < checkpoints[1]["cpu_hours"]
     assert all(r["clock_counted_from_step"] == 0 for r in checkpoints)  # the clock covers the whole run
     assert all(r["fid_6"] > 0 and "dpm++2m-10" in r["fid_protocol"] for r in fids)  # the fast ODE sampler
+    assert [r["fid_protocol"].split(", ")[1] for r in fids] == ["fp32", "bf16"]  # sampled as the run trains
     assert list((tmp_path / "cache" / "ref_stats").glob("*.pt"))  # the reference was cached, not recomputed
     grids = sorted(p.name for p in (out / "samples").glob("*.png"))
     assert grids == ["step_0000004.png", "step_0000008.png"]
