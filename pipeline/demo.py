@@ -48,6 +48,13 @@ def to_pil(images: torch.Tensor) -> list[Image.Image]:
     return [Image.fromarray(image) for image in to_uint8_nhwc(images)]
 
 
+def center_square(image: Image.Image, resolution: int, resample: int) -> Image.Image:
+    """The largest centred square of ``image``, resized to ``resolution`` on a side."""
+    side = min(image.size)
+    left, top = (image.width - side) // 2, (image.height - side) // 2
+    return image.crop((left, top, left + side, top + side)).resize((resolution, resolution), resample)
+
+
 def square_face(array: np.ndarray, prep: Preprocessing) -> torch.Tensor:
     """An uploaded face as 3 x R x R in [-1, 1]: model-sized and aligned CelebA images as in ``pipeline.edit``, any
     other upload centre-cropped to a square and resized; gr.Error for a missing or huge image."""
@@ -60,10 +67,7 @@ def square_face(array: np.ndarray, prep: Preprocessing) -> torch.Tensor:
     try:
         return face_tensor(image, prep)
     except ValueError:
-        side, resolution = min(image.size), prep.resolution
-        left, top = (image.width - side) // 2, (image.height - side) // 2
-        image = image.crop((left, top, left + side, top + side)).resize((resolution, resolution), Image.BILINEAR)
-        return face_tensor(image, prep)
+        return face_tensor(center_square(image, prep.resolution, Image.BILINEAR), prep)
 
 
 def drawn_mask(editor: dict | None, prep: Preprocessing) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,9 +86,7 @@ def drawn_mask(editor: dict | None, prep: Preprocessing) -> tuple[torch.Tensor, 
         raise input_error("No mask drawn: paint over the region to fill with the brush, then press Inpaint.")
     fill = Image.fromarray(painted.astype(np.uint8) * 255)
     if fill.size != (resolution, resolution):
-        side = min(fill.size)
-        left, top = (fill.width - side) // 2, (fill.height - side) // 2
-        fill = fill.crop((left, top, left + side, top + side)).resize((resolution, resolution), Image.NEAREST)
+        fill = center_square(fill, resolution, Image.NEAREST)
     known = torch.from_numpy(np.asarray(fill) < 128).float()[None, None]
     if bool(known.all()):
         raise input_error("The painted region is outside the face crop: paint over the face.")
@@ -122,14 +124,19 @@ class FaceDemo:
         return self.estimate(2 * int(steps) if method == "pc" else int(steps) * 3, 1)
 
     def generate(self, sampler: str, steps: float, seed: float, batch: float, progress=gr.Progress(track_tqdm=True)):
+        return self._sample(sampler, steps, seed, batch)
+
+    def _sample(self, sampler: str, steps: float, seed: float, batch: float, attributes: dict | None = None,
+                guidance: float = 1.0) -> list[Image.Image]:
         if sampler not in self.samplers:
             raise input_error(f"Unknown sampler {sampler!r}; choose one of {', '.join(self.samplers)}.")
         if not 1 <= int(batch) <= MAX_BATCH or int(steps) < 1:
             raise input_error(f"Batch must be 1-{MAX_BATCH} and steps at least 1.")
         try:
             images, _ = generate(self.pipe, int(batch), sampler, int(steps), int(seed), batch_size=int(batch),
-                                 progress=True, mixed_precision=self.mixed_precision)
-        except ValueError as error:   # e.g. a step count DDIM cannot take
+                                 progress=True, mixed_precision=self.mixed_precision, attributes=attributes,
+                                 guidance_scale=guidance)
+        except ValueError as error:   # e.g. a step count DDIM cannot take, an attribute the model does not know
             raise input_error(str(error)) from None
         return [Image.fromarray(image) for image in images]
 
@@ -146,16 +153,8 @@ class FaceDemo:
             raise input_error(f"{', '.join(both)} cannot be both present and absent.")
         if not 0 <= float(guidance) <= MAX_GUIDANCE:
             raise input_error(f"Guidance must be 0-{MAX_GUIDANCE}.")
-        if sampler not in self.samplers or not 1 <= int(batch) <= MAX_BATCH or int(steps) < 1:
-            raise input_error(f"Choose one of {', '.join(self.samplers)}, 1-{MAX_BATCH} images, at least 1 step.")
         attributes = {**{name: 1 for name in present or []}, **{name: -1 for name in absent or []}}
-        try:
-            images, _ = generate(self.pipe, int(batch), sampler, int(steps), int(seed), batch_size=int(batch),
-                                 progress=True, mixed_precision=self.mixed_precision, attributes=attributes or None,
-                                 guidance_scale=float(guidance) if attributes else 1.0)
-        except ValueError as error:   # e.g. an attribute this model does not know
-            raise input_error(str(error)) from None
-        return [Image.fromarray(image) for image in images]
+        return self._sample(sampler, steps, seed, batch, attributes or None, float(guidance) if attributes else 1.0)
 
     def pick_face(self, event: gr.SelectData) -> dict:
         """The ImageEditor value of the held-out face clicked in the picker."""
