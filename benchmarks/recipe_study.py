@@ -234,7 +234,7 @@ def main(argv=None) -> int:
                              "recall": result["recall"], "steps": result["training"]["step"],
                              "images_seen": result["training"]["images_seen"],
                              "cpu_hours": result["training"]["cpu_hours"], "label": result["label"],
-                             "file": str(path)})
+                             "file": path.name})  # beside summary.json
     summary = {"protocol": protocol, "step_budgets": budgets, "recipes": rows}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     for row in sorted(rows, key=lambda r: r["fid"]):
