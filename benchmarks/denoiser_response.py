@@ -32,7 +32,7 @@ import sys
 from pathlib import Path
 
 import torch
-from diffusers import DDPMScheduler, EDMEulerScheduler
+from diffusers import DDPMScheduler
 
 from pipeline import pipeline_celeba
 from pipeline.cli import ArgumentParser, run_cli
@@ -40,7 +40,7 @@ from pipeline.data.celeba import load_eval_images
 from pipeline.data.preprocess import pipeline_preprocessing, to_model_range
 from pipeline.generate import load_pipeline
 from pipeline.mean_colour import MeanColourStatistics
-from pipeline.sampling.schedulers import is_edm
+from pipeline.models.noise_schedules import schedule_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -54,17 +54,6 @@ def vp_noise_estimator(denoiser, prediction_type: str):
     def estimate(x: torch.Tensor, label: int, alpha: float, sigma: float) -> torch.Tensor:
         out = denoiser(x.float(), torch.full((x.shape[0],), label)).sample.double()
         return pipeline_celeba.noise_estimate(out, x.double(), alpha, sigma, prediction_type)
-    return estimate
-
-
-def edm_noise_estimator(denoiser, scheduler: EDMEulerScheduler):
-    """``estimate(x, label, alpha, sigma)``: eps_hat in float64 of an EDM-preconditioned denoiser at the VP noise level
-    (alpha, sigma), i.e. at EDM's sigma / alpha on x / alpha."""
-    def estimate(x: torch.Tensor, label: int, alpha: float, sigma: float) -> torch.Tensor:
-        edm_sigma, scaled = sigma / alpha, x.double() / alpha
-        noise = scheduler.precondition_noise(torch.full((x.shape[0],), edm_sigma)).float()
-        out = denoiser(scheduler.precondition_inputs(scaled, edm_sigma).float(), noise).sample.double()
-        return (scaled - scheduler.precondition_outputs(scaled, out, edm_sigma)) / edm_sigma
     return estimate
 
 
@@ -137,11 +126,10 @@ def main(argv=None) -> int:
     statistics = MeanColourStatistics()
     statistics.update(images[: args.prior_images])
     covariance = torch.tensor(statistics.prior().covariance, dtype=torch.float64)
-    if is_edm(pipe.scheduler.config):  # measured at the noise levels of the linear DDPM schedule's labels
-        estimate, alphas_cumprod = edm_noise_estimator(pipe.denoiser, pipe.scheduler), DDPMScheduler().alphas_cumprod
-    else:
-        estimate = vp_noise_estimator(pipe.denoiser, pipe.scheduler.config.prediction_type)
-        alphas_cumprod = pipe.scheduler.alphas_cumprod
+    # an EDM-trained model is measured through EDMNoisePredictor, at the noise levels of DDPM's linear schedule
+    vp_schedule = DDPMScheduler.from_config(schedule_config(pipe.vp_schedule))
+    estimate = vp_noise_estimator(pipe.vp_denoiser(), vp_schedule.config.prediction_type)
+    alphas_cumprod = vp_schedule.alphas_cumprod
     rows = response(estimate, alphas_cumprod, images[: args.num_images], covariance, LABELS, args.seed)
     result = {"model": args.model, "num_images": args.num_images, "prior_images": args.prior_images,
               "seed": args.seed, "precision": "float32", "amplitude_step": AMPLITUDE_STEP,

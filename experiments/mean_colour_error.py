@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.denoiser_response import noise_estimate
+from benchmarks.denoiser_response import vp_noise_estimator
 from pipeline.cli import ArgumentParser, run_cli
 from pipeline.data.celeba import load_eval_images
 from pipeline.data.preprocess import pipeline_preprocessing, to_model_range
@@ -67,12 +67,12 @@ def measure(pipe, images: torch.Tensor, labels: list[int], seed: int = 0) -> dic
         alpha, sigma = alphas_cumprod[label].sqrt().item(), (1 - alphas_cumprod[label]).sqrt().item()
         x = (alpha * images + sigma * eps).float()
         rows.append({"t": label, "snr": alpha**2 / sigma**2, **{
-            name: errors(noise_estimate(d, prediction_type, x, label, alpha, sigma), eps, alpha, sigma)
+            name: errors(vp_noise_estimator(d, prediction_type)(x, label, alpha, sigma), eps, alpha, sigma)
             for name, d in denoisers.items()}})
     last = len(alphas_cumprod) - 1
     alpha, sigma = alphas_cumprod[last].sqrt().item(), (1 - alphas_cumprod[last]).sqrt().item()
     noise = torch.randn(images.shape, generator=generator)
-    eps_hat = noise_estimate(pipe.denoiser, prediction_type, noise, last, alpha, sigma)
+    eps_hat = vp_noise_estimator(pipe.denoiser, prediction_type)(noise, last, alpha, sigma)
     pure_noise = {"t": last, "mean_slope": slope(noise.mean(dim=(2, 3)), eps_hat.mean(dim=(2, 3))),
                   "pixel_slope": slope(noise, eps_hat)}
     return {"labels": rows, "pure_noise": pure_noise}

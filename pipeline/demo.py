@@ -29,7 +29,7 @@ from .edit import face_tensor  # noqa: E402
 from .generate import generate, unet_precision  # noqa: E402
 from .pipeline_folder import load_pipeline  # noqa: E402
 from .sampling.editing import METHODS, colorize, impute, interpolate  # noqa: E402
-from .sampling.schedulers import EDM_SAMPLERS, VP_SAMPLERS, is_edm, nfe  # noqa: E402
+from .sampling.schedulers import EDM_SAMPLERS, VP_SAMPLERS, nfe  # noqa: E402
 
 MAX_UPLOAD_SIDE = 2048
 
@@ -100,8 +100,8 @@ class FaceDemo:
         self.pipe, self.mixed_precision, self.faces = pipe, mixed_precision, faces or []
         self.prep = pipeline_preprocessing(pipe)
         self.resolution = self.prep.resolution
-        self.samplers = list(EDM_SAMPLERS) if is_edm(pipe.scheduler.config) else [
-            name for name in VP_SAMPLERS if name != "ode-rk45"]
+        offered = (EDM_SAMPLERS if pipe.config.edm_schedule is not None else ()) + VP_SAMPLERS
+        self.samplers = [name for name in offered if name != "ode-rk45"]  # (adaptive: no time estimate)
         self.seconds_per_image_evaluation = self._time_one_evaluation()
 
     def _time_one_evaluation(self) -> float:

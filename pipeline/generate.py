@@ -17,7 +17,7 @@ from .data.images import make_grid, save_pngs
 from .pipeline_celeba import CelebADiffusionPipeline
 from .pipeline_folder import load_pipeline, weights_checksum
 from .sampling.sample_store import BatchStore
-from .sampling.schedulers import ALL_SAMPLERS, check_steps, get_sampler
+from .sampling.schedulers import ALL_SAMPLERS, check_steps, get_sampler, scheduler_for
 from .sampling.sde import SDESampler
 
 DEFAULT_MODEL = "pretrained/celeba-64"
@@ -28,9 +28,9 @@ def sampler_arguments(pipe: CelebADiffusionPipeline, name: str, options: dict | 
     scheduler on the model's noise schedule, ``{"sampler": SDESampler(name, options)}`` for a score-SDE sampler;
     ValueError when it does not fit the model."""
     sampler = get_sampler(name)
-    sampler.check_model(pipe.scheduler.config)
+    sampler.check_model(pipe.config.edm_schedule is not None)
     if sampler.is_scheduler:
-        return {"scheduler": sampler.scheduler(pipe.scheduler.config)}
+        return {"scheduler": scheduler_for(pipe, name)}
     return {"sampler": SDESampler(name, dict(options or {}))}
 
 
@@ -101,7 +101,7 @@ def open_batch_store(folder: str | os.PathLike, pipe: CelebADiffusionPipeline, s
                      mean_colour_correction: bool | None = None, sampler_options: dict | None = None,
                      attributes: dict | None = None, guidance_scale: float = 1.0) -> BatchStore:
     """A ``BatchStore`` for ``generate`` with these arguments: everything that decides a batch's images is its key."""
-    get_sampler(scheduler).check_model(pipe.scheduler.config)
+    get_sampler(scheduler).check_model(pipe.config.edm_schedule is not None)
     corrected = pipe.resolve_mean_colour_correction(mean_colour_correction)
     return BatchStore(folder, {
         "unet_sha256": weights_checksum(pipe.unet), "train_scheduler": dict(pipe.scheduler.config),

@@ -149,12 +149,12 @@ def main(argv=None) -> dict:
 
     pipe = load_pipeline(args.model)
     pipe.unet.to(args.device).eval().requires_grad_(False)
-    unet = pipe.denoiser  # the image-space denoiser (handles pixel-unshuffled UNets)
+    unet = pipe.vp_denoiser()  # the image-space VP denoiser (pixel-unshuffled and EDM-trained UNets too)
     size = unet.config.sample_size
     images = load_eval_images(args.train_data_dir, args.split, size if isinstance(size, int) else size[0],
                               args.num_images)
     start = time.time()
-    result = bits_per_dim(unet, pipe.scheduler.config, images, batch_size=args.batch_size,
+    result = bits_per_dim(unet, pipe.vp_schedule, images, batch_size=args.batch_size,
                           generator=torch.Generator().manual_seed(args.seed),
                           log=lambda line: print(line, file=sys.stderr, flush=True),
                           hutchinson=args.hutchinson, rtol=args.rtol, atol=args.atol, eps=args.eps)

@@ -13,11 +13,30 @@ from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
-from diffusers import DiffusionPipeline, ImagePipelineOutput, SchedulerMixin, UNet2DModel
+from diffusers import DDPMScheduler, DiffusionPipeline, ImagePipelineOutput, SchedulerMixin, UNet2DModel
 from diffusers.models.unets.unet_2d import UNet2DOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+# What fixes an EDM-trained network's noise levels and preconditioning (diffusers' EDM scheduler configs)
+EDM_SCHEDULE_KEYS = ("num_train_timesteps", "sigma_min", "sigma_max", "sigma_data", "sigma_schedule", "rho",
+                     "prediction_type")
+# The discrete schedule on which VP samplers run an EDM-trained network: DDPM's linear betas, epsilon targets
+LINEAR_VP_SCHEDULE = {"beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02, "prediction_type": "epsilon"}
+
+
+def is_edm(scheduler_config) -> bool:
+    """Whether a scheduler config is an EDM one (it has sigma_data), not a DDPM beta schedule."""
+    return "sigma_data" in dict(scheduler_config)
+
+
+def vp_schedule_config(scheduler_config) -> dict:
+    """The DDPM (VP) schedule a VP sampler runs on: the config itself, or for an EDM config DDPM's linear betas over
+    the same number of labels (``LINEAR_VP_SCHEDULE``)."""
+    config = dict(scheduler_config)
+    if not is_edm(config):
+        return config
+    return {**LINEAR_VP_SCHEDULE, "num_train_timesteps": config.get("num_train_timesteps", 1000)}
 
 
 def noise_estimate(output: torch.Tensor, x: torch.Tensor, alpha, sigma, prediction_type: str) -> torch.Tensor:
@@ -126,6 +145,57 @@ class GuidedDenoiser(WrappedDenoiser):
         return UNet2DOutput(sample=out) if return_dict else (out,)
 
 
+class LabelSchedule:
+    """(alpha, sigma) of a discrete DDPM schedule at integer or fractional timestep labels: log abar is linear between
+    trained steps, as in ``pipeline.sampling.sde.VPSDE``; label -1 is clean data, labels are clamped to the trained
+    range."""
+
+    def __init__(self, alphas_cumprod: torch.Tensor):
+        log_abar = alphas_cumprod.double().clamp_min(1e-12).log()  # (the floor: a zero-terminal-SNR schedule)
+        self.neg_log_abar = torch.cat([torch.zeros(1, dtype=torch.float64), -log_abar])
+
+    def alpha_sigma(self, timestep, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(alpha, sigma) per sample, float64, shape (B, 1), on the CPU."""
+        labels = torch.as_tensor(timestep, dtype=torch.float64).cpu().reshape(-1).expand(batch)
+        position = (labels + 1).clamp(1, len(self.neg_log_abar) - 1)       # node 0 is label -1 (abar = 1)
+        low = position.floor().long().clamp(max=len(self.neg_log_abar) - 2)
+        weight = position - low
+        log_abar = -(self.neg_log_abar[low] * (1 - weight) + self.neg_log_abar[low + 1] * weight)
+        return log_abar.mul(0.5).exp().view(-1, 1), (-log_abar.expm1()).sqrt().view(-1, 1)
+
+
+class EDMNoisePredictor(WrappedDenoiser):
+    """An EDM-preconditioned network (Karras et al. 2022) seen as an epsilon-predicting denoiser on a discrete DDPM
+    schedule, so that the VP samplers, the editing methods and the likelihood ODE run on an EDM-trained model.
+
+    At label tau, x_t = alpha (x_0 + sigma_bar n) with sigma_bar = sigma / alpha. EDM's denoiser of y = x_t / alpha,
+    D(y; sigma_bar) = c_skip y + c_out F(c_in y, log(sigma_bar) / 4), gives eps_hat = (y - D) / sigma_bar.
+
+    Args:
+        network: the raw network F (a UNet2DModel or a wrapper of one).
+        edm_schedule: the EDM scheduler config it was trained with (``sigma_data``, ``prediction_type``).
+        vp_config: the DDPM scheduler config of the labels it is called with.
+    """
+
+    def __init__(self, network, edm_schedule: dict, vp_config: dict):
+        super().__init__(network)
+        self.sigma_data = float(edm_schedule["sigma_data"])
+        self.output_sign = -1.0 if edm_schedule.get("prediction_type") == "v_prediction" else 1.0
+        vp = {key: value for key, value in dict(vp_config).items() if not key.startswith("_")}
+        self.schedule = LabelSchedule(DDPMScheduler.from_config(vp).alphas_cumprod)
+
+    def forward(self, sample, timestep, return_dict: bool = True):
+        alpha, sigma = (value.to(sample.device).view(-1, 1, 1, 1)
+                        for value in self.schedule.alpha_sigma(timestep, sample.shape[0]))
+        sigma_bar, data = sigma / alpha, self.sigma_data
+        y = sample.to(torch.float64) / alpha
+        scale = (sigma_bar**2 + data**2).sqrt()
+        out = self.unet((y / scale).to(sample.dtype), (sigma_bar.log() / 4).view(-1).float()).sample.double()
+        denoised = (data / scale) ** 2 * y + self.output_sign * sigma_bar * data / scale * out
+        eps = ((y - denoised) / sigma_bar).to(torch.float32 if sample.dtype == torch.bfloat16 else sample.dtype)
+        return UNet2DOutput(sample=eps) if return_dict else (eps,)
+
+
 class MeanColourDenoiser(WrappedDenoiser):
     """A denoiser whose noise estimate has, as its spatial mean, the closed-form posterior mean of the noise's mean.
 
@@ -139,28 +209,17 @@ class MeanColourDenoiser(WrappedDenoiser):
     def __init__(self, denoiser, alphas_cumprod: torch.Tensor, prediction_type: str, prior: dict):
         super().__init__(denoiser)
         self.prediction_type = prediction_type
-        log_abar = alphas_cumprod.double().clamp_min(1e-12).log()  # (the floor: a zero-terminal-SNR schedule)
-        self.neg_log_abar = torch.cat([torch.zeros(1, dtype=torch.float64), -log_abar])
+        self.schedule = LabelSchedule(alphas_cumprod)
         self.mean = torch.tensor(prior["mean"], dtype=torch.float64)
         self.covariance = torch.tensor(prior["covariance"], dtype=torch.float64)
         if self.mean.numel() != denoiser.config.in_channels:
             raise ValueError(f"mean_colour_prior has {self.mean.numel()} channels, the model "
                              f"{denoiser.config.in_channels}")
 
-    def alpha_sigma(self, timestep, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(alpha, sigma) per sample, float64 (B, 1), at integer or fractional labels (clamped to the trained
-        range)."""
-        labels = torch.as_tensor(timestep, dtype=torch.float64).cpu().reshape(-1).expand(batch)
-        position = (labels + 1).clamp(1, len(self.neg_log_abar) - 1)       # node 0 is label -1 (abar = 1)
-        low = position.floor().long().clamp(max=len(self.neg_log_abar) - 2)
-        weight = position - low
-        log_abar = -(self.neg_log_abar[low] * (1 - weight) + self.neg_log_abar[low + 1] * weight)
-        return log_abar.mul(0.5).exp().view(-1, 1), (-log_abar.expm1()).sqrt().view(-1, 1)
-
     def forward(self, sample, timestep, return_dict: bool = True):
         out = self.unet(sample, timestep).sample.to(torch.float64)   # bf16 cannot hold a 1/64-sized shift
         x = sample.to(torch.float64)
-        alpha, sigma = (value.to(x.device) for value in self.alpha_sigma(timestep, x.shape[0]))
+        alpha, sigma = (value.to(x.device) for value in self.schedule.alpha_sigma(timestep, x.shape[0]))
         mean, covariance = self.mean.to(x.device), self.covariance.to(x.device)
         a, s = alpha[..., None, None], sigma[..., None, None]
         eps = noise_estimate(out, x, a, s, self.prediction_type)
@@ -185,18 +244,36 @@ class CelebADiffusionPipeline(DiffusionPipeline):
     correction; ``preprocessing`` ({"resolution", "crop_size", "crop_offset_y", "resample"}, also saved there) says
     how the training images were cropped and resized, so that evaluation and editing prepare real faces the same
     way; ``default_num_inference_steps`` (also saved there) is the step count of a call that names none, the one the
-    saved ``scheduler`` was chosen for."""
+    saved ``scheduler`` was chosen for; ``edm_schedule`` (also saved there, ``EDM_SCHEDULE_KEYS``) marks a UNet
+    trained with EDM preconditioning, which EDM schedulers drive directly and every other sampler through
+    ``EDMNoisePredictor`` (without it, a saved EDM scheduler marks one)."""
 
     model_cpu_offload_seq = "unet"
     _optional_components = ["attribute_encoder"]
 
     def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin, attribute_encoder: torch.nn.Module | None = None,
                  pixel_unshuffle: int = 1, mean_colour_prior: dict | None = None, preprocessing: dict | None = None,
-                 default_num_inference_steps: int = 50):
+                 default_num_inference_steps: int = 50, edm_schedule: dict | None = None):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler, attribute_encoder=attribute_encoder)
+        if edm_schedule is None and is_edm(scheduler.config):
+            edm_schedule = {key: scheduler.config[key] for key in EDM_SCHEDULE_KEYS if key in scheduler.config}
         self.register_to_config(pixel_unshuffle=pixel_unshuffle, mean_colour_prior=mean_colour_prior,
-                                preprocessing=preprocessing, default_num_inference_steps=default_num_inference_steps)
+                                preprocessing=preprocessing, default_num_inference_steps=default_num_inference_steps,
+                                edm_schedule=edm_schedule)
+
+    @property
+    def vp_schedule(self) -> dict:
+        """The DDPM schedule the VP samplers run on (``vp_schedule_config`` of the saved scheduler)."""
+        return vp_schedule_config(self.scheduler.config)
+
+    def vp_denoiser(self, denoiser=None, vp_config: dict | None = None):
+        """``denoiser`` (default ``self.denoiser``) as a denoiser on the DDPM schedule ``vp_config`` (default
+        ``self.vp_schedule``): itself for a DDPM-trained UNet, an ``EDMNoisePredictor`` for an EDM-trained one."""
+        denoiser = self.denoiser if denoiser is None else denoiser
+        if self.config.edm_schedule is None:
+            return denoiser
+        return EDMNoisePredictor(denoiser, self.config.edm_schedule, vp_config or self.vp_schedule)
 
     @property
     def denoiser(self):
@@ -270,18 +347,25 @@ class CelebADiffusionPipeline(DiffusionPipeline):
             raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
         if num_inference_steps is None:
             num_inference_steps = self.config.default_num_inference_steps
+        scheduler = scheduler or self.scheduler
         denoiser = self.guided_denoiser(attributes, guidance_scale)
+        if is_edm(scheduler.config) and sampler is None:
+            if self.config.edm_schedule is None:
+                raise ValueError(f"{type(scheduler).__name__} samples EDM-preconditioned networks; this UNet is "
+                                 "DDPM-trained")
+        else:  # a VP sampler: an EDM-trained UNet is seen as an epsilon-predictor on the VP schedule
+            vp_config = vp_schedule_config(scheduler.config)
+            denoiser = self.vp_denoiser(denoiser, vp_config)
         if self.resolve_mean_colour_correction(mean_colour_correction):
             denoiser = MeanColourDenoiser(denoiser, self.scheduler.alphas_cumprod,
                                           self.scheduler.config.prediction_type, self.config.mean_colour_prior)
         size = denoiser.config.sample_size
         size = (size, size) if isinstance(size, int) else tuple(size)
         shape = (batch_size, denoiser.config.in_channels, *size)
-        scheduler = scheduler or self.scheduler
         if sampler is not None:
             if callback_on_step_end is not None:
                 raise ValueError("callback_on_step_end works with diffusers schedulers, not with sampler=")
-            image = sampler(denoiser, scheduler.config, num_inference_steps, shape, generator, self.progress_bar)
+            image = sampler(denoiser, vp_config, num_inference_steps, shape, generator, self.progress_bar)
         else:
             image = self._sample_with_scheduler(denoiser, scheduler, shape, num_inference_steps, generator, eta,
                                                 callback_on_step_end)

@@ -20,7 +20,7 @@ import torch
 
 from .models import attribute_encoder
 from .pipeline_celeba import CelebADiffusionPipeline
-from .sampling.schedulers import check_steps, get_sampler
+from .sampling.schedulers import check_steps, get_sampler, scheduler_for
 
 PIPELINE_FILE = Path(__file__).with_name("pipeline_celeba.py")
 HUB_CLASS_NAME = [PIPELINE_FILE.stem, "CelebADiffusionPipeline"]
@@ -54,7 +54,7 @@ def with_default_sampler(pipe: CelebADiffusionPipeline, sampler: str, steps: int
     if not entry.is_scheduler:
         raise ValueError(f"the default sampler must be a diffusers scheduler; {sampler!r} is a score-SDE sampler")
     check_steps(sampler, steps, pipe.scheduler.config.num_train_timesteps)
-    return CelebADiffusionPipeline(unet=pipe.unet, scheduler=entry.scheduler(pipe.scheduler.config),
+    return CelebADiffusionPipeline(unet=pipe.unet, scheduler=scheduler_for(pipe, sampler),
                                    attribute_encoder=getattr(pipe, "attribute_encoder", None),
                                    **{**pipeline_settings(pipe.config), "default_num_inference_steps": steps})
 

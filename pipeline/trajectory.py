@@ -21,7 +21,7 @@ from .cli import DEFAULT_DEVICE, ArgumentParser, device_argument, run_cli
 from .data.images import make_grid
 from .data.preprocess import to_uint8_nhwc
 from .generate import DEFAULT_MODEL, MIXED_PRECISION, load_pipeline, unet_precision
-from .sampling.schedulers import check_steps, make_scheduler
+from .sampling.schedulers import check_steps, scheduler_for
 
 # Schedulers whose step returns pred_original_sample (the x0 estimate shown in the bottom rows).
 TRAJECTORY_SAMPLERS = ("ddim", "ddim-clip", "ddpm")
@@ -40,7 +40,7 @@ def record_trajectory(pipe, scheduler: str, steps: int, num_images: int, snapsho
     """Timesteps t, x_t and x0_hat at the snapshot steps: tensors of shape (snapshots, N, C, H, W)."""
     if scheduler not in TRAJECTORY_SAMPLERS:
         raise ValueError(f"--scheduler must be one of {TRAJECTORY_SAMPLERS} (they report x0_hat), got {scheduler!r}")
-    sampling_scheduler = make_scheduler(scheduler, pipe.scheduler.config)
+    sampling_scheduler = scheduler_for(pipe, scheduler)
     check_steps(scheduler, steps, pipe.scheduler.config.num_train_timesteps)
     wanted = set(snapshot_indices(steps, snapshots))
     timesteps, samples, estimates = [], [], []

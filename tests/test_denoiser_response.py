@@ -2,11 +2,11 @@
 
 import torch
 from diffusers import DDPMScheduler, EDMEulerScheduler
-from diffusers.models.unets.unet_2d import UNet2DOutput
 
-from benchmarks.denoiser_response import edm_noise_estimator, response, vp_noise_estimator
+from benchmarks.denoiser_response import response, vp_noise_estimator
+from pipeline.pipeline_celeba import EDMNoisePredictor
 
-from gaussian_model import GaussianDenoiser
+from gaussian_model import EDMGaussianDenoiser, GaussianDenoiser
 
 
 def test_slopes_of_the_exact_denoiser_match_their_closed_forms():
@@ -35,25 +35,6 @@ def test_slopes_of_the_exact_denoiser_match_their_closed_forms():
     assert rows[-1]["amplitude_slope"] < 0.3
 
 
-class GaussianEDMNetwork(torch.nn.Module):
-    """The raw network F of an EDM-preconditioned model whose denoiser D(x; sigma) = c_skip x + c_out F is exact for
-    x_0 ~ N(mu, diag(s^2)): D = mu + s^2 (x - mu) / (s^2 + sigma^2). It reads sigma back from c_noise = log(sigma) / 4
-    and x from c_in x."""
-
-    def __init__(self, mu: torch.Tensor, s: torch.Tensor, scheduler: EDMEulerScheduler):
-        super().__init__()
-        self.mu, self.s, self.scheduler = mu, s, scheduler
-
-    def forward(self, scaled, c_noise):
-        sigma = (4 * c_noise.double()).exp().view(-1, 1, 1, 1)
-        sigma_data = self.scheduler.config.sigma_data
-        x = scaled.double() * (sigma**2 + sigma_data**2) ** 0.5
-        exact = self.mu + self.s**2 * (x - self.mu) / (self.s**2 + sigma**2)
-        c_skip = sigma_data**2 / (sigma**2 + sigma_data**2)
-        c_out = sigma * sigma_data / (sigma**2 + sigma_data**2) ** 0.5
-        return UNet2DOutput(sample=((exact - c_skip * x) / c_out).float())
-
-
 def test_an_exact_edm_denoiser_answers_like_the_exact_vp_denoiser_at_the_same_noise_levels():
     vp, edm = DDPMScheduler(num_train_timesteps=1000), EDMEulerScheduler(sigma_data=0.5)
     channels, size, s = 3, 8, torch.tensor([0.3, 0.5, 0.4], dtype=torch.float64)
@@ -61,8 +42,9 @@ def test_an_exact_edm_denoiser_answers_like_the_exact_vp_denoiser_at_the_same_no
     mu = (torch.rand(channels, size, size, generator=generator, dtype=torch.float64) - 0.5) * 0.6
     x0 = mu + s.view(1, -1, 1, 1) * torch.randn(16, channels, size, size, generator=generator, dtype=torch.float64)
     covariance, labels = torch.diag(s**2 / size**2), [999, 700, 300, 50]
-    network = GaussianEDMNetwork(mu, s.view(-1, 1, 1).expand(channels, size, size), edm)
-    edm_rows = response(edm_noise_estimator(network, edm), vp.alphas_cumprod, x0, covariance, labels)
+    network = EDMGaussianDenoiser(mu, s.view(-1, 1, 1).expand(channels, size, size), sigma_data=0.5)
+    denoiser = EDMNoisePredictor(network, dict(edm.config), dict(vp.config))
+    edm_rows = response(vp_noise_estimator(denoiser, "epsilon"), vp.alphas_cumprod, x0, covariance, labels)
     for row in edm_rows:  # the network runs in float32, so the slopes agree to float32 accuracy
         variance = row["alpha"] ** 2 * s**2 + row["sigma"] ** 2
         assert torch.allclose(torch.tensor(row["mean_slope_per_channel"]), (row["sigma"] / variance).float(),

@@ -22,7 +22,6 @@ from pipeline.data.preprocess import to_model_range
 from pipeline.mean_colour import MeanColourPrior, MeanColourStatistics
 from pipeline.pipeline_celeba import MeanColourDenoiser
 from pipeline.sampling.schedulers import make_scheduler
-from pipeline.sampling.sde import VPSDE
 
 from conftest import FIXTURE, run_command
 from gaussian_model import GaussianDenoiser
@@ -92,17 +91,6 @@ def test_correction_runs_on_the_device_of_its_input():
     x = torch.empty(2, 3, SIZE, SIZE, device="meta")
     out = corrected(x, torch.tensor(999)).sample  # (a meta timestep has no value to interpolate the schedule at)
     assert out.device.type == "meta" and out.shape == x.shape and out.dtype == torch.float32
-
-
-def test_alpha_sigma_interpolates_like_the_vp_sde():
-    config = schedule(beta_schedule="squaredcos_cap_v2")
-    sde, alphas_cumprod = VPSDE(config), DDPMScheduler.from_config(config).alphas_cumprod
-    corrected = MeanColourDenoiser(iid_gaussian(config), alphas_cumprod, "epsilon", PRIOR)
-    labels = np.array([0.0, 0.3, 17.0, 512.75, 998.5, 999.0])
-    alpha, sigma = corrected.alpha_sigma(torch.tensor(labels), len(labels))
-    want_alpha, want_sigma = sde.alpha_sigma((labels + 1) / sde.T)
-    np.testing.assert_allclose(alpha.flatten().numpy(), want_alpha, rtol=1e-12)
-    np.testing.assert_allclose(sigma.flatten().numpy(), want_sigma, rtol=1e-12)
 
 
 def test_exact_ddim_keeps_the_initial_noise_mean_without_the_correction_and_is_right_with_it():

@@ -17,6 +17,7 @@ from diffusers import DDPMScheduler, EDMEulerScheduler, UNet2DModel
 from diffusers.utils.torch_utils import randn_tensor
 
 from pipeline import CelebADiffusionPipeline
+from pipeline.pipeline_celeba import EDMNoisePredictor, LabelSchedule
 from pipeline.sampling import sde as S
 from pipeline.sampling.schedulers import (
     ALL_SAMPLERS,
@@ -27,6 +28,7 @@ from pipeline.sampling.schedulers import (
     check_steps,
     make_scheduler,
     nfe,
+    scheduler_for,
 )
 
 from gaussian_model import EDMGaussianDenoiser, GaussianDenoiser, make_gaussian
@@ -100,6 +102,43 @@ def test_edm_sampler_matches_gaussian_moments_and_counts_nfe(name):
                   generator=torch.Generator().manual_seed(0), output_type="pt").images
     assert_moments(images, reference)
     assert len(calls) == nfe(name, MOMENT_STEPS[name])
+
+
+def test_label_schedule_interpolates_like_the_vp_sde():
+    sde, alphas_cumprod = S.VPSDE(COSINE_V), DDPMScheduler.from_config(COSINE_V).alphas_cumprod
+    labels = np.array([0.0, 0.3, 17.0, 512.75, 998.5, 999.0])
+    alpha, sigma = LabelSchedule(alphas_cumprod).alpha_sigma(torch.tensor(labels), len(labels))
+    want_alpha, want_sigma = sde.alpha_sigma((labels + 1) / sde.T)
+    np.testing.assert_allclose(alpha.flatten().numpy(), want_alpha, rtol=1e-12)
+    np.testing.assert_allclose(sigma.flatten().numpy(), want_sigma, rtol=1e-12)
+
+
+def test_an_exact_edm_network_is_the_exact_vp_denoiser_through_edm_noise_predictor():
+    """The Bayes denoiser of Gaussian data does not depend on the parameterisation: EDM's, seen on the DDPM schedule,
+    must give the VP model's noise estimate at integer and fractional labels (float64 images; the network's noise
+    label c_noise is float32, as a UNet's timestep is, hence the 1e-6 tolerance)."""
+    vp = gaussian(LINEAR, dtype=torch.float64)
+    edm = EDMNoisePredictor(EDMGaussianDenoiser(vp.mu, vp.s), dict(EDMEulerScheduler(sigma_data=0.5).config), LINEAR)
+    x = torch.randn(5, *SHAPE, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    for label in (0.0, 3.5, 250.0, 700.25, 999.0):
+        t = torch.full((5,), label, dtype=torch.float64)
+        torch.testing.assert_close(edm(x, t).sample, vp(x, t).sample, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", VP_SAMPLERS)
+def test_every_vp_sampler_runs_an_edm_model_as_the_vp_model_it_equals(name):
+    """The product path for an EDM-trained model (an EDM scheduler saved with it, ``scheduler_for`` building the VP
+    sampler on DDPM's linear schedule): the same images as the exact VP model of the same Gaussian, same noise."""
+    vp = gaussian(LINEAR)
+    edm_model = EDMGaussianDenoiser(vp.mu, vp.s)
+    edm_pipe = CelebADiffusionPipeline(unet=edm_model, scheduler=EDMEulerScheduler(sigma_data=0.5))
+    edm_pipe.set_progress_bar_config(disable=True)
+    steps = 1 if name == "ode-rk45" else 10
+    arguments = ({"sampler": S.SDESampler(name)} if name in SDE_SAMPLERS
+                 else {"scheduler": scheduler_for(edm_pipe, name)})
+    images = edm_pipe(batch_size=8, num_inference_steps=steps, generator=torch.Generator().manual_seed(0),
+                      output_type="pt", **arguments).images
+    torch.testing.assert_close(images, run_pipeline(vp, LINEAR, name, steps, 8), rtol=0, atol=2e-4)
 
 
 @pytest.mark.parametrize("name", SDE_SAMPLERS)

@@ -82,8 +82,8 @@ def impute(pipe, known: torch.Tensor, mask: torch.Tensor, basis: torch.Tensor = 
     if method not in METHODS:
         raise ValueError(f"unknown imputation method {method!r}; choose one of {list(METHODS)}")
     check_imputation(known, mask)
-    sde = VPSDE(pipe.scheduler.config)
-    model = NoisePredictor(pipe.denoiser, sde)
+    sde = VPSDE(pipe.vp_schedule)
+    model = NoisePredictor(pipe.vp_denoiser(), sde)
     known_y = to_basis(known.to(model.device, model.state_dtype), basis)
     mask = mask.to(known_y).expand_as(known_y)
 
@@ -101,7 +101,7 @@ def impute(pipe, known: torch.Tensor, mask: torch.Tensor, basis: torch.Tensor = 
         x = pc_sampler(model, x, ts, generator, snr, corrector_steps, progress_bar, constraint=replace)
         y = to_basis(x, basis)
     else:
-        betas = DDPMScheduler.from_config(schedule_config(pipe.scheduler.config)).betas
+        betas = DDPMScheduler.from_config(schedule_config(pipe.vp_schedule)).betas
         y = repaint(model, betas, known_y, mask, basis, steps, jump_length, jump_n_sample, generator, noise(),
                     progress_bar)
     return from_basis(mask * known_y + (1 - mask) * y, basis), model.nfe
@@ -143,7 +143,7 @@ def colorize(pipe, grey: torch.Tensor, **imputation) -> tuple[torch.Tensor, int]
 
 
 def ddim_grid(pipe, steps: int) -> tuple[VPSDE, np.ndarray]:
-    sde = VPSDE(pipe.scheduler.config)
+    sde = VPSDE(pipe.vp_schedule)
     return sde, time_grid(sde, steps + 1, "uniform")
 
 
@@ -151,14 +151,14 @@ def invert(pipe, images: torch.Tensor, steps: int) -> torch.Tensor:
     """The noise x_T that the deterministic DDIM map of ``steps`` steps takes to ``images`` (NCHW, [-1, 1]): the
     probability-flow ODE integrated backwards with DDIM's Euler step, starting from the images at t = 1/T."""
     sde, ts = ddim_grid(pipe, steps)
-    model = NoisePredictor(pipe.denoiser, sde)
+    model = NoisePredictor(pipe.vp_denoiser(), sde)
     return pf_ode_fixed_step(model, images.to(model.device, model.state_dtype), ts[::-1].copy(), heun=False)
 
 
 def decode(pipe, latents: torch.Tensor, steps: int) -> torch.Tensor:
     """Images from noise with the same deterministic map ``invert`` runs backwards."""
     sde, ts = ddim_grid(pipe, steps)
-    model = NoisePredictor(pipe.denoiser, sde)
+    model = NoisePredictor(pipe.vp_denoiser(), sde)
     return pf_ode_fixed_step(model, latents.to(model.device, model.state_dtype), ts, heun=False)
 
 

@@ -9,6 +9,10 @@ Karras-sigma schedulers also puts sigma_min at the first trained step. x0 clippi
 leave the ODE) and on for DDPM, as in Ho et al.'s ancestral sampling. ``ddim-clip`` is diffusers' default DDIM, which
 clips x0 but keeps the unclipped noise estimate, so it is not the ODE (REPORT Section 3.11).
 
+The EDM samplers drive a network trained with EDM preconditioning directly; every other sampler runs on a DDPM
+schedule, and runs an EDM-trained network on DDPM's linear schedule through ``EDMNoisePredictor``
+(``pipeline_celeba``), so that every sampler fits an EDM model.
+
 Adding a sampler is one ``Sampler`` entry in ``SAMPLERS`` (plus its test in tests/test_samplers.py).
 """
 
@@ -30,6 +34,7 @@ from diffusers import (
 )
 
 from ..models.noise_schedules import schedule_config
+from ..pipeline_celeba import is_edm, vp_schedule_config
 from . import sde
 
 
@@ -50,7 +55,8 @@ class Sampler:
     Attributes:
         name: the name users type (``--scheduler NAME``).
         scheduler_class, overrides: the diffusers scheduler and the settings it gets on top of the model's schedule.
-        edm: whether it samples models trained with EDM preconditioning (the others sample DDPM-trained models).
+        edm: whether it drives an EDM-preconditioned network directly (only EDM-trained models); the others run on
+            a DDPM schedule (any model).
         evaluations: network evaluations per batch, ``evaluations(steps, **options)``; None when adaptive.
     """
 
@@ -69,13 +75,11 @@ class Sampler:
         """The options a score-SDE sampler takes, with their defaults (none for a diffusers scheduler)."""
         return {} if self.is_scheduler else dict(sde.OPTIONS[self.name])
 
-    def check_model(self, scheduler_config) -> None:
-        """ValueError unless this sampler fits a model with this scheduler config (DDPM vs EDM training)."""
-        trained_edm = is_edm(scheduler_config)
-        if trained_edm != self.edm:
-            kind, offered = ("EDM", EDM_SAMPLERS) if trained_edm else ("DDPM", VP_SAMPLERS)
-            raise ValueError(f"sampler {self.name!r} does not fit a model trained with {kind} preconditioning; "
-                             f"choose one of {list(offered)}")
+    def check_model(self, edm_trained: bool) -> None:
+        """ValueError unless this sampler fits the model: an EDM sampler needs an EDM-trained network."""
+        if self.edm and not edm_trained:
+            raise ValueError(f"sampler {self.name!r} needs a model trained with EDM preconditioning; this one is "
+                             f"DDPM-trained: choose one of {list(VP_SAMPLERS)}")
 
     def check_options(self, options: dict) -> None:
         """One error naming every option this sampler does not take (before any network call)."""
@@ -86,12 +90,14 @@ class Sampler:
                              f"{self.name!r} takes none (got {sorted(options)})")
 
     def scheduler(self, scheduler_config) -> SchedulerMixin:
-        """A fresh diffusers scheduler on the noise schedule of ``scheduler_config`` (any scheduler of the model)."""
+        """A fresh diffusers scheduler on the noise schedule of ``scheduler_config`` (any scheduler of the model, or
+        its ``edm_schedule``): an EDM sampler on the EDM schedule, any other on ``vp_schedule_config``."""
         if not self.is_scheduler:
             raise ValueError(f"{self.name!r} is a score-SDE sampler, not a diffusers scheduler: pass "
                              f"sampler=pipeline.sampling.sde.SDESampler({self.name!r}) to the pipeline")
-        self.check_model(scheduler_config)
-        return self.scheduler_class.from_config(schedule_config(scheduler_config), **self.overrides)
+        self.check_model(is_edm(scheduler_config))
+        config = scheduler_config if self.edm else vp_schedule_config(scheduler_config)
+        return self.scheduler_class.from_config(schedule_config(config), **self.overrides)
 
     def nfe(self, steps: int, **options) -> int | None:
         """Network evaluations per batch for ``steps`` steps (None for an adaptive solver: counted while sampling)."""
@@ -126,7 +132,7 @@ ALL_SAMPLERS = tuple(SAMPLERS)
 DIFFUSERS_SAMPLERS = tuple(name for name, sampler in SAMPLERS.items() if sampler.is_scheduler)
 SDE_SAMPLERS = tuple(name for name, sampler in SAMPLERS.items() if not sampler.is_scheduler)
 EDM_SAMPLERS = tuple(name for name, sampler in SAMPLERS.items() if sampler.edm)
-VP_SAMPLERS = tuple(name for name, sampler in SAMPLERS.items() if not sampler.edm)  # for DDPM-trained models
+VP_SAMPLERS = tuple(name for name, sampler in SAMPLERS.items() if not sampler.edm)  # any model
 
 
 def get_sampler(name: str) -> Sampler:
@@ -146,11 +152,6 @@ def nfe(name: str, steps: int, **options) -> int | None:
     return get_sampler(name).nfe(steps, **options)
 
 
-def is_edm(scheduler_config) -> bool:
-    """Whether a model's scheduler config is EDM's (sigma_data), not a DDPM beta schedule."""
-    return "sigma_data" in dict(scheduler_config)
-
-
 def check_steps(name: str, steps: int, num_train_timesteps: int = 1000) -> None:
     """Raise for step counts that silently break a sampler: diffusers' DDIMScheduler always steps from t to
     t - T // steps, which lands on the next "trailing" timestep only when ``steps`` divides T (e.g. 1000 steps: 10, 20,
@@ -159,3 +160,12 @@ def check_steps(name: str, steps: int, num_train_timesteps: int = 1000) -> None:
         raise ValueError(f"steps must be >= 1, got {steps}")
     if name in ("ddim", "ddim-clip") and num_train_timesteps % steps:
         raise ValueError(f"{name} needs a step count dividing T = {num_train_timesteps}, got {steps}")
+
+
+def scheduler_for(pipe, name: str) -> SchedulerMixin:
+    """Diffusers scheduler ``name`` for the model of ``pipe`` (a ``CelebADiffusionPipeline``): an EDM sampler on the
+    model's ``edm_schedule``, any other on the saved scheduler's DDPM schedule; ValueError when it does not fit."""
+    sampler = get_sampler(name)
+    edm_schedule = pipe.config.edm_schedule
+    sampler.check_model(edm_schedule is not None)
+    return sampler.scheduler(edm_schedule if sampler.edm else pipe.scheduler.config)
