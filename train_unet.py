@@ -33,7 +33,7 @@ from pipeline.evaluate import fid_against_reference
 from pipeline.evaluation.reference_stats import load_or_compute_reference
 from pipeline.generate import generate
 from pipeline.mean_colour import MeanColourStatistics
-from pipeline.model_card import read_training_log, render_card
+from pipeline.model_card import folder_card, read_training_log
 from pipeline.models.architecture import AttributeConditionedUNet, drop_attributes
 from pipeline.pipeline_celeba import PixelUnshuffleDenoiser
 from pipeline.pipeline_folder import save_pipeline_folder, weights_checksum
@@ -406,8 +406,7 @@ class Run:
         except ValueError:  # a log without checkpoint records (e.g. only FID records): no compute line
             training = None
         name = (output.hub_model_id or Path(output.output_dir).resolve().name).split("/")[-1]
-        card = render_card(name, unet.config, self.noise_scheduler.config, [], training, None,
-                           pixel_unshuffle=settings.model.pixel_unshuffle)
+        card = folder_card(Path(output.output_dir), name, [], training)
         Path(output.output_dir, "README.md").write_text(card)  # every output folder is a publishable Hub folder
         if output.push_to_hub:
             url = publish(output.output_dir, output.hub_model_id, output.hub_private_repo, output.hub_token)

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from .cli import ArgumentParser, run_cli
+from .pipeline_celeba import LINEAR_VP_SCHEDULE, is_edm
 from .sampling.schedulers import DIFFUSERS_SAMPLERS, SAMPLERS
 from .training_log import read_records
 
@@ -113,40 +114,66 @@ def best_sampler(evals: list[dict]) -> dict | None:
     return min((result for result in usable if result["num_samples"] == most), key=lambda result: result["fid"])
 
 
-def use_section(evals: list[dict]) -> list[str]:
-    """Loading code that samples with the best measured sampler, configured exactly as ``pipeline.sampling.schedulers``
-    does but written with diffusers names only."""
-    best = best_sampler(evals)
-    imports, setup, steps, correction = "from diffusers import DiffusionPipeline", [], 50, ""
-    if best:
+def registry_name(scheduler_config: dict) -> str | None:
+    """The registry sampler a saved scheduler is (its class, and every setting the registry gives it), if any."""
+    for name, sampler in SAMPLERS.items():
+        if (sampler.is_scheduler and sampler.scheduler_class.__name__ == scheduler_config.get("_class_name")
+                and all(scheduler_config.get(key) == value for key, value in sampler.overrides.items())):
+            return name
+    return None
+
+
+def scheduler_setup(name: str, scheduler_config: dict) -> tuple[str, list[str]]:
+    """(class name, lines) that set ``pipe.scheduler`` to registry sampler ``name`` with diffusers names only: from
+    the saved scheduler's config when it is of the same family (EDM or DDPM schedule), else from the model's
+    ``edm_schedule`` (an EDM sampler) or DDPM's linear schedule (any other sampler on an EDM-trained model)."""
+    sampler = SAMPLERS[name]
+    if sampler.edm == is_edm(scheduler_config):
+        source = "pipe.scheduler.config"
+    elif sampler.edm:
+        source = "pipe.config.edm_schedule"
+    else:
+        source = "dict(" + ", ".join(f"{key}={value!r}" for key, value in
+                                     {"num_train_timesteps": scheduler_config.get("num_train_timesteps", 1000),
+                                      **LINEAR_VP_SCHEDULE}.items()) + ")"
+    overrides = ", ".join(f"{key}={value!r}" for key, value in sampler.overrides.items())
+    class_name = sampler.scheduler_class.__name__
+    return class_name, [f"pipe.scheduler = {class_name}.from_config(", f"    {source}" + (f", {overrides})" if
+                                                                                           overrides else ")")]
+
+
+def use_section(evals: list[dict], scheduler_config: dict, default_steps: int) -> list[str]:
+    """Loading code: a plain call samples with the saved scheduler; when another measured sampler scored lower,
+    the lines that switch to it, configured exactly as ``pipeline.sampling.schedulers`` does."""
+    saved, best = registry_name(scheduler_config), best_sampler(evals)
+    imports = "from diffusers import DiffusionPipeline"
+    call = "images = pipe(batch_size=16, generator=torch.Generator().manual_seed(0)).images"
+    code = ['pipe = DiffusionPipeline.from_pretrained("REPO_OR_PATH", trust_remote_code=True)', call]
+    text = ("The repository carries `pipeline_celeba.py` (the `CelebADiffusionPipeline`, named in `model_index.json`, "
+            "so `trust_remote_code=True` is all diffusers needs). A plain call samples with the saved scheduler, "
+            f"`{scheduler_config.get('_class_name')}`" + (f" (this project's `{saved}`)" if saved else "")
+            + f", at {default_steps} steps.")
+    if best and (sampler_of(best)[0] != saved or best["steps"] != default_steps or sampler_of(best)[1]):
         name, corrected = sampler_of(best)
+        class_name, setup = scheduler_setup(name, scheduler_config)
+        imports += f", {class_name}"
         correction = ", mean_colour_correction=True" if corrected else ""
-        scheduler_class, overrides = SAMPLERS[name].scheduler_class, SAMPLERS[name].overrides
-        imports += f", {scheduler_class.__name__}"
-        setup = [f"pipe.scheduler = {scheduler_class.__name__}.from_config(",
-                 "    pipe.scheduler.config, " + ", ".join(f"{key}={value!r}" for key, value in overrides.items())
-                 + ")"]
-        steps = best["steps"]
-    lines = ["## Use", "", "```python", "import torch", imports, "",
-             'pipe = DiffusionPipeline.from_pretrained("REPO_OR_PATH", trust_remote_code=True)', *setup,
-             f"images = pipe(batch_size=16, num_inference_steps={steps}{correction}, "
-             "generator=torch.Generator().manual_seed(0)).images", "```", "",
-             "The repository carries `pipeline_celeba.py` (the `CelebADiffusionPipeline`, named in "
-             "`model_index.json`, so `trust_remote_code=True` is all diffusers needs); the scheduler saved with the "
-             "model is the training `DDPMScheduler`, whose config every diffusers scheduler can be built from "
-             "(same noise schedule and prediction type)."]
-    if best:
-        lines[-1] += (f" The code above samples with `{sampler_label(best, precision=False)}`, the sampler with "
-                      f"the lowest {best['label']} below.")
-        if best.get("mixed_precision") == "bf16":  # the snippet itself runs the UNet in fp32
-            lines[-1] += (" That score was measured with the UNet under bf16 autocast; the code runs it in fp32 "
-                          "(wrap the call in `torch.autocast(\"cpu\", dtype=torch.bfloat16)` to match it; about twice "
-                          "as fast on a CPU with AVX512_BF16).")
-    if correction:
-        lines[-1] += (" `mean_colour_correction=True` replaces the network's estimate of the image's mean colour, "
-                      "which this network gets wrong, by its closed-form posterior mean under a Gaussian prior fitted "
-                      "on the training images (`mean_colour_prior` in model_index.json).")
-    return lines + [""]
+        code += ["", f"# the lowest {best['label']} below: {sampler_label(best, precision=False)}", *setup,
+                 f"images = pipe(batch_size=16, num_inference_steps={best['steps']}{correction}, "
+                 "generator=torch.Generator().manual_seed(0)).images"]
+        text += (f" The last lines switch to `{sampler_label(best, precision=False)}`, the sampler with the lowest "
+                 f"{best['label']} below.")
+        if corrected:
+            text += (" `mean_colour_correction=True` replaces the network's estimate of the image's mean colour, "
+                     "which this network gets wrong, by its closed-form posterior mean under a Gaussian prior "
+                     "fitted on the training images (`mean_colour_prior` in model_index.json).")
+    elif best:
+        text += f" It is the sampler with the lowest {best['label']} below."
+    if best and best.get("mixed_precision") == "bf16":  # the snippet itself runs the UNet in fp32
+        text += (" The scores were measured with the UNet under bf16 autocast; the code runs it in fp32 (wrap the "
+                 "call in `torch.autocast(\"cpu\", dtype=torch.bfloat16)` to match them; about twice as fast on a "
+                 "CPU with AVX512_BF16).")
+    return ["## Use", "", "```python", "import torch", imports, "", *code, "```", "", text, ""]
 
 
 def diffusion_description(scheduler_config) -> str:
@@ -163,7 +190,12 @@ def diffusion_description(scheduler_config) -> str:
 
 def render_card(model_name: str, unet_config: dict, scheduler_config: dict, evals: list[dict],
                 training: dict | None, grid: str | None, in_progress: bool = False, pixel_unshuffle: int = 1,
-                likelihood: dict | None = None) -> str:
+                likelihood: dict | None = None, pipeline_settings: dict | None = None) -> str:
+    """The card's Markdown. ``pipeline_settings``: the pipeline's own entries of model_index.json
+    (``default_num_inference_steps``, ``edm_schedule``); ``scheduler_config`` is the saved scheduler's, with its
+    ``_class_name``."""
+    settings = pipeline_settings or {}
+    edm_schedule = settings.get("edm_schedule") or (scheduler_config if is_edm(scheduler_config) else None)
     unet_size = unet_config["sample_size"]
     unet_size = unet_size if isinstance(unet_size, int) else unet_size[0]  # square models: an int or a pair
     size = unet_size * pixel_unshuffle  # image side
@@ -171,7 +203,8 @@ def render_card(model_name: str, unet_config: dict, scheduler_config: dict, eval
                   f"{unet_size}x{unet_size} UNet with {unet_config['in_channels']} "
                   "channels)" if pixel_unshuffle > 1 else "")
     lines = ["---", card_header(model_name, evals, size).rstrip(), "---", "",
-             f"# {model_name}: unconditional {size}x{size} CelebA faces (DDPM, diffusers UNet2DModel)", ""]
+             f"# {model_name}: unconditional {size}x{size} CelebA faces ({'EDM' if edm_schedule else 'DDPM'} "
+             "diffusion, diffusers UNet2DModel)", ""]
     if training is None or not evals:
         lines += ["> **Status: early checkpoint, not the final model.** "
                   + (f"Trained for {training['step']:,} steps ({training['images_seen']:,} images). "
@@ -184,13 +217,14 @@ def render_card(model_name: str, unet_config: dict, scheduler_config: dict, eval
                   "checkpoints replace them.", ""]
     if grid:
         lines += [f"![samples]({grid})", ""]
-    lines += use_section(evals)
+    lines += use_section(evals, scheduler_config, settings.get("default_num_inference_steps", 50))
     lines += ["## Model", "",
               f"- `UNet2DModel`: {size}x{size}{unshuffled}, "
               f"block_out_channels {list(unet_config['block_out_channels'])}, "
               f"{unet_config['layers_per_block']} ResNet layers per block, "
               f"blocks {list(unet_config['down_block_types'])}.",
-              f"- Diffusion: {diffusion_description(scheduler_config)}; weights are the EMA weights.", "",
+              f"- Diffusion: {diffusion_description(edm_schedule or scheduler_config)}; weights are the EMA weights.",
+              "",
               "## Training data and preprocessing", "",
               "CelebA aligned-and-cropped faces (official train split; Liu et al., ICCV 2015), streamed with "
               f"`datasets`. Center crop 140x140 of the 178x218 image, antialiased bilinear resize to {size}x{size}, "
@@ -238,6 +272,15 @@ def render_card(model_name: str, unet_config: dict, scheduler_config: dict, eval
     return "\n".join(lines)
 
 
+def folder_card(model: Path, name: str, evals: list[dict], training: dict | None, grid: str | None = None,
+                in_progress: bool = False, likelihood: dict | None = None) -> str:
+    """``render_card`` for the saved pipeline folder ``model`` (its UNet, saved scheduler and model_index.json)."""
+    index = read_json(str(model / "model_index.json"))
+    return render_card(name, read_json(str(model / "unet" / "config.json")),
+                       read_json(str(model / "scheduler" / "scheduler_config.json")), evals, training, grid,
+                       in_progress, index.get("pixel_unshuffle", 1), likelihood, index)
+
+
 def main(argv=None):
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="saved pipeline folder")
@@ -254,12 +297,9 @@ def main(argv=None):
     parser.add_argument("--out", default="model_card.md")
     args = parser.parse_args(argv)
     model = Path(args.model)
-    unet_config = read_json(str(model / "unet" / "config.json"))
-    scheduler_config = read_json(str(model / "scheduler" / "scheduler_config.json"))
     evals = [read_json(p) for p in args.eval]
     training = read_training_log(args.training_log, args.training_step)
     likelihood = read_json(args.likelihood) if args.likelihood else None
-    pixel_unshuffle = read_json(str(model / "model_index.json")).get("pixel_unshuffle", 1)
     if args.grid:
         if not os.path.isfile(args.grid):
             raise FileNotFoundError(f"grid picture not found: {args.grid}")
@@ -267,8 +307,8 @@ def main(argv=None):
             shutil.copyfile(args.grid, model / GRID_NAME)
     for path in (Path(args.out), model / "README.md"):  # the same card; only the picture's relative link differs
         grid = os.path.relpath(model / GRID_NAME, path.parent) if args.grid else None
-        path.write_text(render_card(args.name or model.name, unet_config, scheduler_config, evals, training, grid,
-                                    args.in_progress, pixel_unshuffle, likelihood))
+        path.write_text(folder_card(model, args.name or model.name, evals, training, grid, args.in_progress,
+                                    likelihood))
     print(f"wrote {args.out} and {model / 'README.md'}")
     return 0
 

@@ -4,11 +4,15 @@ import inspect
 import json
 import shutil
 
+import pytest
 import torch
 import yaml
+from diffusers import EDMEulerScheduler, UNet2DModel
 
+from pipeline import CelebADiffusionPipeline, save_pipeline_folder
 from pipeline.mean_colour import MeanColourPrior, write_prior
-from pipeline.sampling.schedulers import make_scheduler
+from pipeline.pipeline_folder import with_default_sampler
+from pipeline.sampling.schedulers import SAMPLERS, make_scheduler, scheduler_for
 
 from conftest import ROOT, run_command
 
@@ -50,9 +54,10 @@ def test_card_numbers_come_from_the_results(smoke_pipeline_dir, tmp_path):
     assert "| 23.46 | 12.34 ± 1.10 | 0.612 | 0.432 |" in card
     assert "2,000 optimisation steps, 64,000 training images seen. 2.50 CPU-hours (2 CPU cores)" in card
     assert "early checkpoint" not in card and "intermediate checkpoint" not in card
-    # the loading code samples with the measured sampler, configured like pipeline.sampling.schedulers; it runs as
-    # written
-    assert "samples with `dpm++2m, 20 steps, 20 NFE`, the sampler with the lowest FID-10k below" in card
+    # the loading code samples with the saved scheduler, then switches to the measured sampler, configured like
+    # pipeline.sampling.schedulers; it runs as written
+    assert "A plain call samples with the saved scheduler, `DDPMScheduler`, at 50 steps." in card
+    assert "switch to `dpm++2m, 20 steps, 20 NFE`, the sampler with the lowest FID-10k below" in card
     assert "measured with the UNet under bf16 autocast; the code runs it in fp32" in card  # as the snippet does
     snippet = card.split("```python\n")[1].split("```")[0]
     assert "DPMSolverMultistepScheduler.from_config(" in snippet and "num_inference_steps=20" in snippet
@@ -128,3 +133,34 @@ def test_card_samples_with_the_mean_colour_correction_when_it_measured_best(smok
     namespace = {}
     exec(snippet.replace("REPO_OR_PATH", str(model)).replace("batch_size=16", "batch_size=2"), namespace)
     assert len(namespace["images"]) == 2
+
+
+@pytest.mark.parametrize("default", [None, "ddpm"])
+def test_the_card_of_an_edm_model_switches_between_sampler_families(tmp_path, default):
+    """An EDM-trained model saved with an EDM scheduler (``default`` None) or shipped with a DDPM-schedule default:
+    the card's code reaches the best sampler of the other family too, and runs as written."""
+    unet = UNet2DModel(sample_size=8, block_out_channels=(8, 16), norm_num_groups=4, layers_per_block=1,
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"))
+    pipe = CelebADiffusionPipeline(unet=unet, scheduler=EDMEulerScheduler(sigma_data=0.5))
+    best = "heun"
+    if default:
+        pipe, best = with_default_sampler(pipe, default, 4), "edm-dpm++2m"
+    model = tmp_path / "model"
+    save_pipeline_folder(pipe, model)
+    evaluation = {"label": "FID-2k", "fid": 50.0, "kid_mean": 0.05, "kid_std": 0.001, "precision": 0.2,
+                  "recall": 0.2, "sampler": best, "steps": 3, "nfe": 5, "num_samples": 2000, "resolution": 8,
+                  "reference": {"num_images": 20000}}
+    (tmp_path / "eval.json").write_text(json.dumps(evaluation))
+    run_command(["-m", "pipeline.model_card", "--model", str(model), "--eval", str(tmp_path / "eval.json"),
+                 "--out", str(tmp_path / "card.md")])
+    card = (tmp_path / "card.md").read_text()
+    assert "CelebA faces (EDM diffusion" in card and "EDM preconditioning (Karras et al. 2022)" in card
+    snippet = card.split("```python\n")[1].split("```")[0]
+    assert ("pipe.config.edm_schedule" if default else "beta_schedule='linear'") in snippet
+    namespace = {}
+    exec(snippet.replace("REPO_OR_PATH", str(model)).replace("batch_size=16", "batch_size=1"), namespace)
+    wanted = SAMPLERS[best].scheduler_class
+    assert type(namespace["pipe"].scheduler) is wanted and len(namespace["images"]) == 1
+    if not default:  # a DDPM-schedule sampler on the EDM model: DDPM's linear betas, as the registry builds them
+        torch.testing.assert_close(namespace["pipe"].scheduler.alphas_cumprod,
+                                   scheduler_for(pipe, best).alphas_cumprod)
