@@ -26,19 +26,10 @@ from pipeline.data.preprocess import Preprocessing, pipeline_preprocessing
 from pipeline.evaluate import as_nchw_uint8, score_features
 from pipeline.evaluation.inception import extract_features, load_inception
 from pipeline.evaluation.metrics import feature_stats, memorization
-from pipeline.evaluation.reference_stats import load_or_compute_reference
+from pipeline.evaluation.reference_stats import HELDOUT_SPLITS, heldout_features, load_or_compute_reference
 from pipeline.generate import check_sampling, generate, load_pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-HELDOUT_SPLITS = ("valid", "test")
-
-
-def heldout_features(train_data_dir: str, prep: Preprocessing, cache_dir: str | None, device: str) -> torch.Tensor:
-    """Inception features of every valid and test image present (cached per split)."""
-    return torch.cat([load_or_compute_reference(train_data_dir, split=split, prep=prep, cache_dir=cache_dir,
-                                                device=device)["features"] for split in HELDOUT_SPLITS])
-
 
 def scores(fake: torch.Tensor, heldout: torch.Tensor, seed: int) -> dict:
     """FID/KID/precision/recall against the held-out set (KID subsets of at most the smaller set's size)."""

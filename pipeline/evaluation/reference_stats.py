@@ -94,3 +94,13 @@ def load_or_compute_reference(train_data_dir: str | None = None, dataset_name: s
     torch.save(reference, partial)
     os.replace(partial, path)  # atomic: a killed run never leaves a truncated cache file
     return {**reference, "cache_file": str(path), "from_cache": False}
+
+
+HELDOUT_SPLITS = ("valid", "test")  # CelebA's splits that training never sees
+
+
+def heldout_features(train_data_dir: str, prep: Preprocessing, cache_dir: str | None = None,
+                     device: str = "cpu") -> torch.Tensor:
+    """Inception features of every valid and test image present in ``train_data_dir`` (cached per split)."""
+    return torch.cat([load_or_compute_reference(train_data_dir, split=split, prep=prep, cache_dir=cache_dir,
+                                                device=device)["features"] for split in HELDOUT_SPLITS])

@@ -70,7 +70,7 @@ def impute(pipe, known: torch.Tensor, mask: torch.Tensor, basis: torch.Tensor = 
     """Fill the unknown coordinates of ``known`` with the pipeline's denoiser.
 
     Args:
-        pipe: a DDPM-trained ``CelebADiffusionPipeline`` (its denoiser and training scheduler are used).
+        pipe: a ``CelebADiffusionPipeline`` (its ``vp_denoiser`` on its ``vp_schedule``: DDPM- or EDM-trained).
         known: NCHW images in [-1, 1] (their unknown part is ignored).
         mask: 1 where a coordinate in ``basis`` is known, 0 where it is filled; broadcast to ``known``.
         basis: orthonormal per-pixel colour basis the mask refers to.

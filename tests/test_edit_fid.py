@@ -1,0 +1,54 @@
+"""benchmarks/edit_fid.py: held-out faces edited by each method, scored against the held-out set beside the floor."""
+
+import json
+import shutil
+
+import numpy as np
+from PIL import Image
+
+from benchmarks.edit_fid import heldout_faces
+from pipeline.data.preprocess import pipeline_preprocessing
+from pipeline.edit import named_mask
+from pipeline.pipeline_folder import load_pipeline
+
+from conftest import FIXTURE, run_command
+
+HELDOUT = ("162771.jpg", "162772.jpg", "162773.jpg", "182638.jpg", "182639.jpg", "182640.jpg")
+
+
+def test_edited_heldout_faces_keep_what_is_known_are_scored_and_resume_exactly(smoke_pipeline_dir, tmp_path):
+    data = tmp_path / "celeba"
+    shutil.copytree(FIXTURE, data)
+    for index, name in enumerate(HELDOUT):  # held-out faces: other real faces under the held-out names
+        shutil.copy(data / "img_align_celeba" / f"{index + 40:06d}.jpg", data / "img_align_celeba" / name)
+    out, batches = tmp_path / "edit", tmp_path / "batches"
+    command = ["benchmarks/edit_fid.py", "--model", str(smoke_pipeline_dir), "--train_data_dir", str(data),
+               "--tasks", "center", "colorize", "--methods", "repaint", "--num_images", "4", "--steps", "2",
+               "--batch_size", "2", "--mixed_precision", "no", "--resume_dir", str(batches), "--out_dir", str(out)]
+    env = {"CELEBA_DIFFUSION_CACHE": str(tmp_path / "cache")}
+    run_command(command, env=env, timeout=600)
+    summary = json.loads((out / "edit_fid_summary.json").read_text())
+    assert summary["num_images"] == 4 and summary["num_heldout"] == 6
+    assert [(p["task"], p["method"]) for p in summary["points"]] == [("center", "repaint"), ("colorize", "repaint")]
+    center = json.loads((out / "fid_center_repaint.json").read_text())
+    assert center["psnr_where"] == "filled region" and center["fid_above_floor"] == (
+        center["scores"]["fid"] - center["floor"]["fid"])
+    height, width = np.asarray(Image.open(out / "center_repaint.png")).shape[:2]
+    assert height < width  # three rows (original, what the model saw, result) of four faces
+    # what is known is kept: the pixels outside the hole, and the grey level of a colorized face
+    originals = heldout_faces(str(data), pipeline_preprocessing(load_pipeline(str(smoke_pipeline_dir))), 4)
+    originals = originals.permute(0, 2, 3, 1).numpy().astype(np.int16)
+    known = named_mask("center", 32)[0, 0].bool().numpy()
+
+    def edited(name: str) -> np.ndarray:
+        images = np.concatenate([np.load(path)["images"] for path in sorted(batches.glob(f"{name}/batch_*.npz"))])
+        assert images.shape == (4, 32, 32, 3)
+        return images.astype(np.int16)
+
+    assert np.array_equal(edited("center_repaint")[:, known], originals[:, known])
+    colour = edited("colorize_repaint")
+    inside = ((colour > 0) & (colour < 255)).all(-1)  # the clamp to [0, 255] moves the grey level of the others
+    assert inside.sum() > 100 and np.abs(colour.mean(-1) - originals.mean(-1))[inside].max() <= 1
+    again = run_command(command, env=env, timeout=600)
+    assert "finished batch(es) found" in again.stderr
+    assert json.loads((out / "fid_center_repaint.json").read_text())["scores"] == center["scores"]
