@@ -214,8 +214,10 @@ def main(argv=None):
                    "nfe": nfe, "eta": args.eta, "attributes": attributes, "guidance_scale": args.guidance_scale,
                    "mixed_precision": args.mixed_precision, "mean_colour_correction": corrected,
                    "device": pipe.device.type, "seed": args.seed, "num_images": args.num_images,
-                   "seconds": round(seconds, 2)}, handle, indent=1)
-    print(f"wrote {args.num_images} images and grid.png to {args.out} ({seconds:.1f} s)")
+                   "seconds": round(seconds, 2), "images_per_second": round(args.num_images / seconds, 3)},
+                  handle, indent=1)
+    print(f"wrote {args.num_images} images and grid.png to {args.out} ({seconds:.1f} s, "
+          f"{args.num_images / seconds:.2f} images/s, {args.mixed_precision} UNet)")
     return 0
 
 

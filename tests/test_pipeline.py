@@ -133,6 +133,7 @@ def test_generate_cli_writes_pngs_and_grids(smoke_pipeline_dir, tmp_path):
     record = json.loads((out / "generation.json").read_text())
     assert record["steps"] == 4 and record["nfe"] == 4  # counted UNet calls per batch
     assert record["device"] == DEFAULT_DEVICE.split(":")[0]
+    assert abs(record["images_per_second"] * record["seconds"] / 5 - 1) < 0.02  # both rounded in the record
     again = tmp_path / "again"
     run_command(["-m", "pipeline.generate", "--model", str(smoke_pipeline_dir), "--num_images", "5",
                  "--batch_size", "2", "--steps", "4", "--scheduler", "ddim", "--out", str(again)])
