@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from pipeline.cli import DEFAULT_DEVICE, ArgumentParser, device_argument, run_cli
-from pipeline.data.preprocess import Preprocessing, pipeline_preprocessing
+from pipeline.data.preprocess import pipeline_preprocessing
 from pipeline.evaluate import as_nchw_uint8, score_features
 from pipeline.evaluation.inception import extract_features, load_inception
 from pipeline.evaluation.metrics import feature_stats, memorization
