@@ -349,7 +349,7 @@ def test_unknown_names_and_options_are_rejected():
     check_steps("dpm++2m", 400)
     assert set(ALL_SAMPLERS) == set(DIFFUSERS_SAMPLERS) | set(SDE_SAMPLERS) and len(ALL_SAMPLERS) == 13
     assert set(MOMENT_STEPS) == set(ALL_SAMPLERS) and set(VP_SAMPLERS) | set(EDM_SAMPLERS) == set(ALL_SAMPLERS)
-    with pytest.raises(ValueError, match="does not fit a model trained with DDPM preconditioning"):
+    with pytest.raises(ValueError, match="'edm-euler' needs a model trained with EDM preconditioning; this one is"):
         make_scheduler("edm-euler", LINEAR)
 
 
