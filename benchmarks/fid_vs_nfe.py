@@ -41,6 +41,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # unused: NFE is measured).
 GRID = {"ddim": [10, 20, 50, 100], "ddim-clip": [10, 20, 50, 100], "dpm++2m": [10, 15, 20, 25], "heun": [18],
         "ode-rk45": [1], "pc": [500], "ddpm": [1000]}
+# added for a model trained with EDM preconditioning: diffusers' EDM samplers on Karras sigmas
+EDM_GRID = {"edm-euler": [20, 25], "edm-dpm++2m": [10, 15, 20, 25], "edm-dpm++2m-sde": [20, 25]}
 # a point name with this suffix (e.g. ddpm+mc:20) samples with the mean-colour correction (pipeline.mean_colour)
 MEAN_COLOUR = "+mc"
 # ode-rk45: measured on the shipped weights at rtol = atol = 1e-5 in float32 (results/bench/rk45_nfe.json)
@@ -59,12 +61,14 @@ def point_name(sampler: str, corrected: bool, options: dict) -> str:
     return sampler + MEAN_COLOUR * corrected + "".join(f",{key}={value}" for key, value in sorted(options.items()))
 
 
-def parse_points(values: list[str] | None, mixed_precision: str = "bf16") -> list[tuple[str, int]]:
-    """``["ddim:10,20", "pc:500"]`` -> [("ddim", 10), ("ddim", 20), ("pc", 500)]; None -> the whole GRID.
+def parse_points(values: list[str] | None, mixed_precision: str = "bf16", edm: bool = False
+                 ) -> list[tuple[str, int]]:
+    """``["ddim:10,20", "pc:500"]`` -> [("ddim", 10), ("ddim", 20), ("pc", 500)]; None -> the whole GRID (with
+    ``edm``, the model is EDM-trained: EDM_GRID too).
 
     A sampler name may end in ``+mc`` (``ddpm+mc:20``): the same sampler with the mean-colour correction; then
     ``,KEY=VALUE`` options of a score-SDE sampler (``ode-rk45+mc,rtol=1e-3,atol=1e-3:1``), checked here."""
-    grid = GRID if not values else {}
+    grid = ({**GRID, **(EDM_GRID if edm else {})}) if not values else {}
     for value in values or []:
         name, _, steps = value.partition(":")
         sampler, corrected, options = split_point_name(name)
@@ -153,11 +157,12 @@ def main(argv=None) -> int:
     parser.add_argument("--resume_dir", default=None, help="keep each point's finished sample batches under this "
                         "folder (pipeline.evaluate --resume_dir), so an interrupted point continues where it stopped")
     args = parser.parse_args(argv)
-    points = parse_points(args.points, args.mixed_precision)  # bad input fails before anything is written
+    pipe = load_pipeline(args.model)
+    edm = pipe.config.edm_schedule is not None
+    points = parse_points(args.points, args.mixed_precision, edm)  # bad input fails before anything is written
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    protocol = {"seed": args.seed, "mixed_precision": args.mixed_precision,
-                "unet_sha256": weights_checksum(load_pipeline(args.model).unet)}
+    protocol = {"seed": args.seed, "mixed_precision": args.mixed_precision, "unet_sha256": weights_checksum(pipe.unet)}
     for name, steps in points:
         path = out_dir / f"{name}-{steps}_n{args.num_samples}.json"
         if measured_under(path, protocol):

@@ -128,3 +128,12 @@ def test_plot_gives_every_sampler_its_own_colour_or_refuses(tmp_path):
     assert set(PALETTE) <= {tuple(color) for color in panels.reshape(-1, 3)}
     with pytest.raises(ValueError, match=f"{len(PALETTE) + 1} samplers in the summary but {len(PALETTE)} colours"):
         fid_vs_nfe.plot(summary(len(PALETTE) + 1), path, "t")
+
+
+def test_the_default_grid_of_an_edm_model_adds_its_edm_samplers_at_20_to_25_nfe():
+    plain = {name for name, _ in fid_vs_nfe.parse_points(None)}
+    edm = fid_vs_nfe.parse_points(None, edm=True)
+    assert not plain & set(fid_vs_nfe.EDM_GRID) and {name for name, _ in edm} == plain | set(fid_vs_nfe.EDM_GRID)
+    assert all(("edm-" + kind, 20) in edm for kind in ("euler", "dpm++2m", "dpm++2m-sde"))
+    nfe = [fid_vs_nfe.APPROXIMATE_NFE.get(name, lambda steps: steps)(steps) for name, steps in edm]
+    assert nfe == sorted(nfe)  # cheapest first, the EDM points among the others
