@@ -29,13 +29,13 @@ from pipeline.cli import run_cli
 from pipeline.data.celeba import TrainingBatch, TrainStream, load_celeba
 from pipeline.data.images import make_grid
 from pipeline.data.preprocess import random_hflip, to_model_range
+from pipeline.denoisers import PixelUnshuffleDenoiser
 from pipeline.evaluate import fid_against_reference
 from pipeline.evaluation.reference_stats import load_or_compute_reference
 from pipeline.generate import generate
 from pipeline.mean_colour import MeanColourStatistics
 from pipeline.model_card import folder_card, read_training_log
 from pipeline.models.architecture import AttributeConditionedUNet, drop_attributes
-from pipeline.pipeline_celeba import PixelUnshuffleDenoiser
 from pipeline.pipeline_folder import save_pipeline_folder, weights_checksum
 from pipeline.publish import prepare_repo, publish
 from pipeline.training.build import build_model_and_scheduler, build_optimizer_and_ema

@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 from diffusers import DDPMScheduler
 
-from pipeline import pipeline_celeba
+from pipeline import denoisers
 from pipeline.cli import ArgumentParser, run_cli
 from pipeline.data.celeba import load_eval_images
 from pipeline.data.preprocess import pipeline_preprocessing, to_model_range
@@ -53,7 +53,7 @@ def vp_noise_estimator(denoiser, prediction_type: str):
     (epsilon, v or x_0)."""
     def estimate(x: torch.Tensor, label: int, alpha: float, sigma: float) -> torch.Tensor:
         out = denoiser(x.float(), torch.full((x.shape[0],), label)).sample.double()
-        return pipeline_celeba.noise_estimate(out, x.double(), alpha, sigma, prediction_type)
+        return denoisers.noise_estimate(out, x.double(), alpha, sigma, prediction_type)
     return estimate
 
 

@@ -31,8 +31,8 @@ from benchmarks.denoiser_response import vp_noise_estimator
 from pipeline.cli import ArgumentParser, run_cli
 from pipeline.data.celeba import load_eval_images
 from pipeline.data.preprocess import pipeline_preprocessing, to_model_range
+from pipeline.denoisers import MeanColourDenoiser
 from pipeline.generate import load_pipeline
-from pipeline.pipeline_celeba import MeanColourDenoiser
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from .cli import ArgumentParser, run_cli
-from .pipeline_celeba import LINEAR_VP_SCHEDULE, is_edm
+from .denoisers import LINEAR_VP_SCHEDULE, is_edm
 from .sampling.schedulers import DIFFUSERS_SAMPLERS, SAMPLERS
 from .training_log import read_records
 
@@ -150,7 +150,8 @@ def use_section(evals: list[dict], scheduler_config: dict, default_steps: int) -
     call = "images = pipe(batch_size=16, generator=torch.Generator().manual_seed(0)).images"
     code = ['pipe = DiffusionPipeline.from_pretrained("REPO_OR_PATH", trust_remote_code=True)', call]
     text = ("The repository carries `pipeline_celeba.py` (the `CelebADiffusionPipeline`, named in `model_index.json`, "
-            "so `trust_remote_code=True` is all diffusers needs). A plain call samples with the saved scheduler, "
+            "with the `denoisers.py` it imports), so `trust_remote_code=True` is all diffusers needs. A plain call "
+            "samples with the saved scheduler, "
             f"`{scheduler_config.get('_class_name')}`" + (f" (this project's `{saved}`)" if saved else "")
             + f", at {default_steps} steps.")
     if best and (sampler_of(best)[0] != saved or best["steps"] != default_steps or sampler_of(best)[1]):

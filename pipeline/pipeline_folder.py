@@ -1,6 +1,7 @@
 """The saved pipeline folder: written in the Hub layout, read back with one clear error for what is not one.
 
-A folder holds ``model_index.json``, ``unet/``, ``scheduler/`` and a copy of ``pipeline_celeba.py``, and its
+A folder holds ``model_index.json``, ``unet/``, ``scheduler/`` and copies of ``pipeline_celeba.py`` and the
+``denoisers.py`` it imports, and its
 ``model_index.json`` names the class as ``["pipeline_celeba", "CelebADiffusionPipeline"]``; an attribute model adds
 ``attribute_encoder/`` with a copy of ``attribute_encoder.py`` (a diffusers custom component). So
 ``DiffusionPipeline.from_pretrained(folder_or_repo, trust_remote_code=True)`` loads it with no other argument, from
@@ -23,6 +24,7 @@ from .pipeline_celeba import CelebADiffusionPipeline
 from .sampling.schedulers import check_steps, get_sampler, scheduler_for
 
 PIPELINE_FILE = Path(__file__).with_name("pipeline_celeba.py")
+PIPELINE_CODE = (PIPELINE_FILE, PIPELINE_FILE.with_name("denoisers.py"))  # the custom pipeline and what it imports
 HUB_CLASS_NAME = [PIPELINE_FILE.stem, "CelebADiffusionPipeline"]
 COMPONENTS = ("unet", "scheduler")
 OPTIONAL_COMPONENTS = {"attribute_encoder": attribute_encoder}  # component -> the module whose file its folder carries
@@ -75,7 +77,13 @@ def save_pipeline_folder(pipe: CelebADiffusionPipeline, folder: str | os.PathLik
             index[name] = [code.stem, index[name][1]]
             shutil.copy2(code, folder / name / code.name)
     index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-    shutil.copy2(PIPELINE_FILE, folder / PIPELINE_FILE.name)
+    copy_pipeline_code(folder)
+
+
+def copy_pipeline_code(folder: Path) -> None:
+    """Put this package's custom-pipeline code (``PIPELINE_CODE``) into a pipeline folder."""
+    for code in PIPELINE_CODE:
+        shutil.copy2(code, folder / code.name)
 
 
 def looks_like_repo_id(name: str) -> bool:

@@ -4,9 +4,10 @@
     python -m pipeline.publish --model pretrained/celeba-64 --repo_id USER/celeba-64-ddpm  # and upload it
 
 The folder holds model_index.json (naming ``["pipeline_celeba", "CelebADiffusionPipeline"]``), unet/, scheduler/,
-``pipeline_celeba.py``, README.md (the model card: ``--card`` or the model folder's own README.md) and the card's
-sample grid, so ``DiffusionPipeline.from_pretrained(ID_OR_FOLDER, trust_remote_code=True)`` loads it. The token comes
-from ``--hub_token``, ``HF_TOKEN`` or ``hf auth login``; ``HF_ENDPOINT`` selects another Hub endpoint.
+attribute_encoder/ for an attribute model, ``pipeline_celeba.py`` with the ``denoisers.py`` it imports, README.md
+(the model card: ``--card`` or the model folder's own README.md) and the card's sample grid, so
+``DiffusionPipeline.from_pretrained(ID_OR_FOLDER, trust_remote_code=True)`` loads it. The token comes from
+``--hub_token``, ``HF_TOKEN`` or ``hf auth login``; ``HF_ENDPOINT`` selects another Hub endpoint.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from .cli import ArgumentParser, run_cli
 from .model_card import GRID_NAME
-from .pipeline_folder import HUB_CLASS_NAME, PIPELINE_FILE
+from .pipeline_folder import HUB_CLASS_NAME, OPTIONAL_COMPONENTS, copy_pipeline_code
 
 PIPELINE_PARTS = ("model_index.json", "unet", "scheduler")
 
@@ -40,12 +41,13 @@ def write_hub_folder(model_dir, out, card=None) -> list[str]:
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
-        for part in ("unet", "scheduler"):
-            shutil.copytree(model_dir / part, staging / part)
+        for part in ("unet", "scheduler", *OPTIONAL_COMPONENTS):
+            if (model_dir / part).is_dir():
+                shutil.copytree(model_dir / part, staging / part)
         index = json.loads((model_dir / "model_index.json").read_text())
         index["_class_name"] = HUB_CLASS_NAME
         (staging / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-        shutil.copy2(PIPELINE_FILE, staging / PIPELINE_FILE.name)
+        copy_pipeline_code(staging)
         shutil.copy2(card, staging / "README.md")
         if (model_dir / GRID_NAME).is_file():  # the sample grid the card shows
             shutil.copy2(model_dir / GRID_NAME, staging / GRID_NAME)

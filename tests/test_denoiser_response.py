@@ -4,7 +4,7 @@ import torch
 from diffusers import DDPMScheduler, EDMEulerScheduler
 
 from benchmarks.denoiser_response import response, vp_noise_estimator
-from pipeline.pipeline_celeba import EDMNoisePredictor
+from pipeline.denoisers import EDMNoisePredictor
 
 from gaussian_model import EDMGaussianDenoiser, GaussianDenoiser
 

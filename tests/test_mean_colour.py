@@ -19,8 +19,8 @@ from test_samplers import assert_moments, run_pipeline
 from pipeline import CelebADiffusionPipeline, load_pipeline
 from pipeline.data.celeba import load_eval_images
 from pipeline.data.preprocess import to_model_range
+from pipeline.denoisers import MeanColourDenoiser
 from pipeline.mean_colour import MeanColourPrior, MeanColourStatistics
-from pipeline.pipeline_celeba import MeanColourDenoiser
 from pipeline.sampling.schedulers import make_scheduler
 
 from conftest import FIXTURE, run_command

@@ -11,10 +11,10 @@ from diffusers import EDMEulerScheduler, UNet2DModel
 
 from pipeline import CelebADiffusionPipeline, save_pipeline_folder
 from pipeline.mean_colour import MeanColourPrior, write_prior
-from pipeline.pipeline_folder import with_default_sampler
+from pipeline.pipeline_folder import copy_pipeline_code, with_default_sampler
 from pipeline.sampling.schedulers import SAMPLERS, make_scheduler, scheduler_for
 
-from conftest import ROOT, run_command
+from conftest import run_command
 
 
 def header(text: str) -> dict:
@@ -61,7 +61,7 @@ def test_card_numbers_come_from_the_results(smoke_pipeline_dir, tmp_path):
     assert "measured with the UNet under bf16 autocast; the code runs it in fp32" in card  # as the snippet does
     snippet = card.split("```python\n")[1].split("```")[0]
     assert "DPMSolverMultistepScheduler.from_config(" in snippet and "num_inference_steps=20" in snippet
-    shutil.copy(ROOT / "pipeline" / "pipeline_celeba.py", model)     # what pipeline.publish uploads with the weights
+    copy_pipeline_code(model)  # what pipeline.publish uploads with the weights
     namespace = {}
     exec(snippet.replace("REPO_OR_PATH", str(model)).replace("batch_size=16", "batch_size=2"), namespace)
     pipe = namespace["pipe"]
@@ -129,7 +129,7 @@ def test_card_samples_with_the_mean_colour_correction_when_it_measured_best(smok
     assert "| ddpm + mean-colour correction, 20 steps, 20 NFE |" in card
     snippet = card.split("```python\n")[1].split("```")[0]
     assert "DDPMScheduler.from_config(" in snippet and "mean_colour_correction=True" in snippet
-    shutil.copy(ROOT / "pipeline" / "pipeline_celeba.py", model)
+    copy_pipeline_code(model)
     namespace = {}
     exec(snippet.replace("REPO_OR_PATH", str(model)).replace("batch_size=16", "batch_size=2"), namespace)
     assert len(namespace["images"]) == 2

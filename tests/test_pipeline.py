@@ -188,9 +188,10 @@ def test_hub_layout_folder_round_trip_and_shipped_code_in_sync(tmp_path):
     kwargs = dict(batch_size=2, num_inference_steps=3, output_type="np")
     assert np.array_equal(pipe(generator=torch.Generator().manual_seed(1), **kwargs).images,
                           loaded(generator=torch.Generator().manual_seed(1), **kwargs).images)
-    code = (ROOT / "pipeline" / "pipeline_celeba.py").read_bytes()
-    for folder in sorted((ROOT / "pretrained").iterdir()):  # shipped folders carry today's pipeline code
-        assert (folder / "pipeline_celeba.py").read_bytes() == code, folder
+    for name in ("pipeline_celeba.py", "denoisers.py"):
+        assert (tmp_path / "model" / name).read_bytes() == (ROOT / "pipeline" / name).read_bytes()
+        for folder in sorted((ROOT / "pretrained").iterdir()):  # shipped folders carry today's pipeline code
+            assert (folder / name).read_bytes() == (ROOT / "pipeline" / name).read_bytes(), folder
 
 
 def test_loader_says_what_a_folder_is_instead(tmp_path, monkeypatch):

@@ -23,8 +23,8 @@ def test_the_offline_hub_folder_loads_with_plain_diffusers_from_anywhere(smoke_p
     card.write_text("# card\n")
     out = tmp_path / "hub"
     run_command(["-m", "pipeline.publish", "--model", str(smoke_pipeline_dir), "--out", str(out), "--card", str(card)])
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "model_index.json", "pipeline_celeba.py",
-                                                     "scheduler", "unet"]
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "denoisers.py", "model_index.json",
+                                                     "pipeline_celeba.py", "scheduler", "unet"]
     assert json.loads((out / "model_index.json").read_text())["_class_name"] == ["pipeline_celeba",
                                                                                   "CelebADiffusionPipeline"]
     # sys.modules["pipeline"] = None: the folder must load without this project's (installed) package
@@ -63,6 +63,7 @@ def test_upload_sends_exactly_the_pipeline_card_grid_and_code(smoke_pipeline_dir
         "unet/diffusion_pytorch_model.safetensors":
             (smoke_pipeline_dir / "unet" / "diffusion_pytorch_model.safetensors").read_bytes(),
         "pipeline_celeba.py": (ROOT / "pipeline" / "pipeline_celeba.py").read_bytes(),
+        "denoisers.py": (ROOT / "pipeline" / "denoisers.py").read_bytes(),
         "samples.png": b"grid",
     }
     assert hub.files == expected
@@ -110,3 +111,19 @@ def test_train_unet_push_to_hub(tmp_path):
     assert (card.startswith("---\n") and "\nlibrary_name: diffusers\n" in card.split("---")[1]
             and "8 optimisation steps" in card)
     assert "pipeline_celeba.py" in hub.files
+
+
+def test_an_attribute_model_is_published_with_its_encoder(tmp_path):
+    from test_attributes import attribute_pipeline
+
+    from pipeline.pipeline_folder import load_pipeline, save_pipeline_folder
+    from pipeline.publish import main as publish_main
+
+    pipe = attribute_pipeline()
+    save_pipeline_folder(pipe, tmp_path / "model")
+    (tmp_path / "model" / "README.md").write_text("# card\n")
+    publish_main(["--model", str(tmp_path / "model"), "--out", str(tmp_path / "hub")])
+    assert (tmp_path / "hub" / "attribute_encoder" / "attribute_encoder.py").is_file()
+    loaded = load_pipeline(str(tmp_path / "hub"))
+    assert loaded.attribute_encoder is not None and loaded.attribute_encoder.config.attribute_names == list(
+        pipe.attribute_encoder.config.attribute_names)

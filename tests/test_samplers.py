@@ -17,7 +17,7 @@ from diffusers import DDPMScheduler, EDMEulerScheduler, UNet2DModel
 from diffusers.utils.torch_utils import randn_tensor
 
 from pipeline import CelebADiffusionPipeline
-from pipeline.pipeline_celeba import EDMNoisePredictor, LabelSchedule
+from pipeline.denoisers import EDMNoisePredictor, LabelSchedule
 from pipeline.sampling import sde as S
 from pipeline.sampling.schedulers import (
     ALL_SAMPLERS,

@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
 from pipeline import CelebADiffusionPipeline
+from pipeline.denoisers import PixelUnshuffleDenoiser
 from pipeline.generate import generate, load_pipeline
 from pipeline.models.noise_schedules import MAX_BETA, shifted_cosine_betas
-from pipeline.pipeline_celeba import PixelUnshuffleDenoiser
 from pipeline.sampling.schedulers import make_scheduler
 from train_unet import parse_args
 

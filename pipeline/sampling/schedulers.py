@@ -33,8 +33,8 @@ from diffusers import (
     UniPCMultistepScheduler,
 )
 
+from ..denoisers import is_edm, vp_schedule_config
 from ..models.noise_schedules import schedule_config
-from ..pipeline_celeba import is_edm, vp_schedule_config
 from . import sde
 
 

@@ -31,8 +31,8 @@ from diffusers import DDPMScheduler
 from diffusers.utils.torch_utils import randn_tensor
 from scipy.integrate import solve_ivp
 
+from ..denoisers import PREDICTION_TYPES, noise_estimate
 from ..models.noise_schedules import schedule_config
-from ..pipeline_celeba import PREDICTION_TYPES, noise_estimate
 
 # the samplers, the options each takes (``SDESampler(name, options)``) and their defaults
 OPTIONS = {
