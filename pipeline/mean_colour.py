@@ -13,11 +13,12 @@ and the posterior mean of the noise's mean is, exactly for this model,
 
     E[n | xbar] = (sigma / D) (alpha^2 S + (sigma^2 / D) I)^{-1} (xbar - alpha mu).
 
-``MeanColourDenoiser`` (in ``denoisers.py``, which every saved pipeline carries) keeps the network's noise estimate minus its spatial mean and adds this value instead; ``pipe(..., mean_colour_correction=True)`` and the
+``MeanColourDenoiser`` (in ``denoisers.py``, which every saved pipeline carries) keeps the network's noise estimate
+minus its spatial mean and adds this value instead; ``pipe(..., mean_colour_correction=True)`` and the
 ``--mean_colour_correction`` flag of the commands use it. For Gaussian data with independent pixels it gives back the
 exact denoiser (tested); for faces it ignores what the rest of the image says about the mean colour, which at high
-noise is little. The prior lives in the pipeline's model_index.json (``mean_colour_prior``): train_unet.py fits it
-from the batches it trains on (``MeanColourStatistics``), and this module's command fits it for an existing pipeline:
+noise is little. The prior lives in the pipeline's model_index.json (``mean_colour_prior``): train_unet.py fits it from
+the batches it trains on (``MeanColourStatistics``), and this module's command fits it for an existing pipeline:
 
     python -m pipeline.mean_colour --model pretrained/celeba-64 --train_data_dir ../shared/celeba
 """
