@@ -30,11 +30,11 @@ from pipeline.data.celeba import TrainingBatch, TrainStream, load_celeba
 from pipeline.data.images import make_grid
 from pipeline.data.preprocess import random_hflip, to_model_range
 from pipeline.denoisers import PixelUnshuffleDenoiser
-from pipeline.evaluate import fid_against_reference
 from pipeline.evaluation.reference_stats import load_or_compute_reference
+from pipeline.evaluation.scores import fid_against_reference
 from pipeline.generate import generate
 from pipeline.mean_colour import MeanColourStatistics
-from pipeline.model_card import folder_card, read_training_log
+from pipeline.model_card import folder_card
 from pipeline.models.architecture import AttributeConditionedUNet, drop_attributes
 from pipeline.pipeline_folder import save_pipeline_folder, weights_checksum
 from pipeline.publish import prepare_repo, publish
@@ -52,7 +52,7 @@ from pipeline.training.losses import diffusion_loss
 from pipeline.training.lr_schedules import build_lr_scheduler, check_resumed_learning_rate
 from pipeline.training.run_control import DataWatchdog, StopSignals
 from pipeline.training.settings import TrainingSettings, parse_settings
-from pipeline.training_log import LossMeter, TrainingClock, append_record
+from pipeline.training_log import LossMeter, TrainingClock, append_record, read_training_log
 
 logger = get_logger(__name__)
 
@@ -245,13 +245,14 @@ class Run:
     """One training process: the prepared model, optimizer, LR schedule and EMA, its share of the data stream, and
     the state its checkpoints save with them (step, clock, loss meter, mean-colour sums)."""
 
-    def __init__(self, settings: TrainingSettings, accelerator: Accelerator):
+    def __init__(self, settings: TrainingSettings, accelerator: Accelerator, **optimizer_overrides):
+        """``optimizer_overrides`` go to ``torch.optim.AdamW`` (benchmarks compare its implementations)."""
         self.settings, self.accelerator = settings, accelerator
         data, opt, processes = settings.data, settings.optimizer, accelerator.num_processes
         set_seed(opt.seed)  # identical initial weights on every process
         model, self.noise_scheduler = build_model_and_scheduler(settings)
         set_seed(opt.seed, device_specific=True)  # then per-process noise; a resume restores the saved RNG states
-        optimizer, self.ema = build_optimizer_and_ema(model, opt)
+        optimizer, self.ema = build_optimizer_and_ema(model, opt, **optimizer_overrides)
         # accelerate steps a prepared scheduler once per process per optimizer step, hence the scaling
         lr_scheduler = build_lr_scheduler(
             opt.lr_scheduler, optimizer, num_warmup_steps=opt.lr_warmup_steps * processes,

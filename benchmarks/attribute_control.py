@@ -33,8 +33,8 @@ from tqdm.auto import tqdm
 from pipeline.cli import DEFAULT_DEVICE, ArgumentParser, device_argument, run_cli
 from pipeline.data.celeba import load_celeba, preprocessed_batches, read_official_layout
 from pipeline.data.preprocess import Preprocessing, pipeline_preprocessing, random_hflip, to_model_range
-from pipeline.evaluate import fid_against_reference
 from pipeline.evaluation.reference_stats import load_or_compute_reference
+from pipeline.evaluation.scores import fid_against_reference
 from pipeline.generate import check_sampling, generate, load_pipeline
 from pipeline.models.attribute_encoder import CELEBA_ATTRIBUTES
 

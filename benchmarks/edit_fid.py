@@ -29,11 +29,10 @@ from pipeline.data.celeba import load_eval_images, read_official_layout
 from pipeline.data.images import make_grid
 from pipeline.data.preprocess import pipeline_preprocessing, to_model_range, to_uint8_nhwc
 from pipeline.edit import NAMED_MASKS, named_mask, psnr
-from pipeline.evaluate import score_features
 from pipeline.evaluation.inception import extract_features, load_inception
 from pipeline.evaluation.metrics import feature_stats
 from pipeline.evaluation.reference_stats import HELDOUT_SPLITS, heldout_features
-from pipeline.generate import unet_precision
+from pipeline.evaluation.scores import score_features
 from pipeline.pipeline_folder import load_pipeline, weights_checksum
 from pipeline.sampling.editing import METHODS, colorize, impute
 from pipeline.sampling.sample_store import BatchStore
@@ -66,7 +65,7 @@ def scores(features: torch.Tensor, reference: torch.Tensor, seed: int) -> dict:
 def edit_batch(pipe, faces: torch.Tensor, task: str, method: str, steps: int, generator: torch.Generator,
                mixed_precision: str) -> tuple[torch.Tensor, int]:
     """(edited faces in [-1, 1], network evaluations) for one batch of faces in [-1, 1]."""
-    with unet_precision(pipe, mixed_precision):
+    with pipe.precision(mixed_precision):
         if task == "colorize":
             return colorize(pipe, faces, method=method, steps=steps, generator=generator)
         return impute(pipe, faces, named_mask(task, faces.shape[-1]), method=method, steps=steps, generator=generator)

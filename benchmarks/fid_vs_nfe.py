@@ -11,7 +11,7 @@ the sweep can be spread over several working sessions: on 2 cores the UNet of co
 ~44 image-NFE/s in bf16, so 2,000 samples cost ~45 s per NFE (DDPM-1000: 12 h). ``--points ddim:10,20 dpm++2m:20``
 restricts the grid; expensive points can be run with a smaller ``--num_samples`` (KID is unbiased in N, FID is not,
 so compare small-N points by KID). ``ode-rk45`` points run the UNet in float32 whatever ``--mixed_precision`` says
-(its adaptive step-size control cannot work with bf16 outputs: ``pipeline.generate.unet_precision``); each point's JSON
+(its adaptive step-size control cannot work with bf16 outputs: ``Sampler.full_precision``); each point's JSON
 records its precision. With ``--resume_dir DIR`` each point keeps its finished batches in
 ``DIR/<sampler>-<steps>_n<N>/``, so even a point longer than a session resumes exactly. Points run cheapest first.
 Then ``results/nfe/summary.json`` (every point measured on these weights, with its N) and
@@ -32,7 +32,7 @@ from pipeline.cli import DEFAULT_DEVICE, ArgumentParser, device_argument, run_cl
 from pipeline.evaluation.plots import PALETTE, line_chart
 from pipeline.generate import check_sampling, load_pipeline, parse_sampler_options
 from pipeline.pipeline_folder import weights_checksum
-from pipeline.sampling.schedulers import ALL_SAMPLERS
+from pipeline.sampling.schedulers import ALL_SAMPLERS, get_sampler
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -47,7 +47,6 @@ EDM_GRID = {"edm-euler": [20, 25], "edm-dpm++2m": [10, 15, 20, 25], "edm-dpm++2m
 MEAN_COLOUR = "+mc"
 # ode-rk45: measured on the shipped weights at rtol = atol = 1e-5 in float32 (results/bench/rk45_nfe.json)
 APPROXIMATE_NFE = {"heun": lambda steps: 2 * steps - 1, "pc": lambda steps: 2 * steps, "ode-rk45": lambda _: 750}
-FLOAT32_ONLY = ("ode-rk45",)  # samplers that refuse bf16 (pipeline.generate.unet_precision)
 
 
 def split_point_name(name: str) -> tuple[str, bool, dict]:
@@ -86,7 +85,8 @@ POINT_FILE = re.compile(r".+-\d+_n\d+\.json")  # <point name>-<steps>_n<N>.json,
 
 def point_precision(name: str, mixed_precision: str) -> str:
     """The sweep's precision, except float32 ("no") for the samplers that cannot run in bf16."""
-    return "no" if split_point_name(name)[0] in FLOAT32_ONLY else mixed_precision
+    sampler = split_point_name(name)[0]
+    return "no" if sampler in ALL_SAMPLERS and get_sampler(sampler).full_precision else mixed_precision
 
 
 def measured_under(path: Path, protocol: dict) -> bool:

@@ -23,10 +23,10 @@ import torch
 
 from pipeline.cli import DEFAULT_DEVICE, ArgumentParser, device_argument, run_cli
 from pipeline.data.preprocess import pipeline_preprocessing
-from pipeline.evaluate import as_nchw_uint8, score_features
 from pipeline.evaluation.inception import extract_features, load_inception
 from pipeline.evaluation.metrics import feature_stats, memorization
 from pipeline.evaluation.reference_stats import HELDOUT_SPLITS, heldout_features, load_or_compute_reference
+from pipeline.evaluation.scores import as_nchw_uint8, score_features
 from pipeline.generate import check_sampling, generate, load_pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

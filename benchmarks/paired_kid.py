@@ -23,7 +23,6 @@ from pathlib import Path
 import torch
 
 from pipeline.cli import ArgumentParser, run_cli
-from pipeline.evaluate import as_nchw_uint8
 from pipeline.evaluation.inception import extract_features
 from pipeline.evaluation.metrics import (
     kernel_inception_distance,
@@ -31,6 +30,7 @@ from pipeline.evaluation.metrics import (
     kid_paired_difference_standard_error,
 )
 from pipeline.evaluation.reference_stats import load_or_compute_reference
+from pipeline.evaluation.scores import as_nchw_uint8
 from pipeline.sampling.sample_store import read_batches
 
 SAME_NOISE = ("seed", "batch_size")  # with the same count, these decide every initial noise
@@ -85,7 +85,8 @@ def main(argv=None) -> int:
     first_settings = next(iter(stored.values()))[1]
     result["protocol"] = {"num_samples": len(next(iter(features.values()))), "seed": first_settings["seed"],
                           "batch_size": first_settings["batch_size"], "reference_images": reference["num"],
-                          "folders": args.batches, "kid_seed": args.seed}
+                          "folders": args.batches, "kid_seed": args.seed,
+                          "sampling": {name: settings for name, (_, settings) in stored.items()}}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))

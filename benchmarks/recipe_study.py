@@ -40,7 +40,7 @@ from pipeline import evaluate
 from pipeline.cli import ArgumentParser, run_cli
 from pipeline.data.images import make_grid
 from pipeline.generate import generate, load_pipeline
-from pipeline.model_card import read_training_log
+from pipeline.training_log import read_training_log
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

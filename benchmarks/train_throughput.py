@@ -1,7 +1,7 @@
 """Training img/s on this CPU: diffusers' own training example (A, at fp32 and at bf16) vs. our train_unet.py step
 (B), same UNet, batch and threads.
 
-    python benchmarks/train_throughput.py --config configs/celeba64_cpu.yaml --train_data_dir ../shared/celeba
+    python benchmarks/train_throughput.py --config configs/celeba64_edm.yaml --train_data_dir ../shared/celeba
 
 Both recipes train the UNet2DModel of ``--config`` at its batch size on the same JPEGs:
 
@@ -38,16 +38,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import multiprocessing as mp
 import os
 import platform
-import re
 import shlex
 import statistics
-import subprocess
-import tempfile
 import time
+
+from benchmarks.cpu_ceiling import cpu_peak
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -202,92 +200,84 @@ def build_diffusers_recipe(settings, spec):
 
 # ------------------------------------------------------------------------------------ B: train_unet.py's step
 def build_ours_recipe(settings, spec):
-    """train_unet.main's setup and loop body, for the flags in ``settings`` (config + overrides)."""
+    """train_unet.py's own ``Run`` for the flags in ``settings`` (config + overrides), stepped as its main loop steps
+    it; ``spec`` may change the AdamW implementation ("adam_foreach"), the attention processor ("attention":
+    "classic") or compile the model ("compile": a torch.compile mode or "default") for the ablations."""
     import torch
-    from accelerate import Accelerator
-    from diffusers.optimization import get_scheduler
 
-    from pipeline.data.celeba import TrainStream, load_celeba
     from pipeline.data.preprocess import to_model_range
-    from pipeline.training.build import build_model_and_scheduler, build_optimizer_and_ema
     from pipeline.training.losses import diffusion_loss
-    from train_unet import training_step
+    from train_unet import Run, make_accelerator
 
-    torch.manual_seed(spec.get("seed", 0))
-    accelerator = Accelerator(cpu=True, mixed_precision=settings.optimizer.mixed_precision or "no")
-    model, noise_scheduler = build_model_and_scheduler(settings)
+    overrides = {"foreach": spec["adam_foreach"]} if spec.get("adam_foreach") is not None else {}
+    run = Run(settings, make_accelerator(settings), **overrides)
     if spec.get("attention") == "classic":
         from diffusers.models.attention_processor import Attention, AttnProcessor
 
-        for module in model.modules():
+        for module in run.model.modules():
             if isinstance(module, Attention):
                 module.set_processor(AttnProcessor())
-    optimizer, ema = build_optimizer_and_ema(model, settings.optimizer, foreach=spec.get("adam_foreach"))
-    data, opt = settings.data, settings.optimizer
-    lr_scheduler = get_scheduler(opt.lr_scheduler, optimizer, num_warmup_steps=opt.lr_warmup_steps,
-                                 num_training_steps=opt.max_train_steps)
-    stream = TrainStream(load_celeba(data.dataset_name, data.dataset_config_name, data.train_data_dir, data.split),
-                         data.preprocessing, batch_size=opt.train_batch_size, seed=opt.seed,
-                         shuffle_buffer_size=data.shuffle_buffer_size)
-    model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
     if spec.get("compile"):
-        model = torch.compile(model, mode=None if spec["compile"] == "default" else spec["compile"])
-    batches = iter(stream)
+        run.model = torch.compile(run.model, mode=None if spec["compile"] == "default" else spec["compile"])
+    run.begin()
+    batches = iter(run.stream)
 
     def train_step():
-        model.train()
-        pixels = next(batches).pixels
-        loss = training_step(accelerator, model, optimizer, lr_scheduler, noise_scheduler, pixels, settings)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss {loss.item()}")
-        if ema is not None:
-            ema.step(model.parameters())
-        return loss.detach().item()
+        return run.train_step(next(batches))
 
     def data_batch():
         return to_model_range(next(batches).pixels)
 
     def flop_batch():
-        clean = data_batch()
-        loss = diffusion_loss(model, noise_scheduler, clean, settings.diffusion)
+        loss = diffusion_loss(run.model, run.noise_scheduler, data_batch(), settings.diffusion)
         loss.backward()
-        optimizer.zero_grad(set_to_none=True)
+        run.optimizer.zero_grad(set_to_none=True)
 
-    fixed = {}
+    return {"train": train_step, "data": data_batch, "flops": flop_batch,
+            "eval": lambda: fixed_batch_loss(run, settings)}
 
-    def eval_loss(num_images=64):
-        """fp32 epsilon-MSE of the raw (unwrapped, no autocast) model on a fixed batch with fixed noise and
-        timesteps (a separate stream and generator, so the training RNG and data order are untouched)."""
-        if not fixed:
-            eval_stream = TrainStream(load_celeba(data.dataset_name, data.dataset_config_name, data.train_data_dir,
-                                                  data.split), data.preprocessing,
-                                      batch_size=num_images, seed=opt.seed + 12345, shuffle_buffer_size=100)
-            fixed["clean"] = to_model_range(next(iter(eval_stream))[0])
-            generator = torch.Generator().manual_seed(opt.seed + 1)
-            fixed["noise"] = torch.randn(fixed["clean"].shape, generator=generator)
-            fixed["t"] = torch.randint(0, noise_scheduler.config.num_train_timesteps, (num_images,),
-                                       generator=generator)
-        raw = accelerator.unwrap_model(model, keep_torch_compile=False)
-        forward = raw.__dict__.get("_original_forward", raw.forward)  # the forward before accelerate's autocast
-        raw.eval()
+
+def fixed_batch_loss(run, settings, num_images: int = 64) -> float:
+    """fp32 training loss of the raw (unwrapped, no autocast) model on a fixed batch with fixed noise and noise
+    levels, drawn from a separate stream and generator so that the run's RNG and data order are untouched."""
+    import torch
+
+    from pipeline.data.celeba import TrainStream, load_celeba
+    from pipeline.data.preprocess import to_model_range
+    from pipeline.training.losses import diffusion_loss
+
+    if not hasattr(run, "fixed_batch"):
+        data, seed = settings.data, settings.optimizer.seed
+        stream = TrainStream(load_celeba(data.dataset_name, data.dataset_config_name, data.train_data_dir,
+                                         data.split), data.preprocessing, batch_size=num_images, seed=seed + 12345,
+                             shuffle_buffer_size=100)
+        run.fixed_batch = (to_model_range(next(iter(stream)).pixels), seed + 1)
+    clean, noise_seed = run.fixed_batch
+    raw = run.accelerator.unwrap_model(run.model, keep_torch_compile=False)
+    autocast_forward, original = raw.forward, raw.__dict__.get("_original_forward")
+    raw.eval()
+    state = torch.random.get_rng_state()
+    try:
+        if original is not None:  # accelerate's mixed precision wraps forward in autocast: evaluate without it
+            raw.forward = original
+        torch.manual_seed(noise_seed)  # the same noise and noise levels at every call
         with torch.no_grad():
-            noisy = noise_scheduler.add_noise(fixed["clean"], fixed["noise"], fixed["t"])
-            loss = torch.nn.functional.mse_loss(forward(noisy, fixed["t"]).sample.float(), fixed["noise"]).item()
+            loss = diffusion_loss(raw, run.noise_scheduler, clean, settings.diffusion).item()
+    finally:
+        raw.forward = autocast_forward
+        torch.random.set_rng_state(state)
         raw.train()
-        return loss
-
-    return {"train": train_step, "data": data_batch, "flops": flop_batch, "eval": eval_loss}
+    return loss
 
 
 # -------------------------------------------------------------------------------------------- worker processes
 def ours_settings(spec):
-    from train_unet import parse_args
+    from pipeline.training.settings import load_settings
 
-    argv = ["--config", spec["config"], "--train_data_dir", spec["train_data_dir"], "--logger", "none"]
-    argv += shlex.split(spec.get("flags", ""))
+    flags = ["--train_data_dir", spec["train_data_dir"], "--logger", "none", *shlex.split(spec.get("flags", ""))]
     if spec.get("batch_size"):
-        argv += ["--train_batch_size", str(spec["batch_size"])]
-    return parse_args(argv)
+        flags += ["--train_batch_size", str(spec["batch_size"])]
+    return load_settings(spec["config"], *flags)
 
 
 def worker(conn, spec):
@@ -430,106 +420,10 @@ def paired_ratio(runs_b: list, runs_a: list) -> dict:
     return summary(b["img_per_s"] / a["img_per_s"] for a, b in zip(runs_a, runs_b))
 
 
-# ---------------------------------------------------------------------------------------------------- CPU peak
-CLOCK_PROBE = r"""
-#include <stdio.h>
-#include <time.h>
-int main(void) {
-    unsigned long x = 0, n = 1000000UL;  /* 8e6 cycles, ~3 ms: short enough to run unpreempted on a busy machine */
-    double best = 0;
-    for (int trial = 0; trial < 300; trial++) {
-        struct timespec a, b;
-        clock_gettime(CLOCK_MONOTONIC, &a);
-        for (unsigned long i = 0; i < n; i++) {  /* 8 dependent 1-cycle adds per iteration: 8 cycles */
-            __asm__ volatile("add $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\t"
-                             "add $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\tadd $1, %0" : "+r"(x));
-        }
-        clock_gettime(CLOCK_MONOTONIC, &b);
-        double ghz = 8.0 * n / ((b.tv_sec - a.tv_sec) + 1e-9 * (b.tv_nsec - a.tv_nsec)) / 1e9;
-        if (ghz > best) best = ghz;
-    }
-    printf("%.4f\n", best);
-    return x == 0;
-}
-"""
-
-
-def measured_clock_ghz():
-    """Core clock: a chain of dependent integer adds retires one add per cycle (fastest of 300 runs of ~3 ms)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        source, binary = os.path.join(tmp, "clock.c"), os.path.join(tmp, "clock")
-        with open(source, "w") as handle:
-            handle.write(CLOCK_PROBE)
-        try:
-            subprocess.run(["cc", "-O1", "-o", binary, source], check=True, capture_output=True)
-            return float(subprocess.run([binary], check=True, capture_output=True, text=True).stdout)
-        except (OSError, subprocess.CalledProcessError, ValueError):
-            return None
-
-
-def gemm_ceiling(dtype_name: str, size: int = 2048, repeats: int = 5) -> float:
-    """GFLOP/s of a large square matmul (MKL/oneDNN) on all threads: a practical upper bound for this CPU."""
-    import torch
-
-    dtype = getattr(torch, dtype_name)
-    a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
-    torch.mm(a, b)
-    best = math.inf
-    for _ in range(repeats):
-        started = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - started)
-    return 2 * size**3 / best / 1e9
-
-
-def cpu_peak() -> dict:
-    """Nominal FP32 / BF16 peak of this CPU from lscpu, with the derivation.
-
-    FP32 peak = cores x GHz x 2 (an FMA is 2 FLOPs) x 16 (fp32 lanes of a 512-bit vector) x FMA units.
-    AMD family 25 model >= 0x10 is Zen 4: AVX-512 instructions run on two 256-bit FMA pipes, i.e. one 512-bit FMA
-    per cycle (FMA units = 1 in 512-bit terms = 32 FP32 FLOP/cycle/core); Intel server cores with two 512-bit FMA
-    units have 2. BF16 peak via AVX512_BF16 vdpbf16ps = 2x the fp32 FLOPs per instruction (32 bf16 products
-    accumulated into 16 fp32 lanes), at the same throughput, so 2x the FP32 peak.
-    """
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    fields = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
-    fields = {k.strip(): v.strip() for k, v in fields.items()}
-    cores = os.cpu_count() or 1
-    flags = fields.get("Flags", "").split()
-    max_mhz = fields.get("CPU max MHz")
-    with open("/proc/cpuinfo") as handle:
-        cpuinfo_mhz = float(re.search(r"cpu MHz\s*:\s*([\d.]+)", handle.read()).group(1))
-    vendor, family, model = fields.get("Vendor ID", ""), int(fields.get("CPU family", 0)), int(fields.get("Model", 0))
-    if "avx512f" in flags:
-        lanes = 16
-        zen4 = vendor == "AuthenticAMD" and family == 25 and model >= 0x10
-        fma_units = 1 if zen4 else 2
-    else:
-        lanes, fma_units = 8, 2
-    measured = measured_clock_ghz()
-    nominal_ghz = float(max_mhz) / 1000 if max_mhz else cpuinfo_mhz / 1000
-    result = {"lscpu_model_name": fields.get("Model name"), "vendor": vendor, "family": family, "model": model,
-              "cores": cores, "lscpu_max_mhz": max_mhz, "cpuinfo_mhz": cpuinfo_mhz,
-              "avx512_bf16": "avx512_bf16" in flags, "fp32_lanes": lanes, "fma_units_512bit": fma_units,
-              "measured_clock_ghz": measured, "nominal_ghz": nominal_ghz,
-              "derivation": (f"FP32 peak = {cores} cores x GHz x 2 (FMA) x {lanes} lanes x {fma_units} FMA unit(s); "
-                             "BF16 (vdpbf16ps) = 2 x FP32. Zen 4 (AMD family 25, model >= 0x10) executes 512-bit "
-                             "FMAs on two 256-bit pipes = 1 x 512-bit FMA/cycle. lscpu gives no max MHz in this "
-                             "KVM guest: GHz = the clock measured by a dependent-add chain (1 add/cycle) when "
-                             "available, else cpuinfo MHz.")}
-    ghz = measured or nominal_ghz
-    result["fp32_peak_gflops"] = cores * ghz * 2 * lanes * fma_units
-    result["bf16_peak_gflops"] = 2 * result["fp32_peak_gflops"] if "avx512_bf16" in flags else None
-    result["fp32_peak_gflops_at_cpuinfo_mhz"] = cores * cpuinfo_mhz / 1000 * 2 * lanes * fma_units
-    result["gemm_fp32_gflops"] = gemm_ceiling("float32")
-    result["gemm_bf16_gflops"] = gemm_ceiling("bfloat16")
-    return result
-
-
 # -------------------------------------------------------------------------------------------------------- main
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="configs/celeba64_cpu.yaml")
+    parser.add_argument("--config", default="configs/celeba64_edm.yaml")
     parser.add_argument("--train_data_dir", default="../shared/celeba")
     parser.add_argument("--ours_flags", default="--mixed_precision bf16", help="train_unet.py flags on top of the "
                         "config for B")

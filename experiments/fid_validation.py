@@ -29,9 +29,9 @@ from PIL import Image, ImageFilter
 from pipeline.data.celeba import IMAGE_DIR, read_official_layout
 from pipeline.data.images import make_grid
 from pipeline.data.preprocess import Preprocessing, decode_image, preprocess_image
-from pipeline.evaluate import score_features
 from pipeline.evaluation.inception import DESCRIPTION, RESIZE_FILTER, extract_features, load_inception, weights_sha1
 from pipeline.evaluation.metrics import feature_stats, memorization
+from pipeline.evaluation.scores import score_features
 
 BLUR_RADII = (0.5, 1.0, 2.0)  # PIL GaussianBlur radius = standard deviation in pixels of the 64x64 image
 NOISE_STD = 32.0  # in 8-bit levels

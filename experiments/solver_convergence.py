@@ -26,7 +26,8 @@ from tqdm.auto import tqdm
 
 from benchmarks.fid_vs_nfe import MEAN_COLOUR, parse_points
 from pipeline.cli import DEFAULT_DEVICE, ArgumentParser, device_argument, run_cli
-from pipeline.generate import MIXED_PRECISION, generate, load_pipeline
+from pipeline.generate import generate, load_pipeline
+from pipeline.pipeline_celeba import MIXED_PRECISION
 from pipeline.pipeline_folder import weights_checksum
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -69,6 +69,17 @@ GROUPS = {
         "eager": ("", {}),
         "torch.compile (max-autotune-no-cudagraphs)": ("", {"compile": "max-autotune-no-cudagraphs"}),
     },
+    "compile_channels_last": {  # Inductor fuses GroupNorm + SiLU and may pick better layouts for channels_last
+        "eager, NCHW": ("", {}),
+        "torch.compile + channels_last": ("--channels_last", {"compile": "default"}),
+    },
+    "architecture": {  # speed only: each variant is a different network, whose quality would need its own run
+        "the shipped UNet": ("", {}),
+        "attention at 8x8 instead of 16x16": (
+            "--down_block_types DownBlock2D DownBlock2D DownBlock2D AttnDownBlock2D "
+            "--up_block_types AttnUpBlock2D UpBlock2D UpBlock2D UpBlock2D", {}),
+        "16 instead of 32 channels at 64x64": ("--block_out_channels 16 64 128 128", {}),
+    },
 }
 
 
@@ -89,7 +100,8 @@ def run_group(group: str, cli) -> dict:
             if variant.process.is_alive():
                 variant.process.kill()
     reference = next(iter(GROUPS[group]))
-    entry = {"reference": reference, "reference_flags": cli.reference_flags, "repeats": cli.repeats,
+    entry = {"config": cli.config, "reference": reference, "reference_flags": cli.reference_flags,
+             "repeats": cli.repeats,
              "steps_per_round": cli.steps, "load_average_start": load_start, "load_average_end": load_average(),
              "variants": {}}
     for name, variant in variants.items():
@@ -176,7 +188,7 @@ def markdown_table(results: dict) -> str:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="configs/celeba64_cpu.yaml")
+    parser.add_argument("--config", default="configs/celeba64_edm.yaml")
     parser.add_argument("--train_data_dir", default="../shared/celeba")
     parser.add_argument("--reference_flags", default=REFERENCE)
     parser.add_argument("--groups", nargs="*", default=[], choices=sorted(GROUPS) + ["optimizer_ema_micro"])

@@ -28,9 +28,10 @@ from pipeline.cli import ArgumentParser, run_cli
 from pipeline.data.celeba import ExamplePreprocessor, example_key, load_celeba
 from pipeline.data.images import make_grid
 from pipeline.data.preprocess import Preprocessing, resize_samples
-from pipeline.evaluate import as_nchw_uint8, label, score_features
+from pipeline.evaluate import label
 from pipeline.evaluation.inception import extract_features
 from pipeline.evaluation.reference_stats import load_or_compute_reference
+from pipeline.evaluation.scores import as_nchw_uint8, score_features
 
 PICTURE_PAIRS = 8
 SCORES = ("fid", "kid_mean", "kid_std", "precision", "recall")

@@ -25,19 +25,11 @@ from PIL import Image  # noqa: E402
 
 from .cli import DEFAULT_DEVICE, ArgumentParser, device_argument, run_cli  # noqa: E402
 from .data.preprocess import Preprocessing, pipeline_preprocessing, to_uint8_nhwc  # noqa: E402
-from .edit import face_tensor  # noqa: E402
-from .generate import generate, unet_precision  # noqa: E402
+from .demo_inputs import drawn_mask, input_error, square_face  # noqa: E402
+from .generate import MIXED_PRECISION_HELP, generate  # noqa: E402
 from .pipeline_folder import load_pipeline  # noqa: E402
 from .sampling.editing import METHODS, colorize, impute, interpolate  # noqa: E402
 from .sampling.schedulers import EDM_SAMPLERS, VP_SAMPLERS, nfe  # noqa: E402
-
-MAX_UPLOAD_SIDE = 2048
-
-
-def input_error(message: str) -> gr.Error:
-    """A message shown in the page until the user closes it (bad input, not a crash: no traceback is printed)."""
-    return gr.Error(message, duration=None, print_exception=False)
-
 
 MAX_BATCH = 16
 MAX_GUIDANCE = 10.0
@@ -48,55 +40,10 @@ def to_pil(images: torch.Tensor) -> list[Image.Image]:
     return [Image.fromarray(image) for image in to_uint8_nhwc(images)]
 
 
-def center_square(image: Image.Image, resolution: int, resample: int) -> Image.Image:
-    """The largest centred square of ``image``, resized to ``resolution`` on a side."""
-    side = min(image.size)
-    left, top = (image.width - side) // 2, (image.height - side) // 2
-    return image.crop((left, top, left + side, top + side)).resize((resolution, resolution), resample)
-
-
-def square_face(array: np.ndarray, prep: Preprocessing) -> torch.Tensor:
-    """An uploaded face as 3 x R x R in [-1, 1]: model-sized and aligned CelebA images as in ``pipeline.edit``, any
-    other upload centre-cropped to a square and resized; gr.Error for a missing or huge image."""
-    if array is None:
-        raise input_error("Upload a face (or pick one) first.")
-    height, width = array.shape[:2]
-    if max(height, width) > MAX_UPLOAD_SIDE:
-        raise input_error(f"The image is {width}x{height}; upload one at most {MAX_UPLOAD_SIDE} pixels on a side.")
-    image = Image.fromarray(np.asarray(array, dtype=np.uint8)).convert("RGB")
-    try:
-        return face_tensor(image, prep)
-    except ValueError:
-        return face_tensor(center_square(image, prep.resolution, Image.BILINEAR), prep)
-
-
-def drawn_mask(editor: dict | None, prep: Preprocessing) -> tuple[torch.Tensor, torch.Tensor]:
-    """(face, mask with 1 = known) from an ImageEditor value: the background is the face, every painted pixel of
-    any layer is to be filled."""
-    if editor is None or editor.get("background") is None:
-        raise input_error("Upload a face (or pick one) first.")
-    background = np.asarray(editor["background"])
-    face, resolution = square_face(background[..., :3], prep), prep.resolution
-    painted = np.zeros(background.shape[:2], dtype=bool)
-    for layer in editor.get("layers") or []:
-        layer = np.asarray(layer)
-        if layer.ndim == 3 and layer.shape[2] == 4 and layer.shape[:2] == painted.shape:
-            painted |= layer[..., 3] > 0
-    if not painted.any():
-        raise input_error("No mask drawn: paint over the region to fill with the brush, then press Inpaint.")
-    fill = Image.fromarray(painted.astype(np.uint8) * 255)
-    if fill.size != (resolution, resolution):
-        fill = center_square(fill, resolution, Image.NEAREST)
-    known = torch.from_numpy(np.asarray(fill) < 128).float()[None, None]
-    if bool(known.all()):
-        raise input_error("The painted region is outside the face crop: paint over the face.")
-    return face, known
-
-
 class FaceDemo:
     """The demo's actions on one pipeline; every method is an endpoint, its errors are ``gr.Error`` messages."""
 
-    def __init__(self, pipe, mixed_precision: str = "bf16", faces: list[Image.Image] | None = None):
+    def __init__(self, pipe, mixed_precision: str | None = None, faces: list[Image.Image] | None = None):
         self.pipe, self.mixed_precision, self.faces = pipe, mixed_precision, faces or []
         self.prep = pipeline_preprocessing(pipe)
         self.resolution = self.prep.resolution
@@ -107,7 +54,7 @@ class FaceDemo:
     def _time_one_evaluation(self) -> float:
         """Seconds per network evaluation per image, measured once on a batch of 4 (for the time estimates)."""
         x = torch.zeros(4, 3, self.resolution, self.resolution, device=self.pipe.device)
-        with torch.inference_mode(), unet_precision(self.pipe, self.mixed_precision):
+        with torch.inference_mode(), self.pipe.precision(self.mixed_precision):
             self.pipe.denoiser(x, torch.tensor([500] * 4, device=x.device))
             started = time.perf_counter()
             self.pipe.denoiser(x, torch.tensor([500] * 4, device=x.device))
@@ -172,7 +119,7 @@ class FaceDemo:
 
     def inpaint(self, editor: dict, method: str, steps: float, seed: float, progress=gr.Progress(track_tqdm=True)):
         face, known = drawn_mask(editor, self.prep)
-        with unet_precision(self.pipe, self.mixed_precision):
+        with self.pipe.precision(self.mixed_precision):
             result, _ = impute(self.pipe, face[None], known, progress_bar=self.pipe.progress_bar,
                                **self._edit_options(method, steps, seed))
         return to_pil(face[None] * known - (1 - known))[0], to_pil(result)[0]
@@ -180,7 +127,7 @@ class FaceDemo:
     def colorize(self, image: np.ndarray, method: str, steps: float, seed: float,
                  progress=gr.Progress(track_tqdm=True)):
         face = square_face(image, self.prep)
-        with unet_precision(self.pipe, self.mixed_precision):
+        with self.pipe.precision(self.mixed_precision):
             result, _ = colorize(self.pipe, face[None], progress_bar=self.pipe.progress_bar,
                                  **self._edit_options(method, steps, seed))
         return to_pil(face.mean(dim=0, keepdim=True).expand(3, -1, -1)[None])[0], to_pil(result)[0]
@@ -190,7 +137,7 @@ class FaceDemo:
         if not 2 <= int(frames) <= MAX_BATCH or int(steps) < 1:
             raise input_error(f"Frames must be 2-{MAX_BATCH} and steps at least 1.")
         a, b = square_face(first, self.prep), square_face(second, self.prep)
-        with unet_precision(self.pipe, self.mixed_precision):
+        with self.pipe.precision(self.mixed_precision):
             return to_pil(interpolate(self.pipe, a, b, int(frames), int(steps)))
 
 
@@ -300,7 +247,7 @@ def main(argv=None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--max_queue", type=int, default=4, help="requests that may wait; more are refused")
-    parser.add_argument("--mixed_precision", default="bf16", choices=["no", "bf16"])
+    parser.add_argument("--mixed_precision", default=None, choices=["no", "bf16"], help=MIXED_PRECISION_HELP)
     parser.add_argument("--device", type=device_argument, default=DEFAULT_DEVICE)
     args = parser.parse_args(argv)
     if args.max_queue < 1 or not 0 < args.port < 65536:

@@ -6,7 +6,7 @@
 
 Real images are scored through the cached reference features of ``pipeline.evaluation.reference_stats``, read with the
 model's own preprocessing. Folder mode scores two folders as they are (only the Inception resize is applied).
-``fid_against_reference`` is the entry point for FID during training.
+The scores themselves are ``pipeline.evaluation.scores``.
 """
 
 from __future__ import annotations
@@ -36,58 +36,24 @@ from .evaluation.inception import (
     load_inception,
     weights_sha1,
 )
-from .evaluation.metrics import (
-    feature_stats,
-    frechet_distance,
-    kernel_inception_distance,
-    kid_generated_standard_error,
-    memorization,
-    precision_recall,
-)
+from .evaluation.metrics import memorization
 from .evaluation.reference_stats import DEFAULT_CACHE_DIR, load_or_compute_reference, stream_real_images
-from .sampling.schedulers import ALL_SAMPLERS
+from .evaluation.scores import as_nchw_uint8, score_features
+from .generate import (
+    MIXED_PRECISION_HELP,
+    check_sampling,
+    generate,
+    load_pipeline,
+    open_batch_store,
+    parse_sampler_options,
+)
+from .pipeline_celeba import MIXED_PRECISION
+from .sampling.schedulers import ALL_SAMPLERS, get_sampler
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
 
-def as_nchw_uint8(images) -> torch.Tensor:
-    """uint8 NCHW tensor from a tensor (already NCHW) or a numpy NHWC array (``pipeline.generate`` output)."""
-    if isinstance(images, np.ndarray):
-        images = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
-    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f"expected uint8 images (NCHW tensor or NHWC array), got {images.dtype} "
-                         f"{tuple(images.shape)}")
-    return images
-
-
-def fid_against_reference(images, reference_stats: dict, batch_size: int = BATCH_SIZE) -> float:
-    """FID of uint8 images (e.g. 1000 samples during training) against ``load_or_compute_reference(...)``."""
-    features, _ = extract_features(as_nchw_uint8(images), batch_size)
-    return frechet_distance(reference_stats, feature_stats(features))
-
-
-# ---------------------------------------------------------------------------------------------------- scoring
-def score_features(fake: torch.Tensor, real: torch.Tensor, real_stats: dict | None = None, kid_subset_size: int = 1000,
-                   kid_subsets: int = 100, pr_k: int = 3, seed: int = 0) -> dict:
-    """FID (all rows of both sets), KID, and precision/recall against a seeded real subset of the fake set's size
-    (the k-NN radii shrink with set size, so precision/recall is only meaningful between equal-sized sets)."""
-    started = time.perf_counter()
-    fid = frechet_distance(real_stats or feature_stats(real), feature_stats(fake))
-    kid_mean, kid_std, kid_size = kernel_inception_distance(real, fake, kid_subset_size, kid_subsets, seed)
-    kid_generated_se = kid_generated_standard_error(real, fake, seed=seed)
-    real_pr = real
-    if len(real) > len(fake):
-        real_pr = real[torch.randperm(len(real), generator=torch.Generator().manual_seed(seed))[:len(fake)]]
-    precision, recall = precision_recall(real_pr, fake, pr_k)
-    return {"fid": fid, "kid_mean": kid_mean, "kid_std": kid_std, "kid_generated_se": kid_generated_se,
-            "precision": precision, "recall": recall,
-            "kid": {"subset_size": kid_size, "subsets": kid_subsets, "kernel": "(x.y/2048 + 1)^3", "seed": seed},
-            "precision_recall": {"k": pr_k, "num_real": len(real_pr), "num_fake": len(fake),
-                                 "real_subset": "seeded random subset of the reference" if len(real_pr) < len(real)
-                                 else "all reference images"},
-            "metric_seconds": time.perf_counter() - started}
-
-
+# ------------------------------------------------------------------------------------------------ memorization
 def split_heldout(reference: dict, source: dict, mode: str, num_heldout: int, prep: Preprocessing,
                   **reference_options) -> tuple[torch.Tensor, list[str], torch.Tensor, dict]:
     """(training features, their keys, held-out features, description): the official test (or valid) split when
@@ -135,7 +101,7 @@ def closest_pairs_picture(fake_images: np.ndarray, mem: dict, train_keys: list[s
 # ------------------------------------------------------------------------------------------------------ modes
 def cpu_description() -> dict:
     """The CPU a result came from: its model name and the instruction set torch chose kernels for. Samples made on
-    hosts with other kernels can differ in their last bits (REPORT 6.4), so every result records it."""
+    hosts with other kernels can differ in their last bits (REPORT §7.3), so every result records it."""
     cpuinfo = Path("/proc/cpuinfo")
     names = [line.split(":", 1)[1].strip() for line in (cpuinfo.read_text().splitlines() if cpuinfo.is_file() else [])
              if line.startswith("model name")]
@@ -149,10 +115,6 @@ def label(num_samples: int) -> str:
 
 
 def evaluate_model(args) -> dict:
-    # diffusers is only needed in this mode
-    from .generate import check_sampling, generate, load_pipeline, open_batch_store, parse_sampler_options
-    from .sampling.schedulers import ALL_SAMPLERS
-
     if args.scheduler not in ALL_SAMPLERS:
         raise ValueError(f"unknown scheduler {args.scheduler!r}; choose one of {list(ALL_SAMPLERS)}")
     if args.num_samples < 2 or args.steps <= 0:
@@ -160,6 +122,7 @@ def evaluate_model(args) -> dict:
     options = parse_sampler_options(args.sampler_option)
     check_sampling(args.scheduler, args.mixed_precision, options)  # before the reference, which can take minutes
     pipe = load_pipeline(args.model, args.device)
+    precision = get_sampler(args.scheduler).resolve_mixed_precision(pipe, args.mixed_precision)
     sample_resolution = int(pipe.denoiser.config.sample_size)  # image side, also when unshuffled
     resolution = args.resolution or sample_resolution
     # the references are cropped as the model's training images were, at the scoring resolution
@@ -170,7 +133,7 @@ def evaluate_model(args) -> dict:
                                           cache_dir=args.cache_dir, batch_size=args.inception_batch_size,
                                           device=args.device)
     sampling = {"scheduler": args.scheduler, "steps": args.steps, "seed": args.seed, "batch_size": args.batch_size,
-                "eta": args.eta, "mixed_precision": args.mixed_precision,
+                "eta": args.eta, "mixed_precision": precision,
                 "mean_colour_correction": args.mean_colour_correction, "sampler_options": options}
     store = open_batch_store(args.resume_dir, pipe, **sampling) if args.resume_dir else None
     started = time.perf_counter()
@@ -196,7 +159,7 @@ def evaluate_model(args) -> dict:
         "label": label(args.num_samples), "num_samples": args.num_samples, "model": args.model,
         "sampler": args.scheduler, "sampler_options": options, "steps": args.steps, "nfe": measured_nfe,
         "eta": args.eta,
-        "mixed_precision": args.mixed_precision, "mean_colour_correction": corrected,
+        "mixed_precision": precision, "mean_colour_correction": corrected,
         "mean_colour_prior": pipe.config.mean_colour_prior if corrected else None, "device": pipe.device.type,
         "seed": args.seed, "resolution": resolution, "sample_resolution": sample_resolution,
         "preprocessing": prep.to_dict(),
@@ -264,8 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kid_subsets", type=int, default=100)
     p.add_argument("--pr_k", type=int, default=3)
     p.add_argument("--batch_size", type=int, default=64, help="generation batch size")
-    p.add_argument("--mixed_precision", default="no", choices=["no", "bf16"],
-                   help="bf16: generate with the UNet under bf16 autocast (~2x faster on CPUs with AVX512_BF16)")
+    p.add_argument("--mixed_precision", default=None, choices=MIXED_PRECISION, help=MIXED_PRECISION_HELP)
     p.add_argument("--mean_colour_correction", action=argparse.BooleanOptionalAction, default=None,
                    help="closed-form mean colour instead of the network's (pipeline.mean_colour); default: when "
                         "the model has a mean_colour_prior")

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from .cli import DEFAULT_DEVICE, ArgumentParser, device_argument, run_cli
 from .data.images import make_grid, save_pngs
-from .pipeline_celeba import CelebADiffusionPipeline
+from .pipeline_celeba import MIXED_PRECISION, CelebADiffusionPipeline
 from .pipeline_folder import load_pipeline, weights_checksum
 from .sampling.sample_store import BatchStore
 from .sampling.schedulers import ALL_SAMPLERS, check_steps, get_sampler, scheduler_for
@@ -34,7 +34,6 @@ def sampler_arguments(pipe: CelebADiffusionPipeline, name: str, options: dict | 
     return {"sampler": SDESampler(name, dict(options or {}))}
 
 
-MIXED_PRECISION = ("no", "bf16")
 SHIPPED_MODEL_NOTE = (
     "On pretrained/celeba-64 (built with one channel per GroupNorm group at 64x64, which blinds it to its input's "
     "mean colour and noise scale) the deterministic samplers ddim, dpm++2m, euler, heun, unipc, ode-heun and "
@@ -42,11 +41,9 @@ SHIPPED_MODEL_NOTE = (
     "correction. ddpm (the default) and ddim-clip give faces (README, Results).")
 
 
-def unet_precision(pipe: CelebADiffusionPipeline, mixed_precision: str):
-    """The context to sample in: bf16 autocast for the UNet's matrix products, or nothing."""
-    if mixed_precision not in MIXED_PRECISION:
-        raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION}, got {mixed_precision!r}")
-    return torch.autocast(pipe.device.type, dtype=torch.bfloat16, enabled=mixed_precision == "bf16")
+MIXED_PRECISION_HELP = ("the UNet's precision; default: bf16 autocast on CPUs with native bf16 (AVX512_BF16 or AMX, "
+                        "about 2x faster, same quality: results/bench/bf16_paired_kid.json), no elsewhere and for "
+                        "ode-rk45")
 
 
 def parse_sampler_options(values: list[str] | None) -> dict:
@@ -81,27 +78,23 @@ def parse_attributes(text: str | None) -> dict | None:
     return attributes
 
 
-def check_sampling(scheduler: str, mixed_precision: str, sampler_options: dict | None = None) -> None:
-    """One clear error, before any sampling (and before a long reference computation), for settings that cannot work.
-
-    ``sampler_options`` belong to the score-SDE samplers (``pipeline.sampling.sde.OPTIONS``). The adaptive ``ode-rk45``
-    does not run under bf16: its step-size control needs network outputs accurate to well below its tolerance (1e-5),
-    and bf16 keeps about 3 significant digits, so its steps shrink until a batch takes thousands of evaluations instead
-    of hundreds (experiments/rk45_nfe.py measures both)."""
+def check_sampling(scheduler: str, mixed_precision: str | None, sampler_options: dict | None = None) -> None:
+    """One clear error, before any sampling (and before a long reference computation), for settings that cannot work:
+    an unknown sampler, options it does not take (``pipeline.sampling.sde.OPTIONS``), or bf16 for an adaptive solver
+    (``Sampler.check_precision``; experiments/rk45_nfe.py measures why)."""
     sampler = get_sampler(scheduler)
-    if scheduler == "ode-rk45" and mixed_precision == "bf16":
-        raise ValueError("ode-rk45 cannot sample under bf16: its adaptive step-size control chases the UNet's bf16 "
-                         "rounding, which costs thousands of evaluations per batch (results/bench/rk45_nfe.json); "
-                         "use mixed_precision 'no' (--mixed_precision no)")
+    sampler.check_precision(mixed_precision)
     sampler.check_options(sampler_options or {})
 
 
 def open_batch_store(folder: str | os.PathLike, pipe: CelebADiffusionPipeline, scheduler: str, steps: int, seed: int,
-                     batch_size: int = 64, eta: float = 0.0, mixed_precision: str = "no",
+                     batch_size: int = 64, eta: float = 0.0, mixed_precision: str | None = None,
                      mean_colour_correction: bool | None = None, sampler_options: dict | None = None,
                      attributes: dict | None = None, guidance_scale: float = 1.0) -> BatchStore:
     """A ``BatchStore`` for ``generate`` with these arguments: everything that decides a batch's images is its key."""
-    get_sampler(scheduler).check_model(pipe.config.edm_schedule is not None)
+    sampler = get_sampler(scheduler)
+    sampler.check_model(pipe.config.edm_schedule is not None)
+    mixed_precision = sampler.resolve_mixed_precision(pipe, mixed_precision)
     corrected = pipe.resolve_mean_colour_correction(mean_colour_correction)
     return BatchStore(folder, {
         "unet_sha256": weights_checksum(pipe.unet), "train_scheduler": dict(pipe.scheduler.config),
@@ -114,7 +107,7 @@ def open_batch_store(folder: str | os.PathLike, pipe: CelebADiffusionPipeline, s
 
 
 def generate(pipe: CelebADiffusionPipeline, num_images: int, scheduler: str, steps: int, seed: int,
-             batch_size: int = 64, eta: float = 0.0, progress: bool = True, mixed_precision: str = "no",
+             batch_size: int = 64, eta: float = 0.0, progress: bool = True, mixed_precision: str | None = None,
              mean_colour_correction: bool | None = None, store: BatchStore | None = None,
              sampler_options: dict | None = None, attributes: dict | None = None,
              guidance_scale: float = 1.0) -> tuple[np.ndarray, float]:
@@ -122,8 +115,9 @@ def generate(pipe: CelebADiffusionPipeline, num_images: int, scheduler: str, ste
 
     Batch ``i`` uses seed ``seed + i`` (a CPU generator, so the initial noise is the same on every device), so results
     do not depend on timing. NFE is counted with a forward hook on the
-    UNet, so it is exact for adaptive solvers too. ``mixed_precision="bf16"`` runs the UNet under bf16 autocast
-    (about 2x faster on a CPU with AVX512_BF16, see results/bench/sampling.json); sampler arithmetic stays fp32.
+    UNet, so it is exact for adaptive solvers too. ``mixed_precision`` is the UNet's precision: "bf16" (bf16
+    autocast), "no", or None for the default of the pipeline and sampler (``Sampler.resolve_mixed_precision``: bf16
+    on CPUs with native bf16, except for adaptive solvers); sampler arithmetic stays fp32.
     ``mean_colour_correction`` replaces the network's estimate of the image's mean colour (``pipeline.mean_colour``;
     None: when the pipeline has a prior). ``store`` (``open_batch_store`` with the same arguments) keeps every
     finished batch on disk and reuses those already there, so an interrupted run resumes with identical results.
@@ -131,7 +125,7 @@ def generate(pipe: CelebADiffusionPipeline, num_images: int, scheduler: str, ste
     ``attributes`` ({"Smiling": 1, ...}) and ``guidance_scale`` ask an attribute model for those attributes."""
     check_sampling(scheduler, mixed_precision, sampler_options)
     pipe.guided_denoiser(attributes, guidance_scale)  # unknown names or no attribute model: fail before sampling
-    precision = unet_precision(pipe, mixed_precision)
+    mixed_precision = get_sampler(scheduler).resolve_mixed_precision(pipe, mixed_precision)
     arguments = sampler_arguments(pipe, scheduler, sampler_options)
     check_steps(scheduler, steps, pipe.scheduler.config.num_train_timesteps)
     # the pipeline's own per-step bar under the batch bar: a batch of DDPM-1000 takes tens of minutes on a CPU
@@ -147,10 +141,9 @@ def generate(pipe: CelebADiffusionPipeline, num_images: int, scheduler: str, ste
             if finished is None:
                 calls.clear()
                 generator = torch.Generator().manual_seed(seed + index)
-                with precision:
-                    images = pipe(batch_size=size, num_inference_steps=steps, generator=generator, eta=eta,
-                                  output_type="np", mean_colour_correction=mean_colour_correction,
-                                  attributes=attributes, guidance_scale=guidance_scale, **arguments).images
+                images = pipe(batch_size=size, num_inference_steps=steps, generator=generator, eta=eta,
+                              output_type="np", mean_colour_correction=mean_colour_correction, attributes=attributes,
+                              guidance_scale=guidance_scale, mixed_precision=mixed_precision, **arguments).images
                 finished = (images * 255).round().astype(np.uint8), len(calls)
                 if store is not None:
                     store.save(index, *finished)
@@ -173,8 +166,7 @@ def main(argv=None):
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 = deterministic)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--mixed_precision", default="no", choices=MIXED_PRECISION,
-                        help="bf16: UNet under bf16 autocast, ~2x faster on CPUs with AVX512_BF16")
+    parser.add_argument("--mixed_precision", default=None, choices=MIXED_PRECISION, help=MIXED_PRECISION_HELP)
     parser.add_argument("--device", type=device_argument, default=DEFAULT_DEVICE,
                         help="where the UNet runs (default: cuda if available)")
     parser.add_argument("--mean_colour_correction", action=argparse.BooleanOptionalAction, default=None,
@@ -204,6 +196,7 @@ def main(argv=None):
                            mixed_precision=args.mixed_precision, mean_colour_correction=args.mean_colour_correction,
                            sampler_options=options, attributes=attributes, guidance_scale=args.guidance_scale)
     seconds = time.perf_counter() - started
+    precision = get_sampler(args.scheduler).resolve_mixed_precision(pipe, args.mixed_precision)
     save_pngs(images, args.out)
     grid = images[:64]
     make_grid(grid).save(os.path.join(args.out, "grid.png"))
@@ -212,12 +205,12 @@ def main(argv=None):
     with open(os.path.join(args.out, "generation.json"), "w") as handle:
         json.dump({"model": args.model, "scheduler": args.scheduler, "sampler_options": options, "steps": args.steps,
                    "nfe": nfe, "eta": args.eta, "attributes": attributes, "guidance_scale": args.guidance_scale,
-                   "mixed_precision": args.mixed_precision, "mean_colour_correction": corrected,
+                   "mixed_precision": precision, "mean_colour_correction": corrected,
                    "device": pipe.device.type, "seed": args.seed, "num_images": args.num_images,
                    "seconds": round(seconds, 2), "images_per_second": round(args.num_images / seconds, 3)},
                   handle, indent=1)
     print(f"wrote {args.num_images} images and grid.png to {args.out} ({seconds:.1f} s, "
-          f"{args.num_images / seconds:.2f} images/s, {args.mixed_precision} UNet)")
+          f"{args.num_images / seconds:.2f} images/s, UNet precision: {precision})")
     return 0
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from .cli import ArgumentParser, run_cli
 from .denoisers import LINEAR_VP_SCHEDULE, is_edm
 from .sampling.schedulers import DIFFUSERS_SAMPLERS, SAMPLERS
-from .training_log import read_records
+from .training_log import read_training_log
 
 GRID_NAME = "samples.png"
 TAGS = ["unconditional-image-generation", "diffusers", "celeba"]
@@ -33,20 +33,6 @@ def read_json(path: str) -> dict:
         raise FileNotFoundError(f"results file not found: {path}")
     with open(path) as handle:
         return json.load(handle)
-
-
-def read_training_log(path: str | None, step: int | None = None) -> dict | None:
-    """The checkpoint record of the shipped weights (cumulative steps, images, CPU-hours): the one at ``step``, by
-    default the last; ``last_step`` says how far the run went on. None without a log."""
-    if not path:
-        return None
-    checkpoints = [record for record in read_records(path) if "cpu_hours" in record]
-    if not checkpoints:
-        raise ValueError(f"training log {path} has no checkpoint records (step, images_seen, cpu_hours)")
-    chosen = checkpoints[-1] if step is None else next((r for r in checkpoints if r["step"] == step), None)
-    if chosen is None:
-        raise ValueError(f"training log {path} has no checkpoint record at step {step}")
-    return {**chosen, "last_step": checkpoints[-1]["step"]}
 
 
 def sampler_of(result: dict) -> tuple[str, bool]:
@@ -170,10 +156,12 @@ def use_section(evals: list[dict], scheduler_config: dict, default_steps: int) -
                      "fitted on the training images (`mean_colour_prior` in model_index.json).")
     elif best:
         text += f" It is the sampler with the lowest {best['label']} below."
-    if best and best.get("mixed_precision") == "bf16":  # the snippet itself runs the UNet in fp32
-        text += (" The scores were measured with the UNet under bf16 autocast; the code runs it in fp32 (wrap the "
-                 "call in `torch.autocast(\"cpu\", dtype=torch.bfloat16)` to match them; about twice as fast on a "
-                 "CPU with AVX512_BF16).")
+    if best and best.get("mixed_precision") == "bf16":
+        text += (" The scores were measured with the UNet under bf16 autocast, the pipeline's default on a CPU with "
+                 "native bf16 (AVX512_BF16 or AMX); `mixed_precision=\"bf16\"` asks for it anywhere.")
+    elif best:
+        text += (" The scores were measured with the UNet in full precision; on a CPU with native bf16, where the "
+                 "default is bf16 autocast, pass `mixed_precision=\"no\"` to match them.")
     return ["## Use", "", "```python", "import torch", imports, "", *code, "```", "", text, ""]
 
 

@@ -113,11 +113,13 @@ def resolve_folder(model: str) -> Path:
     return folder
 
 
-def load_pipeline(model: str, device: str = "cpu") -> CelebADiffusionPipeline:
+def load_pipeline(model: str, device: str = "cpu", channels_last: bool | None = None) -> CelebADiffusionPipeline:
     """A saved pipeline folder (or Hub repo id) as this package's ``CelebADiffusionPipeline`` on ``device``.
 
     Components are built from what model_index.json names, so the folder's own copy of the pipeline code is not
-    executed; unreadable weights are one error naming the file.
+    executed; unreadable weights are one error naming the file. ``channels_last`` stores the UNet's weights in
+    channels-last order, which oneDNN's CPU convolutions run faster for sampling (results/bench/sampling.json);
+    None: on a CPU. Pass False to train or save the loaded weights.
     """
     folder = resolve_folder(model)
     index = json.loads((folder / "model_index.json").read_text())
@@ -136,4 +138,7 @@ def load_pipeline(model: str, device: str = "cpu") -> CelebADiffusionPipeline:
             files = sorted(str(path) for path in (folder / name).glob("*") if path.is_file()) or [str(folder / name)]
             raise ValueError(f"cannot load the {name} from {', '.join(files)}: {str(error).splitlines()[0]} "
                              f"(truncated or corrupt? save or download it again)") from None
-    return CelebADiffusionPipeline(**components, **pipeline_settings(index)).to(device)
+    pipe = CelebADiffusionPipeline(**components, **pipeline_settings(index)).to(device)
+    if pipe.device.type == "cpu" if channels_last is None else channels_last:
+        pipe.unet.to(memory_format=torch.channels_last)
+    return pipe

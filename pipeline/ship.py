@@ -27,7 +27,8 @@ def ship(model: str, out: str | Path, sampler: str, steps: int, replace: bool = 
     out = Path(out)
     if out.exists() and not replace:
         raise FileExistsError(f"{out} exists; pass --replace to replace it")
-    pipe = with_default_sampler(load_pipeline(model), sampler, steps)  # bad sampler or steps: before any writing
+    # a bad sampler or step count fails here, before any writing; the weights are saved as they were stored
+    pipe = with_default_sampler(load_pipeline(model, channels_last=False), sampler, steps)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:

@@ -160,3 +160,17 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     sys.exit(run_cli(main))
+
+
+def read_training_log(path: str | None, step: int | None = None) -> dict | None:
+    """The checkpoint record of the shipped weights (cumulative steps, images, CPU-hours): the one at ``step``, by
+    default the last; ``last_step`` says how far the run went on. None without a log."""
+    if not path:
+        return None
+    checkpoints = [record for record in read_records(path) if "cpu_hours" in record]
+    if not checkpoints:
+        raise ValueError(f"training log {path} has no checkpoint records (step, images_seen, cpu_hours)")
+    chosen = checkpoints[-1] if step is None else next((r for r in checkpoints if r["step"] == step), None)
+    if chosen is None:
+        raise ValueError(f"training log {path} has no checkpoint record at step {step}")
+    return {**chosen, "last_step": checkpoints[-1]["step"]}

@@ -20,7 +20,8 @@ from PIL import Image, ImageDraw, ImageFont
 from .cli import DEFAULT_DEVICE, ArgumentParser, device_argument, run_cli
 from .data.images import make_grid
 from .data.preprocess import to_uint8_nhwc
-from .generate import DEFAULT_MODEL, MIXED_PRECISION, load_pipeline, unet_precision
+from .generate import DEFAULT_MODEL, MIXED_PRECISION_HELP, load_pipeline
+from .pipeline_celeba import MIXED_PRECISION
 from .sampling.schedulers import check_steps, scheduler_for
 
 # Schedulers whose step returns pred_original_sample (the x0 estimate shown in the bottom rows).
@@ -35,7 +36,7 @@ def snapshot_indices(steps: int, count: int) -> list[int]:
 
 
 def record_trajectory(pipe, scheduler: str, steps: int, num_images: int, snapshots: int, seed: int,
-                      mixed_precision: str = "no", mean_colour_correction: bool | None = None,
+                      mixed_precision: str | None = None, mean_colour_correction: bool | None = None,
                       ) -> tuple[list[int], torch.Tensor, torch.Tensor]:
     """Timesteps t, x_t and x0_hat at the snapshot steps: tensors of shape (snapshots, N, C, H, W)."""
     if scheduler not in TRAJECTORY_SAMPLERS:
@@ -52,10 +53,9 @@ def record_trajectory(pipe, scheduler: str, steps: int, num_images: int, snapsho
             estimates.append(tensors["pred_original_sample"].float().cpu())
 
     pipe.set_progress_bar_config(disable=True)
-    with unet_precision(pipe, mixed_precision):
-        pipe(batch_size=num_images, num_inference_steps=steps, generator=torch.Generator().manual_seed(seed),
-             output_type="pt", scheduler=sampling_scheduler, callback_on_step_end=keep,
-             mean_colour_correction=mean_colour_correction)
+    pipe(batch_size=num_images, num_inference_steps=steps, generator=torch.Generator().manual_seed(seed),
+         output_type="pt", scheduler=sampling_scheduler, callback_on_step_end=keep,
+         mean_colour_correction=mean_colour_correction, mixed_precision=mixed_precision)
     return timesteps, torch.stack(samples), torch.stack(estimates)
 
 
@@ -87,7 +87,7 @@ def main(argv=None) -> int:
     parser.add_argument("--num_images", type=int, default=4, help="trajectories shown (two rows each)")
     parser.add_argument("--snapshots", type=int, default=8, help="columns: steps shown, first and last included")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--mixed_precision", default="no", choices=MIXED_PRECISION)
+    parser.add_argument("--mixed_precision", default=None, choices=MIXED_PRECISION, help=MIXED_PRECISION_HELP)
     parser.add_argument("--mean_colour_correction", action=argparse.BooleanOptionalAction, default=None,
                         help="closed-form mean colour instead of the network's (pipeline.mean_colour); default: when "
                              "the model has a mean_colour_prior")
@@ -107,7 +107,8 @@ def main(argv=None) -> int:
     trajectory_picture(timesteps, samples, estimates, args.upscale).save(args.out)
     with open(os.path.splitext(args.out)[0] + ".json", "w") as handle:
         json.dump({"model": args.model, "scheduler": args.scheduler, "steps": args.steps, "timesteps": timesteps,
-                   "num_images": args.num_images, "seed": args.seed, "mixed_precision": args.mixed_precision,
+                   "num_images": args.num_images, "seed": args.seed,
+                   "mixed_precision": pipe.resolve_mixed_precision(args.mixed_precision),
                    "mean_colour_correction": pipe.resolve_mean_colour_correction(args.mean_colour_correction)},
                   handle, indent=1)
     print(f"wrote {args.out} ({len(timesteps)} snapshots of {args.num_images} trajectories)")

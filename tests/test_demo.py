@@ -14,7 +14,8 @@ from diffusers import DDPMScheduler  # noqa: E402
 
 from pipeline import CelebADiffusionPipeline  # noqa: E402
 from pipeline.data.preprocess import Preprocessing  # noqa: E402
-from pipeline.demo import FaceDemo, build_demo, drawn_mask, launch  # noqa: E402
+from pipeline.demo import FaceDemo, build_demo, launch  # noqa: E402
+from pipeline.demo_inputs import drawn_mask  # noqa: E402
 from pipeline.pipeline_folder import load_pipeline  # noqa: E402
 
 from conftest import FIXTURE  # noqa: E402

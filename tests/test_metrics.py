@@ -14,7 +14,7 @@ from torchmetrics.image.kid import KernelInceptionDistance, poly_kernel
 from pipeline.cli import run_cli
 from pipeline.data.celeba import load_eval_images
 from pipeline.data.preprocess import Preprocessing, resize_samples
-from pipeline.evaluate import fid_against_reference, main
+from pipeline.evaluate import main
 from pipeline.evaluation.inception import extract_features, legacy_bilinear_matrix, load_inception, weights_path
 from pipeline.evaluation.metrics import (
     PrecomputedFeatures,
@@ -28,6 +28,7 @@ from pipeline.evaluation.metrics import (
     precision_recall,
 )
 from pipeline.evaluation.reference_stats import load_or_compute_reference, reference_fields, reference_key
+from pipeline.evaluation.scores import fid_against_reference
 
 from conftest import FIXTURE, run_command
 

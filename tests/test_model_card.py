@@ -58,7 +58,7 @@ def test_card_numbers_come_from_the_results(smoke_pipeline_dir, tmp_path):
     # pipeline.sampling.schedulers; it runs as written
     assert "A plain call samples with the saved scheduler, `DDPMScheduler`, at 50 steps." in card
     assert "switch to `dpm++2m, 20 steps, 20 NFE`, the sampler with the lowest FID-10k below" in card
-    assert "measured with the UNet under bf16 autocast; the code runs it in fp32" in card  # as the snippet does
+    assert "measured with the UNet under bf16 autocast, the pipeline's default on a CPU with native bf16" in card
     snippet = card.split("```python\n")[1].split("```")[0]
     assert "DPMSolverMultistepScheduler.from_config(" in snippet and "num_inference_steps=20" in snippet
     copy_pipeline_code(model)  # what pipeline.publish uploads with the weights

@@ -7,10 +7,12 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DiffusionPipeline, UNet2DModel
 
-from pipeline import CelebADiffusionPipeline, load_pipeline, save_pipeline_folder
+from pipeline import CelebADiffusionPipeline, load_pipeline, pipeline_celeba, save_pipeline_folder
 from pipeline.cli import DEFAULT_DEVICE
 from pipeline.generate import generate, parse_sampler_options
 from pipeline.pipeline_folder import weights_checksum
+from pipeline.sampling.schedulers import get_sampler
+from pipeline.sampling.sde import SDESampler
 
 from conftest import ROOT, run_command
 
@@ -87,13 +89,54 @@ def test_weights_checksum_survives_a_folder_round_trip_and_sees_one_changed_weig
     assert weights_checksum(load_pipeline(str(tmp_path)).unet) != weights_checksum(pipe.unet)
 
 
+def unet_output_dtypes(pipe, **call) -> set:
+    """The dtypes of the UNet's output over one pipeline call."""
+    dtypes = set()
+    hook = pipe.unet.conv_out.register_forward_hook(lambda module, inputs, output: dtypes.add(output.dtype))
+    pipe(batch_size=1, num_inference_steps=2, output_type="np", **call)
+    hook.remove()
+    return dtypes
+
+
+def test_the_default_precision_is_bf16_only_for_a_float32_unet_on_a_cpu_with_native_bf16(monkeypatch):
+    pipe = tiny_pipeline(DDIMScheduler)
+    monkeypatch.setattr(pipeline_celeba, "native_bf16_cpu", lambda: True)
+    assert pipe.resolve_mixed_precision(None) == "bf16" and unet_output_dtypes(pipe) == {torch.bfloat16}
+    assert unet_output_dtypes(pipe, mixed_precision="no") == {torch.float32}
+    # an adaptive solver needs full-precision outputs, whatever the default
+    assert get_sampler("ode-rk45").resolve_mixed_precision(pipe, None) == "no"
+    assert get_sampler("ddim").resolve_mixed_precision(pipe, None) == "bf16"
+    with pytest.raises(ValueError, match="ode-rk45 cannot sample under bf16"):
+        get_sampler("ode-rk45").resolve_mixed_precision(pipe, "bf16")
+    assert SDESampler("ode-rk45").full_precision and not SDESampler("pc").full_precision
+    with pytest.raises(ValueError, match="mixed_precision must be one of"):
+        pipe.resolve_mixed_precision("fp16")
+    pipe.unet.to(torch.float64)  # a float64 UNet stays exact
+    assert pipe.resolve_mixed_precision(None) == "no"
+    monkeypatch.setattr(pipeline_celeba, "native_bf16_cpu", lambda: False)
+    pipe.unet.to(torch.float32)
+    assert pipe.resolve_mixed_precision(None) == "no" and unet_output_dtypes(pipe) == {torch.float32}
+
+
+def test_loaded_pipelines_sample_with_channels_last_weights_on_a_cpu(tmp_path):
+    pipe = tiny_pipeline()
+    save_pipeline_folder(pipe, tmp_path)
+    fast, exact = load_pipeline(str(tmp_path)), load_pipeline(str(tmp_path), channels_last=False)
+    weight = fast.unet.conv_in.weight
+    assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+    assert exact.unet.conv_in.weight.is_contiguous()
+    x, t = torch.randn(2, 3, 8, 8), torch.tensor([3, 700])
+    with torch.no_grad():
+        assert torch.allclose(fast.unet(x, t).sample, exact.unet(x, t).sample, atol=1e-5)
+
+
 @pytest.mark.parametrize("scheduler", ["ddim", "dpm++2m"])  # pipeline.sampling.sde casts its state itself
 def test_bf16_generation_runs_the_unet_in_bf16_and_stays_close_to_fp32(scheduler):
     pipe = tiny_pipeline(DDIMScheduler)
     outputs, states = [], []
     hooks = [pipe.unet.conv_out.register_forward_hook(lambda module, inputs, output: outputs.append(output.dtype)),
              pipe.unet.register_forward_pre_hook(lambda module, inputs: states.append(inputs[0].dtype))]
-    full, _ = generate(pipe, 4, scheduler, 4, seed=0, batch_size=4, progress=False)
+    full, _ = generate(pipe, 4, scheduler, 4, seed=0, batch_size=4, progress=False, mixed_precision="no")
     half, _ = generate(pipe, 4, scheduler, 4, seed=0, batch_size=4, progress=False, mixed_precision="bf16")
     for hook in hooks:
         hook.remove()

@@ -75,6 +75,25 @@ class Sampler:
         """The options a score-SDE sampler takes, with their defaults (none for a diffusers scheduler)."""
         return {} if self.is_scheduler else dict(sde.OPTIONS[self.name])
 
+    @property
+    def full_precision(self) -> bool:
+        """Whether it needs the UNet in full precision (an adaptive solver, ``sde.FULL_PRECISION``)."""
+        return not self.is_scheduler and self.name in sde.FULL_PRECISION
+
+    def check_precision(self, requested: str | None) -> None:
+        """ValueError for bf16 with a ``full_precision`` sampler."""
+        if self.full_precision and requested == "bf16":
+            raise ValueError(f"{self.name} cannot sample under bf16: its adaptive step-size control chases the UNet's "
+                             "bf16 rounding, which costs thousands of evaluations per batch "
+                             "(results/bench/rk45_nfe.json); use mixed_precision 'no' (--mixed_precision no)")
+
+    def resolve_mixed_precision(self, pipe, requested: str | None) -> str:
+        """The UNet precision this sampler runs ``pipe`` in: as requested, or (None) the pipeline's default
+        (``CelebADiffusionPipeline.resolve_mixed_precision``), which is full precision for a ``full_precision``
+        sampler."""
+        self.check_precision(requested)
+        return pipe.resolve_mixed_precision("no" if requested is None and self.full_precision else requested)
+
     def check_model(self, edm_trained: bool) -> None:
         """ValueError unless this sampler fits the model: an EDM sampler needs an EDM-trained network."""
         if self.edm and not edm_trained:

@@ -40,6 +40,9 @@ OPTIONS = {
     "ode-heun": {"grid": "uniform"},
     "ode-rk45": {"rtol": 1e-5, "atol": 1e-5},
 }
+# adaptive solvers: their step-size control needs full-precision network outputs (bf16 keeps ~3 digits, far coarser
+# than their tolerance, so the steps shrink until a batch costs thousands of evaluations)
+FULL_PRECISION = frozenset({"ode-rk45"})
 
 
 class VPSDE:
@@ -261,6 +264,11 @@ class SDESampler:
 
     def __post_init__(self):
         check_options(self.name, self.options)
+
+    @property
+    def full_precision(self) -> bool:
+        """Whether it needs the UNet in full precision (``FULL_PRECISION``); the pipeline's default follows it."""
+        return self.name in FULL_PRECISION
 
     def __call__(self, denoiser, scheduler_config, num_inference_steps: int, shape, generator=None,
                  progress_bar=None) -> torch.Tensor:

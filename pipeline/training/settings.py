@@ -19,7 +19,7 @@ import yaml
 
 from ..cli import ArgumentParser
 from ..data.preprocess import Preprocessing
-from ..models.architecture import check_group_norm
+from .checks import check_settings
 
 
 def setting(default, help: str = "", **argparse_options):
@@ -218,59 +218,6 @@ def add_setting_flags(parser: argparse.ArgumentParser) -> None:
                 options["type"] = kind
             default = item.default if item.default_factory is dataclasses.MISSING else item.default_factory()
             group.add_argument(f"--{item.name}", default=default, **options)
-
-
-POSITIVE = ("resolution", "crop_size", "layers_per_block", "ddpm_num_steps", "train_batch_size",
-            "gradient_accumulation_steps", "max_train_steps", "num_validation_images", "validation_inference_steps",
-            "eval_fid_num_samples", "eval_fid_steps", "checkpoints_total_limit", "pixel_unshuffle")
-NON_NEGATIVE = ("data_timeout_minutes", "lr_warmup_steps", "save_images_steps", "checkpointing_steps",
-                "checkpointing_minutes", "eval_fid_every", "learning_rate", "adam_weight_decay", "dropout",
-                "crop_offset_y", "shuffle_buffer_size")
-PROBABILITIES = ("attribute_unspecified_prob", "attribute_dropout")
-
-
-def check_settings(settings: TrainingSettings, require_data: bool = True) -> None:
-    """ValueError naming the first setting that cannot work, before anything is built or written. ``require_data``:
-    exactly one data source must be named (a run that trains; building its UNet needs none)."""
-    values = settings.flat()
-    for name in POSITIVE:
-        if values[name] <= 0:
-            raise ValueError(f"--{name} must be positive, got {values[name]}")
-    for name in NON_NEGATIVE:
-        if values[name] < 0:
-            raise ValueError(f"--{name} must be >= 0, got {values[name]}")
-    for name in PROBABILITIES:
-        if not 0 <= values[name] <= 1:
-            raise ValueError(f"--{name} is a probability, got {values[name]}")
-    data, model, diffusion, output = settings.data, settings.model, settings.diffusion, settings.output
-    levels = len(model.block_out_channels)
-    if not len(model.down_block_types) == len(model.up_block_types) == levels:
-        raise ValueError(f"--block_out_channels, --down_block_types and --up_block_types need one entry per level; "
-                         f"got {levels}, {len(model.down_block_types)} and {len(model.up_block_types)}")
-    factor = model.pixel_unshuffle
-    if data.resolution % factor:
-        raise ValueError(f"--pixel_unshuffle {factor} must divide --resolution {data.resolution}")
-    multiple = factor * 2 ** (levels - 1)
-    if data.resolution % multiple:
-        below, above = data.resolution // multiple * multiple, (data.resolution // multiple + 1) * multiple
-        raise ValueError(f"--resolution {data.resolution} must be a multiple of {multiple} ({levels} UNet levels"
-                         + (f", pixel_unshuffle {factor}" if factor > 1 else "")
-                         + f"), e.g. {', '.join(str(v) for v in (below, above) if v > 0)}")
-    if diffusion.shifted_cosine_base_resolution is not None and diffusion.ddpm_beta_schedule != "shifted_cosine":
-        raise ValueError("--shifted_cosine_base_resolution needs --ddpm_beta_schedule shifted_cosine")
-    if diffusion.preconditioning == "edm" and (
-            diffusion.prediction_type != "epsilon" or diffusion.snr_gamma is not None
-            or diffusion.rescale_betas_zero_snr or diffusion.ddpm_beta_schedule != "linear"):
-        raise ValueError("--preconditioning edm has its own target, weighting and noise levels: leave "
-                         "--prediction_type, --snr_gamma, --rescale_betas_zero_snr and --ddpm_beta_schedule at their "
-                         "defaults")
-    check_group_norm(model.block_out_channels, model.norm_num_groups, model.allow_instance_norm)
-    if require_data and (data.dataset_name is None) == (data.train_data_dir is None):
-        raise ValueError("give exactly one of --dataset_name and --train_data_dir")
-    if output.push_to_hub and not output.hub_model_id:
-        raise ValueError("--push_to_hub needs --hub_model_id")
-    if model.init_from is not None and not os.path.isfile(os.path.join(model.init_from, "model_index.json")):
-        raise ValueError(f"--init_from {model.init_from} is not a saved pipeline folder (no model_index.json)")
 
 
 def build_parser(description: str | None = None, prog: str | None = None) -> argparse.ArgumentParser:
