@@ -74,10 +74,20 @@ def wait_for(driver, condition, seconds: float = 600):
     return WebDriverWait(driver, seconds).until(condition)
 
 
+def wait_for_images(driver, selector: str, count: int = 1, seconds: float = 600) -> None:
+    """Until at least ``count`` images match ``selector`` and every one of them has loaded (a gallery fills in one by
+    one: a screenshot taken at the first image shows empty frames)."""
+    script = ("const images = [...document.querySelectorAll(arguments[0])];"
+              "return images.length >= arguments[1]"
+              " && images.every(image => image.complete && image.naturalWidth > 0);")
+    wait_for(driver, lambda d: d.execute_script(script, selector, count), seconds)
+
+
 def main(argv=None) -> int:
     from selenium.webdriver.common.by import By
 
     from pipeline.cli import ArgumentParser
+    from pipeline.data.preprocess import pipeline_preprocessing
     from pipeline.demo import FaceDemo, build_demo, heldout_faces, launch
     from pipeline.pipeline_folder import load_pipeline
 
@@ -87,8 +97,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="results/demo")
     args = parser.parse_args(argv)
     pipe = load_pipeline(args.model)
-    faces = heldout_faces(args.celeba, pipe.denoiser.config.sample_size, count=2)
-    app = build_demo(FaceDemo(pipe, "bf16", faces))
+    faces = heldout_faces(args.celeba, pipeline_preprocessing(pipe), count=2)
+    app = build_demo(FaceDemo(pipe, faces=faces))
     port = free_port()
     launch(app, "127.0.0.1", port, max_queue=4, block=False)
     out = Path(args.out)
@@ -103,7 +113,7 @@ def main(argv=None) -> int:
             driver.get(f"http://127.0.0.1:{port}/")
             wait_for(driver, lambda d: d.find_elements(By.ID, "generate-button"), 120)
             driver.find_element(By.ID, "generate-button").click()
-            wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#generate-gallery img"))
+            wait_for_images(driver, "#generate-gallery img", count=8)  # the tab's default batch
             driver.save_screenshot(str(out / "generate.png"))
             open_tab(driver, "Inpaint")
             upload = wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#inpaint-editor input[type=file]"))
@@ -111,16 +121,16 @@ def main(argv=None) -> int:
             canvas = wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#inpaint-editor canvas"))[-1]
             paint_stroke(driver, canvas)
             driver.find_element(By.ID, "inpaint-button").click()
-            wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#inpaint-result img"))
+            wait_for_images(driver, "#inpaint-result img")
             driver.save_screenshot(str(out / "inpaint.png"))
-            for tab, count, result in (("Colorize", 1, "#colorize-result img"),
-                                       ("Interpolate", 2, "#interpolate-gallery img")):
+            for tab, count, result, shown in (("Colorize", 1, "#colorize-result img", 1),
+                                              ("Interpolate", 2, "#interpolate-gallery img", 8)):  # 8 frames
                 open_tab(driver, tab)
                 inputs = [e for e in driver.find_elements(By.CSS_SELECTOR, f"#{tab.lower()}-inputs input[type=file]")]
                 for element, path in zip(inputs[:count], paths):
                     element.send_keys(path)
                 driver.find_element(By.ID, f"{tab.lower()}-button").click()
-                wait_for(driver, lambda d, selector=result: d.find_elements(By.CSS_SELECTOR, selector))
+                wait_for_images(driver, result, shown)
                 driver.save_screenshot(str(out / f"{tab.lower()}.png"))
         finally:
             driver.quit()

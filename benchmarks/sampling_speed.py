@@ -1,7 +1,7 @@
 """Sampling img/s on this CPU: precision, memory format, compilation and batch size, at batch 64 by default.
 
     python benchmarks/sampling_speed.py --samplers dpm++2m          # ~10 min on 2 quiet cores
-    python benchmarks/sampling_speed.py --samplers dpm++2m --batch_sizes 8 16 32 64 128
+    python benchmarks/sampling_speed.py --samplers --variants "bf16, channels_last" --batch_sizes 8 16 32 64
 
 The pipeline is CelebADiffusionPipeline with the UNet of ``--config`` (the shipped celeba64_edm: 6.3M parameters) and
 RANDOM weights (seed 0): speed does not depend on the weights' values. Images are generated with
@@ -10,15 +10,17 @@ pipeline.generate.generate (the code path of ``python -m pipeline.generate``), s
 * fp32 / bf16: ``mixed_precision`` "no" or "bf16" (bf16 autocast around the UNet; the sampler arithmetic stays fp32);
 * NCHW / channels_last: ``unet.to(memory_format=torch.channels_last)``;
 * compiled: ``torch.compile`` (Inductor with weight freezing, i.e. inference-mode constant folding); its compilation
-  time is recorded separately.
+  time is recorded separately;
+* batch 32: the same ``--batch_size`` images generated in batches of 32 (``pipeline.generate``'s default).
 
 For every sampler the variants take turns (``--repeats`` rounds, rotating order) in one process. Recorded per
 variant: img/s of each whole run (median and min-max over rounds), the time of every UNet call (median and min-max),
 the scheduler/pipeline overhead (wall time minus UNet time), the speed-up vs fp32 NCHW (per-round ratios), and how far
 its images are from the fp32 ones (same seed; mean and max |difference| in [0, 1] units). ``--batch_sizes`` adds a
-sweep of one variant (``--sweep_variant``, default the fastest) over batch sizes. Achieved GFLOP/s (UNet FLOPs per
-image x NFE x img/s) is compared with this CPU's measured GEMM rate (benchmarks/cpu_ceiling.py). Each sampler's
-results are stored under its name in results/bench/sampling.json (a rerun replaces that entry), with the load
+sweep of one variant (``--sweep_variant``, default the fastest) over batch sizes, in interleaved rounds of
+``--batch_size`` images each (with no ``--samplers``, only the sweep runs and replaces its entry). Achieved GFLOP/s
+(UNet FLOPs per image x NFE x img/s) is compared with this CPU's measured GEMM rate (benchmarks/cpu_ceiling.py). Each
+sampler's results are stored under its name in results/bench/sampling.json (a rerun replaces that entry), with the load
 average at the start and end.
 """
 
@@ -42,10 +44,11 @@ from pipeline.training.settings import load_settings
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 STEPS = {"ddim": 50, "dpm++2m": 20}
-VARIANTS = {  # name: (bf16, channels_last, compiled)
-    "fp32, NCHW": (False, False, False), "fp32, channels_last": (False, True, False),
-    "bf16, NCHW": (True, False, False), "bf16, channels_last": (True, True, False),
-    "bf16, channels_last, compiled": (True, True, True),
+VARIANTS = {  # name: (bf16, channels_last, compiled, batch size or None for --batch_size)
+    "fp32, NCHW": (False, False, False, None), "fp32, channels_last": (False, True, False, None),
+    "bf16, NCHW": (True, False, False, None), "bf16, channels_last": (True, True, False, None),
+    "bf16, channels_last, batch 32": (True, True, False, 32),
+    "bf16, channels_last, compiled": (True, True, True, None),
 }
 
 
@@ -61,7 +64,7 @@ def build_pipelines(config: str, variants, seed: int):
     unet, scheduler = build_model_and_scheduler(settings)
     pipes = {}
     for name in variants:
-        _, channels_last, compiled = VARIANTS[name]
+        _, channels_last, compiled, _ = VARIANTS[name]
         model, _ = build_model_and_scheduler(settings)
         model.load_state_dict(unet.state_dict())
         model.eval()
@@ -95,12 +98,12 @@ def unet_flops_per_image(pipe, batch_size: int = 4) -> float:
     return counter.get_total_flops() / batch_size
 
 
-def time_generation(pipe, calls, name, sampler, steps, num_images, seed):
-    """(images, record) of one timed generation of ``num_images`` at batch ``num_images``."""
+def time_generation(pipe, calls, name, sampler, steps, num_images, seed, batch_size=None):
+    """(images, record) of one timed generation of ``num_images`` at ``batch_size`` (default: one batch)."""
     calls.clear()
     wall = time.perf_counter()
-    images, nfe = generate(pipe, num_images, sampler, steps, seed, batch_size=num_images, progress=False,
-                           mixed_precision=precision(name))
+    images, nfe = generate(pipe, num_images, sampler, steps, seed, batch_size=batch_size or num_images,
+                           progress=False, mixed_precision=precision(name))
     wall = time.perf_counter() - wall
     unet = [end - begin for begin, end in calls]
     return images, {"wall_s": wall, "img_per_s": num_images / wall, "unet_calls": len(unet), "unet_s": unet,
@@ -110,13 +113,15 @@ def time_generation(pipe, calls, name, sampler, steps, num_images, seed):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/celeba64_edm.yaml")
-    parser.add_argument("--samplers", nargs="+", default=["dpm++2m"], choices=sorted(STEPS))
+    parser.add_argument("--samplers", nargs="*", default=["dpm++2m"], choices=sorted(STEPS),
+                        help="samplers whose variants are compared (none: only the batch sweep)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--batch_sizes", type=int, nargs="*", default=[],
                         help="also sweep these batch sizes with one variant (first sampler)")
     parser.add_argument("--sweep_variant", default=None, choices=list(VARIANTS),
                         help="the variant of the batch-size sweep (default: the fastest)")
+    parser.add_argument("--sweep_sampler", default="dpm++2m", choices=sorted(STEPS))
     parser.add_argument("--repeats", type=int, default=1, help="whole runs per variant and sampler")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="results/bench/sampling.json")
@@ -134,8 +139,8 @@ def main():
     warmup_s = {}
     for name, (pipe, _) in pipes.items():  # oneDNN primitive creation; a compiled variant compiles here
         started = time.perf_counter()
-        generate(pipe, cli.batch_size, "ddim", 1, cli.seed, batch_size=cli.batch_size, progress=False,
-                 mixed_precision=precision(name))
+        generate(pipe, cli.batch_size, "ddim", 1, cli.seed, batch_size=VARIANTS[name][3] or cli.batch_size,
+                 progress=False, mixed_precision=precision(name))
         warmup_s[name] = time.perf_counter() - started
         print(f"  warm-up {name}: {warmup_s[name]:.1f} s", flush=True)
     flops = unet_flops_per_image(next(iter(pipes.values()))[0])
@@ -149,7 +154,8 @@ def main():
         runs, images = {name: [] for name in names}, {}
         for round_index in range(cli.repeats):
             for name in names[round_index % len(names):] + names[:round_index % len(names)]:
-                images[name], record = time_generation(*pipes[name], name, sampler, steps, cli.batch_size, cli.seed)
+                images[name], record = time_generation(*pipes[name], name, sampler, steps, cli.batch_size, cli.seed,
+                                                       VARIANTS[name][3])
                 runs[name].append(record)
                 print(f"  round {round_index + 1}: {name}: {record['img_per_s']:.2f} img/s ({record['wall_s']:.1f} s, "
                       f"{record['unet_calls']} UNet calls, median {statistics.median(record['unet_s']):.2f} s)",
@@ -185,21 +191,35 @@ def main():
                   f"{v['achieved_gflops']:.0f} GFLOP/s = {v['fraction_of_gemm_ceiling']:.0%} of the GEMM rate")
         write(results, cli.out)
     if cli.batch_sizes:
-        sampler = cli.samplers[0]
-        entry = results["samplers"][sampler]
-        speed = {name: variant["img_per_s"]["median"] for name, variant in entry["variants"].items()}
-        fastest = cli.sweep_variant or max(speed, key=speed.get)
-        pipe, calls = pipes[fastest]
-        sweep = {"sampler": sampler, "steps": STEPS[sampler], "variant": fastest, "img_per_s": {}}
-        for size in cli.batch_sizes:
-            generate(pipe, size, "ddim", 1, cli.seed, batch_size=size, progress=False,  # warm-up at this size
-                     mixed_precision=precision(fastest))
-            _, record = time_generation(pipe, calls, fastest, sampler, STEPS[sampler], size, cli.seed)
-            sweep["img_per_s"][str(size)] = record["img_per_s"]
-            print(f"  batch {size:4d}: {record['img_per_s']:.2f} img/s ({fastest})", flush=True)
-        results["batch_sweep"] = sweep
+        batch_sweep(results, pipes, cli)
         write(results, cli.out)
     print(f"wrote {cli.out}")
+
+
+def batch_sweep(results: dict, pipes: dict, cli) -> None:
+    """img/s of one variant at each of ``cli.batch_sizes``: ``cli.batch_size`` images per run, ``cli.repeats`` rounds
+    in a rotating order of batch sizes; the variant is ``--sweep_variant`` or the fastest one just measured."""
+    sampler = cli.sweep_sampler
+    if cli.sweep_variant:
+        variant = cli.sweep_variant
+    else:
+        speed = {name: v["img_per_s"]["median"] for name, v in results["samplers"][sampler]["variants"].items()}
+        variant = max(speed, key=speed.get)
+    pipe, calls = pipes[variant]
+    for size in cli.batch_sizes:  # warm-up at every size (oneDNN primitives, recompilation)
+        generate(pipe, size, "ddim", 1, cli.seed, batch_size=size, progress=False, mixed_precision=precision(variant))
+    runs = {size: [] for size in cli.batch_sizes}
+    for round_index in range(cli.repeats):
+        sizes = cli.batch_sizes[round_index % len(cli.batch_sizes):] + cli.batch_sizes[:round_index % len(
+            cli.batch_sizes)]
+        for size in sizes:
+            _, record = time_generation(pipe, calls, variant, sampler, STEPS[sampler], cli.batch_size, cli.seed, size)
+            runs[size].append(record["img_per_s"])
+            print(f"  round {round_index + 1}: batch {size:4d}: {record['img_per_s']:.2f} img/s ({variant})",
+                  flush=True)
+    results["batch_sweep"] = {"sampler": sampler, "steps": STEPS[sampler], "variant": variant,
+                              "images_per_run": cli.batch_size, "repeats": cli.repeats,
+                              "img_per_s": {str(size): summary(values) for size, values in runs.items()}}
 
 
 def write(results: dict, path: str) -> None:

@@ -166,14 +166,17 @@ def sampling_speed_section(results: Path) -> list[str]:
                              number(v.get("achieved_gflops"), 0), number(100 * v["fraction_of_gemm_ceiling"], 0)
                              + " %" if "fraction_of_gemm_ceiling" in v else "—"])
             lines += [f"## Sampling speed: {sampler}, {entry['steps']} steps", "",
-                      f"[bench/sampling.json](bench/sampling.json): batch {sampling['batch_size']}, "
-                      f"`{sampling['config']}`, random weights.", "",
+                      f"[bench/sampling.json](bench/sampling.json): {sampling['batch_size']} images per run, in one "
+                      f"batch unless the variant names another, `{sampling['config']}`, random weights; the GEMM rate "
+                      "is this CPU's large-matmul rate in the variant's precision, measured in the same run.", "",
                       *table(["variant", "img/s", "vs fp32 NCHW", "GFLOP/s", "of the GEMM rate"], rows)]
         sweep = sampling.get("batch_sweep")
         if sweep:
-            lines += [f"Batch sizes ({sweep['variant']}, {sweep['sampler']}-{sweep['steps']}):", "",
-                      *table(["batch", "img/s"], [[size, number(value)] for size, value in
-                                                  sweep["img_per_s"].items()])]
+            lines += [f"Batch sizes ({sweep['variant']}, {sweep['sampler']}-{sweep['steps']}, "
+                      f"{sweep['images_per_run']} images per run, {sweep['repeats']} interleaved rounds):", "",
+                      *table(["batch", "img/s (median)", "min–max"],
+                             [[size, number(v["median"]), f"{number(v['min'])}–{number(v['max'])}"]
+                              for size, v in sweep["img_per_s"].items()])]
     return lines
 
 
@@ -205,7 +208,7 @@ def bf16_quality_section(results: Path) -> list[str]:
                   f"precision from the same noise ({setting.get('scheduler', '?')}-{setting.get('steps', '?')}), KID "
                   f"against {protocol['reference_images']:,} train images: KID({pair['a']}) − KID({pair['b']}) = "
                   f"{1e3 * pair['kid_difference']:+.2f} ×10⁻³, paired standard error {1e3 * pair['paired_se']:.2f} "
-                  f"×10⁻³ (unpaired {1e3 * pair['unpaired_se']:.2f}).", ""]
+                  f"×10⁻³ (unpaired {1e3 * pair['unpaired_se']:.2f} ×10⁻³).", ""]
     return lines
 
 
