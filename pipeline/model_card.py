@@ -1,9 +1,9 @@
 """Write the Hub model card from the results JSON files, so the numbers in it cannot drift from the measurements.
 
     python -m pipeline.model_card --model pretrained/celeba-64 --name celeba-64 \
-        --eval results/nfe/ddim-clip-20_n2000.json results/nfe/ddpm-20_n2000.json \
-        --likelihood results/likelihood.json --training_log results/training_log.jsonl --training_step 8591 \
-        --grid results/samples/ddim-clip-20/grid_x4.png --out model_card.md
+        --eval results/eval/fid10k_ddpm+mc-25.json results/nfe/ddpm+mc-20_n2000.json \
+        --likelihood results/likelihood.json --training_log results/training_log.jsonl --training_step 12200 \
+        --grid pretrained/celeba-64/samples.png --out model_card.md
 
 The same text is written to MODEL/README.md: it is the README of the published Hub repo.
 """
