@@ -58,3 +58,14 @@ def test_a_readme_without_markers_is_one_clear_error(repository):
     (repository / "README.md").write_text("# no table here\n")
     with pytest.raises(ValueError, match="results-at-a-glance markers"):
         results_tables.main(["--root", str(repository)])
+
+
+def test_the_report_gets_the_table_only_where_it_has_the_markers(repository):
+    report = repository / "REPORT.md"
+    report.write_text("# report without a table\n")
+    assert results_tables.main(["--root", str(repository)]) == 0
+    assert report.read_text() == "# report without a table\n"
+    report.write_text(f"# r\n{results_tables.GLANCE_BEGIN}\n{results_tables.GLANCE_END}\n")
+    assert results_tables.main(["--root", str(repository), "--check"]) == 1
+    assert results_tables.main(["--root", str(repository)]) == 0
+    assert "FID-10k **30.50**" in report.read_text()

@@ -1,10 +1,11 @@
 """The result tables, written from the JSON files in ``results/`` so that no number is typed by hand.
 
-    python -m pipeline.evaluation.results_tables            # rewrite results/README.md and README.md's table
-    python -m pipeline.evaluation.results_tables --check    # exit 1 if either is out of date
+    python -m pipeline.evaluation.results_tables            # rewrite results/README.md and the documents' tables
+    python -m pipeline.evaluation.results_tables --check    # exit 1 if any of them is out of date
 
 ``results/README.md`` holds every table (evaluations, FID versus NFE, recipes, likelihood, denoiser response, speed);
-README.md's results-at-a-glance table sits between ``GLANCE_BEGIN`` and ``GLANCE_END`` and is replaced in place.
+the results-at-a-glance table sits between ``GLANCE_BEGIN`` and ``GLANCE_END`` in README.md (required) and in
+REPORT.md (where it has the markers) and is replaced in place.
 Published numbers come from ``results/literature.json``, each with its source.
 """
 
@@ -267,12 +268,15 @@ def with_glance(readme: str, results: Path) -> str:
 def main(argv=None) -> int:
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", default=".", help="the repository (results/ and README.md)")
-    parser.add_argument("--check", action="store_true", help="only check that both files are up to date")
+    parser.add_argument("--check", action="store_true", help="only check that the files are up to date")
     args = parser.parse_args(argv)
     root = Path(args.root)
-    readme = root / "README.md"
-    wanted = {root / "results" / "README.md": results_readme(root / "results"),
-              readme: with_glance(readme.read_text(), root / "results")}
+    wanted = {root / "results" / "README.md": results_readme(root / "results")}
+    for name in ("README.md", "REPORT.md"):
+        document = root / name
+        text = document.read_text() if document.is_file() else ""
+        if name == "README.md" or GLANCE_BEGIN in text:
+            wanted[document] = with_glance(text, root / "results")
     stale = [str(path) for path, text in wanted.items() if not path.is_file() or path.read_text() != text]
     if args.check:
         if stale:
