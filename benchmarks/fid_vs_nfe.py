@@ -89,14 +89,18 @@ def point_precision(name: str, mixed_precision: str) -> str:
     return "no" if sampler in ALL_SAMPLERS and get_sampler(sampler).full_precision else mixed_precision
 
 
+# what a point file that does not record a protocol key was measured with
+PROTOCOL_DEFAULTS = {"batch_size": 64}
+
+
 def measured_under(path: Path, protocol: dict) -> bool:
-    """Whether ``path`` is a point file measured on these weights with this seed and precision (other JSONs in the
-    folder, such as summary.json, are not points)."""
+    """Whether ``path`` is a point file measured on these weights with this seed, batch size and precision (other
+    JSONs in the folder, such as summary.json, are not points)."""
     if not path.is_file() or not POINT_FILE.fullmatch(path.name):
         return False
     result = json.loads(path.read_text())
     expected = {**protocol, "mixed_precision": point_precision(result.get("sampler", ""), protocol["mixed_precision"])}
-    return all(result.get(key) == value for key, value in expected.items())
+    return all(result.get(key, PROTOCOL_DEFAULTS.get(key)) == value for key, value in expected.items())
 
 
 def panel_points(summary: list[dict]) -> dict[str, dict[str, list[tuple[float, float, int]]]]:
@@ -149,6 +153,9 @@ def main(argv=None) -> int:
     parser.add_argument("--num_samples", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--mixed_precision", default="bf16", choices=["no", "bf16"])
+    parser.add_argument("--batch_size", type=int, default=64,
+                        help="generation batch; it decides which seed draws which sample, so points compare only at "
+                             "one batch size (32 is faster on 2 CPU cores: results/bench/sampling.json)")
     parser.add_argument("--device", type=device_argument, default=DEFAULT_DEVICE,
                         help="where the UNet and Inception run (recorded per point; a point measured on another "
                              "device with the same weights, seed and precision is reused)")
@@ -162,7 +169,8 @@ def main(argv=None) -> int:
     points = parse_points(args.points, args.mixed_precision, edm)  # bad input fails before anything is written
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    protocol = {"seed": args.seed, "mixed_precision": args.mixed_precision, "unet_sha256": weights_checksum(pipe.unet)}
+    protocol = {"seed": args.seed, "batch_size": args.batch_size, "mixed_precision": args.mixed_precision,
+                "unet_sha256": weights_checksum(pipe.unet)}
     for name, steps in points:
         path = out_dir / f"{name}-{steps}_n{args.num_samples}.json"
         if measured_under(path, protocol):
@@ -175,7 +183,8 @@ def main(argv=None) -> int:
                            else [])
         evaluate.main([*resume, *sampler_options, "--model", args.model, "--train_data_dir", args.train_data_dir,
                        "--num_samples", str(args.num_samples), "--scheduler", sampler, "--steps", str(steps),
-                       "--seed", str(args.seed), "--mixed_precision", point_precision(name, args.mixed_precision),
+                       "--seed", str(args.seed), "--batch_size", str(args.batch_size),
+                       "--mixed_precision", point_precision(name, args.mixed_precision),
                        "--device", args.device, "--out", str(path), correction])
         result = json.loads(path.read_text())
         # the point's name (with +mc and options) as its sampler, so that tables and plots keep them apart

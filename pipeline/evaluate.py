@@ -158,6 +158,7 @@ def evaluate_model(args) -> dict:
     result.update({
         "label": label(args.num_samples), "num_samples": args.num_samples, "model": args.model,
         "sampler": args.scheduler, "sampler_options": options, "steps": args.steps, "nfe": measured_nfe,
+        "batch_size": args.batch_size,
         "eta": args.eta,
         "mixed_precision": precision, "mean_colour_correction": corrected,
         "mean_colour_prior": pipe.config.mean_colour_prior if corrected else None, "device": pipe.device.type,

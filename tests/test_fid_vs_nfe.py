@@ -137,3 +137,15 @@ def test_the_default_grid_of_an_edm_model_adds_its_edm_samplers_at_20_to_25_nfe(
     assert all(("edm-" + kind, 20) in edm for kind in ("euler", "dpm++2m", "dpm++2m-sde"))
     nfe = [fid_vs_nfe.APPROXIMATE_NFE.get(name, lambda steps: steps)(steps) for name, steps in edm]
     assert nfe == sorted(nfe)  # cheapest first, the EDM points among the others
+
+
+def test_points_are_reused_only_at_the_sweeps_batch_size(tmp_path):
+    protocol = {"seed": 0, "batch_size": 64, "mixed_precision": "bf16", "unet_sha256": "abc"}
+    point = tmp_path / "ddim-20_n2000.json"
+    point.write_text(json.dumps({"sampler": "ddim", "seed": 0, "mixed_precision": "bf16", "unet_sha256": "abc"}))
+    assert fid_vs_nfe.measured_under(point, protocol)  # recorded no batch size: measured at the old default, 64
+    assert not fid_vs_nfe.measured_under(point, {**protocol, "batch_size": 32})
+    point.write_text(json.dumps({"sampler": "ddim", "seed": 0, "batch_size": 32, "mixed_precision": "bf16",
+                                 "unet_sha256": "abc"}))
+    assert fid_vs_nfe.measured_under(point, {**protocol, "batch_size": 32})
+    assert not fid_vs_nfe.measured_under(point, protocol)
