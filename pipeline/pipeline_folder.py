@@ -139,6 +139,8 @@ def load_pipeline(model: str, device: str = "cpu", channels_last: bool | None = 
             raise ValueError(f"cannot load the {name} from {', '.join(files)}: {str(error).splitlines()[0]} "
                              f"(truncated or corrupt? save or download it again)") from None
     pipe = CelebADiffusionPipeline(**components, **pipeline_settings(index)).to(device)
-    if pipe.device.type == "cpu" if channels_last is None else channels_last:
+    if channels_last is None:
+        channels_last = pipe.device.type == "cpu"
+    if channels_last:
         pipe.unet.to(memory_format=torch.channels_last)
     return pipe
