@@ -1,13 +1,16 @@
 """pipeline.ship: the shipped folder's plain pipe() is the chosen sampler, and a failed ship changes nothing."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 
 from pipeline import CelebADiffusionPipeline, load_pipeline, save_pipeline_folder
+from pipeline.pipeline_folder import weights_checksum
 from pipeline.sampling.schedulers import make_scheduler
-from pipeline.ship import main, ship
+from pipeline.ship import choose_default_sampler, main, ship
 
 
 @pytest.fixture()
@@ -58,3 +61,42 @@ def test_bad_choices_and_an_existing_folder_fail_before_anything_is_written(trai
     ship(str(trained), out, "ddim", 10, replace=True)
     assert not (out / "stale.txt").exists() and load_pipeline(str(out)).config.default_num_inference_steps == 10
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "shipped"]
+
+
+def point(sampler, steps, nfe, fid, num_samples=2000, seconds=100.0):
+    return {"sampler": sampler, "steps": steps, "nfe": nfe, "fid": fid, "num_samples": num_samples,
+            "generation_seconds": seconds, "label": f"FID-{num_samples}"}
+
+
+def test_the_default_is_the_fastest_scheduler_within_the_tolerance_of_the_best_cheap_point():
+    points = [point("pc", 10, 20, 95.0),              # the lowest FID at <= 25 NFE, but no diffusers scheduler
+              point("ddpm", 20, 20, 100.0),            # 5.3% worse than 95: out
+              point("dpm++2m", 20, 20, 99.0, seconds=90.0),
+              point("edm-dpm++2m", 20, 20, 99.0, seconds=80.0),  # same NFE, faster: wins the tie
+              point("dpm++2m", 10, 10, 130.0),         # fastest, but far worse
+              point("heun", 18, 35, 60.0),             # better, but over 25 NFE
+              point("ddim", 10, 10, 50.0, num_samples=128)]  # not at the sweep's largest N
+    assert choose_default_sampler(points) == points[3]
+    assert choose_default_sampler(points, tolerance=0.10)["steps"] == 20  # 130 is still out at 10%
+    assert choose_default_sampler(points, max_nfe=40)["sampler"] == "heun"  # 60 is then the best, and a scheduler
+    with pytest.raises(ValueError, match="no point of at most 5 NFE"):
+        choose_default_sampler(points, max_nfe=5)
+    with pytest.raises(ValueError, match="within 1% of the lowest FID 95.00"):
+        choose_default_sampler(points, tolerance=0.01)
+
+
+def test_ship_from_a_sweep_checks_that_it_measured_these_weights(trained, tmp_path):
+    summary = tmp_path / "summary.json"
+    checksum = weights_checksum(load_pipeline(str(trained)).unet)
+    summary.write_text(json.dumps({"protocol": {"unet_sha256": checksum},
+                                   "points": [point("ddim", 10, 10, 80.0), point("ddpm", 20, 20, 79.0)]}))
+    out = tmp_path / "shipped"
+    assert main(["--model", str(trained), "--out", str(out), "--from_sweep", str(summary)]) == 0
+    shipped = load_pipeline(str(out))
+    assert type(shipped.scheduler) is DDIMScheduler and shipped.config.default_num_inference_steps == 10
+    summary.write_text(json.dumps({"protocol": {"unet_sha256": "0" * 64}, "points": []}))
+    with pytest.raises(ValueError, match="measured other weights"):
+        main(["--model", str(trained), "--out", str(tmp_path / "other"), "--from_sweep", str(summary)])
+    with pytest.raises(ValueError, match="either --sampler and --steps, or --from_sweep"):
+        main(["--model", str(trained), "--out", str(tmp_path / "other"), "--sampler", "ddim"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "shipped", "summary.json"]
