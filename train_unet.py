@@ -10,7 +10,6 @@ examples/unconditional_image_generation/train_unconditional.py where the concept
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import os
@@ -33,7 +32,6 @@ from pipeline.denoisers import PixelUnshuffleDenoiser
 from pipeline.evaluation.reference_stats import load_or_compute_reference
 from pipeline.evaluation.scores import fid_against_reference
 from pipeline.generate import generate
-from pipeline.mean_colour import MeanColourStatistics
 from pipeline.model_card import folder_card
 from pipeline.models.architecture import AttributeConditionedUNet, drop_attributes
 from pipeline.pipeline_folder import save_pipeline_folder, weights_checksum
@@ -108,8 +106,7 @@ def training_step(accelerator, model, optimizer, lr_scheduler, noise_scheduler, 
 
 
 @contextlib.contextmanager
-def ema_pipeline(accelerator, model, ema, noise_scheduler, settings: TrainingSettings,
-                 mean_colour_prior: dict | None = None):
+def ema_pipeline(accelerator, model, ema, noise_scheduler, settings: TrainingSettings):
     """The pipeline with the EMA weights swapped in for the duration of the block (training weights restored)."""
     unet = accelerator.unwrap_model(model)
     if ema is not None:
@@ -121,7 +118,6 @@ def ema_pipeline(accelerator, model, ema, noise_scheduler, settings: TrainingSet
                  else {"unet": unet})
         pipe = CelebADiffusionPipeline(**parts, scheduler=noise_scheduler,
                                        pixel_unshuffle=settings.model.pixel_unshuffle,
-                                       mean_colour_prior=mean_colour_prior,
                                        preprocessing=settings.data.preprocessing.to_dict())
         pipe.set_progress_bar_config(disable=True)
         yield pipe
@@ -131,30 +127,10 @@ def ema_pipeline(accelerator, model, ema, noise_scheduler, settings: TrainingSet
         unet.train()
 
 
-def fitted_mean_colour_prior(accelerator, statistics: MeanColourStatistics) -> dict | None:
-    """The mean-colour prior of every image trained on so far, all processes together (a collective call).
-
-    The saved pipeline carries it, so its samplers use the mean-colour correction by default
-    (pipeline/mean_colour.py); the in-training FID and sample grids do not, so their protocol stays the same."""
-    packed = statistics.to_tensor()
-    if accelerator.num_processes > 1:
-        packed = accelerator.reduce(packed.to(accelerator.device), reduction="sum").cpu()
-    total = MeanColourStatistics()
-    total.load_tensor(packed)
-    if total.count < 2:
-        logger.warning("trained on %d image(s): too few for a mean-colour prior, the pipeline is saved without one",
-                       total.count)
-        return None
-    return dataclasses.asdict(total.prior())
-
-
-def save_ema_pipeline(accelerator, model, ema, noise_scheduler, settings: TrainingSettings, folder,
-                      mean_colour_prior: dict | None) -> None:
-    """The shippable pipeline (EMA weights, training scheduler, mean-colour prior): at the end of a run and inside
-    every checkpoint, so the latest weights can be published or committed while the run goes on."""
-    if settings.diffusion.preconditioning == "edm":  # the correction is written for the DDPM schedule
-        mean_colour_prior = None
-    with ema_pipeline(accelerator, model, ema, noise_scheduler, settings, mean_colour_prior) as pipe:
+def save_ema_pipeline(accelerator, model, ema, noise_scheduler, settings: TrainingSettings, folder) -> None:
+    """The shippable pipeline (EMA weights, training scheduler): at the end of a run and inside every checkpoint, so
+    the latest weights can be published or committed while the run goes on."""
+    with ema_pipeline(accelerator, model, ema, noise_scheduler, settings) as pipe:
         save_pipeline_folder(pipe, folder)
 
 
@@ -243,7 +219,7 @@ def make_accelerator(settings: TrainingSettings) -> Accelerator:
 
 class Run:
     """One training process: the prepared model, optimizer, LR schedule and EMA, its share of the data stream, and
-    the state its checkpoints save with them (step, clock, loss meter, mean-colour sums)."""
+    the state its checkpoints save with them (step, clock, loss meter)."""
 
     def __init__(self, settings: TrainingSettings, accelerator: Accelerator, **optimizer_overrides):
         """``optimizer_overrides`` go to ``torch.optim.AdamW`` (benchmarks compare its implementations)."""
@@ -267,7 +243,7 @@ class Run:
         self.model, self.optimizer, self.lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
         if self.ema is not None:
             accelerator.register_for_checkpointing(self.ema)
-        self.step, self.clock, self.losses, self.mean_colours = 0, TrainingClock(), LossMeter(), MeanColourStatistics()
+        self.step, self.clock, self.losses = 0, TrainingClock(), LossMeter()
         self.training_log = os.path.join(settings.output.output_dir, "training_log.jsonl")
         self.images_per_step = opt.train_batch_size * processes * opt.gradient_accumulation_steps
         self.started, self.start_step = time.perf_counter(), 0  # the throughput clock (``begin``)
@@ -287,7 +263,7 @@ class Run:
 
     def restore(self, checkpoint: Path) -> None:
         """Load a checkpoint's accelerate state (model, optimizer, LR schedule, EMA, RNGs) and this process's stream
-        position, clock and mean-colour sums."""
+        position and clock."""
         step = int(checkpoint.name.split("-")[1])
         self.accelerator.load_state(str(checkpoint))
         rank = self.accelerator.process_index
@@ -297,12 +273,6 @@ class Run:
             self.clock.load_state_dict(clock)
         else:
             self.clock.counted_from_step = step
-        colours = read_process_state(checkpoint, "mean_colours", rank)
-        if colours is not None:
-            self.mean_colours.load_state_dict(colours)
-        else:  # a checkpoint from before the prior was fitted in training: it counts from here
-            logger.warning("%s has no mean-colour sums: the prior is fitted on the images from step %d on",
-                           checkpoint, step)
         self.step = step
 
     def agreed(self, *flags: bool) -> list[bool]:
@@ -319,7 +289,6 @@ class Run:
 
     def train_step(self, batch: TrainingBatch) -> float | None:
         """One forward/backward on a batch: the loss once an optimizer step completes, None while accumulating."""
-        self.mean_colours.update(to_model_range(batch.pixels))
         loss = training_step(self.accelerator, self.model, self.optimizer, self.lr_scheduler, self.noise_scheduler,
                              batch.pixels, self.settings, batch.attributes)
         if not torch.isfinite(loss):
@@ -348,14 +317,12 @@ class Run:
     def save_checkpoint(self) -> None:
         """A resumable checkpoint (with the EMA pipeline inside) and its record in the training log (collective)."""
         accelerator, settings, output = self.accelerator, self.settings, self.settings.output
-        prior = fitted_mean_colour_prior(accelerator, self.mean_colours)
         save_checkpoint_atomically(
             accelerator, output.output_dir, self.step, output.checkpoints_total_limit,
             per_process_files=process_state_files(accelerator.process_index, {
-                "stream": self.stream.state_dict(), "clock": self.clock.state_dict(),
-                "mean_colours": self.mean_colours.state_dict()}),
+                "stream": self.stream.state_dict(), "clock": self.clock.state_dict()}),
             main_process_writer=lambda folder: save_ema_pipeline(
-                accelerator, self.model, self.ema, self.noise_scheduler, settings, folder / "pipeline", prior),
+                accelerator, self.model, self.ema, self.noise_scheduler, settings, folder / "pipeline"),
         )
         cpu_seconds = torch.tensor([self.clock.cpu_seconds], dtype=torch.float64)
         if accelerator.num_processes > 1:
@@ -397,10 +364,9 @@ class Run:
         if stream.skipped_corrupt:
             logger.warning("skipped %d corrupt images: %s", len(stream.skipped_corrupt), stream.skipped_corrupt[:20],
                            main_process_only=False)
-        prior = fitted_mean_colour_prior(accelerator, self.mean_colours)
         if not accelerator.is_main_process:
             return
-        save_ema_pipeline(accelerator, self.model, self.ema, self.noise_scheduler, settings, output.output_dir, prior)
+        save_ema_pipeline(accelerator, self.model, self.ema, self.noise_scheduler, settings, output.output_dir)
         logger.info("saved the %s pipeline to %s", "EMA" if self.ema is not None else "final", output.output_dir)
         try:
             training = read_training_log(self.training_log) if os.path.isfile(self.training_log) else None

@@ -39,7 +39,6 @@ from pipeline.cli import ArgumentParser, run_cli
 from pipeline.data.celeba import load_eval_images
 from pipeline.data.preprocess import pipeline_preprocessing, to_model_range
 from pipeline.generate import load_pipeline
-from pipeline.mean_colour import MeanColourStatistics
 from pipeline.models.noise_schedules import schedule_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -123,9 +122,8 @@ def main(argv=None) -> int:
     prep = pipeline_preprocessing(pipe)
     count = max(args.num_images, args.prior_images)
     images = to_model_range(load_eval_images(args.train_data_dir, "train", prep.resolution, count, prep=prep))
-    statistics = MeanColourStatistics()
-    statistics.update(images[: args.prior_images])
-    covariance = torch.tensor(statistics.prior().covariance, dtype=torch.float64)
+    # the per-image mean colours' C x C covariance: the prior the ideal slope is computed under
+    covariance = torch.cov(images[: args.prior_images].double().mean(dim=(2, 3)).T)
     # an EDM-trained model is measured through EDMNoisePredictor, at the noise levels of DDPM's linear schedule
     vp_schedule = DDPMScheduler.from_config(schedule_config(pipe.vp_schedule))
     estimate = vp_noise_estimator(pipe.vp_denoiser(), vp_schedule.config.prediction_type)

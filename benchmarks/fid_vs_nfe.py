@@ -3,8 +3,7 @@
     python benchmarks/fid_vs_nfe.py --model pretrained/celeba-64 --train_data_dir ../shared/celeba --num_samples 2000
 
 Each (sampler, steps, N) point is one ``pipeline.evaluate`` run, written to ``results/nfe/<sampler>-<steps>_n<N>.json``
-(``ddpm+mc:20``: DDPM with the mean-colour correction, ``pipeline.mean_colour``;
-``ode-rk45+mc,rtol=0.001,atol=0.001:1``: with score-SDE sampler options, as ``pipeline.evaluate --sampler_option``
+(``ode-rk45,rtol=0.001,atol=0.001:1``: with score-SDE sampler options, as ``pipeline.evaluate --sampler_option``
 takes them).
 A point whose JSON already exists for the same weights (SHA-256 of the UNet file), seed and precision is reused, so
 the sweep can be spread over several working sessions: on 2 cores the UNet of configs/celeba64_cpu.yaml manages
@@ -43,21 +42,19 @@ GRID = {"ddim": [10, 20, 50, 100], "ddim-clip": [10, 20, 50, 100], "dpm++2m": [1
         "ode-rk45": [1], "pc": [500], "ddpm": [1000]}
 # added for a model trained with EDM preconditioning: diffusers' EDM samplers on Karras sigmas
 EDM_GRID = {"edm-euler": [20, 25], "edm-dpm++2m": [10, 15, 20, 25], "edm-dpm++2m-sde": [20, 25]}
-# a point name with this suffix (e.g. ddpm+mc:20) samples with the mean-colour correction (pipeline.mean_colour)
-MEAN_COLOUR = "+mc"
 # ode-rk45: measured on the shipped weights at rtol = atol = 1e-5 in float32 (results/bench/rk45_nfe.json)
 APPROXIMATE_NFE = {"heun": lambda steps: 2 * steps - 1, "pc": lambda steps: 2 * steps, "ode-rk45": lambda _: 750}
 
 
-def split_point_name(name: str) -> tuple[str, bool, dict]:
-    """``"ode-rk45+mc,rtol=1e-3"`` -> ("ode-rk45", True, {"rtol": 0.001}): sampler, correction, sampler options."""
+def split_point_name(name: str) -> tuple[str, dict]:
+    """``"ode-rk45,rtol=1e-3"`` -> ("ode-rk45", {"rtol": 0.001}): sampler and sampler options."""
     sampler, *options = name.split(",")
-    return sampler.removesuffix(MEAN_COLOUR), sampler.endswith(MEAN_COLOUR), parse_sampler_options(options)
+    return sampler, parse_sampler_options(options)
 
 
-def point_name(sampler: str, corrected: bool, options: dict) -> str:
+def point_name(sampler: str, options: dict) -> str:
     """The canonical name of a point (options sorted, numbers as Python prints them): file names and plot labels."""
-    return sampler + MEAN_COLOUR * corrected + "".join(f",{key}={value}" for key, value in sorted(options.items()))
+    return sampler + "".join(f",{key}={value}" for key, value in sorted(options.items()))
 
 
 def parse_points(values: list[str] | None, mixed_precision: str = "bf16", edm: bool = False
@@ -65,17 +62,17 @@ def parse_points(values: list[str] | None, mixed_precision: str = "bf16", edm: b
     """``["ddim:10,20", "pc:500"]`` -> [("ddim", 10), ("ddim", 20), ("pc", 500)]; None -> the whole GRID (with
     ``edm``, the model is EDM-trained: EDM_GRID too).
 
-    A sampler name may end in ``+mc`` (``ddpm+mc:20``): the same sampler with the mean-colour correction; then
-    ``,KEY=VALUE`` options of a score-SDE sampler (``ode-rk45+mc,rtol=1e-3,atol=1e-3:1``), checked here."""
+    A sampler name may be followed by ``,KEY=VALUE`` options of a score-SDE sampler
+    (``ode-rk45,rtol=1e-3,atol=1e-3:1``), checked here."""
     grid = ({**GRID, **(EDM_GRID if edm else {})}) if not values else {}
     for value in values or []:
         name, _, steps = value.partition(":")
-        sampler, corrected, options = split_point_name(name)
+        sampler, options = split_point_name(name)
         if sampler not in ALL_SAMPLERS or not steps:
-            raise ValueError(f"--points entries look like ddim:10,20, ddim+mc:20 or ode-rk45+mc,rtol=1e-3:1 with a "
+            raise ValueError(f"--points entries look like ddim:10,20 or ode-rk45,rtol=1e-3:1 with a "
                              f"sampler of {list(ALL_SAMPLERS)}; got {value!r}")
         check_sampling(sampler, point_precision(sampler, mixed_precision), options)
-        grid[point_name(sampler, corrected, options)] = [int(s) for s in steps.split(",")]
+        grid[point_name(sampler, options)] = [int(s) for s in steps.split(",")]
     points = [(name, steps) for name, all_steps in grid.items() for steps in all_steps]
     return sorted(points, key=lambda p: APPROXIMATE_NFE.get(split_point_name(p[0])[0], lambda s: s)(p[1]))
 
@@ -176,8 +173,7 @@ def main(argv=None) -> int:
         if measured_under(path, protocol):
             print(f"{path}: reused")
             continue
-        sampler, corrected, options = split_point_name(name)
-        correction = "--mean_colour_correction" if corrected else "--no-mean_colour_correction"
+        sampler, options = split_point_name(name)
         resume = ["--resume_dir", str(Path(args.resume_dir) / path.stem)] if args.resume_dir else []
         sampler_options = (["--sampler_option", *(f"{key}={value}" for key, value in options.items())] if options
                            else [])
@@ -185,9 +181,9 @@ def main(argv=None) -> int:
                        "--num_samples", str(args.num_samples), "--scheduler", sampler, "--steps", str(steps),
                        "--seed", str(args.seed), "--batch_size", str(args.batch_size),
                        "--mixed_precision", point_precision(name, args.mixed_precision),
-                       "--device", args.device, "--out", str(path), correction])
+                       "--device", args.device, "--out", str(path)])
         result = json.loads(path.read_text())
-        # the point's name (with +mc and options) as its sampler, so that tables and plots keep them apart
+        # the point's name (with its options) as its sampler, so that tables and plots keep them apart
         path.write_text(json.dumps({**result, "sampler": name, "unet_sha256": protocol["unet_sha256"]}, indent=1))
     rows = []
     for path in filter(lambda p: measured_under(p, protocol), sorted(out_dir.glob("*.json"))):

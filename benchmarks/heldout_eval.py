@@ -64,8 +64,7 @@ def main(argv=None) -> int:
         raise ValueError(f"{count} samples requested, the train split has {len(train)} images for the floor")
     real = train[torch.randperm(len(train), generator=torch.Generator().manual_seed(args.seed))[:count]]
     started = time.perf_counter()
-    images, nfe = generate(pipe, count, args.scheduler, args.steps, args.seed, mixed_precision=args.mixed_precision,
-                           mean_colour_correction=False)
+    images, nfe = generate(pipe, count, args.scheduler, args.steps, args.seed, mixed_precision=args.mixed_precision)
     fake, _ = extract_features(as_nchw_uint8(images), progress=True, model=load_inception(args.device))
     model, floor = scores(fake, heldout, args.seed), scores(real, heldout, args.seed)
     result = {

@@ -14,7 +14,7 @@ UNets' training-step times measured here first, interleaved, on synthetic batche
 steps rather than CPU seconds keeps the comparison fair when other work shares the machine. Each recipe runs
 ``accelerate launch train_unet.py --max_train_steps N`` (resumable: an interrupted recipe continues exactly from its
 checkpoint), then ``pipeline.evaluate`` with each scoring
-sampler (FID-N, bf16 UNet, seed 0, no mean-colour correction) against the cached reference of all official-train
+sampler (FID-N, bf16 UNet, seed 0) against the cached reference of all official-train
 images: DDPM and DPM-Solver++(2M), the stochastic and the fast deterministic sampler, each at 20 NFE (for ``edm``,
 EDM's SDE and ODE DPM-Solver++(2M) on its Karras sigmas). A scored
 (recipe, sampler) whose JSON exists for the same budget and protocol is skipped, so the study can span several
@@ -163,8 +163,8 @@ def require_full_budget(name: str, training: dict, steps: int) -> None:
 def save_grid(model: Path, path: Path, seed: int, samplers: tuple) -> None:
     """8 samples of every scoring sampler (a row each, stochastic first) from the same seed."""
     pipe = load_pipeline(str(model), "cpu")
-    images = [generate(pipe, 8, sampler, steps, seed, mixed_precision="bf16", mean_colour_correction=False,
-                       progress=False)[0] for sampler, steps in samplers]
+    images = [generate(pipe, 8, sampler, steps, seed, mixed_precision="bf16", progress=False)[0]
+              for sampler, steps in samplers]
     make_grid(np.concatenate(images), columns=8, upscale=2).save(path)
 
 
@@ -217,8 +217,7 @@ def main(argv=None) -> int:
             path = result_path(out_dir, name, sampler, steps)
             evaluate.main(["--model", str(run_dir(name, args)), "--train_data_dir", args.train_data_dir,
                            "--num_samples", str(args.num_samples), "--scheduler", sampler, "--steps", str(steps),
-                           "--seed", str(args.seed), "--mixed_precision", "bf16", "--no-mean_colour_correction",
-                           "--out", str(path)])
+                           "--seed", str(args.seed), "--mixed_precision", "bf16", "--out", str(path)])
             result = json.loads(path.read_text())
             path.write_text(json.dumps({**result, **protocol, "recipe": name,
                                         "overrides": {**COMMON, **RECIPES[name]},

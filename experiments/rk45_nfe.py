@@ -8,7 +8,7 @@ the wall time and the RMS distance, in 8-bit levels, of its images from those of
 Under bf16 autocast, which ``pipeline.generate`` refuses for ode-rk45, each run of ``--bf16_tolerances`` stops after
 ``--bf16_budget`` evaluations and records how far along the solver's clock l = log sigma_bar it got; budget / fraction
 estimates the total, assuming the rest of the path is no harder. The images are the first ``--num_images`` of the FID
-protocol's first batch (same seed and noise), with the pipeline's default mean-colour correction.
+protocol's first batch (same seed and noise).
 Writes results/bench/rk45_nfe.json.
 """
 

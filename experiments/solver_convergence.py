@@ -8,8 +8,7 @@ solution: exact DDIM with ``--reference`` steps (first order, so its own error s
 second-order solver with about as many NFE (``--check``): the distance between the two bounds the reference's error.
 Distances are RMS over pixels of the 8-bit images, in levels (0-255), mean and min-max over images. The first
 ``--num_images`` of the FID protocol's first batch (same seed, same initial noise), with the UNet in bf16 like the FID
-points by default (its rounding shows in the check's distance); samplers named ``NAME+mc`` use the mean-colour
-correction.
+points by default (its rounding shows in the check's distance).
 Writes results/solver_convergence.json.
 """
 
@@ -24,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from benchmarks.fid_vs_nfe import MEAN_COLOUR, parse_points
+from benchmarks.fid_vs_nfe import parse_points
 from pipeline.cli import DEFAULT_DEVICE, ArgumentParser, device_argument, run_cli
 from pipeline.generate import generate, load_pipeline
 from pipeline.pipeline_celeba import MIXED_PRECISION
@@ -32,7 +31,7 @@ from pipeline.pipeline_folder import weights_checksum
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-DEFAULT_POINTS = ["ddim+mc:10,20,50", "dpm++2m+mc:10,15,20,25", "heun+mc:10,18"]
+DEFAULT_POINTS = ["ddim:10,20,50", "dpm++2m:10,15,20,25", "heun:10,18"]
 
 
 def rms_levels(images: np.ndarray, reference: np.ndarray) -> np.ndarray:
@@ -49,9 +48,8 @@ def convergence(pipe, points: list[tuple[str, int]], reference: tuple[str, int],
                 num_images: int, seed: int = 0, mixed_precision: str = "no") -> dict:
     """Distances of every point's samples from the reference solution (and of the check solution from it)."""
     def sample(name: str, steps: int) -> tuple[np.ndarray, float]:
-        return generate(pipe, num_images, name.removesuffix(MEAN_COLOUR), steps, seed, batch_size=num_images,
-                        progress=False, mixed_precision=mixed_precision,
-                        mean_colour_correction=name.endswith(MEAN_COLOUR))
+        return generate(pipe, num_images, name, steps, seed, batch_size=num_images, progress=False,
+                        mixed_precision=mixed_precision)
 
     with tqdm(total=len(points) + 2, desc="solvers", unit="point") as bar:
         reference_images, reference_nfe = sample(*reference)
@@ -73,9 +71,9 @@ def main(argv=None) -> int:
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="pretrained/celeba-64")
     parser.add_argument("--num_images", type=int, default=8)
-    parser.add_argument("--points", nargs="*", default=DEFAULT_POINTS, help="e.g. ddim+mc:10,20 heun+mc:18")
-    parser.add_argument("--reference", default="ddim+mc:1000", help="the reference solution, one sampler:steps")
-    parser.add_argument("--check", default="heun+mc:250", help="a second solution to bound the reference's error")
+    parser.add_argument("--points", nargs="*", default=DEFAULT_POINTS, help="e.g. ddim:10,20 heun:18")
+    parser.add_argument("--reference", default="ddim:1000", help="the reference solution, one sampler:steps")
+    parser.add_argument("--check", default="heun:250", help="a second solution to bound the reference's error")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--mixed_precision", default="bf16", choices=MIXED_PRECISION)
     parser.add_argument("--device", type=device_argument, default=DEFAULT_DEVICE)

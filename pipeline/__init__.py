@@ -11,7 +11,7 @@ Layout, one concept per subpackage:
 - ``evaluation``: Inception features, the cached real-image reference, FID/KID/precision-recall, plots;
 - the command-line layer, one module per ``python -m pipeline.<command>``: ``generate``, ``evaluate``, ``edit``,
   ``demo``, ``likelihood``, ``trajectory``, ``training_log``, ``model_card``, ``ship``, ``publish``,
-  ``export_hub_layout``, ``mean_colour``, with their shared arguments in ``cli``.
+  ``export_hub_layout``, with their shared arguments in ``cli``.
 """
 
 from .pipeline_celeba import CelebADiffusionPipeline

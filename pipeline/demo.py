@@ -29,7 +29,7 @@ from .demo_inputs import drawn_mask, input_error, square_face  # noqa: E402
 from .generate import MIXED_PRECISION_HELP, generate  # noqa: E402
 from .pipeline_folder import load_pipeline  # noqa: E402
 from .sampling.editing import METHODS, colorize, impute, interpolate  # noqa: E402
-from .sampling.schedulers import EDM_SAMPLERS, VP_SAMPLERS, nfe  # noqa: E402
+from .sampling.schedulers import EDM_SAMPLERS, VP_SAMPLERS, default_sampler, nfe  # noqa: E402
 
 MAX_BATCH = 16
 MAX_GUIDANCE = 10.0
@@ -48,7 +48,10 @@ class FaceDemo:
         self.prep = pipeline_preprocessing(pipe)
         self.resolution = self.prep.resolution
         offered = (EDM_SAMPLERS if pipe.config.edm_schedule is not None else ()) + VP_SAMPLERS
-        self.samplers = [name for name in offered if name != "ode-rk45"]  # (adaptive: no time estimate)
+        # the model's own sampler first, at its default step count (adaptive ode-rk45 has no time estimate)
+        first = default_sampler(pipe)
+        self.samplers = [first, *(name for name in offered if name not in ("ode-rk45", first))]
+        self.default_steps = pipe.config.default_num_inference_steps
         self.seconds_per_image_evaluation = self._time_one_evaluation()
 
     def _time_one_evaluation(self) -> float:
@@ -149,10 +152,10 @@ def build_demo(demo: FaceDemo) -> gr.Blocks:
         with gr.Tab("Generate"):
             with gr.Row():
                 sampler = gr.Dropdown(demo.samplers, value=demo.samplers[0], label="Sampler")
-                steps = gr.Slider(1, 1000, value=20, step=1, label="Steps")
+                steps = gr.Slider(1, 1000, value=demo.default_steps, step=1, label="Steps")
                 seed = gr.Number(0, precision=0, label="Seed")
                 batch = gr.Slider(1, MAX_BATCH, value=8, step=1, label="Images")
-            estimate = gr.Markdown(demo.generate_estimate(demo.samplers[0], 20, 8))
+            estimate = gr.Markdown(demo.generate_estimate(demo.samplers[0], demo.default_steps, 8))
             button = gr.Button("Generate", variant="primary", elem_id="generate-button")
             gallery = gr.Gallery(label="Samples", columns=8, format="png", elem_id="generate-gallery")
             for control in (sampler, steps, batch):
@@ -166,7 +169,7 @@ def build_demo(demo: FaceDemo) -> gr.Blocks:
                     guidance = gr.Slider(0, MAX_GUIDANCE, value=3, step=0.5,
                                          label="Guidance (0: ignore the attributes, 1: conditional, >1: stronger)")
                     attribute_sampler = gr.Dropdown(demo.samplers, value=demo.samplers[0], label="Sampler")
-                    attribute_steps = gr.Slider(1, 1000, value=20, step=1, label="Steps")
+                    attribute_steps = gr.Slider(1, 1000, value=demo.default_steps, step=1, label="Steps")
                     attribute_seed = gr.Number(0, precision=0, label="Seed")
                     attribute_batch = gr.Slider(1, MAX_BATCH, value=8, step=1, label="Images")
                 attribute_button = gr.Button("Generate", variant="primary", elem_id="attributes-button")

@@ -48,7 +48,7 @@ from .generate import (
     parse_sampler_options,
 )
 from .pipeline_celeba import MIXED_PRECISION
-from .sampling.schedulers import ALL_SAMPLERS, get_sampler
+from .sampling.schedulers import ALL_SAMPLERS, default_sampler, get_sampler
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -120,8 +120,10 @@ def evaluate_model(args) -> dict:
     if args.num_samples < 2 or args.steps <= 0:
         raise ValueError("--num_samples must be at least 2 and --steps positive")
     options = parse_sampler_options(args.sampler_option)
-    check_sampling(args.scheduler, args.mixed_precision, options)  # before the reference, which can take minutes
     pipe = load_pipeline(args.model, args.device)
+    args.scheduler = args.scheduler or default_sampler(pipe)
+    args.steps = args.steps or pipe.config.default_num_inference_steps
+    check_sampling(args.scheduler, args.mixed_precision, options)  # before the reference, which can take minutes
     precision = get_sampler(args.scheduler).resolve_mixed_precision(pipe, args.mixed_precision)
     sample_resolution = int(pipe.denoiser.config.sample_size)  # image side, also when unshuffled
     resolution = args.resolution or sample_resolution
@@ -133,14 +135,12 @@ def evaluate_model(args) -> dict:
                                           cache_dir=args.cache_dir, batch_size=args.inception_batch_size,
                                           device=args.device)
     sampling = {"scheduler": args.scheduler, "steps": args.steps, "seed": args.seed, "batch_size": args.batch_size,
-                "eta": args.eta, "mixed_precision": precision,
-                "mean_colour_correction": args.mean_colour_correction, "sampler_options": options}
+                "eta": args.eta, "mixed_precision": precision, "sampler_options": options}
     store = open_batch_store(args.resume_dir, pipe, **sampling) if args.resume_dir else None
     started = time.perf_counter()
     images, measured_nfe = generate(pipe, args.num_samples, **sampling, store=store)
     generation_seconds = time.perf_counter() - started
     images = resize_samples(images, resolution, prep.resample)
-    corrected = pipe.resolve_mean_colour_correction(args.mean_colour_correction)
     if args.save_samples:
         from .data.images import save_pngs
         save_pngs(images, args.save_samples)
@@ -158,10 +158,7 @@ def evaluate_model(args) -> dict:
     result.update({
         "label": label(args.num_samples), "num_samples": args.num_samples, "model": args.model,
         "sampler": args.scheduler, "sampler_options": options, "steps": args.steps, "nfe": measured_nfe,
-        "batch_size": args.batch_size,
-        "eta": args.eta,
-        "mixed_precision": precision, "mean_colour_correction": corrected,
-        "mean_colour_prior": pipe.config.mean_colour_prior if corrected else None, "device": pipe.device.type,
+        "batch_size": args.batch_size, "eta": args.eta, "mixed_precision": precision, "device": pipe.device.type,
         "seed": args.seed, "resolution": resolution, "sample_resolution": sample_resolution,
         "preprocessing": prep.to_dict(),
         "reference": {**reference["fields"], "num_images": reference["num"], "cache_file": reference["cache_file"],
@@ -206,9 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="pipeline folder to sample from (generation mode)")
     p.add_argument("--num_samples", type=int, default=10000)
-    p.add_argument("--scheduler", default="ddpm", metavar="NAME",
-                        help=f"sampler: {', '.join(ALL_SAMPLERS)} (pipeline/sampling/schedulers.py)")
-    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--scheduler", default=None, metavar="NAME",
+                   help=f"sampler: {', '.join(ALL_SAMPLERS)} (pipeline/sampling/schedulers.py); default: the model's "
+                        "own (its saved scheduler)")
+    p.add_argument("--steps", type=int, default=None, help="default: the model's default_num_inference_steps")
     p.add_argument("--eta", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0, help="generation, KID subsets, P/R and memorization subsets")
     p.add_argument("--fake_dir", help="folder of generated images (folder mode, with --ref_dir)")
@@ -229,9 +227,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pr_k", type=int, default=3)
     p.add_argument("--batch_size", type=int, default=64, help="generation batch size")
     p.add_argument("--mixed_precision", default=None, choices=MIXED_PRECISION, help=MIXED_PRECISION_HELP)
-    p.add_argument("--mean_colour_correction", action=argparse.BooleanOptionalAction, default=None,
-                   help="closed-form mean colour instead of the network's (pipeline.mean_colour); default: when "
-                        "the model has a mean_colour_prior")
     p.add_argument("--sampler_option", nargs="*", default=[], metavar="KEY=VALUE",
                    help="options of the score-SDE samplers (pipeline/sampling/sde.py OPTIONS), e.g. rtol=1e-3 "
                         "atol=1e-3 for ode-rk45")
@@ -256,7 +251,7 @@ def main(argv=None) -> int:
         raise ValueError("--fake_dir needs --ref_dir")
     sizes = ("num_samples", "steps", "kid_subset_size", "kid_subsets", "pr_k", "batch_size", "inception_batch_size",
              "num_heldout")
-    if min(getattr(args, name) for name in sizes) <= 0:
+    if min(getattr(args, name) for name in sizes if getattr(args, name) is not None) <= 0:
         raise ValueError(f"{', '.join('--' + name for name in sizes)} must be positive")
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     started = time.perf_counter()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -17,7 +16,7 @@ from .data.images import make_grid, save_pngs
 from .pipeline_celeba import MIXED_PRECISION, CelebADiffusionPipeline
 from .pipeline_folder import load_pipeline, weights_checksum
 from .sampling.sample_store import BatchStore
-from .sampling.schedulers import ALL_SAMPLERS, check_steps, get_sampler, scheduler_for
+from .sampling.schedulers import ALL_SAMPLERS, check_steps, default_sampler, get_sampler, scheduler_for
 from .sampling.sde import SDESampler
 
 DEFAULT_MODEL = "pretrained/celeba-64"
@@ -32,13 +31,6 @@ def sampler_arguments(pipe: CelebADiffusionPipeline, name: str, options: dict | 
     if sampler.is_scheduler:
         return {"scheduler": scheduler_for(pipe, name)}
     return {"sampler": SDESampler(name, dict(options or {}))}
-
-
-SHIPPED_MODEL_NOTE = (
-    "On pretrained/celeba-64 (built with one channel per GroupNorm group at 64x64, which blinds it to its input's "
-    "mean colour and noise scale) the deterministic samplers ddim, dpm++2m, euler, heun, unipc, ode-heun and "
-    "ode-rk45 give saturated or noisy images: DPM-Solver++ at 20 steps scores FID-2k 176 even with the mean-colour "
-    "correction. ddpm (the default) and ddim-clip give faces (README, Results).")
 
 
 MIXED_PRECISION_HELP = ("the UNet's precision; default: bf16 autocast on CPUs with native bf16 (AVX512_BF16 or AMX, "
@@ -89,18 +81,16 @@ def check_sampling(scheduler: str, mixed_precision: str | None, sampler_options:
 
 def open_batch_store(folder: str | os.PathLike, pipe: CelebADiffusionPipeline, scheduler: str, steps: int, seed: int,
                      batch_size: int = 64, eta: float = 0.0, mixed_precision: str | None = None,
-                     mean_colour_correction: bool | None = None, sampler_options: dict | None = None,
-                     attributes: dict | None = None, guidance_scale: float = 1.0) -> BatchStore:
+                     sampler_options: dict | None = None, attributes: dict | None = None,
+                     guidance_scale: float = 1.0) -> BatchStore:
     """A ``BatchStore`` for ``generate`` with these arguments: everything that decides a batch's images is its key."""
     sampler = get_sampler(scheduler)
     sampler.check_model(pipe.config.edm_schedule is not None)
     mixed_precision = sampler.resolve_mixed_precision(pipe, mixed_precision)
-    corrected = pipe.resolve_mean_colour_correction(mean_colour_correction)
     return BatchStore(folder, {
         "unet_sha256": weights_checksum(pipe.unet), "train_scheduler": dict(pipe.scheduler.config),
         "pixel_unshuffle": pipe.config.pixel_unshuffle, "scheduler": scheduler, "steps": steps, "seed": seed,
-        "batch_size": batch_size, "eta": eta, "mixed_precision": mixed_precision, "mean_colour_correction": corrected,
-        "mean_colour_prior": pipe.config.mean_colour_prior if corrected else None, "device": pipe.device.type,
+        "batch_size": batch_size, "eta": eta, "mixed_precision": mixed_precision, "device": pipe.device.type,
         # only when given, so that batches stored before these settings existed keep their key
         **({"sampler_options": sampler_options} if sampler_options else {}),
         **({"attributes": attributes, "guidance_scale": guidance_scale} if attributes else {})})
@@ -108,8 +98,7 @@ def open_batch_store(folder: str | os.PathLike, pipe: CelebADiffusionPipeline, s
 
 def generate(pipe: CelebADiffusionPipeline, num_images: int, scheduler: str, steps: int, seed: int,
              batch_size: int = 64, eta: float = 0.0, progress: bool = True, mixed_precision: str | None = None,
-             mean_colour_correction: bool | None = None, store: BatchStore | None = None,
-             sampler_options: dict | None = None, attributes: dict | None = None,
+             store: BatchStore | None = None, sampler_options: dict | None = None, attributes: dict | None = None,
              guidance_scale: float = 1.0) -> tuple[np.ndarray, float]:
     """``num_images`` uint8 NHWC images and the measured network evaluations (NFE) per batch.
 
@@ -118,8 +107,7 @@ def generate(pipe: CelebADiffusionPipeline, num_images: int, scheduler: str, ste
     UNet, so it is exact for adaptive solvers too. ``mixed_precision`` is the UNet's precision: "bf16" (bf16
     autocast), "no", or None for the default of the pipeline and sampler (``Sampler.resolve_mixed_precision``: bf16
     on CPUs with native bf16, except for adaptive solvers); sampler arithmetic stays fp32.
-    ``mean_colour_correction`` replaces the network's estimate of the image's mean colour (``pipeline.mean_colour``;
-    None: when the pipeline has a prior). ``store`` (``open_batch_store`` with the same arguments) keeps every
+    ``store`` (``open_batch_store`` with the same arguments) keeps every
     finished batch on disk and reuses those already there, so an interrupted run resumes with identical results.
     ``sampler_options`` go to a score-SDE sampler (e.g. {"rtol": 1e-3, "atol": 1e-3} for ode-rk45).
     ``attributes`` ({"Smiling": 1, ...}) and ``guidance_scale`` ask an attribute model for those attributes."""
@@ -142,7 +130,7 @@ def generate(pipe: CelebADiffusionPipeline, num_images: int, scheduler: str, ste
                 calls.clear()
                 generator = torch.Generator().manual_seed(seed + index)
                 images = pipe(batch_size=size, num_inference_steps=steps, generator=generator, eta=eta,
-                              output_type="np", mean_colour_correction=mean_colour_correction, attributes=attributes,
+                              output_type="np", attributes=attributes,
                               guidance_scale=guidance_scale, mixed_precision=mixed_precision, **arguments).images
                 finished = (images * 255).round().astype(np.uint8), len(calls)
                 if store is not None:
@@ -155,14 +143,14 @@ def generate(pipe: CelebADiffusionPipeline, num_images: int, scheduler: str, ste
 
 
 def main(argv=None):
-    parser = ArgumentParser(description=__doc__, epilog=SHIPPED_MODEL_NOTE)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("--model", default=DEFAULT_MODEL, help="pipeline folder (model_index.json, unet/, scheduler/)")
     parser.add_argument("--num_images", type=int, default=64)
-    # DDPM (with the mean-colour correction, on by default for a pipeline that has a prior) by default: the lowest
-    # FID-2k at 20 NFE measured on the shipped checkpoint (README, Results)
-    parser.add_argument("--scheduler", default="ddpm", metavar="NAME",
-                        help=f"sampler: {', '.join(ALL_SAMPLERS)} (pipeline/sampling/schedulers.py)")
-    parser.add_argument("--steps", type=int, default=20, help="number of sampler steps")
+    parser.add_argument("--scheduler", default=None, metavar="NAME",
+                        help=f"sampler: {', '.join(ALL_SAMPLERS)} (pipeline/sampling/schedulers.py); default: the "
+                             "model's own (its saved scheduler)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="number of sampler steps; default: the model's default_num_inference_steps")
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 = deterministic)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch_size", type=int, default=32,
@@ -170,9 +158,6 @@ def main(argv=None):
     parser.add_argument("--mixed_precision", default=None, choices=MIXED_PRECISION, help=MIXED_PRECISION_HELP)
     parser.add_argument("--device", type=device_argument, default=DEFAULT_DEVICE,
                         help="where the UNet runs (default: cuda if available)")
-    parser.add_argument("--mean_colour_correction", action=argparse.BooleanOptionalAction, default=None,
-                        help="closed-form mean colour instead of the network's (pipeline.mean_colour); default: when "
-                             "the model has a mean_colour_prior")
     parser.add_argument("--sampler_option", nargs="*", default=[], metavar="KEY=VALUE",
                         help="options of the score-SDE samplers (pipeline/sampling/sde.py OPTIONS), e.g. rtol=1e-3 "
                              "atol=1e-3 for ode-rk45, snr=0.17 corrector_steps=2 for pc")
@@ -185,16 +170,18 @@ def main(argv=None):
     parser.add_argument("--upscale", type=int, default=4, help="nearest-neighbour factor of the viewing grid")
     args = parser.parse_args(argv)
     for name in ("num_images", "steps", "batch_size", "upscale"):
-        if getattr(args, name) <= 0:
+        if getattr(args, name) is not None and getattr(args, name) <= 0:
             raise ValueError(f"--{name} must be positive, got {getattr(args, name)}")
     options = parse_sampler_options(args.sampler_option)
     attributes = parse_attributes(args.attributes)
-    check_sampling(args.scheduler, args.mixed_precision, options)
     torch.set_num_threads(os.cpu_count() or 1)
     pipe = load_pipeline(args.model, args.device)
+    args.scheduler = args.scheduler or default_sampler(pipe)
+    args.steps = args.steps or pipe.config.default_num_inference_steps
+    check_sampling(args.scheduler, args.mixed_precision, options)
     started = time.perf_counter()
     images, nfe = generate(pipe, args.num_images, args.scheduler, args.steps, args.seed, args.batch_size, args.eta,
-                           mixed_precision=args.mixed_precision, mean_colour_correction=args.mean_colour_correction,
+                           mixed_precision=args.mixed_precision,
                            sampler_options=options, attributes=attributes, guidance_scale=args.guidance_scale)
     seconds = time.perf_counter() - started
     precision = get_sampler(args.scheduler).resolve_mixed_precision(pipe, args.mixed_precision)
@@ -202,11 +189,10 @@ def main(argv=None):
     grid = images[:64]
     make_grid(grid).save(os.path.join(args.out, "grid.png"))
     make_grid(grid, upscale=args.upscale).save(os.path.join(args.out, f"grid_x{args.upscale}.png"))
-    corrected = pipe.resolve_mean_colour_correction(args.mean_colour_correction)
     with open(os.path.join(args.out, "generation.json"), "w") as handle:
         json.dump({"model": args.model, "scheduler": args.scheduler, "sampler_options": options, "steps": args.steps,
                    "nfe": nfe, "eta": args.eta, "attributes": attributes, "guidance_scale": args.guidance_scale,
-                   "mixed_precision": precision, "mean_colour_correction": corrected,
+                   "mixed_precision": precision,
                    "device": pipe.device.type, "seed": args.seed, "num_images": args.num_images,
                    "seconds": round(seconds, 2), "images_per_second": round(args.num_images / seconds, 3)},
                   handle, indent=1)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .cli import ArgumentParser, run_cli
 from .denoisers import LINEAR_VP_SCHEDULE, is_edm
-from .sampling.schedulers import DIFFUSERS_SAMPLERS, SAMPLERS
+from .sampling.schedulers import DIFFUSERS_SAMPLERS, SAMPLERS, registry_name
 from .training_log import read_training_log
 
 GRID_NAME = "samples.png"
@@ -35,15 +35,9 @@ def read_json(path: str) -> dict:
         return json.load(handle)
 
 
-def sampler_of(result: dict) -> tuple[str, bool]:
-    """(sampler name, whether it sampled with the mean-colour correction); fid_vs_nfe names the latter ``NAME+mc``."""
-    return result["sampler"].removesuffix("+mc"), bool(result.get("mean_colour_correction"))
-
-
 def sampler_label(result: dict, precision: bool = True) -> str:
     nfe, bf16 = result.get("nfe"), precision and result.get("mixed_precision") == "bf16"
-    name, corrected = sampler_of(result)
-    return (f"{name}{' + mean-colour correction' if corrected else ''}, {result['steps']} steps"
+    return (f"{result['sampler']}, {result['steps']} steps"
             + (f", {nfe:g} NFE" if nfe else "") + (", bf16 UNet" if bf16 else ""))
 
 
@@ -93,20 +87,11 @@ def likelihood_line(result: dict) -> str:
 def best_sampler(evals: list[dict]) -> dict | None:
     """The evaluation with the lowest FID among those with the most samples (FID is biased in N, so only equal-N
     values compare), restricted to diffusers samplers, which a Hub user can configure without this project."""
-    usable = [result for result in evals if sampler_of(result)[0] in DIFFUSERS_SAMPLERS]
+    usable = [result for result in evals if result["sampler"] in DIFFUSERS_SAMPLERS]
     if not usable:
         return None
     most = max(result["num_samples"] for result in usable)
     return min((result for result in usable if result["num_samples"] == most), key=lambda result: result["fid"])
-
-
-def registry_name(scheduler_config: dict) -> str | None:
-    """The registry sampler a saved scheduler is (its class, and every setting the registry gives it), if any."""
-    for name, sampler in SAMPLERS.items():
-        if (sampler.is_scheduler and sampler.scheduler_class.__name__ == scheduler_config.get("_class_name")
-                and all(scheduler_config.get(key) == value for key, value in sampler.overrides.items())):
-            return name
-    return None
 
 
 def scheduler_setup(name: str, scheduler_config: dict) -> tuple[str, list[str]]:
@@ -140,20 +125,14 @@ def use_section(evals: list[dict], scheduler_config: dict, default_steps: int) -
             "samples with the saved scheduler, "
             f"`{scheduler_config.get('_class_name')}`" + (f" (this project's `{saved}`)" if saved else "")
             + f", at {default_steps} steps.")
-    if best and (sampler_of(best)[0] != saved or best["steps"] != default_steps or sampler_of(best)[1]):
-        name, corrected = sampler_of(best)
-        class_name, setup = scheduler_setup(name, scheduler_config)
+    if best and (best["sampler"] != saved or best["steps"] != default_steps):
+        class_name, setup = scheduler_setup(best["sampler"], scheduler_config)
         imports += f", {class_name}"
-        correction = ", mean_colour_correction=True" if corrected else ""
         code += ["", f"# the lowest {best['label']} below: {sampler_label(best, precision=False)}", *setup,
-                 f"images = pipe(batch_size=16, num_inference_steps={best['steps']}{correction}, "
+                 f"images = pipe(batch_size=16, num_inference_steps={best['steps']}, "
                  "generator=torch.Generator().manual_seed(0)).images"]
         text += (f" The last lines switch to `{sampler_label(best, precision=False)}`, the sampler with the lowest "
                  f"{best['label']} below.")
-        if corrected:
-            text += (" `mean_colour_correction=True` replaces the network's estimate of the image's mean colour, "
-                     "which this network gets wrong, by its closed-form posterior mean under a Gaussian prior "
-                     "fitted on the training images (`mean_colour_prior` in model_index.json).")
     elif best:
         text += f" It is the sampler with the lowest {best['label']} below."
     if best and best.get("mixed_precision") == "bf16":

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import inspect
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -22,6 +24,8 @@ import torch
 from .models import attribute_encoder
 from .pipeline_celeba import CelebADiffusionPipeline
 from .sampling.schedulers import check_steps, get_sampler, scheduler_for
+
+logger = logging.getLogger(__name__)
 
 PIPELINE_FILE = Path(__file__).with_name("pipeline_celeba.py")
 PIPELINE_CODE = (PIPELINE_FILE, PIPELINE_FILE.with_name("denoisers.py"))  # the custom pipeline and what it imports
@@ -42,9 +46,15 @@ def weights_checksum(module: torch.nn.Module) -> str:
 
 def pipeline_settings(config) -> dict:
     """The pipeline's own settings in a model_index.json or pipeline config (pixel_unshuffle, preprocessing, ...):
-    every entry but the components and diffusers' private keys."""
-    return {key: value for key, value in dict(config).items()
-            if not key.startswith("_") and key not in COMPONENTS and key not in OPTIONAL_COMPONENTS}
+    the entries ``CelebADiffusionPipeline`` takes. Any other setting (one a folder was saved with by an older
+    version, e.g. ``mean_colour_prior``) is left out, with a warning when it has a value."""
+    accepted = set(inspect.signature(CelebADiffusionPipeline.__init__).parameters)
+    accepted -= {"self", *COMPONENTS, *OPTIONAL_COMPONENTS}
+    settings = {key: value for key, value in dict(config).items() if not key.startswith("_")}
+    for key in sorted(set(settings) - accepted - set(COMPONENTS) - set(OPTIONAL_COMPONENTS)):
+        if settings[key] is not None:
+            logger.warning("ignoring the pipeline setting %r, which this version does not have", key)
+    return {key: value for key, value in settings.items() if key in accepted}
 
 
 def with_default_sampler(pipe: CelebADiffusionPipeline, sampler: str, steps: int) -> CelebADiffusionPipeline:

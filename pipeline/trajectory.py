@@ -36,8 +36,7 @@ def snapshot_indices(steps: int, count: int) -> list[int]:
 
 
 def record_trajectory(pipe, scheduler: str, steps: int, num_images: int, snapshots: int, seed: int,
-                      mixed_precision: str | None = None, mean_colour_correction: bool | None = None,
-                      ) -> tuple[list[int], torch.Tensor, torch.Tensor]:
+                      mixed_precision: str | None = None) -> tuple[list[int], torch.Tensor, torch.Tensor]:
     """Timesteps t, x_t and x0_hat at the snapshot steps: tensors of shape (snapshots, N, C, H, W)."""
     if scheduler not in TRAJECTORY_SAMPLERS:
         raise ValueError(f"--scheduler must be one of {TRAJECTORY_SAMPLERS} (they report x0_hat), got {scheduler!r}")
@@ -54,8 +53,7 @@ def record_trajectory(pipe, scheduler: str, steps: int, num_images: int, snapsho
 
     pipe.set_progress_bar_config(disable=True)
     pipe(batch_size=num_images, num_inference_steps=steps, generator=torch.Generator().manual_seed(seed),
-         output_type="pt", scheduler=sampling_scheduler, callback_on_step_end=keep,
-         mean_colour_correction=mean_colour_correction, mixed_precision=mixed_precision)
+         output_type="pt", scheduler=sampling_scheduler, callback_on_step_end=keep, mixed_precision=mixed_precision)
     return timesteps, torch.stack(samples), torch.stack(estimates)
 
 
@@ -88,9 +86,6 @@ def main(argv=None) -> int:
     parser.add_argument("--snapshots", type=int, default=8, help="columns: steps shown, first and last included")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--mixed_precision", default=None, choices=MIXED_PRECISION, help=MIXED_PRECISION_HELP)
-    parser.add_argument("--mean_colour_correction", action=argparse.BooleanOptionalAction, default=None,
-                        help="closed-form mean colour instead of the network's (pipeline.mean_colour); default: when "
-                             "the model has a mean_colour_prior")
     parser.add_argument("--device", type=device_argument, default=DEFAULT_DEVICE,
                         help="where the UNet runs (default: cuda if available)")
     parser.add_argument("--upscale", type=int, default=2, help="nearest-neighbour factor for viewing")
@@ -101,15 +96,13 @@ def main(argv=None) -> int:
     torch.set_num_threads(os.cpu_count() or 1)
     pipe = load_pipeline(args.model, args.device)
     timesteps, samples, estimates = record_trajectory(pipe, args.scheduler, args.steps, args.num_images,
-                                                      args.snapshots, args.seed, args.mixed_precision,
-                                                      args.mean_colour_correction)
+                                                      args.snapshots, args.seed, args.mixed_precision)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     trajectory_picture(timesteps, samples, estimates, args.upscale).save(args.out)
     with open(os.path.splitext(args.out)[0] + ".json", "w") as handle:
         json.dump({"model": args.model, "scheduler": args.scheduler, "steps": args.steps, "timesteps": timesteps,
                    "num_images": args.num_images, "seed": args.seed,
-                   "mixed_precision": pipe.resolve_mixed_precision(args.mixed_precision),
-                   "mean_colour_correction": pipe.resolve_mean_colour_correction(args.mean_colour_correction)},
+                   "mixed_precision": pipe.resolve_mixed_precision(args.mixed_precision)},
                   handle, indent=1)
     print(f"wrote {args.out} ({len(timesteps)} snapshots of {args.num_images} trajectories)")
     return 0

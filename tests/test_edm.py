@@ -59,7 +59,7 @@ def test_an_edm_run_saves_its_schedule_and_samples_with_every_sampler(tmp_path):
     config = json.loads((out / "scheduler" / "scheduler_config.json").read_text())
     assert config["_class_name"] == "EDMEulerScheduler" and config["sigma_data"] == 0.5
     index = json.loads((out / "model_index.json").read_text())
-    assert index["mean_colour_prior"] is None and index["edm_schedule"]["sigma_data"] == 0.5
+    assert "mean_colour_prior" not in index and index["edm_schedule"]["sigma_data"] == 0.5
     pipe = load_pipeline(str(out))
     for sampler in ALL_SAMPLERS:  # EDM samplers directly, the others through EDMNoisePredictor
         steps = 1 if sampler == "ode-rk45" else 4

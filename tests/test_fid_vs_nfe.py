@@ -11,7 +11,6 @@ from PIL import Image
 
 from benchmarks import fid_vs_nfe
 from pipeline.evaluation.plots import PALETTE
-from pipeline.mean_colour import MeanColourPrior, write_prior
 
 from conftest import FIXTURE, run_command
 
@@ -20,18 +19,14 @@ from conftest import FIXTURE, run_command
 def test_sweep_writes_points_summary_and_plot_then_reuses_them(smoke_pipeline_dir, tmp_path, monkeypatch, capsys):
     out, model = tmp_path / "nfe", tmp_path / "model"
     shutil.copytree(smoke_pipeline_dir, model)
-    write_prior(str(model), MeanColourPrior([0.0, -0.1, -0.2], [[0.05, 0.04, 0.03], [0.04, 0.05, 0.04],
-                                                               [0.03, 0.04, 0.05]], 100))
     argv = ["--model", str(model), "--train_data_dir", str(FIXTURE), "--num_samples", "8",
-            "--points", "ddim:2", "ddim+mc:2", "dpm++2m:3", "--mixed_precision", "no", "--out_dir", str(out)]
+            "--points", "ddim:2", "ddim-clip:2", "dpm++2m:3", "--mixed_precision", "no", "--out_dir", str(out)]
     run_command(["benchmarks/fid_vs_nfe.py", *argv], env={"CELEBA_DIFFUSION_CACHE": str(tmp_path / "cache")})
     summary = json.loads((out / "summary.json").read_text())
     assert [(p["sampler"], p["steps"], p["nfe"]) for p in summary["points"]] == [
-        ("ddim", 2, 2), ("ddim+mc", 2, 2), ("dpm++2m", 3, 3)]
+        ("ddim", 2, 2), ("ddim-clip", 2, 2), ("dpm++2m", 3, 3)]
     assert all(p["num_samples"] == 8 and p["label"] == "FID-8" for p in summary["points"])
-    assert json.loads((out / "ddim-2_n8.json").read_text())["mean_colour_correction"] is False
-    assert json.loads((out / "ddim+mc-2_n8.json").read_text())["mean_colour_correction"] is True
-    assert summary["points"][0]["fid"] != summary["points"][1]["fid"]  # the correction changes the samples
+    assert json.loads((out / "ddim-clip-2_n8.json").read_text())["sampler"] == "ddim-clip"
     assert all(p["fid"] > 0 for p in summary["points"]) and (out / "fid_vs_nfe.png").is_file()
     # the rest in this process (a subprocess costs seconds of imports each), on the reference cached above
     monkeypatch.setattr("pipeline.evaluation.reference_stats.DEFAULT_CACHE_DIR", tmp_path / "cache" / "ref_stats")
@@ -76,20 +71,20 @@ def test_rk45_points_run_in_float32_within_a_bf16_sweep_and_join_its_summary(smo
     monkeypatch.setattr(fid_vs_nfe.evaluate, "main", fake_evaluate)
     out = tmp_path / "nfe"
     argv = ["--model", str(smoke_pipeline_dir), "--train_data_dir", str(FIXTURE), "--num_samples", "4",
-            "--points", "ddim:2", "ode-rk45+mc:1", "ode-rk45+mc,rtol=1e-3,atol=1e-3:1", "--mixed_precision", "bf16",
+            "--points", "ddim:2", "ode-rk45:1", "ode-rk45,rtol=1e-3,atol=1e-3:1", "--mixed_precision", "bf16",
             "--out_dir", str(out)]
     assert fid_vs_nfe.main(argv) == 0
-    loose = "ode-rk45+mc,atol=0.001,rtol=0.001-1_n4.json"  # canonical: options sorted, numbers as Python prints them
-    assert given_options == {"ddim-2_n4.json": [], "ode-rk45+mc-1_n4.json": [], loose: ["atol=0.001", "rtol=0.001"]}
-    assert json.loads((out / "ode-rk45+mc-1_n4.json").read_text())["mixed_precision"] == "no"
+    loose = "ode-rk45,atol=0.001,rtol=0.001-1_n4.json"  # canonical: options sorted, numbers as Python prints them
+    assert given_options == {"ddim-2_n4.json": [], "ode-rk45-1_n4.json": [], loose: ["atol=0.001", "rtol=0.001"]}
+    assert json.loads((out / "ode-rk45-1_n4.json").read_text())["mixed_precision"] == "no"
     assert json.loads((out / loose).read_text())["mixed_precision"] == "no"
     assert json.loads((out / "ddim-2_n4.json").read_text())["mixed_precision"] == "bf16"
     summary = json.loads((out / "summary.json").read_text())
     assert [(p["sampler"], p["mixed_precision"]) for p in summary["points"]] == [
-        ("ddim", "bf16"), ("ode-rk45+mc", "no"), ("ode-rk45+mc,atol=0.001,rtol=0.001", "no")]
+        ("ddim", "bf16"), ("ode-rk45", "no"), ("ode-rk45,atol=0.001,rtol=0.001", "no")]
     monkeypatch.setattr(fid_vs_nfe.evaluate, "main", lambda argv: pytest.fail(f"not reused: {argv}"))
     assert fid_vs_nfe.main(argv) == 0  # every point is recognised as measured under this sweep's protocol
-    same = [*argv[:-5], "ode-rk45+mc,atol=0.001,rtol=1e-3:1", *argv[-4:]]  # the same options, spelled differently
+    same = [*argv[:-5], "ode-rk45,atol=0.001,rtol=1e-3:1", *argv[-4:]]  # the same options, spelled differently
     assert fid_vs_nfe.main(same) == 0
 
 

@@ -10,7 +10,6 @@ import yaml
 from diffusers import EDMEulerScheduler, UNet2DModel
 
 from pipeline import CelebADiffusionPipeline, save_pipeline_folder
-from pipeline.mean_colour import MeanColourPrior, write_prior
 from pipeline.pipeline_folder import copy_pipeline_code, with_default_sampler
 from pipeline.sampling.schedulers import SAMPLERS, make_scheduler, scheduler_for
 
@@ -110,15 +109,13 @@ def test_card_without_evaluation_is_labelled_early(smoke_pipeline_dir, tmp_path)
     assert result.returncode == 2 and "results file not found" in result.stderr
 
 
-def test_card_samples_with_the_mean_colour_correction_when_it_measured_best(smoke_pipeline_dir, tmp_path):
+def test_card_switches_to_the_sampler_that_measured_best(smoke_pipeline_dir, tmp_path):
     model = tmp_path / "model"
     shutil.copytree(smoke_pipeline_dir, model)
-    write_prior(str(model), MeanColourPrior([0.0, -0.1, -0.2], [[0.05, 0.0, 0.0], [0.0, 0.05, 0.0], [0.0, 0.0, 0.05]],
-                                            10))
     base = {"label": "FID-2k", "kid_mean": 0.05, "kid_std": 0.001, "precision": 0.2, "recall": 0.2, "steps": 20,
             "nfe": 20, "num_samples": 2000, "resolution": 32, "reference": {"num_images": 20000}}
     evals = [{**base, "fid": 70.0, "sampler": "ddim-clip"},
-             {**base, "fid": 50.0, "sampler": "ddpm+mc", "mean_colour_correction": True}]
+             {**base, "fid": 50.0, "sampler": "ddpm"}]
     paths = []
     for index, evaluation in enumerate(evals):
         paths.append(tmp_path / f"eval{index}.json")
@@ -126,9 +123,9 @@ def test_card_samples_with_the_mean_colour_correction_when_it_measured_best(smok
     out = tmp_path / "model_card.md"
     run_command(["-m", "pipeline.model_card", "--model", str(model), "--eval", *map(str, paths), "--out", str(out)])
     card = out.read_text()
-    assert "| ddpm + mean-colour correction, 20 steps, 20 NFE |" in card
+    assert "| ddpm, 20 steps, 20 NFE |" in card
     snippet = card.split("```python\n")[1].split("```")[0]
-    assert "DDPMScheduler.from_config(" in snippet and "mean_colour_correction=True" in snippet
+    assert "DDPMScheduler.from_config(" in snippet and "num_inference_steps=20" in snippet
     copy_pipeline_code(model)
     namespace = {}
     exec(snippet.replace("REPO_OR_PATH", str(model)).replace("batch_size=16", "batch_size=2"), namespace)

@@ -1,6 +1,7 @@
 """pipeline.ship: the shipped folder's plain pipe() is the chosen sampler, and a failed ship changes nothing."""
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -8,8 +9,9 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 
 from pipeline import CelebADiffusionPipeline, load_pipeline, save_pipeline_folder
+from pipeline.generate import main as generate_main
 from pipeline.pipeline_folder import weights_checksum
-from pipeline.sampling.schedulers import make_scheduler
+from pipeline.sampling.schedulers import default_sampler, make_scheduler
 from pipeline.ship import choose_default_sampler, main, ship
 
 
@@ -100,3 +102,27 @@ def test_ship_from_a_sweep_checks_that_it_measured_these_weights(trained, tmp_pa
     with pytest.raises(ValueError, match="either --sampler and --steps, or --from_sweep"):
         main(["--model", str(trained), "--out", str(tmp_path / "other"), "--sampler", "ddim"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "shipped", "summary.json"]
+@pytest.mark.usefixtures("one_torch_thread")  # restores the thread count, which generate.main sets
+def test_the_commands_default_to_the_shipped_sampler_and_steps(trained, tmp_path):
+    ship(str(trained), tmp_path / "shipped", "ddim", 10)
+    assert default_sampler(load_pipeline(str(tmp_path / "shipped"))) == "ddim"
+    assert default_sampler(load_pipeline(str(trained))) == "ddpm"  # a run's own scheduler is no registry sampler
+    for model, expected in ((tmp_path / "shipped", ("ddim", 10)), (trained, ("ddpm", 50))):
+        out = tmp_path / f"samples-{model.name}"
+        assert generate_main(["--model", str(model), "--num_images", "2", "--out", str(out)]) == 0
+        record = json.loads((out / "generation.json").read_text())
+        assert (record["scheduler"], record["steps"]) == expected and record["nfe"] == expected[1]
+
+
+def test_a_folder_with_a_setting_this_version_lacks_still_loads_and_ships_without_it(trained, tmp_path, caplog):
+    index_path = trained / "model_index.json"
+    index = json.loads(index_path.read_text())
+    index_path.write_text(json.dumps({**index, "mean_colour_prior": {"mean": [0.0] * 3}, "retired": None}))
+    with caplog.at_level(logging.WARNING, logger="pipeline.pipeline_folder"):
+        pipe = load_pipeline(str(trained))
+    assert [record.getMessage() for record in caplog.records] == [
+        "ignoring the pipeline setting 'mean_colour_prior', which this version does not have"]  # a value is lost
+    assert pipe.config.preprocessing["resolution"] == 8
+    ship(str(trained), tmp_path / "shipped", "ddim", 10)
+    shipped = json.loads((tmp_path / "shipped" / "model_index.json").read_text())
+    assert "mean_colour_prior" not in shipped and "retired" not in shipped

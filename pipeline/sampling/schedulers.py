@@ -188,3 +188,18 @@ def scheduler_for(pipe, name: str) -> SchedulerMixin:
     edm_schedule = pipe.config.edm_schedule
     sampler.check_model(edm_schedule is not None)
     return sampler.scheduler(edm_schedule if sampler.edm else pipe.scheduler.config)
+
+
+def registry_name(scheduler_config: dict) -> str | None:
+    """The registry sampler a saved scheduler is (its class, and every setting the registry gives it), if any."""
+    for name, sampler in SAMPLERS.items():
+        if (sampler.is_scheduler and sampler.scheduler_class.__name__ == scheduler_config.get("_class_name")
+                and all(scheduler_config.get(key) == value for key, value in sampler.overrides.items())):
+            return name
+    return None
+
+
+def default_sampler(pipe) -> str:
+    """The registry sampler of a plain ``pipe()`` call: its saved scheduler, chosen by ``python -m pipeline.ship``,
+    or "ddpm" (which fits every model) when that scheduler is not a registry sampler (a training run's own)."""
+    return registry_name(dict(pipe.scheduler.config)) or "ddpm"
