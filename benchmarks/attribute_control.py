@@ -37,6 +37,7 @@ from pipeline.evaluation.reference_stats import load_or_compute_reference
 from pipeline.evaluation.scores import fid_against_reference
 from pipeline.generate import check_sampling, generate, load_pipeline
 from pipeline.models.attribute_encoder import CELEBA_ATTRIBUTES
+from pipeline.sampling.schedulers import default_sampler
 
 DEFAULT_WEIGHTS = Path(os.environ.get("CELEBA_DIFFUSION_CACHE", "~/.cache/celeba-diffusion")).expanduser() / \
     "attribute_classifier.pt"
@@ -156,11 +157,13 @@ def control_main(args) -> dict:
         raise ValueError(f"unknown attribute(s) {unknown}; the attributes are {', '.join(CELEBA_ATTRIBUTES)}")
     if 0.0 not in args.guidance:
         raise ValueError("--guidance must include 0: the unconditional base rate every weight is compared with")
-    check_sampling(args.scheduler, args.mixed_precision)
     classifier, classifier_prep = load_classifier(args.weights)
     pipe = load_pipeline(args.model, args.device)
     if getattr(pipe, "attribute_encoder", None) is None:
         raise ValueError(f"{args.model} is not an attribute model (no attribute_encoder)")
+    args.scheduler = args.scheduler or default_sampler(pipe)
+    args.steps = args.steps or pipe.config.default_num_inference_steps
+    check_sampling(args.scheduler, args.mixed_precision)
     if classifier_prep.resolution != pipeline_preprocessing(pipe).resolution:
         raise ValueError(f"the classifier was trained at {classifier_prep.resolution} px, the model samples at "
                          f"{pipeline_preprocessing(pipe).resolution} px")
@@ -205,8 +208,8 @@ def main(argv=None) -> int:
     control.add_argument("--attributes", nargs="+", default=list(CONTROL_ATTRIBUTES))
     control.add_argument("--guidance", nargs="+", type=float, default=[0.0, 1.0, 3.0, 5.0])
     control.add_argument("--num_samples", type=int, default=2000, help="per guidance weight, over all attributes")
-    control.add_argument("--scheduler", default="dpm++2m")
-    control.add_argument("--steps", type=int, default=20)
+    control.add_argument("--scheduler", default=None, help="sampler; default: the model's own (its saved scheduler)")
+    control.add_argument("--steps", type=int, default=None, help="default: the model's default_num_inference_steps")
     control.add_argument("--batch_size", type=int, default=64)
     control.add_argument("--seed", type=int, default=0)
     control.add_argument("--mixed_precision", default="bf16", choices=["no", "bf16"])

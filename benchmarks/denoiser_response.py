@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -40,8 +39,6 @@ from pipeline.data.celeba import load_eval_images
 from pipeline.data.preprocess import pipeline_preprocessing, to_model_range
 from pipeline.generate import load_pipeline
 from pipeline.models.noise_schedules import schedule_config
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 LABELS = [999, 950, 900, 800, 700, 500, 300, 100]
 AMPLITUDE_STEP = 0.02

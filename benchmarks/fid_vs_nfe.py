@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 from pathlib import Path
@@ -32,8 +31,6 @@ from pipeline.evaluation.plots import PALETTE, line_chart
 from pipeline.generate import check_sampling, load_pipeline, parse_sampler_options
 from pipeline.pipeline_folder import weights_checksum
 from pipeline.sampling.schedulers import ALL_SAMPLERS, get_sampler
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # The grid of the samplers issue: DDPM 1000; DDIM 10/20/50/100 (exact ODE and with x0 clipping); DPM-Solver++
 # 10/15/20/25; Heun with 18 steps (2 x 18 - 1 = 35 NFE); predictor-corrector (2 NFE per step); adaptive RK45 (steps

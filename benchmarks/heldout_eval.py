@@ -1,7 +1,7 @@
 """How close are the model's faces to faces it never saw? FID/KID against CelebA's held-out images, with the floor.
 
     python benchmarks/heldout_eval.py --model pretrained/celeba-64 --train_data_dir ../shared/celeba \
-        --scheduler dpm++2m --steps 20 --out results/heldout/celeba-64_dpm++2m-20.json
+        --out results/heldout/celeba-64.json
 
 The reference is every image of the official valid and test splits present in the folder (never trained on). The
 same scores are computed for as many real training images (a seeded random subset of the train split's cached
@@ -14,7 +14,6 @@ Writes one JSON with model, floor and their difference.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -28,8 +27,8 @@ from pipeline.evaluation.metrics import feature_stats, memorization
 from pipeline.evaluation.reference_stats import HELDOUT_SPLITS, heldout_features, load_or_compute_reference
 from pipeline.evaluation.scores import as_nchw_uint8, score_features
 from pipeline.generate import check_sampling, generate, load_pipeline
+from pipeline.sampling.schedulers import default_sampler
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def scores(fake: torch.Tensor, heldout: torch.Tensor, seed: int) -> dict:
     """FID/KID/precision/recall against the held-out set (KID subsets of at most the smaller set's size)."""
@@ -42,8 +41,8 @@ def main(argv=None) -> int:
     parser = ArgumentParser(description=__doc__)
     parser.add_argument("--model", required=True)
     parser.add_argument("--train_data_dir", required=True, help="CelebA in the official layout, with valid/test")
-    parser.add_argument("--scheduler", default="dpm++2m")
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--scheduler", default=None, help="sampler; default: the model's own (its saved scheduler)")
+    parser.add_argument("--steps", type=int, default=None, help="default: the model's default_num_inference_steps")
     parser.add_argument("--num_samples", type=int, default=None, help="default: as many as held-out images")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--mixed_precision", default="bf16", choices=["no", "bf16"])
@@ -51,8 +50,10 @@ def main(argv=None) -> int:
     parser.add_argument("--cache_dir", default=None)
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
-    check_sampling(args.scheduler, args.mixed_precision)
     pipe = load_pipeline(args.model, args.device)
+    args.scheduler = args.scheduler or default_sampler(pipe)
+    args.steps = args.steps or pipe.config.default_num_inference_steps
+    check_sampling(args.scheduler, args.mixed_precision)
     prep = pipeline_preprocessing(pipe)
     heldout = heldout_features(args.train_data_dir, prep, args.cache_dir, args.device)
     count = args.num_samples or len(heldout)

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Ship a trained run as pretrained/celeba-64 and measure every result the documents cite for it.
+#
+#   bash benchmarks/shipped_results.sh RUN_DIR [CELEBA_DIR]      # e.g. ~/runs/celeba64_edm ../shared/celeba
+#
+# Run it from the repository root: it writes pretrained/celeba-64, results/ and model_card.md there. Sample counts:
+# N_SWEEP (2000), N_FID (10000), N_PAIRED (500), N_LIKELIHOOD (64 test images), N_SLOW (256). Each stage resumes:
+# finished sweep points and evaluations are reused, interrupted ones continue from their kept sample batches (under
+# $BATCHES, default runs/shipped; a new one for other weights), so rerun the same command after an interruption:
+#  1. FID-2k of every offered sampler at 20-25 NFE (DPM-Solver++ also at 10 and 15) on the run's weights;
+#  2. ship: the fastest diffusers scheduler within 5% of the lowest FID-2k at <= 25 NFE becomes the default;
+#  3. FID-10k of that default, and of the lowest-FID point at <= 25 NFE when it is another one;
+#  4. held-out FID/KID with its floor, test-split bits/dim, bf16-vs-fp32 paired KID, the denoiser response;
+#     RK45 and DDPM-1000 at N_SLOW samples;
+#  5. samples, a denoising trajectory, the training curve, the model card and the generated tables.
+# On 2 CPU cores it takes about 10 hours.
+set -euo pipefail
+RUN=${1:?usage: bash benchmarks/shipped_results.sh RUN_DIR [CELEBA_DIR]}
+DATA=${2:-../shared/celeba}
+BATCHES=${BATCHES:-runs/shipped}
+PY=${PYTHON:-.venv/bin/python}
+MODEL=pretrained/celeba-64
+N_SWEEP=${N_SWEEP:-2000} N_FID=${N_FID:-10000} N_PAIRED=${N_PAIRED:-500} N_LIKELIHOOD=${N_LIKELIHOOD:-64}
+
+once() {  # a stage that cannot resume midway: NAME COMMAND..., skipped once it has finished for these batches
+  if [[ -e "$BATCHES/done/$1" ]]; then echo "$1: finished before"; return; fi
+  "${@:2}"
+  mkdir -p "$BATCHES/done" && touch "$BATCHES/done/$1"
+}
+sweep() {  # sample count, then points
+  "$PY" -m benchmarks.fid_vs_nfe --model "$RUN" --train_data_dir "$DATA" --num_samples "$1" --batch_size 32 \
+    --out_dir results/nfe --resume_dir "$BATCHES/nfe" --points "${@:2}"
+}
+sweep "$N_SWEEP" ddpm:20,25 ddim:20,25 ddim-clip:20 dpm++2m:10,15,20,25 euler:20 heun:13 unipc:20 pc:10 ode-heun:13 \
+  edm-euler:20,25 edm-dpm++2m:10,15,20,25 edm-dpm++2m-sde:20,25
+
+"$PY" -m pipeline.ship --model "$RUN" --out "$MODEL" --from_sweep results/nfe/summary.json --replace
+
+# sampler and steps of the shipped default ("default") and of the lowest-FID point at <= 25 NFE ("best")
+read -r DEFAULT BEST < <("$PY" - <<'EOF'
+import json
+from pipeline.pipeline_folder import load_pipeline
+from pipeline.sampling.schedulers import default_sampler
+pipe = load_pipeline("pretrained/celeba-64", channels_last=False)
+points = [p for p in json.load(open("results/nfe/summary.json"))["points"] if p["nfe"] <= 25]
+best = min((p for p in points if p["num_samples"] == max(q["num_samples"] for q in points)), key=lambda p: p["fid"])
+print(f"{default_sampler(pipe)}:{pipe.config.default_num_inference_steps} {best['sampler']}:{best['steps']}")
+EOF
+)
+for POINT in $(printf '%s\n' "$DEFAULT" "$BEST" | sort -u); do
+  "$PY" -m pipeline.evaluate --model "$MODEL" --train_data_dir "$DATA" --num_samples "$N_FID" --batch_size 32 \
+    --scheduler "${POINT%%:*}" --steps "${POINT##*:}" --resume_dir "$BATCHES/fid10k_${POINT/:/-}" \
+    --out "results/eval/fid10k_${POINT/:/-}.json"
+done
+
+once heldout "$PY" -m benchmarks.heldout_eval --model "$MODEL" --train_data_dir "$DATA" --out results/heldout/celeba-64.json
+once likelihood "$PY" -m pipeline.likelihood --model "$MODEL" --train_data_dir "$DATA" --split test --num_images "$N_LIKELIHOOD" \
+  --batch_size 32 --out results/likelihood.json
+for PRECISION in no bf16; do
+  "$PY" -m pipeline.evaluate --model "$MODEL" --train_data_dir "$DATA" --num_samples "$N_PAIRED" --batch_size 32 \
+    --mixed_precision "$PRECISION" --resume_dir "$BATCHES/precision/$PRECISION" \
+    --out "$BATCHES/precision/$PRECISION.json"
+done
+"$PY" -m benchmarks.paired_kid --train_data_dir "$DATA" --batches "$BATCHES/precision/no" "$BATCHES/precision/bf16" \
+  --out results/bench/bf16_paired_kid.json
+once denoiser_response "$PY" -m benchmarks.denoiser_response --model "$MODEL" --train_data_dir "$DATA" \
+  --out results/denoiser_response/celeba-64.json
+
+# the adaptive RK45 (float32) and 1000-step DDPM, at N_SLOW samples (256): compare them by KID
+sweep "${N_SLOW:-256}" ode-rk45,rtol=1e-3,atol=1e-3:1 ddpm:1000
+
+"$PY" -m pipeline.generate --model "$MODEL" --num_images 64 --out "results/samples/${DEFAULT/:/-}"
+"$PY" -m pipeline.trajectory --model "$MODEL" --scheduler ddim --steps 20 --out results/samples/trajectory.png
+cp "$RUN/training_log.jsonl" results/training_log.jsonl
+"$PY" -m pipeline.training_log --log results/training_log.jsonl --plot results/training_curve.png
+"$PY" -m pipeline.model_card --model "$MODEL" --eval results/eval/fid10k_*.json \
+  "results/nfe/${DEFAULT/:/-}_n$N_SWEEP.json" --likelihood results/likelihood.json \
+  --training_log results/training_log.jsonl --grid "results/samples/${DEFAULT/:/-}/grid_x4.png" --out model_card.md
+"$PY" -m pipeline.evaluation.results_tables

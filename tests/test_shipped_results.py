@@ -1,0 +1,56 @@
+"""benchmarks/shipped_results.sh: from a trained run to a shipped pipeline and every result file, and a rerun that
+reuses what is done."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from pipeline.pipeline_folder import load_pipeline
+from pipeline.sampling.schedulers import default_sampler
+from pipeline.ship import choose_default_sampler
+
+from conftest import FIXTURE, ROOT, run_command, subprocess_env, train_args
+
+SCRIPT = ROOT / "benchmarks" / "shipped_results.sh"
+
+
+@pytest.mark.slow
+def test_the_shipping_script_runs_end_to_end_then_reuses_its_stages(tmp_path):
+    run, repo = tmp_path / "run", tmp_path / "repo"
+    run_command(train_args(run, "--preconditioning", "edm", "--max_train_steps", "2"))
+    repo.mkdir()
+    env = {**subprocess_env(), "PYTHON": sys.executable, "PYTHONPATH": str(ROOT), "BATCHES": str(tmp_path / "batches"),
+           "CELEBA_DIFFUSION_CACHE": str(tmp_path / "cache"),
+           "N_SWEEP": "4", "N_FID": "6", "N_PAIRED": "4", "N_LIKELIHOOD": "2", "N_SLOW": "2"}
+
+    def script():
+        result = subprocess.run(["bash", str(SCRIPT), str(run), str(FIXTURE)], cwd=repo, env=env,
+                                capture_output=True, text=True, timeout=3000)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        return result.stdout
+
+    script()
+    summary = json.loads((repo / "results" / "nfe" / "summary.json").read_text())
+    assert {point["num_samples"] for point in summary["points"]} == {4, 2}
+    assert {point["sampler"] for point in summary["points"] if point["num_samples"] == 2} == {
+        "ode-rk45,atol=0.001,rtol=0.001", "ddpm"}
+    chosen = choose_default_sampler(summary["points"])
+    shipped = load_pipeline(str(repo / "pretrained" / "celeba-64"))
+    assert (default_sampler(shipped), shipped.config.default_num_inference_steps) == (chosen["sampler"],
+                                                                                       chosen["steps"])
+    fid10k_path = repo / "results" / "eval" / f"fid10k_{chosen['sampler']}-{chosen['steps']}.json"
+    fid10k = json.loads(fid10k_path.read_text())
+    assert fid10k["num_samples"] == 6 and fid10k["sampler"] == chosen["sampler"]
+    for path in ("heldout/celeba-64.json", "likelihood.json", "bench/bf16_paired_kid.json",
+                 "denoiser_response/celeba-64.json", f"samples/{chosen['sampler']}-{chosen['steps']}/grid_x4.png",
+                 "samples/trajectory.png", "training_curve.png", "README.md"):
+        assert (repo / "results" / path).is_file(), path
+    assert json.loads((repo / "results" / "likelihood.json").read_text())["split"] == "test"
+    card = (repo / "model_card.md").read_text()
+    assert f"{chosen['sampler']}, {chosen['steps']} steps" in card
+
+    again = script()  # every finished stage and point is reused, nothing is sampled anew
+    assert again.count("finished before") == 3 and again.count(": reused") == len(summary["points"])
+    assert json.loads(fid10k_path.read_text())["resumed_batches"] == 1
