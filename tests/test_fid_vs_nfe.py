@@ -11,6 +11,7 @@ from PIL import Image
 
 from benchmarks import fid_vs_nfe
 from pipeline.evaluation.plots import PALETTE
+from pipeline.sampling.schedulers import ALL_SAMPLERS
 
 from conftest import FIXTURE, run_command
 
@@ -144,3 +145,7 @@ def test_points_are_reused_only_at_the_sweeps_batch_size(tmp_path):
                                  "unet_sha256": "abc"}))
     assert fid_vs_nfe.measured_under(point, {**protocol, "batch_size": 32})
     assert not fid_vs_nfe.measured_under(point, protocol)
+
+
+def test_one_plot_has_a_colour_for_every_sampler_of_the_registry():
+    assert len(set(PALETTE)) == len(PALETTE) >= len(ALL_SAMPLERS)

@@ -6,8 +6,10 @@ import math
 
 from PIL import Image, ImageDraw, ImageFont
 
+# distinct line colours, enough for every sampler of the registry in one plot; grey last
 PALETTE = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (148, 103, 189), (140, 86, 75),
-           (227, 119, 194), (188, 189, 34), (23, 190, 207), (0, 0, 0), (127, 127, 127)]
+           (227, 119, 194), (188, 189, 34), (23, 190, 207), (0, 0, 128), (128, 0, 0), (0, 100, 0), (255, 215, 0),
+           (0, 128, 128), (0, 0, 0), (127, 127, 127)]
 
 
 def axis_ticks(lo: float, hi: float, log: bool) -> list[float]:
