@@ -7,13 +7,13 @@
 # N_SWEEP (2000), N_FID (10000), N_PAIRED (500), N_LIKELIHOOD (64 test images), N_SLOW (256). Each stage resumes:
 # finished sweep points and evaluations are reused, interrupted ones continue from their kept sample batches (under
 # $BATCHES, default runs/shipped; a new one for other weights), so rerun the same command after an interruption:
-#  1. FID-2k of every offered sampler at 20-25 NFE (DPM-Solver++ also at 10 and 15) on the run's weights;
+#  1. FID-2k of every offered sampler at 20-25 NFE (EDM's DPM-Solver++ at 10-25) on the run's weights;
 #  2. ship: the fastest diffusers scheduler within 5% of the lowest FID-2k at <= 25 NFE becomes the default;
 #  3. FID-10k of that default, and of the lowest-FID point at <= 25 NFE when it is another one;
 #  4. held-out FID/KID with its floor, test-split bits/dim, bf16-vs-fp32 paired KID, the denoiser response;
 #     RK45 and DDPM-1000 at N_SLOW samples;
 #  5. samples, a denoising trajectory, the training curve, the model card and the generated tables.
-# On 2 CPU cores it takes about 10 hours.
+# On 2 CPU cores it takes about 9 hours.
 set -euo pipefail
 RUN=${1:?usage: bash benchmarks/shipped_results.sh RUN_DIR [CELEBA_DIR]}
 DATA=${2:-../shared/celeba}
@@ -31,8 +31,8 @@ sweep() {  # sample count, then points
   "$PY" -m benchmarks.fid_vs_nfe --model "$RUN" --train_data_dir "$DATA" --num_samples "$1" --batch_size 32 \
     --out_dir results/nfe --resume_dir "$BATCHES/nfe" --points "${@:2}"
 }
-sweep "$N_SWEEP" ddpm:20,25 ddim:20,25 ddim-clip:20 dpm++2m:10,15,20,25 euler:20 heun:13 unipc:20 pc:10 ode-heun:13 \
-  edm-euler:20,25 edm-dpm++2m:10,15,20,25 edm-dpm++2m-sde:20,25
+sweep "$N_SWEEP" ddpm:20 ddim:20 ddim-clip:20 dpm++2m:20 euler:20 heun:13 unipc:20 pc:10 ode-heun:13 edm-euler:20 \
+  edm-dpm++2m:10,15,20,25 edm-dpm++2m-sde:20
 
 "$PY" -m pipeline.ship --model "$RUN" --out "$MODEL" --from_sweep results/nfe/summary.json --replace
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "celeba"
 SMOKE_CONFIG = ROOT / "configs" / "smoke.yaml"
+# the valid and test names of the fixture's partition file, whose images it does not hold
+HELDOUT = ("162771.jpg", "162772.jpg", "162773.jpg", "182638.jpg", "182639.jpg", "182640.jpg")
 
 # two cores: two threads for one test process, one each when pytest-xdist runs two workers side by side
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
@@ -32,6 +35,14 @@ def run_command(args: list[str], timeout: float = 300, check: bool = True,
     if check and result.returncode != 0:
         raise AssertionError(f"{args} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return result
+
+
+def celeba_with_heldout(folder: Path) -> Path:
+    """A copy of the fixture whose held-out names (valid and test split) hold images: other real faces."""
+    shutil.copytree(FIXTURE, folder)
+    for index, name in enumerate(HELDOUT):
+        shutil.copy(folder / "img_align_celeba" / f"{index + 40:06d}.jpg", folder / "img_align_celeba" / name)
+    return folder
 
 
 def train_args(output_dir, *extra) -> list[str]:

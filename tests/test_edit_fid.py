@@ -1,7 +1,6 @@
 """benchmarks/edit_fid.py: held-out faces edited by each method, scored against the held-out set beside the floor."""
 
 import json
-import shutil
 
 import numpy as np
 from PIL import Image
@@ -11,16 +10,11 @@ from pipeline.data.preprocess import pipeline_preprocessing
 from pipeline.edit import named_mask
 from pipeline.pipeline_folder import load_pipeline
 
-from conftest import FIXTURE, run_command
-
-HELDOUT = ("162771.jpg", "162772.jpg", "162773.jpg", "182638.jpg", "182639.jpg", "182640.jpg")
+from conftest import celeba_with_heldout, run_command
 
 
 def test_edited_heldout_faces_keep_what_is_known_are_scored_and_resume_exactly(smoke_pipeline_dir, tmp_path):
-    data = tmp_path / "celeba"
-    shutil.copytree(FIXTURE, data)
-    for index, name in enumerate(HELDOUT):  # held-out faces: other real faces under the held-out names
-        shutil.copy(data / "img_align_celeba" / f"{index + 40:06d}.jpg", data / "img_align_celeba" / name)
+    data = celeba_with_heldout(tmp_path / "celeba")
     out, batches = tmp_path / "edit", tmp_path / "batches"
     command = ["benchmarks/edit_fid.py", "--model", str(smoke_pipeline_dir), "--train_data_dir", str(data),
                "--tasks", "center", "colorize", "--methods", "repaint", "--num_images", "4", "--steps", "2",

@@ -1,21 +1,15 @@
 """benchmarks/heldout_eval.py: scores against the valid+test images, next to real training images (the floor)."""
 
 import json
-import shutil
 
 import pytest
 
-from conftest import FIXTURE, run_command
-
-HELDOUT = ("162771.jpg", "162772.jpg", "162773.jpg", "182638.jpg", "182639.jpg", "182640.jpg")
+from conftest import celeba_with_heldout, run_command
 
 
 @pytest.mark.slow
 def test_model_and_floor_are_scored_against_the_heldout_images(smoke_pipeline_dir, tmp_path):
-    data = tmp_path / "celeba"
-    shutil.copytree(FIXTURE, data)
-    for index, name in enumerate(HELDOUT):  # held-out faces: other real faces under the held-out names
-        shutil.copy(data / "img_align_celeba" / f"{index + 40:06d}.jpg", data / "img_align_celeba" / name)
+    data = celeba_with_heldout(tmp_path / "celeba")
     out = tmp_path / "heldout.json"
     run_command(["benchmarks/heldout_eval.py", "--model", str(smoke_pipeline_dir), "--train_data_dir", str(data),
                  "--scheduler", "ddpm", "--steps", "3", "--mixed_precision", "no", "--out", str(out)],

@@ -11,14 +11,14 @@ from pipeline.pipeline_folder import load_pipeline
 from pipeline.sampling.schedulers import default_sampler
 from pipeline.ship import choose_default_sampler
 
-from conftest import FIXTURE, ROOT, run_command, subprocess_env, train_args
+from conftest import ROOT, celeba_with_heldout, run_command, subprocess_env, train_args
 
 SCRIPT = ROOT / "benchmarks" / "shipped_results.sh"
 
 
 @pytest.mark.slow
 def test_the_shipping_script_runs_end_to_end_then_reuses_its_stages(tmp_path):
-    run, repo = tmp_path / "run", tmp_path / "repo"
+    run, repo, data = tmp_path / "run", tmp_path / "repo", celeba_with_heldout(tmp_path / "celeba")
     run_command(train_args(run, "--preconditioning", "edm", "--max_train_steps", "2"))
     repo.mkdir()
     env = {**subprocess_env(), "PYTHON": sys.executable, "PYTHONPATH": str(ROOT), "BATCHES": str(tmp_path / "batches"),
@@ -26,7 +26,7 @@ def test_the_shipping_script_runs_end_to_end_then_reuses_its_stages(tmp_path):
            "N_SWEEP": "4", "N_FID": "6", "N_PAIRED": "4", "N_LIKELIHOOD": "2", "N_SLOW": "2"}
 
     def script():
-        result = subprocess.run(["bash", str(SCRIPT), str(run), str(FIXTURE)], cwd=repo, env=env,
+        result = subprocess.run(["bash", str(SCRIPT), str(run), str(data)], cwd=repo, env=env,
                                 capture_output=True, text=True, timeout=3000)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         return result.stdout
