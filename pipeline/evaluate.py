@@ -115,9 +115,9 @@ def label(num_samples: int) -> str:
 
 
 def evaluate_model(args) -> dict:
-    if args.scheduler not in ALL_SAMPLERS:
+    if args.scheduler is not None and args.scheduler not in ALL_SAMPLERS:
         raise ValueError(f"unknown scheduler {args.scheduler!r}; choose one of {list(ALL_SAMPLERS)}")
-    if args.num_samples < 2 or args.steps <= 0:
+    if args.num_samples < 2 or (args.steps is not None and args.steps <= 0):
         raise ValueError("--num_samples must be at least 2 and --steps positive")
     options = parse_sampler_options(args.sampler_option)
     pipe = load_pipeline(args.model, args.device)
