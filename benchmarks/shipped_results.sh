@@ -4,10 +4,11 @@
 #   bash benchmarks/shipped_results.sh RUN_DIR [CELEBA_DIR]      # e.g. ~/runs/celeba64_edm ../shared/celeba
 #
 # Run it from the repository root: it writes pretrained/celeba-64, results/ and model_card.md there. Sample counts:
-# N_SWEEP (2000), N_FID (10000), N_PAIRED (500), N_LIKELIHOOD (64 test images), N_SLOW (256). Each stage resumes:
-# finished sweep points and evaluations are reused, interrupted ones continue from their kept sample batches (under
-# $BATCHES, default runs/shipped; a new one for other weights), so rerun the same command after an interruption:
-#  1. FID-2k of every offered sampler at 20-25 NFE (EDM's DPM-Solver++ at 10-25) on the run's weights;
+# N_SWEEP (2000), N_FID (10000), N_PAIRED (500), N_LIKELIHOOD (64 test images), N_SLOW (256) and N_PRIOR (2000
+# train images: the denoiser response's prior). Each stage resumes: finished sweep points and evaluations are
+# reused, interrupted ones continue from their kept sample batches (under $BATCHES, default runs/shipped; a new one
+# for other weights), so rerun the same command after an interruption:
+#  1. FID-2k of every offered sampler at 20-25 NFE (EDM's DPM-Solver++ at 10-25) on the run's weights, shipped;
 #  2. ship: the fastest diffusers scheduler within 5% of the lowest FID-2k at <= 25 NFE becomes the default;
 #  3. FID-10k of that default, and of the lowest-FID point at <= 25 NFE when it is another one;
 #  4. held-out FID/KID with its floor, test-split bits/dim, bf16-vs-fp32 paired KID, the denoiser response;
@@ -28,9 +29,11 @@ once() {  # a stage that cannot resume midway: NAME COMMAND..., skipped once it 
   mkdir -p "$BATCHES/done" && touch "$BATCHES/done/$1"
 }
 sweep() {  # sample count, then points
-  "$PY" -m benchmarks.fid_vs_nfe --model "$RUN" --train_data_dir "$DATA" --num_samples "$1" --batch_size 32 \
+  "$PY" -m benchmarks.fid_vs_nfe --model "$MODEL" --train_data_dir "$DATA" --num_samples "$1" --batch_size 32 \
     --out_dir results/nfe --resume_dir "$BATCHES/nfe" --points "${@:2}"
 }
+# the run's weights in the shipped folder (with DDPM, which fits every model, until the sweep has chosen)
+"$PY" -m pipeline.ship --model "$RUN" --out "$MODEL" --sampler ddpm --steps 20 --replace
 sweep "$N_SWEEP" ddpm:20 ddim:20 ddim-clip:20 dpm++2m:20 euler:20 heun:13 unipc:20 pc:10 ode-heun:13 edm-euler:20 \
   edm-dpm++2m:10,15,20,25 edm-dpm++2m-sde:20
 
@@ -64,7 +67,7 @@ done
 "$PY" -m benchmarks.paired_kid --train_data_dir "$DATA" --batches "$BATCHES/precision/no" "$BATCHES/precision/bf16" \
   --out results/bench/bf16_paired_kid.json
 once denoiser_response "$PY" -m benchmarks.denoiser_response --model "$MODEL" --train_data_dir "$DATA" \
-  --out results/denoiser_response/celeba-64.json
+  --prior_images "${N_PRIOR:-2000}" --out results/denoiser_response/celeba-64.json
 
 # the adaptive RK45 (float32) and 1000-step DDPM, at N_SLOW samples (256): compare them by KID
 sweep "${N_SLOW:-256}" ode-rk45,rtol=1e-3,atol=1e-3:1 ddpm:1000

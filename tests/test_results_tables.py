@@ -13,8 +13,8 @@ def write(path, data):
 
 
 def evaluation(fid, num_samples, sampler="ddpm", nfe=20.0):
-    return {"fid": fid, "kid_mean": 0.02, "kid_std": 0.001, "precision": 0.6, "recall": 0.2,
-            "num_samples": num_samples, "model": "pretrained/m", "sampler": sampler, "nfe": nfe,
+    return {"label": f"FID-{num_samples // 1000}k", "fid": fid, "kid_mean": 0.02, "kid_std": 0.001, "precision": 0.6,
+            "recall": 0.2, "num_samples": num_samples, "model": "pretrained/m", "sampler": sampler, "nfe": nfe,
             "mixed_precision": "bf16", "mean_colour_correction": False, "memorization": {"ratio_mean": 1.01}}
 
 
@@ -23,6 +23,7 @@ def repository(tmp_path):
     results = tmp_path / "results"
     write(results / "eval" / "small.json", evaluation(20.0, 2000))
     write(results / "eval" / "large.json", evaluation(30.5, 10000, "dpm++2m"))
+    write(results / "eval" / "large_ddim.json", evaluation(31.5, 10000, "ddim"))
     points = [{**evaluation(fid, 2000, sampler, nfe), "steps": int(nfe)} for fid, sampler, nfe in
               ((40.0, "ddpm+mc", 20.0), (35.0, "dpm++2m", 25.0), (10.0, "ddpm", 1000.0))]
     write(results / "nfe" / "summary.json", {"protocol": {"model": "pretrained/m", "seed": 0,
@@ -39,8 +40,9 @@ def test_glance_table_takes_the_most_samples_and_the_best_point_within_25_nfe(re
     table = results_tables.glance_table(repository / "results")
     rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line][1:]
     assert "FID-10k **30.50**" in rows[0] and "[large.json](results/eval/large.json)" in rows[0]
-    assert "dpm++2m" in rows[1] and "FID-2k 35.00" in rows[1]  # the 1000-NFE point is outside the budget
-    assert "FID 13.73" in rows[2] and table.endswith("Protocols differ.")
+    assert "| ddim |" in rows[1] and "FID-10k **31.50**" in rows[1]  # every evaluation at the most samples
+    assert "dpm++2m" in rows[2] and "FID-2k 35.00" in rows[2]  # the 1000-NFE point is outside the budget
+    assert "FID 13.73" in rows[3] and table.endswith("Protocols differ.")
 
 
 def test_main_writes_both_files_and_check_then_passes(repository, capsys):

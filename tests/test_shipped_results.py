@@ -2,6 +2,7 @@
 reuses what is done."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -21,9 +22,10 @@ def test_the_shipping_script_runs_end_to_end_then_reuses_its_stages(tmp_path):
     run, repo, data = tmp_path / "run", tmp_path / "repo", celeba_with_heldout(tmp_path / "celeba")
     run_command(train_args(run, "--preconditioning", "edm", "--max_train_steps", "2"))
     repo.mkdir()
+    shutil.copy(ROOT / "README.md", repo / "README.md")  # its results-at-a-glance table is regenerated
     env = {**subprocess_env(), "PYTHON": sys.executable, "PYTHONPATH": str(ROOT), "BATCHES": str(tmp_path / "batches"),
            "CELEBA_DIFFUSION_CACHE": str(tmp_path / "cache"),
-           "N_SWEEP": "4", "N_FID": "6", "N_PAIRED": "4", "N_LIKELIHOOD": "2", "N_SLOW": "2"}
+           "N_SWEEP": "4", "N_FID": "6", "N_PAIRED": "4", "N_LIKELIHOOD": "2", "N_SLOW": "4", "N_PRIOR": "8"}
 
     def script():
         result = subprocess.run(["bash", str(SCRIPT), str(run), str(data)], cwd=repo, env=env,
@@ -33,8 +35,8 @@ def test_the_shipping_script_runs_end_to_end_then_reuses_its_stages(tmp_path):
 
     script()
     summary = json.loads((repo / "results" / "nfe" / "summary.json").read_text())
-    assert {point["num_samples"] for point in summary["points"]} == {4, 2}
-    assert {point["sampler"] for point in summary["points"] if point["num_samples"] == 2} == {
+    assert {point["num_samples"] for point in summary["points"]} == {4}
+    assert {point["sampler"] for point in summary["points"] if point["steps"] in (1, 1000)} == {
         "ode-rk45,atol=0.001,rtol=0.001", "ddpm"}
     chosen = choose_default_sampler(summary["points"])
     shipped = load_pipeline(str(repo / "pretrained" / "celeba-64"))
@@ -45,7 +47,7 @@ def test_the_shipping_script_runs_end_to_end_then_reuses_its_stages(tmp_path):
     assert fid10k["num_samples"] == 6 and fid10k["sampler"] == chosen["sampler"]
     for path in ("heldout/celeba-64.json", "likelihood.json", "bench/bf16_paired_kid.json",
                  "denoiser_response/celeba-64.json", f"samples/{chosen['sampler']}-{chosen['steps']}/grid_x4.png",
-                 "samples/trajectory.png", "training_curve.png", "README.md"):
+                 "samples/trajectory.png", "training_curve.png", "README.md"):  # results/README.md: the tables
         assert (repo / "results" / path).is_file(), path
     assert json.loads((repo / "results" / "likelihood.json").read_text())["split"] == "test"
     card = (repo / "model_card.md").read_text()
