@@ -39,7 +39,8 @@ GRID = {"ddim": [10, 20, 50, 100], "ddim-clip": [10, 20, 50, 100], "dpm++2m": [1
         "ode-rk45": [1], "pc": [500], "ddpm": [1000]}
 # added for a model trained with EDM preconditioning: diffusers' EDM samplers on Karras sigmas
 EDM_GRID = {"edm-euler": [20, 25], "edm-dpm++2m": [10, 15, 20, 25], "edm-dpm++2m-sde": [20, 25]}
-# ode-rk45: measured on the shipped weights at rtol = atol = 1e-5 in float32 (results/bench/rk45_nfe.json)
+# ode-rk45: measured on the instance-norm model at rtol = atol = 1e-5 in float32
+# (results/instance-norm-model/bench/rk45_nfe.json)
 APPROXIMATE_NFE = {"heun": lambda steps: 2 * steps - 1, "pc": lambda steps: 2 * steps, "ode-rk45": lambda _: 750}
 
 

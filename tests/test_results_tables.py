@@ -71,3 +71,15 @@ def test_the_report_gets_the_table_only_where_it_has_the_markers(repository):
     assert results_tables.main(["--root", str(repository), "--check"]) == 1
     assert results_tables.main(["--root", str(repository)]) == 0
     assert "FID-10k **30.50**" in report.read_text()
+
+
+def test_another_model_gets_its_own_tables_linked_from_results(repository):
+    results = repository / "results"
+    other = results / "instance-norm-model"
+    write(other / "eval" / "old.json", evaluation(28.8, 10000, "ddpm+mc"))
+    write(other / "nfe" / "summary.json", json.loads((results / "nfe" / "summary.json").read_text()))
+    tables = results_tables.results_readme(results)
+    assert "## Evaluations of the instance-norm model" in tables
+    assert "[old.json](instance-norm-model/eval/old.json)" in tables
+    assert "[summary.json](instance-norm-model/nfe/summary.json)" in tables
+    assert "FID-10k **28.80**" not in results_tables.glance_table(results)  # the glance is the shipped model's only

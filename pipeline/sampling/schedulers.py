@@ -85,7 +85,8 @@ class Sampler:
         if self.full_precision and requested == "bf16":
             raise ValueError(f"{self.name} cannot sample under bf16: its adaptive step-size control chases the UNet's "
                              "bf16 rounding, which costs thousands of evaluations per batch "
-                             "(results/bench/rk45_nfe.json); use mixed_precision 'no' (--mixed_precision no)")
+                             "(results/instance-norm-model/bench/rk45_nfe.json); use mixed_precision 'no' "
+                             "(--mixed_precision no)")
 
     def resolve_mixed_precision(self, pipe, requested: str | None) -> str:
         """The UNet precision this sampler runs ``pipe`` in: as requested, or (None) the pipeline's default
