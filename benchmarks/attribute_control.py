@@ -157,6 +157,8 @@ def control_main(args) -> dict:
         raise ValueError(f"unknown attribute(s) {unknown}; the attributes are {', '.join(CELEBA_ATTRIBUTES)}")
     if 0.0 not in args.guidance:
         raise ValueError("--guidance must include 0: the unconditional base rate every weight is compared with")
+    if args.scheduler is not None:  # a named sampler is checked before anything is loaded
+        check_sampling(args.scheduler, args.mixed_precision)
     classifier, classifier_prep = load_classifier(args.weights)
     pipe = load_pipeline(args.model, args.device)
     if getattr(pipe, "attribute_encoder", None) is None:

@@ -50,6 +50,8 @@ def main(argv=None) -> int:
     parser.add_argument("--cache_dir", default=None)
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
+    if args.scheduler is not None:  # a named sampler is checked before anything is loaded
+        check_sampling(args.scheduler, args.mixed_precision)
     pipe = load_pipeline(args.model, args.device)
     args.scheduler = args.scheduler or default_sampler(pipe)
     args.steps = args.steps or pipe.config.default_num_inference_steps

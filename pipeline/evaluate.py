@@ -120,6 +120,8 @@ def evaluate_model(args) -> dict:
     if args.num_samples < 2 or (args.steps is not None and args.steps <= 0):
         raise ValueError("--num_samples must be at least 2 and --steps positive")
     options = parse_sampler_options(args.sampler_option)
+    if args.scheduler is not None:  # a named sampler is checked before anything is loaded
+        check_sampling(args.scheduler, args.mixed_precision, options)
     pipe = load_pipeline(args.model, args.device)
     args.scheduler = args.scheduler or default_sampler(pipe)
     args.steps = args.steps or pipe.config.default_num_inference_steps

@@ -174,6 +174,8 @@ def main(argv=None):
             raise ValueError(f"--{name} must be positive, got {getattr(args, name)}")
     options = parse_sampler_options(args.sampler_option)
     attributes = parse_attributes(args.attributes)
+    if args.scheduler is not None:  # a named sampler is checked before anything is loaded
+        check_sampling(args.scheduler, args.mixed_precision, options)
     torch.set_num_threads(os.cpu_count() or 1)
     pipe = load_pipeline(args.model, args.device)
     args.scheduler = args.scheduler or default_sampler(pipe)

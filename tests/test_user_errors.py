@@ -78,4 +78,4 @@ def test_help_lists_every_sampler():
 
     text = " ".join(run_command(["-m", "pipeline.generate", "--help"]).stdout.split())
     assert all(name in text for name in ALL_SAMPLERS) and "ode-rk45" in text and "pc," in text
-    assert "give saturated or noisy images" in text  # the shipped model's weak samplers are named
+    assert "default: the model's own" in text
