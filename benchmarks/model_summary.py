@@ -1,6 +1,6 @@
 """Where the parameters and the FLOPs of a config's UNet2DModel are: per top-level block, at batch 1.
 
-    python benchmarks/model_summary.py --config configs/celeba64_cpu.yaml --out results/model_summary.json
+    python benchmarks/model_summary.py --config configs/celeba64_edm.yaml --out results/model_summary.json
 
 FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` (2 per multiply-add; convolutions, matmuls and
 attention) for one forward pass of one image; a training step costs about 3x that (forward + backward).
@@ -66,7 +66,7 @@ def summarize(config: str) -> dict:
 
 def main(argv=None) -> int:
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="configs/celeba64_cpu.yaml")
+    parser.add_argument("--config", default="configs/celeba64_edm.yaml", help="default: the shipped recipe")
     parser.add_argument("--out", default="results/model_summary.json")
     args = parser.parse_args(argv)
     summary = summarize(args.config)

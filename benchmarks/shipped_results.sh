@@ -72,6 +72,7 @@ once denoiser_response "$PY" -m benchmarks.denoiser_response --model "$MODEL" --
 # the adaptive RK45 (float32) and 1000-step DDPM, at N_SLOW samples (256): compare them by KID
 sweep "${N_SLOW:-256}" ode-rk45,rtol=1e-3,atol=1e-3:1 ddpm:1000
 
+"$PY" -m benchmarks.model_summary --config configs/celeba64_edm.yaml --out results/model_summary.json
 "$PY" -m pipeline.generate --model "$MODEL" --num_images 64 --out "results/samples/${DEFAULT/:/-}"
 "$PY" -m pipeline.trajectory --model "$MODEL" --scheduler ddim --steps 20 --out results/samples/trajectory.png
 cp "$RUN/training_log.jsonl" results/training_log.jsonl

@@ -23,6 +23,7 @@ def test_the_shipping_script_runs_end_to_end_then_reuses_its_stages(tmp_path):
     run_command(train_args(run, "--preconditioning", "edm", "--max_train_steps", "2"))
     repo.mkdir()
     shutil.copy(ROOT / "README.md", repo / "README.md")  # its results-at-a-glance table is regenerated
+    shutil.copytree(ROOT / "configs", repo / "configs")  # the model summary's
     env = {**subprocess_env(), "PYTHON": sys.executable, "PYTHONPATH": str(ROOT), "BATCHES": str(tmp_path / "batches"),
            "CELEBA_DIFFUSION_CACHE": str(tmp_path / "cache"),
            "N_SWEEP": "4", "N_FID": "6", "N_PAIRED": "4", "N_LIKELIHOOD": "2", "N_SLOW": "4", "N_PRIOR": "8"}
@@ -47,7 +48,8 @@ def test_the_shipping_script_runs_end_to_end_then_reuses_its_stages(tmp_path):
     assert fid10k["num_samples"] == 6 and fid10k["sampler"] == chosen["sampler"]
     for path in ("heldout/celeba-64.json", "likelihood.json", "bench/bf16_paired_kid.json",
                  "denoiser_response/celeba-64.json", f"samples/{chosen['sampler']}-{chosen['steps']}/grid_x4.png",
-                 "samples/trajectory.png", "training_curve.png", "README.md"):  # results/README.md: the tables
+                 "samples/trajectory.png", "training_curve.png", "model_summary.json",
+                 "README.md"):  # results/README.md: the tables
         assert (repo / "results" / path).is_file(), path
     assert json.loads((repo / "results" / "likelihood.json").read_text())["split"] == "test"
     card = (repo / "model_card.md").read_text()
