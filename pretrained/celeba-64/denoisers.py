@@ -1,6 +1,6 @@
 """The denoisers a ``CelebADiffusionPipeline`` samples with: transforms around the UNet that samplers see as a
-UNet2DModel (pixel-unshuffle, classifier-free guidance, EDM preconditioning on a DDPM schedule, the mean-colour
-correction), and the conversions between what a network predicts and its noise estimate.
+UNet2DModel (pixel-unshuffle, classifier-free guidance, EDM preconditioning on a DDPM schedule), and the
+conversions between what a network predicts and its noise estimate.
 
 Like ``pipeline_celeba.py``, which imports it, this file only imports torch and diffusers: every saved pipeline
 folder carries a copy beside ``pipeline_celeba.py``, and diffusers copies it with the custom pipeline.
@@ -46,17 +46,6 @@ def noise_estimate(output: torch.Tensor, x: torch.Tensor, alpha, sigma, predicti
         return alpha * output + sigma * x
     if prediction_type == "sample":
         return (x - alpha * output) / sigma
-    raise ValueError(f"unsupported prediction_type {prediction_type!r}; expected one of {PREDICTION_TYPES}")
-
-
-def model_output(eps: torch.Tensor, x: torch.Tensor, alpha, sigma, prediction_type: str) -> torch.Tensor:
-    """The inverse of ``noise_estimate``: what a network of ``prediction_type`` outputs for the noise estimate eps."""
-    if prediction_type == "epsilon":
-        return eps
-    if prediction_type == "v_prediction":
-        return (eps - sigma * x) / alpha
-    if prediction_type == "sample":
-        return (x - sigma * eps) / alpha
     raise ValueError(f"unsupported prediction_type {prediction_type!r}; expected one of {PREDICTION_TYPES}")
 
 
@@ -192,41 +181,3 @@ class EDMNoisePredictor(WrappedDenoiser):
         denoised = (data / scale) ** 2 * y + self.output_sign * sigma_bar * data / scale * out
         eps = ((y - denoised) / sigma_bar).to(torch.float32 if sample.dtype == torch.bfloat16 else sample.dtype)
         return UNet2DOutput(sample=eps) if return_dict else (eps,)
-
-
-class MeanColourDenoiser(WrappedDenoiser):
-    """A denoiser whose noise estimate has, as its spatial mean, the closed-form posterior mean of the noise's mean.
-
-    The network's own estimate of that mean is poor (REPORT Section 6.4). With the per-image mean colour modelled as
-    N(mu, S) (``mean_colour_prior``, fitted by ``python -m pipeline.mean_colour``), xbar = mean_hw(x_t) = alpha m +
-    sigma n, n ~ N(0, I/D) for D pixels, and E[n | xbar] = (sigma/D) (alpha^2 S + sigma^2/D I)^{-1} (xbar - alpha mu)
-    replaces the spatial mean of eps_hat; every prediction type is converted to eps and back. (alpha, sigma) at a
-    fractional label interpolate log abar linearly between trained steps, as ``pipeline.sampling.sde.VPSDE`` does.
-    """
-
-    def __init__(self, denoiser, alphas_cumprod: torch.Tensor, prediction_type: str, prior: dict):
-        super().__init__(denoiser)
-        self.prediction_type = prediction_type
-        self.schedule = LabelSchedule(alphas_cumprod)
-        self.mean = torch.tensor(prior["mean"], dtype=torch.float64)
-        self.covariance = torch.tensor(prior["covariance"], dtype=torch.float64)
-        if self.mean.numel() != denoiser.config.in_channels:
-            raise ValueError(f"mean_colour_prior has {self.mean.numel()} channels, the model "
-                             f"{denoiser.config.in_channels}")
-
-    def forward(self, sample, timestep, return_dict: bool = True):
-        out = self.unet(sample, timestep).sample.to(torch.float64)   # bf16 cannot hold a 1/64-sized shift
-        x = sample.to(torch.float64)
-        alpha, sigma = (value.to(x.device) for value in self.schedule.alpha_sigma(timestep, x.shape[0]))
-        mean, covariance = self.mean.to(x.device), self.covariance.to(x.device)
-        a, s = alpha[..., None, None], sigma[..., None, None]
-        eps = noise_estimate(out, x, a, s, self.prediction_type)
-        pixels = x.shape[2] * x.shape[3]
-        eye = torch.eye(mean.numel(), dtype=torch.float64, device=x.device)
-        precision = alpha[:, :, None] ** 2 * covariance + (sigma[:, :, None] ** 2 / pixels) * eye  # (B, C, C)
-        residual = x.mean(dim=(2, 3)) - alpha * mean                                            # (B, C)
-        eps_mean = sigma / pixels * torch.linalg.solve(precision, residual)
-        eps = eps - eps.mean(dim=(2, 3), keepdim=True) + eps_mean[..., None, None]
-        out = model_output(eps, x, a, s, self.prediction_type)
-        out = out.to(torch.float32 if sample.dtype == torch.bfloat16 else sample.dtype)
-        return UNet2DOutput(sample=out) if return_dict else (out,)

@@ -19,7 +19,6 @@ from .denoisers import (
     EDM_SCHEDULE_KEYS,
     EDMNoisePredictor,
     GuidedDenoiser,
-    MeanColourDenoiser,
     PixelUnshuffleDenoiser,
     is_edm,
     vp_schedule_config,
@@ -41,8 +40,7 @@ class CelebADiffusionPipeline(DiffusionPipeline):
     ``attribute_encoder`` (an optional component, ``pipeline.models.attribute_encoder.AttributeEncoder``) makes it an
     attribute-conditional model: ``pipe(attributes={"Smiling": 1}, guidance_scale=3)``.
     ``pixel_unshuffle=f`` (saved in model_index.json) marks a UNet trained on f x f pixel-unshuffled images;
-    ``mean_colour_prior`` ({"mean", "covariance", "num_images"}, also saved there) enables the mean-colour
-    correction; ``preprocessing`` ({"resolution", "crop_size", "crop_offset_y", "resample"}, also saved there) says
+    ``preprocessing`` ({"resolution", "crop_size", "crop_offset_y", "resample"}, also saved there) says
     how the training images were cropped and resized, so that evaluation and editing prepare real faces the same
     way; ``default_num_inference_steps`` (also saved there) is the step count of a call that names none, the one the
     saved ``scheduler`` was chosen for; ``edm_schedule`` (also saved there, ``EDM_SCHEDULE_KEYS``) marks a UNet
@@ -53,15 +51,14 @@ class CelebADiffusionPipeline(DiffusionPipeline):
     _optional_components = ["attribute_encoder"]
 
     def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin, attribute_encoder: torch.nn.Module | None = None,
-                 pixel_unshuffle: int = 1, mean_colour_prior: dict | None = None, preprocessing: dict | None = None,
-                 default_num_inference_steps: int = 50, edm_schedule: dict | None = None):
+                 pixel_unshuffle: int = 1, preprocessing: dict | None = None, default_num_inference_steps: int = 50,
+                 edm_schedule: dict | None = None):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler, attribute_encoder=attribute_encoder)
         if edm_schedule is None and is_edm(scheduler.config):
             edm_schedule = {key: scheduler.config[key] for key in EDM_SCHEDULE_KEYS if key in scheduler.config}
-        self.register_to_config(pixel_unshuffle=pixel_unshuffle, mean_colour_prior=mean_colour_prior,
-                                preprocessing=preprocessing, default_num_inference_steps=default_num_inference_steps,
-                                edm_schedule=edm_schedule)
+        self.register_to_config(pixel_unshuffle=pixel_unshuffle, preprocessing=preprocessing,
+                                default_num_inference_steps=default_num_inference_steps, edm_schedule=edm_schedule)
 
     @property
     def vp_schedule(self) -> dict:
@@ -100,15 +97,6 @@ class CelebADiffusionPipeline(DiffusionPipeline):
             attributes = encoder.vector(attributes)
         return GuidedDenoiser(denoiser, encoder, torch.as_tensor(attributes, dtype=torch.float32), guidance_scale)
 
-    def resolve_mean_colour_correction(self, requested: bool | None) -> bool:
-        """Whether a call samples with the mean-colour correction: as requested, or (None) when there is a prior."""
-        if requested is None:
-            return self.config.mean_colour_prior is not None
-        if requested and self.config.mean_colour_prior is None:
-            raise ValueError("mean_colour_correction needs the pipeline's mean_colour_prior; fit it with "
-                             "python -m pipeline.mean_colour --model PATH --train_data_dir DIR")
-        return requested
-
     def resolve_mixed_precision(self, requested: str | None) -> str:
         """"no" or "bf16": as requested, or (None) the default: bf16 autocast for a float32 UNet on a CPU with native
         bf16 (``native_bf16_cpu``), full precision anywhere else; ValueError for anything else."""
@@ -137,7 +125,6 @@ class CelebADiffusionPipeline(DiffusionPipeline):
         return_dict: bool = True,
         scheduler: SchedulerMixin | None = None,
         sampler: Callable[..., torch.Tensor] | None = None,
-        mean_colour_correction: bool | None = None,
         callback_on_step_end=None,
         attributes: dict | torch.Tensor | None = None,
         guidance_scale: float = 1.0,
@@ -157,8 +144,6 @@ class CelebADiffusionPipeline(DiffusionPipeline):
         ``callback_on_step_end(pipe, step_index, timestep, tensors)`` is called after every scheduler step with
         ``tensors`` = {"sample": x_t, "prev_sample": the next x, "pred_original_sample": the scheduler's x0 estimate
         or None}, e.g. to record a denoising trajectory; its return value is ignored.
-        ``mean_colour_correction`` samples with ``MeanColourDenoiser``: True needs the pipeline's mean_colour_prior,
-        None (the default) uses it when the pipeline has one.
         ``attributes`` and ``guidance_scale`` ask an attribute model for faces with those attributes
         (``guided_denoiser``); unnamed attributes are left unspecified.
         ``mixed_precision`` ("no", "bf16" or None) is the UNet's precision (``precision``); None is bf16 on CPUs with
@@ -177,9 +162,6 @@ class CelebADiffusionPipeline(DiffusionPipeline):
         else:  # a VP sampler: an EDM-trained UNet is seen as an epsilon-predictor on the VP schedule
             vp_config = vp_schedule_config(scheduler.config)
             denoiser = self.vp_denoiser(denoiser, vp_config)
-        if self.resolve_mean_colour_correction(mean_colour_correction):
-            denoiser = MeanColourDenoiser(denoiser, self.scheduler.alphas_cumprod,
-                                          self.scheduler.config.prediction_type, self.config.mean_colour_prior)
         size = denoiser.config.sample_size
         size = (size, size) if isinstance(size, int) else tuple(size)
         shape = (batch_size, denoiser.config.in_channels, *size)
