@@ -8,13 +8,14 @@
 # train images: the denoiser response's prior). Each stage resumes: finished sweep points and evaluations are
 # reused, interrupted ones continue from their kept sample batches (under $BATCHES, default runs/shipped; a new one
 # for other weights), so rerun the same command after an interruption:
-#  1. FID-2k of every offered sampler at 20-25 NFE (EDM's DPM-Solver++ at 10-25) on the run's weights, shipped;
+#  1. FID-2k of every offered sampler at 20-25 NFE (EDM's DPM-Solver++ at 10-25) on the run's weights, shipped, and
+#     of the score-SDE samplers on score_sde's uniform grid;
 #  2. ship: the fastest diffusers scheduler within 5% of the lowest FID-2k at <= 25 NFE becomes the default;
-#  3. FID-10k of that default, and of the lowest-FID point at <= 25 NFE when it is another one;
+#  3. FID-10k of that default, and of the lowest-FID point at <= 25 NFE (default options) when it is another one;
 #  4. held-out FID/KID with its floor, test-split bits/dim, bf16-vs-fp32 paired KID, the denoiser response;
 #     RK45 and DDPM-1000 at N_SLOW samples;
 #  5. samples, a denoising trajectory, the training curve, the model card and the generated tables.
-# On 2 CPU cores it takes about 9 hours.
+# On 2 CPU cores it takes about 10 hours.
 set -euo pipefail
 RUN=${1:?usage: bash benchmarks/shipped_results.sh RUN_DIR [CELEBA_DIR]}
 DATA=${2:-../shared/celeba}
@@ -36,6 +37,9 @@ sweep() {  # sample count, then points
 "$PY" -m pipeline.ship --model "$RUN" --out "$MODEL" --sampler ddpm --steps 20 --replace
 sweep "$N_SWEEP" ddpm:20 ddim:20 ddim-clip:20 dpm++2m:20 euler:20 heun:13 unipc:20 pc:10 ode-heun:13 edm-euler:20 \
   edm-dpm++2m:10,15,20,25 edm-dpm++2m-sde:20
+# the score-SDE samplers on score_sde's grid uniform in t (pc also with its Euler-Maruyama predictor), against
+# their defaults above: what the time grid and the predictor do at this budget
+sweep "$N_SWEEP" pc,grid=uniform:10 pc,grid=uniform,predictor=euler-maruyama:10 ode-heun,grid=uniform:13
 
 "$PY" -m pipeline.ship --model "$RUN" --out "$MODEL" --from_sweep results/nfe/summary.json --replace
 
@@ -45,7 +49,7 @@ import json
 from pipeline.pipeline_folder import load_pipeline
 from pipeline.sampling.schedulers import default_sampler
 pipe = load_pipeline("pretrained/celeba-64", channels_last=False)
-points = [p for p in json.load(open("results/nfe/summary.json"))["points"] if p["nfe"] <= 25]
+points = [p for p in json.load(open("results/nfe/summary.json"))["points"] if p["nfe"] <= 25 and "," not in p["sampler"]]
 best = min((p for p in points if p["num_samples"] == max(q["num_samples"] for q in points)), key=lambda p: p["fid"])
 print(f"{default_sampler(pipe)}:{pipe.config.default_num_inference_steps} {best['sampler']}:{best['steps']}")
 EOF

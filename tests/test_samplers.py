@@ -39,7 +39,7 @@ SHAPE = (3, 4, 4)
 N_SAMPLES = 3000
 # steps per sampler for the moment test (bias well below 5 SE; see the module docstring)
 MOMENT_STEPS = {"ddpm": 1000, "ddim": 500, "ddim-clip": 500, "dpm++2m": 100, "euler": 400, "heun": 50, "unipc": 100,
-                "pc": 300, "ode-heun": 50, "ode-rk45": 1, "edm-euler": 200, "edm-dpm++2m": 50,
+                "pc": 300, "ode-heun": 100, "ode-rk45": 1, "edm-euler": 200, "edm-dpm++2m": 50,
                 "edm-dpm++2m-sde": 100}
 
 
@@ -161,6 +161,40 @@ def test_ode_heun_is_second_order():
                             grid=grid) - exact).abs().max().item() for n in (10, 20, 40, 80)]
         ratios = np.array(errors[:-1]) / np.array(errors[1:])
         assert (ratios > 3).all() and (ratios < 6).all(), (grid, errors, ratios)
+
+
+def test_ancestral_step_keeps_the_forward_process_of_a_point_mass():
+    """For data at one point mu, eps_hat = (x_t - alpha mu) / sigma is exact and the ancestral step must draw x_t'
+    from the forward process's own conditional: x_t' = alpha' mu + a z + c w (z the noise of x_t, w fresh) with
+    Var = a^2 + c^2 = sigma'^2 and Cov(x_t, x_t') = sigma a = (alpha / alpha') sigma'^2, for any step size."""
+    sde = S.VPSDE(LINEAR)
+    mu = torch.tensor([0.3], dtype=torch.float64)
+    zero = torch.zeros(1, dtype=torch.float64)
+    for t, t_next in [(1.0, 0.5), (0.9, 0.02), (0.3, 0.29), (0.05, sde.t_min)]:
+        (alpha, sigma), (alpha2, sigma2) = sde.alpha_sigma(t), sde.alpha_sigma(t_next)
+        base, from_z, from_w = (S.ancestral_step(sde, alpha * mu + sigma * z, t, t_next, z, w)
+                                for z, w in [(zero, zero), (zero + 1, zero), (zero, zero + 1)])
+        a, c = float(from_z - base), float(from_w - base)
+        torch.testing.assert_close(base, alpha2 * mu, rtol=1e-12, atol=1e-12)
+        assert math.isclose(a * a + c * c, sigma2**2, rel_tol=1e-9), (t, t_next)
+        assert math.isclose(sigma * a, alpha / alpha2 * sigma2**2, rel_tol=1e-9), (t, t_next)
+
+
+def test_pc_predictors_at_coarse_steps_err_in_opposite_directions():
+    """The cause of noisy few-step PC samples: an Euler-Maruyama step of the reverse SDE injects noise sqrt(int beta)
+    as large as the noise it should remove once int beta dt is comparable to sigma_t^2, so at 10 steps it leaves the
+    samples far too wide; the ancestral step only drops the spread of x_0 given x_t (its samples are narrower) and
+    converges to the data's std from below as the steps grow. Gaussian data, exact denoiser, no corrector."""
+    model = gaussian(LINEAR, dtype=torch.float64)
+
+    def relative_std_error(steps, predictor):
+        x = S.sample(model, LINEAR, "pc", steps, (3000, *SHAPE), torch.Generator().manual_seed(0),
+                     corrector_steps=0, predictor=predictor)
+        return float(((x.std(0) - model.s) / model.s).mean())
+
+    assert relative_std_error(10, "euler-maruyama") > 0.5
+    errors = [relative_std_error(steps, "ancestral") for steps in (10, 40, 160)]
+    assert errors[0] < errors[1] < errors[2] < 0 and errors[2] > -0.1, errors
 
 
 def test_ode_rk45_matches_exact_solution_within_tolerance():
@@ -341,6 +375,10 @@ def test_unknown_names_and_options_are_rejected():
         S.sample(gaussian(LINEAR), LINEAR, "bogus", 10, (1, *SHAPE))
     with pytest.raises(ValueError, match=r"ode-heun does not take sampler option\(s\) \['rtol'\]"):
         S.sample(gaussian(LINEAR), LINEAR, "ode-heun", 10, (1, *SHAPE), rtol=1e-3)
+    with pytest.raises(ValueError, match=r"ode-heun: unknown grid 'linear'; choose one of \['karras', 'uniform'\]"):
+        S.SDESampler("ode-heun", {"grid": "linear"})
+    with pytest.raises(ValueError, match=r"pc: unknown predictor 'euler'; choose one of \['ancestral', 'euler-"):
+        S.SDESampler("pc", {"predictor": "euler"})
     with pytest.raises(ValueError, match="400"):
         check_steps("ddim", 400)
     check_steps("ddim", 500)

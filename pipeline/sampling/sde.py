@@ -10,13 +10,17 @@ Samplers (``sample`` / ``SDESampler(name, options)``; options and defaults in ``
 trained step t = 1/T with Tweedie's denoising x0 = (x - sigma eps_hat) / alpha:
 
 - ``pc``: predictor-corrector; ``corrector_steps`` Langevin steps with score_sde's step rule (signal-to-noise ratio
-  ``snr``, batch-mean norms), then a reverse-SDE Euler-Maruyama step. NFE = steps (1 + corrector_steps).
+  ``snr``, batch-mean norms), then a predictor step: ``"ancestral"`` draws from the Gaussian posterior
+  q(x_t' | x_t, x0_hat) of the forward process (DDPM's ancestral step between any two grid times, exact for every
+  step size), ``"euler-maruyama"`` discretises the reverse SDE (only accurate while each step's int beta dt is small
+  against sigma_t^2). NFE = steps (1 + corrector_steps).
 - ``ode-heun``: the probability-flow ODE with Heun's method in y = x / alpha and sigma_bar = sigma / alpha (Karras et
   al. 2022, Alg. 1 without churn); its Euler predictor is DDIM. NFE = 2 steps - 1.
 - ``ode-rk45``: the same ODE with scipy's adaptive RK45 in log sigma_bar (``rtol``, ``atol``); NFE is known after the
   solve (``sample_with_stats``), and ``num_inference_steps`` is ignored.
 
-Time grids of ``pc`` and ``ode-heun``: ``"uniform"`` in t (score_sde) or ``"karras"`` (rho = 7 in sigma_bar). The
+Time grids of ``pc`` and ``ode-heun``: ``"karras"`` (rho = 7 in sigma_bar, the default) or ``"uniform"`` in t
+(score_sde's grid, made for hundreds of steps). The
 derivations, the choice of constants and their measured effects are in REPORT Sections 3.5-3.10.
 """
 
@@ -36,8 +40,8 @@ from ..models.noise_schedules import schedule_config
 
 # the samplers, the options each takes (``SDESampler(name, options)``) and their defaults
 OPTIONS = {
-    "pc": {"snr": 0.16, "corrector_steps": 1, "grid": "uniform"},
-    "ode-heun": {"grid": "uniform"},
+    "pc": {"snr": 0.16, "corrector_steps": 1, "grid": "karras", "predictor": "ancestral"},
+    "ode-heun": {"grid": "karras"},
     "ode-rk45": {"rtol": 1e-5, "atol": 1e-5},
 }
 # adaptive solvers: their step-size control needs full-precision network outputs (bf16 keeps ~3 digits, far coarser
@@ -117,7 +121,7 @@ class NoisePredictor:
         return (x - sigma * self(x, t)) / alpha
 
 
-def time_grid(sde: VPSDE, n: int, kind: str = "uniform") -> np.ndarray:
+def time_grid(sde: VPSDE, n: int, kind: str = "karras") -> np.ndarray:
     """n decreasing times from t = 1 to t = 1/T: uniform in t, or Karras et al.'s rho = 7 spacing of sigma_bar."""
     if n < 1:
         raise ValueError(f"need at least 1 step, got {n}")
@@ -126,7 +130,7 @@ def time_grid(sde: VPSDE, n: int, kind: str = "uniform") -> np.ndarray:
     if kind == "karras":
         hi, lo = sde.sigma_bar(1.0) ** (1 / 7), sde.sigma_bar(sde.t_min) ** (1 / 7)
         return sde.t_from_sigma_bar((hi + np.linspace(0.0, 1.0, n) * (lo - hi)) ** 7)
-    raise ValueError(f"unknown time grid {kind!r}; choose 'uniform' or 'karras'")
+    raise ValueError(f"unknown time grid {kind!r}; choose one of {list(GRIDS)}")
 
 
 def ddim_step(sde: VPSDE, x, t, t_next, eps_hat):
@@ -147,9 +151,31 @@ def pf_ode_fixed_step(model: NoisePredictor, x, ts, heun: bool = True, progress_
     return x
 
 
+def ancestral_step(sde: VPSDE, x, t, t_next, eps_hat, noise):
+    """A draw from the forward process's posterior q(x_t' | x_t, x0_hat) with x0_hat = (x - sigma eps_hat) / alpha:
+    x' = alpha' x0_hat + (alpha_t|t' sigma'^2 / sigma) eps_hat + c noise, c^2 = sigma'^2 (1 - abar_t / abar_t') /
+    sigma^2 (DDIM with eta = 1; with T grid steps, DDPM's ancestral sampler)."""
+    (a, s), (a2, s2) = sde.alpha_sigma(t), sde.alpha_sigma(t_next)
+    variance_ratio = float(-np.expm1(sde.log_alpha_bar(t) - sde.log_alpha_bar(t_next)) / s**2)   # sigma_t|t'^2/sigma^2
+    x0_hat = (x - float(s) * eps_hat) / float(a)
+    return (float(a2) * x0_hat + float((a / a2) * s2**2 / s) * eps_hat
+            + float(s2 * math.sqrt(variance_ratio)) * noise)
+
+
+def euler_maruyama_step(sde: VPSDE, x, t, t_next, eps_hat, noise):
+    """One Euler-Maruyama step of the reverse VP SDE from t to t_next < t, in steps of int_{t'}^{t} beta dt."""
+    delta = float(sde.log_alpha_bar(t_next) - sde.log_alpha_bar(t))
+    score = -eps_hat / float(sde.alpha_sigma(t)[1])
+    return x + delta * (0.5 * x + score) + math.sqrt(delta) * noise
+
+
+PREDICTORS = {"ancestral": ancestral_step, "euler-maruyama": euler_maruyama_step}
+GRIDS = ("karras", "uniform")
+
+
 def pc_sampler(model: NoisePredictor, x, ts, generator=None, snr: float = 0.16, corrector_steps: int = 1,
-               progress_bar=None, constraint=None):
-    """Langevin corrector + reverse-SDE Euler-Maruyama predictor on the grid ``ts``, then Tweedie denoising.
+               progress_bar=None, constraint=None, predictor: str = "ancestral"):
+    """Langevin corrector + ``predictor`` step (``PREDICTORS``) on the grid ``ts``, then Tweedie denoising.
 
     ``constraint(x, t)``, if given, is applied after every corrector and predictor update (x then lives at time t):
     imputation replaces the known coordinates by a fresh sample of their forward process there
@@ -157,6 +183,7 @@ def pc_sampler(model: NoisePredictor, x, ts, generator=None, snr: float = 0.16, 
     """
     sde, progress_bar = model.sde, progress_bar or (lambda iterable: iterable)
     constraint = constraint or (lambda x, _t: x)
+    predictor_step = PREDICTORS[predictor]
 
     def noise():
         return randn_tensor(x.shape, generator=generator, device=x.device, dtype=x.dtype)
@@ -171,8 +198,7 @@ def pc_sampler(model: NoisePredictor, x, ts, generator=None, snr: float = 0.16, 
             step = 2 * alpha_i * float(snr * ratio) ** 2
             x = constraint(x + step * score + math.sqrt(2 * step) * z, t)
         if i + 1 < len(ts):
-            delta = float(sde.log_alpha_bar(ts[i + 1]) - sde.log_alpha_bar(t))   # int_{t'}^{t} beta dt
-            x = constraint(x + delta * (0.5 * x + model.score(x, t)) + math.sqrt(delta) * noise(), ts[i + 1])
+            x = constraint(predictor_step(sde, x, t, ts[i + 1], model(x, t), noise()), ts[i + 1])
     return model.denoise(x, ts[-1])
 
 
@@ -209,12 +235,16 @@ def pf_ode_rk45(model: NoisePredictor, x, t_start: float, t_end: float, rtol: fl
 
 
 def check_options(name: str, options: dict) -> None:
-    """One error naming every option that score-SDE sampler ``name`` does not take (before any network call)."""
+    """One error naming every option that score-SDE sampler ``name`` does not take, or a grid or predictor it does
+    not know (before any network call)."""
     if name not in OPTIONS:
         raise ValueError(f"unknown score-SDE sampler {name!r}; choose one of {list(OPTIONS)}")
     unknown = sorted(set(options) - set(OPTIONS[name]))
     if unknown:
         raise ValueError(f"{name} does not take sampler option(s) {unknown}; it takes {sorted(OPTIONS[name])}")
+    for option, choices in (("grid", GRIDS), ("predictor", tuple(PREDICTORS))):
+        if option in options and options[option] not in choices:
+            raise ValueError(f"{name}: unknown {option} {options[option]!r}; choose one of {list(choices)}")
 
 
 @dataclass
@@ -237,7 +267,8 @@ def sample_with_stats(unet, scheduler_config, name: str, num_inference_steps: in
     x = randn_tensor(tuple(shape), generator=generator, device=model.device, dtype=model.state_dtype)
     if name == "pc":
         ts = time_grid(sde, num_inference_steps, opts["grid"])
-        images = pc_sampler(model, x, ts, generator, opts["snr"], opts["corrector_steps"], progress_bar)
+        images = pc_sampler(model, x, ts, generator, opts["snr"], opts["corrector_steps"], progress_bar,
+                            predictor=opts["predictor"])
     elif name == "ode-heun":
         ts = time_grid(sde, num_inference_steps, opts["grid"])
         images = model.denoise(pf_ode_fixed_step(model, x, ts, heun=True, progress_bar=progress_bar), ts[-1])
