@@ -26,8 +26,7 @@ from pipeline.evaluation.inception import extract_features, load_inception
 from pipeline.evaluation.metrics import feature_stats, memorization
 from pipeline.evaluation.reference_stats import HELDOUT_SPLITS, heldout_features, load_or_compute_reference
 from pipeline.evaluation.scores import as_nchw_uint8, score_features
-from pipeline.generate import check_sampling, generate, load_pipeline
-from pipeline.sampling.schedulers import default_sampler
+from pipeline.generate import generate, load_for_sampling
 
 
 def scores(fake: torch.Tensor, heldout: torch.Tensor, seed: int) -> dict:
@@ -50,12 +49,8 @@ def main(argv=None) -> int:
     parser.add_argument("--cache_dir", default=None)
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
-    if args.scheduler is not None:  # a named sampler is checked before anything is loaded
-        check_sampling(args.scheduler, args.mixed_precision)
-    pipe = load_pipeline(args.model, args.device)
-    args.scheduler = args.scheduler or default_sampler(pipe)
-    args.steps = args.steps or pipe.config.default_num_inference_steps
-    check_sampling(args.scheduler, args.mixed_precision)
+    pipe, args.scheduler, args.steps = load_for_sampling(args.model, args.device, args.scheduler, args.steps,
+                                                         args.mixed_precision)
     prep = pipeline_preprocessing(pipe)
     heldout = heldout_features(args.train_data_dir, prep, args.cache_dir, args.device)
     count = args.num_samples or len(heldout)

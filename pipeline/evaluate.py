@@ -41,14 +41,13 @@ from .evaluation.reference_stats import DEFAULT_CACHE_DIR, load_or_compute_refer
 from .evaluation.scores import as_nchw_uint8, score_features
 from .generate import (
     MIXED_PRECISION_HELP,
-    check_sampling,
     generate,
-    load_pipeline,
+    load_for_sampling,
     open_batch_store,
     parse_sampler_options,
 )
 from .pipeline_celeba import MIXED_PRECISION
-from .sampling.schedulers import ALL_SAMPLERS, default_sampler, get_sampler
+from .sampling.schedulers import ALL_SAMPLERS, get_sampler
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -120,12 +119,9 @@ def evaluate_model(args) -> dict:
     if args.num_samples < 2 or (args.steps is not None and args.steps <= 0):
         raise ValueError("--num_samples must be at least 2 and --steps positive")
     options = parse_sampler_options(args.sampler_option)
-    if args.scheduler is not None:  # a named sampler is checked before anything is loaded
-        check_sampling(args.scheduler, args.mixed_precision, options)
-    pipe = load_pipeline(args.model, args.device)
-    args.scheduler = args.scheduler or default_sampler(pipe)
-    args.steps = args.steps or pipe.config.default_num_inference_steps
-    check_sampling(args.scheduler, args.mixed_precision, options)  # before the reference, which can take minutes
+    # (the sampler is checked before the reference, which can take minutes)
+    pipe, args.scheduler, args.steps = load_for_sampling(args.model, args.device, args.scheduler, args.steps,
+                                                         args.mixed_precision, options)
     precision = get_sampler(args.scheduler).resolve_mixed_precision(pipe, args.mixed_precision)
     sample_resolution = int(pipe.denoiser.config.sample_size)  # image side, also when unshuffled
     resolution = args.resolution or sample_resolution

@@ -79,6 +79,23 @@ def check_sampling(scheduler: str, mixed_precision: str | None, sampler_options:
     sampler.check_options(sampler_options or {})
 
 
+def load_for_sampling(model: str, device: str, scheduler: str | None, steps: int | None,
+                      mixed_precision: str | None, sampler_options: dict | None = None):
+    """Load ``model`` for sampling with ``scheduler`` at ``steps`` steps, each the model's own default
+    (``default_sampler``, ``default_num_inference_steps``) where None. A named sampler is checked
+    (``check_sampling``) before anything loads, a default one right after.
+
+    Returns:
+        (pipeline, sampler name, steps).
+    """
+    if scheduler is not None:
+        check_sampling(scheduler, mixed_precision, sampler_options)
+    pipe = load_pipeline(model, device)
+    scheduler = scheduler or default_sampler(pipe)
+    check_sampling(scheduler, mixed_precision, sampler_options)
+    return pipe, scheduler, steps or pipe.config.default_num_inference_steps
+
+
 def open_batch_store(folder: str | os.PathLike, pipe: CelebADiffusionPipeline, scheduler: str, steps: int, seed: int,
                      batch_size: int = 64, eta: float = 0.0, mixed_precision: str | None = None,
                      sampler_options: dict | None = None, attributes: dict | None = None,
@@ -174,13 +191,9 @@ def main(argv=None):
             raise ValueError(f"--{name} must be positive, got {getattr(args, name)}")
     options = parse_sampler_options(args.sampler_option)
     attributes = parse_attributes(args.attributes)
-    if args.scheduler is not None:  # a named sampler is checked before anything is loaded
-        check_sampling(args.scheduler, args.mixed_precision, options)
     torch.set_num_threads(os.cpu_count() or 1)
-    pipe = load_pipeline(args.model, args.device)
-    args.scheduler = args.scheduler or default_sampler(pipe)
-    args.steps = args.steps or pipe.config.default_num_inference_steps
-    check_sampling(args.scheduler, args.mixed_precision, options)
+    pipe, args.scheduler, args.steps = load_for_sampling(args.model, args.device, args.scheduler, args.steps,
+                                                         args.mixed_precision, options)
     started = time.perf_counter()
     images, nfe = generate(pipe, args.num_images, args.scheduler, args.steps, args.seed, args.batch_size, args.eta,
                            mixed_precision=args.mixed_precision,
