@@ -9,7 +9,7 @@
 # reused, interrupted ones continue from their kept sample batches (under $BATCHES, default runs/shipped; a new one
 # for other weights), so rerun the same command after an interruption:
 #  1. FID-2k of every offered sampler at 20-25 NFE (EDM's DPM-Solver++ at 10-25) on the run's weights, shipped, and
-#     of the score-SDE samplers on score_sde's uniform grid;
+#     of the score-SDE samplers on score_sde's uniform grid and with first-order predictors;
 #  2. ship: the fastest diffusers scheduler within 5% of the lowest FID-2k at <= 25 NFE becomes the default;
 #  3. FID-10k of that default, and of the lowest-FID point at <= 25 NFE (default options) when it is another one;
 #  4. held-out FID/KID with its floor, test-split bits/dim, bf16-vs-fp32 paired KID, the denoiser response;
@@ -37,9 +37,10 @@ sweep() {  # sample count, then points
 "$PY" -m pipeline.ship --model "$RUN" --out "$MODEL" --sampler ddpm --steps 20 --replace
 sweep "$N_SWEEP" ddpm:20 ddim:20 ddim-clip:20 dpm++2m:20 euler:20 heun:13 unipc:20 pc:10 ode-heun:13 edm-euler:20 \
   edm-dpm++2m:10,15,20,25 edm-dpm++2m-sde:20
-# the score-SDE samplers on score_sde's grid uniform in t (pc also with its Euler-Maruyama predictor), against
-# their defaults above: what the time grid and the predictor do at this budget
-sweep "$N_SWEEP" pc,grid=uniform:10 pc,grid=uniform,predictor=euler-maruyama:10 ode-heun,grid=uniform:13
+# the score-SDE samplers on score_sde's grid uniform in t, and pc with its first-order predictors, against their
+# defaults above: what the time grid and the predictor do at this budget
+sweep "$N_SWEEP" ode-heun,grid=uniform:13 pc,predictor=ancestral:10 pc,grid=uniform:10 \
+  pc,grid=uniform,predictor=euler-maruyama:10
 
 "$PY" -m pipeline.ship --model "$RUN" --out "$MODEL" --from_sweep results/nfe/summary.json --replace
 

@@ -10,9 +10,10 @@ Samplers (``sample`` / ``SDESampler(name, options)``; options and defaults in ``
 trained step t = 1/T with Tweedie's denoising x0 = (x - sigma eps_hat) / alpha:
 
 - ``pc``: predictor-corrector; ``corrector_steps`` Langevin steps with score_sde's step rule (signal-to-noise ratio
-  ``snr``, batch-mean norms), then a predictor step: ``"ancestral"`` draws from the Gaussian posterior
-  q(x_t' | x_t, x0_hat) of the forward process (DDPM's ancestral step between any two grid times, exact for every
-  step size), ``"euler-maruyama"`` discretises the reverse SDE (only accurate while each step's int beta dt is small
+  ``snr``, batch-mean norms), then a predictor step for the reverse SDE: ``"sde-dpm++2m"`` (Lu et al.'s
+  SDE-DPM-Solver++(2M): exact in the linear part, second order in the data prediction), ``"ancestral"`` (its first
+  order form: a draw from the forward posterior q(x_t' | x_t, x0_hat), DDPM's step between any two grid times) or
+  ``"euler-maruyama"`` (score_sde's reverse-diffusion step, accurate only while each step's int beta dt is small
   against sigma_t^2). NFE = steps (1 + corrector_steps).
 - ``ode-heun``: the probability-flow ODE with Heun's method in y = x / alpha and sigma_bar = sigma / alpha (Karras et
   al. 2022, Alg. 1 without churn); its Euler predictor is DDIM. NFE = 2 steps - 1.
@@ -40,7 +41,7 @@ from ..models.noise_schedules import schedule_config
 
 # the samplers, the options each takes (``SDESampler(name, options)``) and their defaults
 OPTIONS = {
-    "pc": {"snr": 0.16, "corrector_steps": 1, "grid": "karras", "predictor": "ancestral"},
+    "pc": {"snr": 0.16, "corrector_steps": 1, "grid": "karras", "predictor": "sde-dpm++2m"},
     "ode-heun": {"grid": "karras"},
     "ode-rk45": {"rtol": 1e-5, "atol": 1e-5},
 }
@@ -151,30 +152,59 @@ def pf_ode_fixed_step(model: NoisePredictor, x, ts, heun: bool = True, progress_
     return x
 
 
-def ancestral_step(sde: VPSDE, x, t, t_next, eps_hat, noise):
-    """A draw from the forward process's posterior q(x_t' | x_t, x0_hat) with x0_hat = (x - sigma eps_hat) / alpha:
-    x' = alpha' x0_hat + (alpha_t|t' sigma'^2 / sigma) eps_hat + c noise, c^2 = sigma'^2 (1 - abar_t / abar_t') /
-    sigma^2 (DDIM with eta = 1; with T grid steps, DDPM's ancestral sampler)."""
-    (a, s), (a2, s2) = sde.alpha_sigma(t), sde.alpha_sigma(t_next)
-    variance_ratio = float(-np.expm1(sde.log_alpha_bar(t) - sde.log_alpha_bar(t_next)) / s**2)   # sigma_t|t'^2/sigma^2
-    x0_hat = (x - float(s) * eps_hat) / float(a)
-    return (float(a2) * x0_hat + float((a / a2) * s2**2 / s) * eps_hat
-            + float(s2 * math.sqrt(variance_ratio)) * noise)
+def half_log_snr(sde: VPSDE, t) -> float:
+    """lambda_t = log(alpha_t / sigma_t), the time variable of DPM-Solver."""
+    alpha, sigma = sde.alpha_sigma(t)
+    return float(np.log(alpha / sigma))
 
 
-def euler_maruyama_step(sde: VPSDE, x, t, t_next, eps_hat, noise):
-    """One Euler-Maruyama step of the reverse VP SDE from t to t_next < t, in steps of int_{t'}^{t} beta dt."""
+def data_prediction_step(sde: VPSDE, x, t, t_next, data, noise):
+    """The exact solution from t to t_next < t of the reverse VP SDE whose data prediction is held at ``data``:
+    x' = (sigma'/sigma) e^-h x + alpha' (1 - e^-2h) data + sigma' sqrt(1 - e^-2h) noise, h = lambda' - lambda (Lu et
+    al.'s SDE-DPM-Solver++). With data = x0_hat it draws from the forward posterior q(x_t' | x_t, x0_hat): DDPM's
+    ancestral step between any two times (DDIM with eta = 1)."""
+    (_, sigma), (alpha2, sigma2) = sde.alpha_sigma(t), sde.alpha_sigma(t_next)
+    h = half_log_snr(sde, t_next) - half_log_snr(sde, t)
+    decay = -math.expm1(-2.0 * h)                                          # 1 - e^-2h
+    return (float(sigma2 / sigma) * math.exp(-h) * x + float(alpha2) * decay * data
+            + float(sigma2) * math.sqrt(decay) * noise)
+
+
+def ancestral_step(sde: VPSDE, x, t, t_next, eps_hat, noise, history=None):
+    """The ancestral predictor: ``data_prediction_step`` with Tweedie's x0_hat, first order; ``history`` is unused."""
+    alpha, sigma = sde.alpha_sigma(t)
+    return data_prediction_step(sde, x, t, t_next, (x - float(sigma) * eps_hat) / float(alpha), noise)
+
+
+def sde_dpmpp_2m_step(sde: VPSDE, x, t, t_next, eps_hat, noise, history):
+    """SDE-DPM-Solver++(2M) as predictor: ``data_prediction_step`` with x0_hat extrapolated linearly in lambda from the
+    previous step's, D = x0 + (h / 2 h_prev)(x0 - x0_prev) (second order). ``history`` (a list, appended to) holds
+    the earlier steps' (t, x0_hat); the first step is the ancestral one."""
+    alpha, sigma = sde.alpha_sigma(t)
+    x0_hat = (x - float(sigma) * eps_hat) / float(alpha)
+    data = x0_hat
+    if history:
+        t_prev, x0_prev = history[-1]
+        lam_prev, lam, lam_next = (half_log_snr(sde, time) for time in (t_prev, t, t_next))
+        data = x0_hat + 0.5 * (lam_next - lam) / (lam - lam_prev) * (x0_hat - x0_prev)
+    history.append((t, x0_hat))
+    return data_prediction_step(sde, x, t, t_next, data, noise)
+
+
+def euler_maruyama_step(sde: VPSDE, x, t, t_next, eps_hat, noise, history=None):
+    """One Euler-Maruyama step of the reverse VP SDE from t to t_next < t, in steps of int_{t'}^{t} beta dt;
+    ``history`` is unused."""
     delta = float(sde.log_alpha_bar(t_next) - sde.log_alpha_bar(t))
     score = -eps_hat / float(sde.alpha_sigma(t)[1])
     return x + delta * (0.5 * x + score) + math.sqrt(delta) * noise
 
 
-PREDICTORS = {"ancestral": ancestral_step, "euler-maruyama": euler_maruyama_step}
+PREDICTORS = {"sde-dpm++2m": sde_dpmpp_2m_step, "ancestral": ancestral_step, "euler-maruyama": euler_maruyama_step}
 GRIDS = ("karras", "uniform")
 
 
 def pc_sampler(model: NoisePredictor, x, ts, generator=None, snr: float = 0.16, corrector_steps: int = 1,
-               progress_bar=None, constraint=None, predictor: str = "ancestral"):
+               progress_bar=None, constraint=None, predictor: str = "sde-dpm++2m"):
     """Langevin corrector + ``predictor`` step (``PREDICTORS``) on the grid ``ts``, then Tweedie denoising.
 
     ``constraint(x, t)``, if given, is applied after every corrector and predictor update (x then lives at time t):
@@ -183,7 +213,7 @@ def pc_sampler(model: NoisePredictor, x, ts, generator=None, snr: float = 0.16, 
     """
     sde, progress_bar = model.sde, progress_bar or (lambda iterable: iterable)
     constraint = constraint or (lambda x, _t: x)
-    predictor_step = PREDICTORS[predictor]
+    predictor_step, history = PREDICTORS[predictor], []
 
     def noise():
         return randn_tensor(x.shape, generator=generator, device=x.device, dtype=x.dtype)
@@ -198,7 +228,7 @@ def pc_sampler(model: NoisePredictor, x, ts, generator=None, snr: float = 0.16, 
             step = 2 * alpha_i * float(snr * ratio) ** 2
             x = constraint(x + step * score + math.sqrt(2 * step) * z, t)
         if i + 1 < len(ts):
-            x = constraint(predictor_step(sde, x, t, ts[i + 1], model(x, t), noise()), ts[i + 1])
+            x = constraint(predictor_step(sde, x, t, ts[i + 1], model(x, t), noise(), history), ts[i + 1])
     return model.denoise(x, ts[-1])
 
 
