@@ -35,7 +35,7 @@ from pipeline.data.celeba import load_celeba, preprocessed_batches, read_officia
 from pipeline.data.preprocess import Preprocessing, pipeline_preprocessing, random_hflip, to_model_range
 from pipeline.evaluation.reference_stats import load_or_compute_reference
 from pipeline.evaluation.scores import fid_against_reference
-from pipeline.generate import check_sampling, generate, load_for_sampling
+from pipeline.generate import generate, load_for_sampling
 from pipeline.models.attribute_encoder import CELEBA_ATTRIBUTES
 
 DEFAULT_WEIGHTS = Path(os.environ.get("CELEBA_DIFFUSION_CACHE", "~/.cache/celeba-diffusion")).expanduser() / \
@@ -156,13 +156,11 @@ def control_main(args) -> dict:
         raise ValueError(f"unknown attribute(s) {unknown}; the attributes are {', '.join(CELEBA_ATTRIBUTES)}")
     if 0.0 not in args.guidance:
         raise ValueError("--guidance must include 0: the unconditional base rate every weight is compared with")
-    if args.scheduler is not None:  # a named sampler is checked before the classifier loads
-        check_sampling(args.scheduler, args.mixed_precision)
-    classifier, classifier_prep = load_classifier(args.weights)
     pipe, args.scheduler, args.steps = load_for_sampling(args.model, args.device, args.scheduler, args.steps,
                                                          args.mixed_precision)
     if getattr(pipe, "attribute_encoder", None) is None:
         raise ValueError(f"{args.model} is not an attribute model (no attribute_encoder)")
+    classifier, classifier_prep = load_classifier(args.weights)
     if classifier_prep.resolution != pipeline_preprocessing(pipe).resolution:
         raise ValueError(f"the classifier was trained at {classifier_prep.resolution} px, the model samples at "
                          f"{pipeline_preprocessing(pipe).resolution} px")

@@ -83,7 +83,7 @@ def load_for_sampling(model: str, device: str, scheduler: str | None, steps: int
                       mixed_precision: str | None, sampler_options: dict | None = None):
     """Load ``model`` for sampling with ``scheduler`` at ``steps`` steps, each the model's own default
     (``default_sampler``, ``default_num_inference_steps``) where None. A named sampler is checked
-    (``check_sampling``) before anything loads, a default one right after.
+    (``check_sampling``) before anything loads, the default one right after.
 
     Returns:
         (pipeline, sampler name, steps).
@@ -91,8 +91,9 @@ def load_for_sampling(model: str, device: str, scheduler: str | None, steps: int
     if scheduler is not None:
         check_sampling(scheduler, mixed_precision, sampler_options)
     pipe = load_pipeline(model, device)
-    scheduler = scheduler or default_sampler(pipe)
-    check_sampling(scheduler, mixed_precision, sampler_options)
+    if scheduler is None:
+        scheduler = default_sampler(pipe)
+        check_sampling(scheduler, mixed_precision, sampler_options)
     return pipe, scheduler, steps or pipe.config.default_num_inference_steps
 
 

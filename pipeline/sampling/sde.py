@@ -21,8 +21,8 @@ trained step t = 1/T with Tweedie's denoising x0 = (x - sigma eps_hat) / alpha:
   solve (``sample_with_stats``), and ``num_inference_steps`` is ignored.
 
 Time grids of ``pc`` and ``ode-heun``: ``"karras"`` (rho = 7 in sigma_bar, the default) or ``"uniform"`` in t
-(score_sde's grid, made for hundreds of steps). The
-derivations, the choice of constants and their measured effects are in REPORT Sections 3.5-3.10.
+(score_sde's grid, made for hundreds of steps). The derivations, the choice of constants and their measured effects
+are in REPORT Sections 3.5-3.10.
 """
 
 from __future__ import annotations
@@ -170,19 +170,22 @@ def data_prediction_step(sde: VPSDE, x, t, t_next, data, noise):
             + float(sigma2) * math.sqrt(decay) * noise)
 
 
+def tweedie(sde: VPSDE, x, t, eps_hat):
+    """x0_hat = (x - sigma eps_hat) / alpha for a given noise estimate."""
+    alpha, sigma = sde.alpha_sigma(t)
+    return (x - float(sigma) * eps_hat) / float(alpha)
+
+
 def ancestral_step(sde: VPSDE, x, t, t_next, eps_hat, noise, history=None):
     """The ancestral predictor: ``data_prediction_step`` with Tweedie's x0_hat, first order; ``history`` is unused."""
-    alpha, sigma = sde.alpha_sigma(t)
-    return data_prediction_step(sde, x, t, t_next, (x - float(sigma) * eps_hat) / float(alpha), noise)
+    return data_prediction_step(sde, x, t, t_next, tweedie(sde, x, t, eps_hat), noise)
 
 
 def sde_dpmpp_2m_step(sde: VPSDE, x, t, t_next, eps_hat, noise, history):
     """SDE-DPM-Solver++(2M) as predictor: ``data_prediction_step`` with x0_hat extrapolated linearly in lambda from the
     previous step's, D = x0 + (h / 2 h_prev)(x0 - x0_prev) (second order). ``history`` (a list, appended to) holds
     the earlier steps' (t, x0_hat); the first step is the ancestral one."""
-    alpha, sigma = sde.alpha_sigma(t)
-    x0_hat = (x - float(sigma) * eps_hat) / float(alpha)
-    data = x0_hat
+    x0_hat = data = tweedie(sde, x, t, eps_hat)
     if history:
         t_prev, x0_prev = history[-1]
         lam_prev, lam, lam_next = (half_log_snr(sde, time) for time in (t_prev, t, t_next))
