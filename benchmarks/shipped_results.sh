@@ -80,8 +80,9 @@ sweep "${N_SLOW:-256}" ode-rk45,rtol=1e-3,atol=1e-3:1 ddpm:1000
 "$PY" -m benchmarks.model_summary --config configs/celeba64_edm.yaml --out results/model_summary.json
 "$PY" -m pipeline.generate --model "$MODEL" --num_images 64 --out "results/samples/${DEFAULT/:/-}"
 "$PY" -m pipeline.trajectory --model "$MODEL" --scheduler ddim --steps 20 --out results/samples/trajectory.png
-cp "$RUN/training_log.jsonl" results/training_log.jsonl
-"$PY" -m pipeline.training_log --log results/training_log.jsonl --plot results/training_curve.png
+# the run's log (joined at its restart record to the log of the run it was warm-restarted from, if any)
+"$PY" -m pipeline.training_log --log results/training_log.jsonl --update_from "$RUN/training_log.jsonl" \
+  --plot results/training_curve.png
 "$PY" -m pipeline.model_card --model "$MODEL" --eval results/eval/fid10k_*.json \
   "results/nfe/${DEFAULT/:/-}_n$N_SWEEP.json" --likelihood results/likelihood.json \
   --training_log results/training_log.jsonl --grid "results/samples/${DEFAULT/:/-}/grid_x4.png" --out model_card.md

@@ -208,9 +208,11 @@ def render_card(model_name: str, unet_config: dict, scheduler_config: dict, eval
             compute = "CPU time was not recorded for the whole run."
         went_on = (f" The run went on to step {training['last_step']:,}; these are the weights of step "
                    f"{training['step']:,}." if training.get("last_step", training["step"]) > training["step"] else "")
+        restarts = "".join(f" At step {record['step']:,}: {record['restart']}."
+                           for record in training.get("restarts", ()))
         lines += ["## Compute", "",
                   f"{training['step']:,} optimisation steps, {training['images_seen']:,} training images seen. "
-                  + compute + went_on, ""]
+                  + compute + restarts + went_on, ""]
     lines += ["## Evaluation", ""]
     if evals:
         lines += ["| protocol | sampler | FID | KID (x1e3) | precision | recall |", "|---|---|---|---|---|---|"]

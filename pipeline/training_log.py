@@ -2,9 +2,17 @@
 
     python -m pipeline.training_log --log results/training_log.jsonl --plot results/training_curve.png
     python -m pipeline.training_log --log RUN/training_log.jsonl --add_eval results/nfe/ddpm-20_n2000.json --step 2373
+    python -m pipeline.training_log --log results/training_log.jsonl --update_from RUN2/training_log.jsonl \
+        --restart_step 5617 --restart_note "warm restart from the EMA weights of step 5,617 ..."
 
 ``--add_eval`` records a ``pipeline.evaluate`` result of the EMA weights saved at a checkpoint step as an FID record,
 so that FID measured after training (larger N than in-loop FID) draws the same curve.
+
+``--update_from`` brings the log up to date with a run's own log. A run warm-restarted from another run's saved
+weights (``train_unet.py --init_from``) counts its steps from 0; ``--restart_step`` joins it to the log of the run it
+continues, at the checkpoint whose weights it started from: later records of the first run are dropped, a restart
+record is written, and the new run's steps, images and CPU/wall hours count on from that checkpoint. Later updates
+re-join at the log's last restart record, so the command can be repeated as the new run goes on.
 """
 
 from __future__ import annotations
@@ -91,6 +99,54 @@ def eval_record(records: list[dict], evaluation: dict, step: int) -> dict:
                             f"train images (pipeline.evaluate)"}
 
 
+SHIFTED_KEYS = ("step", "images_seen", "cpu_hours", "wall_hours")
+
+
+def restart_records(records: list[dict]) -> list[dict]:
+    """The log's warm-restart records ({"step", "restart"}), in order."""
+    return [record for record in records if "restart" in record]
+
+
+def continue_log(records: list[dict], run_records: list[dict], restart_step: int | None = None,
+                 restart_note: str | None = None) -> list[dict]:
+    """``records`` brought up to date with ``run_records``, the log of the run that continues it.
+
+    Without ``restart_step``: joined at ``records``' last restart record, or, when it has none, simply
+    ``run_records``. With ``restart_step`` (and its ``restart_note``): a new restart record at that checkpoint step,
+    after which the records of ``records`` are dropped. ``run_records`` count their steps from the restart; their
+    step, images and CPU/wall hours are shifted by the checkpoint record at the restart step. ValueError when that
+    step has no checkpoint record or the new restart precedes an earlier one."""
+    restarts = restart_records(records)
+    if restart_step is None:
+        if not restarts:
+            return list(run_records)
+        restart_step, restart_note = restarts[-1]["step"], restarts[-1]["restart"]
+        kept = records[:records.index(restarts[-1])]
+    else:
+        if not restart_note:
+            raise ValueError("a restart needs a note saying what the new run started from")
+        if restarts and restart_step < restarts[-1]["step"]:
+            raise ValueError(f"restart step {restart_step} precedes the log's last restart at step "
+                             f"{restarts[-1]['step']}")
+        kept = [record for record in records  # a repeated restart at the same step replaces the earlier one
+                if record["step"] < restart_step or (record["step"] == restart_step and "restart" not in record)]
+    start = next((record for record in kept if record["step"] == restart_step and "cpu_hours" in record), None)
+    if start is None:
+        raise ValueError(f"the training log has no checkpoint record at step {restart_step} to restart from")
+    offsets = {key: start.get(key, 0) for key in SHIFTED_KEYS}
+    shifted = [{**record, **{key: record[key] + offsets[key] for key in SHIFTED_KEYS if key in record}}
+               for record in run_records]
+    return kept + [{"step": restart_step, "restart": restart_note}] + shifted
+
+
+def write_records(path: str, records: list[dict]) -> None:
+    """Replace the log at ``path`` with ``records``, written beside it and renamed into place."""
+    partial = f"{path}.partial"
+    with open(partial, "w") as handle:
+        handle.writelines(json.dumps(record) + "\n" for record in records)
+    os.replace(partial, path)
+
+
 def fid_series(records: list[dict]) -> dict[str, list[tuple[int, float]]]:
     """FID records grouped into curves by sample count and sampler ("FID-2000, ddpm-20"): numbers measured with
     different samplers are not one curve."""
@@ -130,7 +186,8 @@ def plot_training_log(records: list[dict], path: str) -> None:
     clocked = [r for r in records if "cpu_hours" in r]
     last = clocked[-1] if clocked else records[-1]
     title = f"training curve: {last['step']:,} steps, {last['images_seen']:,} images" + (
-        f", {last['cpu_hours']:.2f} CPU-hours at the last checkpoint" if clocked else "")
+        f", {last['cpu_hours']:.2f} CPU-hours at the last checkpoint" if clocked else "") + "".join(
+        f"; warm restart at step {record['step']:,}" for record in restart_records(records))
     line_chart(path, title, "optimisation step", panels, legend, min_x=0, max_x=max(r["step"] for r in records))
 
 
@@ -140,11 +197,24 @@ def main(argv=None) -> int:
     parser.add_argument("--plot", help="PNG to write")
     parser.add_argument("--add_eval", help="pipeline.evaluate JSON of the EMA weights of checkpoint --step")
     parser.add_argument("--step", type=int, help="checkpoint step that --add_eval measured")
+    parser.add_argument("--update_from", help="training_log.jsonl of the run that --log's run is, or that continues "
+                        "it from its last restart (or from --restart_step)")
+    parser.add_argument("--restart_step", type=int, help="checkpoint step of --log whose weights --update_from's run "
+                        "was warm-started from (train_unet.py --init_from)")
+    parser.add_argument("--restart_note", help="what the restarted run started from and what it reset")
     args = parser.parse_args(argv)
-    if not args.plot and not args.add_eval:
-        parser.error("nothing to do: give --plot and/or --add_eval")
+    if not (args.plot or args.add_eval or args.update_from):
+        parser.error("nothing to do: give --update_from, --add_eval and/or --plot")
     if args.add_eval and args.step is None:
         parser.error("--add_eval needs --step")
+    if args.restart_step is not None and not (args.update_from and args.restart_note):
+        parser.error("--restart_step needs --update_from and --restart_note")
+    if args.update_from:
+        run_records = read_records(args.update_from)
+        records = read_records(args.log) if os.path.isfile(args.log) else []
+        records = continue_log(records, run_records, args.restart_step, args.restart_note)
+        write_records(args.log, records)
+        print(f"updated {args.log} from {args.update_from} ({len(records)} records)")
     records = read_records(args.log)
     if args.add_eval:
         with open(args.add_eval) as handle:
@@ -164,13 +234,16 @@ if __name__ == "__main__":
 
 def read_training_log(path: str | None, step: int | None = None) -> dict | None:
     """The checkpoint record of the shipped weights (cumulative steps, images, CPU-hours): the one at ``step``, by
-    default the last; ``last_step`` says how far the run went on. None without a log."""
+    default the last; ``last_step`` says how far the run went on, ``restarts`` lists the warm restarts before it. None
+    without a log."""
     if not path:
         return None
-    checkpoints = [record for record in read_records(path) if "cpu_hours" in record]
+    records = read_records(path)
+    checkpoints = [record for record in records if "cpu_hours" in record]
     if not checkpoints:
         raise ValueError(f"training log {path} has no checkpoint records (step, images_seen, cpu_hours)")
     chosen = checkpoints[-1] if step is None else next((r for r in checkpoints if r["step"] == step), None)
     if chosen is None:
         raise ValueError(f"training log {path} has no checkpoint record at step {step}")
-    return {**chosen, "last_step": checkpoints[-1]["step"]}
+    restarts = [record for record in restart_records(records) if record["step"] < chosen["step"]]
+    return {**chosen, "last_step": checkpoints[-1]["step"], "restarts": restarts}

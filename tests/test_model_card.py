@@ -85,6 +85,12 @@ def test_card_numbers_come_from_the_results(smoke_pipeline_dir, tmp_path):
                  "--training_step", "1000", "--out", str(out)])  # shipped weights older than the run's end
     assert ("1,000 optimisation steps, 32,000 training images seen. CPU time was not recorded for the whole run. The "
             "run went on to step 2,000; these are the weights of step 1,000.") in out.read_text()
+    restarted = log[:1] + [{"step": 1000, "restart": "warm restart from its EMA weights"}] + log[1:]
+    (tmp_path / "restarted.jsonl").write_text("\n".join(json.dumps(r) for r in restarted) + "\n")
+    run_command(["-m", "pipeline.model_card", "--model", str(model), "--training_log",
+                 str(tmp_path / "restarted.jsonl"), "--out", str(out)])  # a run continued from saved weights says so
+    assert "from step 262 on; the first 262 steps were not timed. At step 1,000: warm restart from its EMA weights." \
+        in out.read_text()
     missing = run_command(["-m", "pipeline.model_card", "--model", str(model), "--training_log",
                            str(tmp_path / "log.jsonl"), "--training_step", "1500", "--out", str(out)], check=False)
     assert missing.returncode == 2 and "has no checkpoint record at step 1500" in missing.stderr

@@ -1,10 +1,12 @@
-"""The training log's plot command reads what train_unet.py writes: checkpoint records and FID records."""
+"""The training log's command plots what train_unet.py writes (checkpoint and FID records) and joins a warm-restarted
+run to the log of the run it continues."""
 
 import json
 
+import pytest
 from PIL import Image
 
-from pipeline.training_log import fid_series
+from pipeline.training_log import fid_series, read_training_log
 
 from conftest import run_command
 
@@ -59,3 +61,42 @@ def test_fid_records_of_different_samplers_are_different_curves():
                {"step": 200, "loss": 0.1, "cpu_hours": 0.2}]
     assert fid_series(records) == {"FID-1000": [(200, 85.0)], "FID-2000, ddim-clip-20": [(300, 70.0)],
                                    "FID-2000, ddpm-20": [(100, 90.0), (200, 80.0)]}
+
+
+def test_a_warm_restarted_run_continues_the_log_of_the_run_it_started_from(tmp_path):
+    """A run started from another run's step-200 weights counts from 0; joined, its records count on from step 200's
+    checkpoint (steps, images, CPU and wall hours), the first run's later records are dropped, and repeating the
+    update as the new run goes on re-joins at the restart record."""
+    first = [{"step": 100, "images_seen": 3200, "cpu_hours": 0.1, "wall_hours": 0.05, "loss": 0.3},
+             {"step": 200, "images_seen": 6400, "cpu_hours": 0.2, "wall_hours": 0.1, "loss": 0.2},
+             {"step": 200, "images_seen": 6400, "fid_1000": 150.0},
+             {"step": 300, "images_seen": 9600, "cpu_hours": 0.3, "wall_hours": 0.15, "loss": 0.1}]
+    second = [{"step": 50, "images_seen": 1600, "cpu_hours": 0.05, "wall_hours": 0.02, "loss": 0.15},
+              {"step": 100, "images_seen": 3200, "fid_1000": 120.0, "fid_protocol": "edm-dpm++2m-20"}]
+    log, run_log = tmp_path / "log.jsonl", tmp_path / "run.jsonl"
+    log.write_text("".join(json.dumps(r) + "\n" for r in first))
+    run_log.write_text("".join(json.dumps(r) + "\n" for r in second))
+    note = ["--restart_note", "warm restart from its EMA weights"]
+    bad = run_command(["-m", "pipeline.training_log", "--log", str(log), "--update_from", str(run_log),
+                       "--restart_step", "150", *note], check=False)
+    assert bad.returncode == 2 and "no checkpoint record at step 150" in bad.stderr
+    assert log.read_text() == "".join(json.dumps(r) + "\n" for r in first)  # the failed call changed nothing
+    run_command(["-m", "pipeline.training_log", "--log", str(log), "--update_from", str(run_log),
+                 "--restart_step", "200", *note])
+    joined = [json.loads(line) for line in log.read_text().splitlines()]
+    assert joined[:3] == first[:3] and joined[3] == {"step": 200, "restart": "warm restart from its EMA weights"}
+    assert joined[4] == {"step": 250, "images_seen": 8000, "cpu_hours": pytest.approx(0.25),
+                         "wall_hours": pytest.approx(0.12), "loss": 0.15}
+    assert joined[5] == {"step": 300, "images_seen": 9600, "fid_1000": 120.0, "fid_protocol": "edm-dpm++2m-20"}
+    assert len(joined) == 6  # the first run's step 300 is not an ancestor of the new weights
+    second.append({"step": 150, "images_seen": 4800, "cpu_hours": 0.15, "wall_hours": 0.06, "loss": 0.12})
+    run_log.write_text("".join(json.dumps(r) + "\n" for r in second))
+    for _ in range(2):  # without --restart_step: re-joined at the restart record, so repeating it changes nothing
+        run_command(["-m", "pipeline.training_log", "--log", str(log), "--update_from", str(run_log),
+                     "--plot", str(tmp_path / "curve.png")])
+        updated = [json.loads(line) for line in log.read_text().splitlines()]
+        assert updated[:6] == joined and len(updated) == 7 and updated[6]["step"] == 350
+    training = read_training_log(str(log))
+    assert training["step"] == 350 and training["cpu_hours"] == pytest.approx(0.35)
+    assert training["restarts"] == [{"step": 200, "restart": "warm restart from its EMA weights"}]
+    assert read_training_log(str(log), 200)["restarts"] == []  # the weights of step 200 precede the restart
