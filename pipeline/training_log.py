@@ -141,6 +141,7 @@ def continue_log(records: list[dict], run_records: list[dict], restart_step: int
 
 def write_records(path: str, records: list[dict]) -> None:
     """Replace the log at ``path`` with ``records``, written beside it and renamed into place."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     partial = f"{path}.partial"
     with open(partial, "w") as handle:
         handle.writelines(json.dumps(record) + "\n" for record in records)
@@ -191,47 +192,6 @@ def plot_training_log(records: list[dict], path: str) -> None:
     line_chart(path, title, "optimisation step", panels, legend, min_x=0, max_x=max(r["step"] for r in records))
 
 
-def main(argv=None) -> int:
-    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--log", required=True, help="training_log.jsonl written by train_unet.py")
-    parser.add_argument("--plot", help="PNG to write")
-    parser.add_argument("--add_eval", help="pipeline.evaluate JSON of the EMA weights of checkpoint --step")
-    parser.add_argument("--step", type=int, help="checkpoint step that --add_eval measured")
-    parser.add_argument("--update_from", help="training_log.jsonl of the run that --log's run is, or that continues "
-                        "it from its last restart (or from --restart_step)")
-    parser.add_argument("--restart_step", type=int, help="checkpoint step of --log whose weights --update_from's run "
-                        "was warm-started from (train_unet.py --init_from)")
-    parser.add_argument("--restart_note", help="what the restarted run started from and what it reset")
-    args = parser.parse_args(argv)
-    if not (args.plot or args.add_eval or args.update_from):
-        parser.error("nothing to do: give --update_from, --add_eval and/or --plot")
-    if args.add_eval and args.step is None:
-        parser.error("--add_eval needs --step")
-    if args.restart_step is not None and not (args.update_from and args.restart_note):
-        parser.error("--restart_step needs --update_from and --restart_note")
-    if args.update_from:
-        run_records = read_records(args.update_from)
-        records = read_records(args.log) if os.path.isfile(args.log) else []
-        records = continue_log(records, run_records, args.restart_step, args.restart_note)
-        write_records(args.log, records)
-        print(f"updated {args.log} from {args.update_from} ({len(records)} records)")
-    records = read_records(args.log)
-    if args.add_eval:
-        with open(args.add_eval) as handle:
-            record = eval_record(records, json.load(handle), args.step)
-        append_record(args.log, record)
-        records.append(record)
-        print(f"appended {record}")
-    if args.plot:
-        plot_training_log(records, args.plot)
-        print(f"wrote {args.plot} ({len(records)} records)")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(run_cli(main))
-
-
 def read_training_log(path: str | None, step: int | None = None) -> dict | None:
     """The checkpoint record of the shipped weights (cumulative steps, images, CPU-hours): the one at ``step``, by
     default the last; ``last_step`` says how far the run went on, ``restarts`` lists the warm restarts before it. None
@@ -247,3 +207,49 @@ def read_training_log(path: str | None, step: int | None = None) -> dict | None:
         raise ValueError(f"training log {path} has no checkpoint record at step {step}")
     restarts = [record for record in restart_records(records) if record["step"] < chosen["step"]]
     return {**chosen, "last_step": checkpoints[-1]["step"], "restarts": restarts}
+
+
+def main(argv=None) -> int:
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--log", required=True, help="training_log.jsonl written by train_unet.py")
+    parser.add_argument("--plot", help="PNG to write")
+    parser.add_argument("--add_eval", help="pipeline.evaluate JSON of the EMA weights of checkpoint --step")
+    parser.add_argument("--step", type=int, help="checkpoint step that --add_eval measured")
+    parser.add_argument("--update_from", help="training_log.jsonl of the run that --log's run is, or that continues "
+                        "it from its last restart (or from --restart_step)")
+    parser.add_argument("--restart_step", type=int, help="checkpoint step of --log whose weights --update_from's run "
+                        "was warm-started from (train_unet.py --init_from)")
+    parser.add_argument("--restart_note", help="what the restarted run started from and what it reset")
+    parser.add_argument("--has_checkpoint", type=int, metavar="STEP",
+                        help="fail unless the log has a checkpoint record at STEP (checked after --update_from)")
+    args = parser.parse_args(argv)
+    if not (args.plot or args.add_eval or args.update_from or args.has_checkpoint is not None):
+        parser.error("nothing to do: give --update_from, --has_checkpoint, --add_eval and/or --plot")
+    if args.add_eval and args.step is None:
+        parser.error("--add_eval needs --step")
+    if args.restart_step is not None and not (args.update_from and args.restart_note):
+        parser.error("--restart_step needs --update_from and --restart_note")
+    if args.update_from:
+        run_records = read_records(args.update_from)
+        records = read_records(args.log) if os.path.isfile(args.log) else []
+        records = continue_log(records, run_records, args.restart_step, args.restart_note)
+        write_records(args.log, records)
+        print(f"updated {args.log} from {args.update_from} ({len(records)} records)")
+    records = read_records(args.log)
+    if args.has_checkpoint is not None:
+        read_training_log(args.log, args.has_checkpoint)
+    if args.add_eval:
+        with open(args.add_eval) as handle:
+            record = eval_record(records, json.load(handle), args.step)
+        append_record(args.log, record)
+        records.append(record)
+        print(f"appended {record}")
+    if args.plot:
+        plot_training_log(records, args.plot)
+        print(f"wrote {args.plot} ({len(records)} records)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
+

@@ -100,3 +100,6 @@ def test_a_warm_restarted_run_continues_the_log_of_the_run_it_started_from(tmp_p
     assert training["step"] == 350 and training["cpu_hours"] == pytest.approx(0.35)
     assert training["restarts"] == [{"step": 200, "restart": "warm restart from its EMA weights"}]
     assert read_training_log(str(log), 200)["restarts"] == []  # the weights of step 200 precede the restart
+    run_command(["-m", "pipeline.training_log", "--log", str(log), "--has_checkpoint", "350"])
+    missing = run_command(["-m", "pipeline.training_log", "--log", str(log), "--has_checkpoint", "300"], check=False)
+    assert missing.returncode == 2 and "no checkpoint record at step 300" in missing.stderr  # 300 is an FID record
