@@ -2,10 +2,13 @@
 
     python -m pipeline.evaluate --model PATH --num_samples 10000 --scheduler ddim --steps 50 \
         --train_data_dir ../shared/celeba --out results/eval_ddim50.json
+    python -m pipeline.evaluate --model PATH --batches DIR --train_data_dir ../shared/celeba --out results/e.json
     python -m pipeline.evaluate --fake_dir DIR --ref_dir DIR2 --out results/folders.json
 
 Real images are scored through the cached reference features of ``pipeline.evaluation.reference_stats``, read with the
-model's own preprocessing. Folder mode scores two folders as they are (only the Inception resize is applied).
+model's own preprocessing. ``--batches`` scores samples of the model that were stored (by ``--resume_dir``'s batch
+store) elsewhere, such as on a GPU machine. Folder mode scores two folders as they are (only the Inception resize is
+applied).
 The scores themselves are ``pipeline.evaluation.scores``.
 """
 
@@ -47,6 +50,8 @@ from .generate import (
     parse_sampler_options,
 )
 from .pipeline_celeba import MIXED_PRECISION
+from .pipeline_folder import load_pipeline, weights_checksum
+from .sampling.sample_store import read_batches, stored_nfe
 from .sampling.schedulers import ALL_SAMPLERS, get_sampler
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
@@ -113,16 +118,35 @@ def label(num_samples: int) -> str:
     return f"FID-{num_samples / 1000:g}k" if num_samples >= 1000 else f"FID-{num_samples}"
 
 
+def stored_samples(args) -> tuple:
+    """(pipeline, images, settings, NFE) of ``--batches``: samples of ``--model`` stored by ``generate`` elsewhere
+    (e.g. on a GPU machine); ``args`` takes the sampling settings they were made with. ValueError when they were
+    made with other weights."""
+    pipe = load_pipeline(args.model, args.device)
+    images, stored = read_batches(args.batches)
+    checksum = weights_checksum(pipe.unet)
+    if stored["unet_sha256"] != checksum:
+        raise ValueError(f"{args.batches} holds samples of other weights than {args.model} (unet_sha256 "
+                         f"{stored['unet_sha256']} there, {checksum} here)")
+    args.scheduler, args.steps, args.seed = stored["scheduler"], stored["steps"], stored["seed"]
+    args.batch_size, args.eta, args.num_samples = stored["batch_size"], stored["eta"], len(images)
+    return pipe, images, stored, stored_nfe(args.batches)
+
+
 def evaluate_model(args) -> dict:
     if args.scheduler is not None and args.scheduler not in ALL_SAMPLERS:
         raise ValueError(f"unknown scheduler {args.scheduler!r}; choose one of {list(ALL_SAMPLERS)}")
     if args.num_samples < 2 or (args.steps is not None and args.steps <= 0):
         raise ValueError("--num_samples must be at least 2 and --steps positive")
     options = parse_sampler_options(args.sampler_option)
-    # (the sampler is checked before the reference, which can take minutes)
-    pipe, args.scheduler, args.steps = load_for_sampling(args.model, args.device, args.scheduler, args.steps,
-                                                         args.mixed_precision, options)
-    precision = get_sampler(args.scheduler).resolve_mixed_precision(pipe, args.mixed_precision)
+    if args.batches:
+        pipe, images, stored, measured_nfe = stored_samples(args)
+        precision, options, device = stored["mixed_precision"], stored.get("sampler_options", {}), stored["device"]
+    else:  # (the sampler is checked before the reference, which can take minutes)
+        pipe, args.scheduler, args.steps = load_for_sampling(args.model, args.device, args.scheduler, args.steps,
+                                                             args.mixed_precision, options)
+        precision = get_sampler(args.scheduler).resolve_mixed_precision(pipe, args.mixed_precision)
+        device = pipe.device.type
     sample_resolution = int(pipe.denoiser.config.sample_size)  # image side, also when unshuffled
     resolution = args.resolution or sample_resolution
     # the references are cropped as the model's training images were, at the scoring resolution
@@ -135,9 +159,11 @@ def evaluate_model(args) -> dict:
     sampling = {"scheduler": args.scheduler, "steps": args.steps, "seed": args.seed, "batch_size": args.batch_size,
                 "eta": args.eta, "mixed_precision": precision, "sampler_options": options}
     store = open_batch_store(args.resume_dir, pipe, **sampling) if args.resume_dir else None
-    started = time.perf_counter()
-    images, measured_nfe = generate(pipe, args.num_samples, **sampling, store=store)
-    generation_seconds = time.perf_counter() - started
+    generation_seconds = None  # stored samples: generated elsewhere
+    if not args.batches:
+        started = time.perf_counter()
+        images, measured_nfe = generate(pipe, args.num_samples, **sampling, store=store)
+        generation_seconds = time.perf_counter() - started
     images = resize_samples(images, resolution, prep.resample)
     if args.save_samples:
         from .data.images import save_pngs
@@ -156,7 +182,7 @@ def evaluate_model(args) -> dict:
     result.update({
         "label": label(args.num_samples), "num_samples": args.num_samples, "model": args.model,
         "sampler": args.scheduler, "sampler_options": options, "steps": args.steps, "nfe": measured_nfe,
-        "batch_size": args.batch_size, "eta": args.eta, "mixed_precision": precision, "device": pipe.device.type,
+        "batch_size": args.batch_size, "eta": args.eta, "mixed_precision": precision, "device": device,
         "seed": args.seed, "resolution": resolution, "sample_resolution": sample_resolution,
         "preprocessing": prep.to_dict(),
         "reference": {**reference["fields"], "num_images": reference["num"], "cache_file": reference["cache_file"],
@@ -165,7 +191,8 @@ def evaluate_model(args) -> dict:
                          "closest_pairs_picture": str(picture)},
         "generation_seconds": generation_seconds, "features_per_second": features_per_second,
         # batches reused from --resume_dir were generated by an earlier run, outside generation_seconds
-        "resumed_batches": store.loaded if store is not None else 0})
+        "resumed_batches": store.loaded if store is not None else 0,
+        **({"batches": args.batches} if args.batches else {})})
     return result
 
 
@@ -207,6 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="default: the model's default_num_inference_steps")
     p.add_argument("--eta", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0, help="generation, KID subsets, P/R and memorization subsets")
+    p.add_argument("--batches", help="with --model: score the samples of these weights stored by generate's batch "
+                   "store (a --resume_dir, e.g. made on a GPU machine) instead of generating; the sampling settings "
+                   "are the stored ones")
     p.add_argument("--fake_dir", help="folder of generated images (folder mode, with --ref_dir)")
     p.add_argument("--ref_dir", help="folder of reference images (folder mode)")
     p.add_argument("--train_data_dir", help="CelebA in the official layout: the reference images")
@@ -247,6 +277,8 @@ def main(argv=None) -> int:
         raise ValueError("give either --model (generate and score) or --fake_dir with --ref_dir (score folders)")
     if args.fake_dir is not None and args.ref_dir is None:
         raise ValueError("--fake_dir needs --ref_dir")
+    if args.batches is not None and args.resume_dir is not None:
+        raise ValueError("--batches scores stored samples; --resume_dir stores new ones: give one of them")
     sizes = ("num_samples", "steps", "kid_subset_size", "kid_subsets", "pr_k", "batch_size", "inception_batch_size",
              "num_heldout")
     if min(getattr(args, name) for name in sizes if getattr(args, name) is not None) <= 0:

@@ -106,6 +106,7 @@ def to_uint8_nhwc(images: torch.Tensor) -> np.ndarray:
 
 
 def random_hflip(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Flip each image of an NCHW batch left-right with probability 1/2."""
-    flip = torch.rand(images.shape[0], generator=generator) < 0.5
+    """Flip each image of an NCHW batch left-right with probability 1/2 (drawn with the CPU ``generator`` on any
+    device, so a seed flips the same images everywhere)."""
+    flip = (torch.rand(images.shape[0], generator=generator) < 0.5).to(images.device)
     return torch.where(flip[:, None, None, None], images.flip(-1), images)

@@ -81,3 +81,14 @@ def read_batches(folder: str | os.PathLike) -> tuple[np.ndarray, dict]:
         with np.load(path) as data:
             batches.append(data["images"])
     return np.concatenate(batches), json.loads(settings_path.read_text())
+
+
+def stored_nfe(folder: str | os.PathLike) -> float:
+    """Mean network evaluations per batch of a batch folder (as ``generate`` reports them)."""
+    values = []
+    for path in sorted(Path(folder).glob("batch_*.npz")):
+        with np.load(path) as data:
+            values.append(int(data["nfe"]))
+    if not values:
+        raise ValueError(f"{folder} holds no stored batches")
+    return float(np.mean(values))
