@@ -252,7 +252,7 @@ def main(argv=None) -> int:
     shipping.add_argument("--out", required=True)
     for sub in (packing, training):
         sub.add_argument("--width", type=int, nargs=4, default=[48, 96, 192, 192], help="block_out_channels")
-        sub.add_argument("--batch_size", type=int, default=128)
+        sub.add_argument("--batch_size", type=int, default=256)
         sub.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.command == "train":
