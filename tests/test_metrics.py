@@ -29,6 +29,7 @@ from pipeline.evaluation.metrics import (
 )
 from pipeline.evaluation.reference_stats import load_or_compute_reference, reference_fields, reference_key
 from pipeline.evaluation.scores import fid_against_reference
+from pipeline.pipeline_folder import load_pipeline, save_pipeline_folder
 
 from conftest import FIXTURE, run_command
 
@@ -277,3 +278,31 @@ def test_a_32px_model_is_scored_against_64px_references_cropped_as_it_was_traine
         "resolution": 64, "crop_size": 150, "crop_offset_y": 4, "resample": "bilinear"}
     pairs = Image.open(result["memorization"]["closest_pairs_picture"])
     assert pairs.height == 2 * (2 * (64 + 2) + 2)  # samples (resized) and training images both 64x64, upscaled x2
+
+
+def test_stored_samples_of_a_model_score_as_if_generated_here(smoke_pipeline_dir, tmp_path):
+    """--batches scores the batches a run stored (e.g. on a GPU machine) exactly as the run that made them scored
+    them, with their sampling settings; samples of other weights are refused."""
+    env = {"CELEBA_DIFFUSION_CACHE": str(tmp_path / "cache")}
+    common = ["--train_data_dir", str(FIXTURE), "--num_heldout", "8", "--kid_subset_size", "2"]
+    generated, stored = tmp_path / "generated.json", tmp_path / "stored.json"
+    run_command(["-m", "pipeline.evaluate", "--model", str(smoke_pipeline_dir), "--num_samples", "4", "--steps", "3",
+                 "--batch_size", "2", "--seed", "7", "--resume_dir", str(tmp_path / "batches"), *common,
+                 "--out", str(generated)], env=env)
+    run_command(["-m", "pipeline.evaluate", "--model", str(smoke_pipeline_dir), "--batches", str(tmp_path / "batches"),
+                 *common, "--out", str(stored)], env=env)
+    first, second = json.loads(generated.read_text()), json.loads(stored.read_text())
+    for key in ("fid", "kid_mean", "precision", "recall", "sampler", "steps", "nfe", "seed", "batch_size",
+                "num_samples", "mixed_precision", "device"):
+        assert first[key] == second[key], key
+    assert second["batches"] == str(tmp_path / "batches") and second["generation_seconds"] is None
+    other = tmp_path / "other"
+    shutil.copytree(smoke_pipeline_dir, other)
+    pipe = load_pipeline(str(other))
+    with torch.no_grad():
+        next(pipe.unet.parameters()).add_(1e-3)
+    save_pipeline_folder(pipe, other)
+    refused = run_command(["-m", "pipeline.evaluate", "--model", str(other), "--batches", str(tmp_path / "batches"),
+                           *common, "--out", str(tmp_path / "x.json")], env=env, check=False)
+    assert refused.returncode == 2 and "holds samples of other weights than" in refused.stderr
+    assert not (tmp_path / "x.json").exists()
