@@ -25,7 +25,6 @@ import hashlib
 import io
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -119,6 +118,7 @@ def train(args) -> None:
     out.mkdir(parents=True, exist_ok=True)
     settings = recipe_settings(args.width, args.batch_size, args.seed, args.lr_warmup_steps)
     optim = settings.optimizer
+    hardware = f"1 {torch.cuda.get_device_name(device)}" if device.type == "cuda" else "CPU"
     packed, pack_facts = unpack(args.pack)
     images = torch.from_numpy(packed).to(device)
     torch.manual_seed(args.seed)
@@ -162,9 +162,11 @@ def train(args) -> None:
                                  "warm-up steps: give more --train_seconds")
             print(f"{seconds_per_step * 1e3:.1f} ms/step -> {total_steps} steps", flush=True)
         if step % args.log_every == 0 or step == total_steps:
+            hours = (time.monotonic() - started) / 3600
             record = {"step": step, "images_seen": step * args.batch_size,
                       "loss": torch.stack(losses).mean().item(), "lr": optimizer.param_groups[0]["lr"],
-                      "wall_hours": (time.monotonic() - started) / 3600}
+                      "wall_hours": hours, **({"gpu_hours": hours, "hardware": hardware} if step == total_steps
+                                              else {})}
             losses = []
             log.write(json.dumps(record) + "\n")
             log.flush()
@@ -191,8 +193,7 @@ def train(args) -> None:
                "lr_warmup_steps": optim.lr_warmup_steps, "lr_decay_steps": decay_steps(step, args.decay_fraction),
                "parameters": sum(p.numel() for p in model.parameters()), "train_seconds": train_seconds,
                "sample_seconds": time.monotonic() - sample_start, "num_samples": args.num_samples,
-               "unet_sha256": weights_checksum(model), "device": torch.cuda.get_device_name(device)
-               if device.type == "cuda" else platform.processor(), "torch": torch.__version__,
+               "unet_sha256": weights_checksum(model), "hardware": hardware, "torch": torch.__version__,
                "training_data": {**pack_facts, "source": f"official train-split images, preprocessed as {RECIPE}, "
                                                           "stored as JPEG 4:4:4"}}
     (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=1))

@@ -199,7 +199,9 @@ def render_card(model_name: str, unet_config: dict, scheduler_config: dict, eval
               "random horizontal flip, scaled to [-1, 1] (the score-SDE paper's CelebA protocol).", ""]
     if training:
         counted_from = training.get("clock_counted_from_step")
-        if counted_from == 0:
+        if "gpu_hours" in training:
+            compute = f"{60 * training['gpu_hours']:.1f} GPU-minutes ({training.get('hardware', 'GPU')})."
+        elif counted_from == 0:
             compute = f"{training['cpu_hours']:.2f} CPU-hours ({training.get('hardware', 'CPU')})."
         elif counted_from is not None:  # the clock started late: say so instead of printing an undercount as a total
             compute = (f"{training['cpu_hours']:.2f} CPU-hours ({training.get('hardware', 'CPU')}) from step "

@@ -193,15 +193,16 @@ def plot_training_log(records: list[dict], path: str) -> None:
 
 
 def read_training_log(path: str | None, step: int | None = None) -> dict | None:
-    """The checkpoint record of the shipped weights (cumulative steps, images, CPU-hours): the one at ``step``, by
-    default the last; ``last_step`` says how far the run went on, ``restarts`` lists the warm restarts before it. None
-    without a log."""
+    """The checkpoint record of the shipped weights (cumulative steps, images, CPU- or GPU-hours): the one at
+    ``step``, by default the last; ``last_step`` says how far the run went on, ``restarts`` lists the warm restarts
+    before it. None without a log."""
     if not path:
         return None
     records = read_records(path)
-    checkpoints = [record for record in records if "cpu_hours" in record]
+    checkpoints = [record for record in records if "cpu_hours" in record or "gpu_hours" in record]
     if not checkpoints:
-        raise ValueError(f"training log {path} has no checkpoint records (step, images_seen, cpu_hours)")
+        raise ValueError(f"training log {path} has no checkpoint records (step, images_seen, cpu_hours or "
+                         "gpu_hours)")
     chosen = checkpoints[-1] if step is None else next((r for r in checkpoints if r["step"] == step), None)
     if chosen is None:
         raise ValueError(f"training log {path} has no checkpoint record at step {step}")

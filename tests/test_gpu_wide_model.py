@@ -37,6 +37,8 @@ def test_pack_train_ship_and_score(tmp_path):
     records = [json.loads(line) for line in (run / "training_log.jsonl").read_text().splitlines()]
     assert records[-1]["step"] == summary["steps"] > 4 and records[-1]["lr"] < 2e-4  # ended in the cooldown
     assert summary["block_out_channels"] == [16, 16, 32, 32] and summary["images_seen"] == 4 * summary["steps"]
+    assert records[-1]["hardware"] == summary["hardware"] == "CPU" and records[-1]["gpu_hours"] > 0  # the clock
+
 
     run_command(["-m", "experiments.gpu_wide_model", "ship", "--run", str(run), "--out", str(shipped)])
     pipe = load_pipeline(str(shipped))
@@ -50,3 +52,9 @@ def test_pack_train_ship_and_score(tmp_path):
                 env={"CELEBA_DIFFUSION_CACHE": str(tmp_path / "cache")})
     result = json.loads(out.read_text())
     assert (result["num_samples"], result["sampler"], result["steps"], result["seed"]) == (5, "edm-dpm++2m", 20, 0)
+    card = tmp_path / "card.md"
+    run_command(["-m", "pipeline.model_card", "--model", str(shipped), "--eval", str(out), "--training_log",
+                 str(run / "training_log.jsonl"), "--out", str(card)])
+    minutes = 60 * records[-1]["gpu_hours"]
+    assert (f"{summary['steps']:,} optimisation steps, {summary['images_seen']:,} training images seen. "
+            f"{minutes:.1f} GPU-minutes (CPU).") in card.read_text()
