@@ -76,17 +76,17 @@ def main(argv=None) -> int:
     if len(args.batches) < 2:
         raise ValueError("--batches needs at least two folders to compare")
     stored = {Path(folder).name: read_batches(folder) for folder in args.batches}
-    check_same_noise({name: settings for name, (_, settings) in stored.items()},
-                     {name: len(images) for name, (images, _) in stored.items()})
+    check_same_noise({name: samples.settings for name, samples in stored.items()},
+                     {name: len(samples.images) for name, samples in stored.items()})
     reference = load_or_compute_reference(args.train_data_dir, cache_dir=args.cache_dir)
-    features = {name: extract_features(as_nchw_uint8(images), progress=True)[0]
-                for name, (images, _) in stored.items()}
+    features = {name: extract_features(as_nchw_uint8(samples.images), progress=True)[0]
+                for name, samples in stored.items()}
     result = paired_kid(reference["features"], features, args.seed)
-    first_settings = next(iter(stored.values()))[1]
+    first_settings = next(iter(stored.values())).settings
     result["protocol"] = {"num_samples": len(next(iter(features.values()))), "seed": first_settings["seed"],
                           "batch_size": first_settings["batch_size"], "reference_images": reference["num"],
                           "folders": args.batches, "kid_seed": args.seed,
-                          "sampling": {name: settings for name, (_, settings) in stored.items()}}
+                          "sampling": {name: samples.settings for name, samples in stored.items()}}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))

@@ -149,11 +149,11 @@ def train(args) -> None:
         ema.step(model.parameters())
         losses.append(loss.detach())
         step += 1
+        if step in (args.timing_from, args.timing_until) and device.type == "cuda":
+            torch.cuda.synchronize()
         if step == args.timing_from:
-            torch.cuda.synchronize() if device.type == "cuda" else None
             timing_start = time.monotonic()
         if step == args.timing_until:  # fix the run length so that training ends at the budget
-            torch.cuda.synchronize() if device.type == "cuda" else None
             seconds_per_step = (time.monotonic() - timing_start) / (args.timing_until - args.timing_from)
             remaining = args.train_seconds - (time.monotonic() - started)
             total_steps = step + max(1, int(remaining / seconds_per_step))

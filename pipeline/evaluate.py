@@ -51,7 +51,7 @@ from .generate import (
 )
 from .pipeline_celeba import MIXED_PRECISION
 from .pipeline_folder import load_pipeline, weights_checksum
-from .sampling.sample_store import read_batches, stored_nfe
+from .sampling.sample_store import read_batches
 from .sampling.schedulers import ALL_SAMPLERS, get_sampler
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
@@ -123,14 +123,14 @@ def stored_samples(args) -> tuple:
     (e.g. on a GPU machine); ``args`` takes the sampling settings they were made with. ValueError when they were
     made with other weights."""
     pipe = load_pipeline(args.model, args.device)
-    images, stored = read_batches(args.batches)
+    images, stored, nfe = read_batches(args.batches)
     checksum = weights_checksum(pipe.unet)
     if stored["unet_sha256"] != checksum:
         raise ValueError(f"{args.batches} holds samples of other weights than {args.model} (unet_sha256 "
                          f"{stored['unet_sha256']} there, {checksum} here)")
     args.scheduler, args.steps, args.seed = stored["scheduler"], stored["steps"], stored["seed"]
     args.batch_size, args.eta, args.num_samples = stored["batch_size"], stored["eta"], len(images)
-    return pipe, images, stored, stored_nfe(args.batches)
+    return pipe, images, stored, nfe
 
 
 def evaluate_model(args) -> dict:

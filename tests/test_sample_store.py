@@ -35,9 +35,10 @@ def test_resumed_generation_equals_an_uninterrupted_one(smoke_pipeline_dir, tmp_
 def test_read_batches_returns_the_stored_images_in_order(smoke_pipeline_dir, tmp_path):
     pipe = load_pipeline(str(smoke_pipeline_dir))
     folder = tmp_path / "batches"
-    images, _ = generate(pipe, 5, progress=False, store=open_batch_store(folder, pipe, **SETTINGS), **SETTINGS)
-    stored, settings = read_batches(folder)
-    assert np.array_equal(stored, images) and settings["seed"] == 5 and settings["batch_size"] == 2
+    images, nfe = generate(pipe, 5, progress=False, store=open_batch_store(folder, pipe, **SETTINGS), **SETTINGS)
+    stored = read_batches(folder)
+    assert np.array_equal(stored.images, images) and stored.settings["seed"] == 5
+    assert stored.settings["batch_size"] == 2 and stored.nfe == nfe
     (folder / "batch_000001_n2.npz").unlink()
     with pytest.raises(ValueError, match=r"batches \[0, 2\] found; expected 0 .. n-1 without gaps"):
         read_batches(folder)

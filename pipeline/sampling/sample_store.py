@@ -14,6 +14,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -65,9 +66,17 @@ class BatchStore:
         os.replace(partial, path)
 
 
-def read_batches(folder: str | os.PathLike) -> tuple[np.ndarray, dict]:
-    """(all images of a batch folder in batch order, the settings they were generated with), for scoring stored
-    samples again; a folder without settings or with a gap between its batches is one error naming it."""
+class StoredSamples(NamedTuple):
+    """The samples of a batch folder: images (N, H, W, 3) uint8 in batch order, the settings they were generated
+    with, and the mean network evaluations per batch (as ``generate`` reports them)."""
+    images: np.ndarray
+    settings: dict
+    nfe: float
+
+
+def read_batches(folder: str | os.PathLike) -> StoredSamples:
+    """All samples of a batch folder, for scoring them again; a folder without settings or with a gap between its
+    batches is one error naming it."""
     folder = Path(folder)
     settings_path = folder / SETTINGS_FILE
     if not settings_path.is_file():
@@ -76,19 +85,9 @@ def read_batches(folder: str | os.PathLike) -> tuple[np.ndarray, dict]:
     indices = [int(path.name.split("_")[1]) for path in paths]
     if not paths or indices != list(range(len(paths))):
         raise ValueError(f"{folder}: batches {indices} found; expected 0 .. n-1 without gaps (an unfinished run?)")
-    batches = []
+    batches, nfes = [], []
     for path in paths:
         with np.load(path) as data:
             batches.append(data["images"])
-    return np.concatenate(batches), json.loads(settings_path.read_text())
-
-
-def stored_nfe(folder: str | os.PathLike) -> float:
-    """Mean network evaluations per batch of a batch folder (as ``generate`` reports them)."""
-    values = []
-    for path in sorted(Path(folder).glob("batch_*.npz")):
-        with np.load(path) as data:
-            values.append(int(data["nfe"]))
-    if not values:
-        raise ValueError(f"{folder} holds no stored batches")
-    return float(np.mean(values))
+            nfes.append(int(data["nfe"]))
+    return StoredSamples(np.concatenate(batches), json.loads(settings_path.read_text()), float(np.mean(nfes)))
