@@ -6,7 +6,7 @@
 #
 # PIPELINE_DIR is the EMA pipeline a checkpoint saved, RUN_DIR the run (its training_log.jsonl), STEP the weights'
 # step as results/training_log.jsonl counts it (a warm-restarted run's steps count on from its restart). Run it from
-# the repository root. It updates results/training_log.jsonl and the training curve, ships the weights as
+# the repository root. It brings results/training_log.jsonl and the training curve up to STEP, ships the weights as
 # pretrained/celeba-64 with EDM's DPM-Solver++(2M) at 20 steps, measures their FID-2k (N_FID samples; resumable:
 # rerun the same command after an interruption), draws 64 samples, and writes the model card (labelled as an
 # intermediate checkpoint) and the generated tables. About 20 minutes on 2 CPU cores. A finished run gets
@@ -28,7 +28,7 @@ if [[ ! -f "$SOURCE/model_index.json" ]]; then
 fi
 
 "$PY" -m pipeline.training_log --log results/training_log.jsonl --update_from "$RUN/training_log.jsonl" \
-  --has_checkpoint "$STEP"  # before any work starts
+  --shipped_step "$STEP"  # before any work starts
 "$PY" -m pipeline.ship --model "$SOURCE" --out "$MODEL" --sampler edm-dpm++2m --steps 20 --replace
 "$PY" -m pipeline.evaluate --model "$MODEL" --train_data_dir "$DATA" --num_samples "$N_FID" --batch_size 32 \
   --resume_dir "$BATCHES/step-$STEP/$LABEL" --out "results/eval/${LABEL}_$POINT.json"

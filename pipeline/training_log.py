@@ -221,11 +221,13 @@ def main(argv=None) -> int:
     parser.add_argument("--restart_step", type=int, help="checkpoint step of --log whose weights --update_from's run "
                         "was warm-started from (train_unet.py --init_from)")
     parser.add_argument("--restart_note", help="what the restarted run started from and what it reset")
-    parser.add_argument("--has_checkpoint", type=int, metavar="STEP",
-                        help="fail unless the log has a checkpoint record at STEP (checked after --update_from)")
+    parser.add_argument("--shipped_step", type=int, metavar="STEP",
+                        help="the checkpoint step of the shipped weights (after --update_from): fail unless the log "
+                        "has a checkpoint record there, and drop the later records, so that the log, its curve and "
+                        "the compute it states describe those weights")
     args = parser.parse_args(argv)
-    if not (args.plot or args.add_eval or args.update_from or args.has_checkpoint is not None):
-        parser.error("nothing to do: give --update_from, --has_checkpoint, --add_eval and/or --plot")
+    if not (args.plot or args.add_eval or args.update_from or args.shipped_step is not None):
+        parser.error("nothing to do: give --update_from, --shipped_step, --add_eval and/or --plot")
     if args.add_eval and args.step is None:
         parser.error("--add_eval needs --step")
     if args.restart_step is not None and not (args.update_from and args.restart_note):
@@ -237,8 +239,13 @@ def main(argv=None) -> int:
         write_records(args.log, records)
         print(f"updated {args.log} from {args.update_from} ({len(records)} records)")
     records = read_records(args.log)
-    if args.has_checkpoint is not None:
-        read_training_log(args.log, args.has_checkpoint)
+    if args.shipped_step is not None:
+        read_training_log(args.log, args.shipped_step)
+        later = [record for record in records if record["step"] > args.shipped_step]
+        if later:
+            records = [record for record in records if record["step"] <= args.shipped_step]
+            write_records(args.log, records)
+            print(f"dropped {len(later)} records after step {args.shipped_step} from {args.log}")
     if args.add_eval:
         with open(args.add_eval) as handle:
             record = eval_record(records, json.load(handle), args.step)

@@ -100,6 +100,10 @@ def test_a_warm_restarted_run_continues_the_log_of_the_run_it_started_from(tmp_p
     assert training["step"] == 350 and training["cpu_hours"] == pytest.approx(0.35)
     assert training["restarts"] == [{"step": 200, "restart": "warm restart from its EMA weights"}]
     assert read_training_log(str(log), 200)["restarts"] == []  # the weights of step 200 precede the restart
-    run_command(["-m", "pipeline.training_log", "--log", str(log), "--has_checkpoint", "350"])
-    missing = run_command(["-m", "pipeline.training_log", "--log", str(log), "--has_checkpoint", "300"], check=False)
+    missing = run_command(["-m", "pipeline.training_log", "--log", str(log), "--shipped_step", "300"], check=False)
     assert missing.returncode == 2 and "no checkpoint record at step 300" in missing.stderr  # 300 is an FID record
+    assert log.read_text().splitlines() == [json.dumps(record) for record in updated]  # nothing changed
+    run_command(["-m", "pipeline.training_log", "--log", str(log), "--shipped_step", "250"])
+    assert [json.loads(line) for line in log.read_text().splitlines()] == joined[:5]  # up to the shipped weights
+    run_command(["-m", "pipeline.training_log", "--log", str(log), "--update_from", str(run_log)])
+    assert [json.loads(line) for line in log.read_text().splitlines()] == updated  # the run's later records return
