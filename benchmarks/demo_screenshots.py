@@ -1,9 +1,11 @@
 """Screenshots of every tab of the browser demo, driven in headless Chromium (Debian's chromium + chromium-driver).
 
-    python benchmarks/demo_screenshots.py --model pretrained/celeba-64 --celeba ../shared/celeba --out results/demo
+    python benchmarks/demo_screenshots.py --model pretrained/celeba-64 \
+        --attributes_model pretrained/celeba-64-attributes --celeba ../shared/celeba --out results/demo
 
-Starts ``pipeline.demo`` on 127.0.0.1, runs each tab once (Generate; Inpaint and Colorize on a held-out test face;
-Interpolate between two of them) and saves one PNG per tab. Nothing calls out: Selenium gets the local chromedriver
+Starts ``pipeline.demo`` on 127.0.0.1, runs each tab once (Generate; Attributes, asking for smiling faces, when an
+attribute model is given; Inpaint and Colorize on a held-out test face; Interpolate between two of them) and saves
+one PNG per tab. Nothing calls out: Selenium gets the local chromedriver
 (SE_AVOID_STATS=true), Chromium runs without background networking or component updates.
 """
 
@@ -57,6 +59,17 @@ def open_tab(driver, name: str) -> None:
     raise ValueError(f"no tab {name!r} in the page")
 
 
+def tick(driver, group_id: str, label: str) -> None:
+    """Tick the checkbox labelled ``label`` in the checkbox group with element id ``group_id``."""
+    from selenium.webdriver.common.by import By
+
+    for box in driver.find_elements(By.CSS_SELECTOR, f"#{group_id} label"):
+        if box.text.strip() == label:
+            box.click()
+            return
+    raise ValueError(f"no checkbox {label!r} in #{group_id}")
+
+
 def paint_stroke(driver, canvas) -> None:
     """Drag the brush across the middle of the image editor's canvas (a short horizontal stroke at its centre),
     slowly enough for the canvas to see every pointer move."""
@@ -93,12 +106,14 @@ def main(argv=None) -> int:
 
     parser = ArgumentParser(description=__doc__)
     parser.add_argument("--model", default="pretrained/celeba-64")
+    parser.add_argument("--attributes_model", default=None, help="an attribute model: screenshot its tab too")
     parser.add_argument("--celeba", required=True, help="CelebA folder: held-out test faces for the edit tabs")
     parser.add_argument("--out", default="results/demo")
     args = parser.parse_args(argv)
     pipe = load_pipeline(args.model)
+    attribute_pipe = load_pipeline(args.attributes_model) if args.attributes_model else None
     faces = heldout_faces(args.celeba, pipeline_preprocessing(pipe), count=2)
-    app = build_demo(FaceDemo(pipe, faces=faces))
+    app = build_demo(FaceDemo(pipe, faces=faces, attribute_pipe=attribute_pipe))
     port = free_port()
     launch(app, "127.0.0.1", port, max_queue=4, block=False)
     out = Path(args.out)
@@ -115,6 +130,12 @@ def main(argv=None) -> int:
             driver.find_element(By.ID, "generate-button").click()
             wait_for_images(driver, "#generate-gallery img", count=8)  # the tab's default batch
             driver.save_screenshot(str(out / "generate.png"))
+            if attribute_pipe is not None:
+                open_tab(driver, "Attributes")
+                tick(driver, "attributes-present", "Smiling")
+                driver.find_element(By.ID, "attributes-button").click()
+                wait_for_images(driver, "#attributes-gallery img", count=8)
+                driver.save_screenshot(str(out / "attributes.png"))
             open_tab(driver, "Inpaint")
             upload = wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#inpaint-editor input[type=file]"))
             upload[0].send_keys(paths[0])

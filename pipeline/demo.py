@@ -1,11 +1,14 @@
-"""A browser demo of a saved pipeline (Gradio): generate, inpaint, colorize and interpolate faces.
+"""A browser demo of a saved pipeline (Gradio): generate, inpaint, colorize and interpolate faces, and ask an
+attribute model for attributes.
 
-    python -m pipeline.demo --model pretrained/celeba-64 [--celeba ../shared/celeba] [--host 127.0.0.1 --port 7860]
+    python -m pipeline.demo --model pretrained/celeba-64 [--attributes_model pretrained/celeba-64-attributes] \
+        [--celeba ../shared/celeba] [--host 127.0.0.1 --port 7860]
 
-Each tab is also an API endpoint (``/generate``, ``/inpaint``, ``/colorize``, ``/interpolate``) for
-``gradio_client``. The demo runs offline (no analytics, no share link, local fonts), serves one request at a time
-with a short queue (requests beyond it are refused with a message), shows the expected time of a request before it
-runs, and reports bad input (no mask drawn, a huge or odd-sized upload) in the page. It calls the same functions as
+Each tab is also an API endpoint (``/generate``, ``/inpaint``, ``/colorize``, ``/interpolate``, and ``/attributes``
+when there is an attribute model: ``--attributes_model``, or ``--model`` itself) for ``gradio_client``. The demo runs
+offline (no analytics, no share link, local fonts), serves one request at a time with a short queue (requests beyond
+it are refused with a message), shows the expected time of a request before it runs, and reports bad input (no mask
+drawn, a huge or odd-sized upload) in the page. It calls the same functions as
 ``pipeline.generate`` and ``pipeline.edit``.
 """
 
@@ -40,11 +43,26 @@ def to_pil(images: torch.Tensor) -> list[Image.Image]:
     return [Image.fromarray(image) for image in to_uint8_nhwc(images)]
 
 
-class FaceDemo:
-    """The demo's actions on one pipeline; every method is an endpoint, its errors are ``gr.Error`` messages."""
+def attribute_names(pipe) -> list[str]:
+    """The attributes a pipeline can be asked for (none for an unconditional one)."""
+    encoder = getattr(pipe, "attribute_encoder", None)
+    return [] if encoder is None else list(encoder.config.attribute_names)
 
-    def __init__(self, pipe, mixed_precision: str | None = None, faces: list[Image.Image] | None = None):
+
+class FaceDemo:
+    """The demo's actions on a pipeline (and, for the Attributes tab, an attribute model: ``attribute_pipe``, by
+    default ``pipe`` itself when it is one); every method is an endpoint, its errors are ``gr.Error`` messages.
+    ValueError when ``attribute_pipe`` is not an attribute model."""
+
+    def __init__(self, pipe, mixed_precision: str | None = None, faces: list[Image.Image] | None = None,
+                 attribute_pipe=None):
+        if attribute_pipe is not None and not attribute_names(attribute_pipe):
+            raise ValueError("the attributes model has no attribute_encoder: give an attribute model such as "
+                             "pretrained/celeba-64-attributes")
         self.pipe, self.mixed_precision, self.faces = pipe, mixed_precision, faces or []
+        self.attribute_pipe = attribute_pipe if attribute_pipe is not None else (
+            pipe if attribute_names(pipe) else None)
+        self.attribute_names = attribute_names(self.attribute_pipe)
         self.prep = pipeline_preprocessing(pipe)
         self.resolution = self.prep.resolution
         offered = (EDM_SAMPLERS if pipe.config.edm_schedule is not None else ()) + VP_SAMPLERS
@@ -73,28 +91,28 @@ class FaceDemo:
     def edit_estimate(self, method: str, steps: int) -> str:
         return self.estimate(2 * int(steps) if method == "pc" else int(steps) * 3, 1)
 
-    def generate(self, sampler: str, steps: float, seed: float, batch: float, progress=gr.Progress(track_tqdm=True)):
-        return self._sample(sampler, steps, seed, batch)
+    def attributes_estimate(self, present: list[str], absent: list[str], guidance: float, sampler: str, steps: int,
+                            batch: int) -> str:
+        """Guidance other than 0 and 1 runs the network twice per step (with and without the attributes)."""
+        guided = bool(present or absent) and float(guidance) not in (0.0, 1.0)
+        return self.estimate((nfe(sampler, int(steps)) or 300) * (2 if guided else 1), int(batch))
 
-    def _sample(self, sampler: str, steps: float, seed: float, batch: float, attributes: dict | None = None,
+    def generate(self, sampler: str, steps: float, seed: float, batch: float, progress=gr.Progress(track_tqdm=True)):
+        return self._sample(self.pipe, sampler, steps, seed, batch)
+
+    def _sample(self, pipe, sampler: str, steps: float, seed: float, batch: float, attributes: dict | None = None,
                 guidance: float = 1.0) -> list[Image.Image]:
         if sampler not in self.samplers:
             raise input_error(f"Unknown sampler {sampler!r}; choose one of {', '.join(self.samplers)}.")
         if not 1 <= int(batch) <= MAX_BATCH or int(steps) < 1:
             raise input_error(f"Batch must be 1-{MAX_BATCH} and steps at least 1.")
         try:
-            images, _ = generate(self.pipe, int(batch), sampler, int(steps), int(seed), batch_size=int(batch),
+            images, _ = generate(pipe, int(batch), sampler, int(steps), int(seed), batch_size=int(batch),
                                  progress=True, mixed_precision=self.mixed_precision, attributes=attributes,
                                  guidance_scale=guidance)
         except ValueError as error:   # e.g. a step count DDIM cannot take, an attribute the model does not know
             raise input_error(str(error)) from None
         return [Image.fromarray(image) for image in images]
-
-    @property
-    def attribute_names(self) -> list[str]:
-        """The attributes an attribute model can be asked for (none for an unconditional one)."""
-        encoder = getattr(self.pipe, "attribute_encoder", None)
-        return [] if encoder is None else list(encoder.config.attribute_names)
 
     def generate_with_attributes(self, present: list[str], absent: list[str], guidance: float, sampler: str,
                                  steps: float, seed: float, batch: float, progress=gr.Progress(track_tqdm=True)):
@@ -104,7 +122,8 @@ class FaceDemo:
         if not 0 <= float(guidance) <= MAX_GUIDANCE:
             raise input_error(f"Guidance must be 0-{MAX_GUIDANCE}.")
         attributes = {**{name: 1 for name in present or []}, **{name: -1 for name in absent or []}}
-        return self._sample(sampler, steps, seed, batch, attributes or None, float(guidance) if attributes else 1.0)
+        return self._sample(self.attribute_pipe, sampler, steps, seed, batch, attributes or None,
+                            float(guidance) if attributes else 1.0)
 
     def pick_face(self, event: gr.SelectData) -> dict:
         """The ImageEditor value of the held-out face clicked in the picker."""
@@ -172,11 +191,16 @@ def build_demo(demo: FaceDemo) -> gr.Blocks:
                     attribute_steps = gr.Slider(1, 1000, value=demo.default_steps, step=1, label="Steps")
                     attribute_seed = gr.Number(0, precision=0, label="Seed")
                     attribute_batch = gr.Slider(1, MAX_BATCH, value=8, step=1, label="Images")
+                attribute_estimate = gr.Markdown(demo.attributes_estimate([], [], 3, demo.samplers[0],
+                                                                          demo.default_steps, 8))
                 attribute_button = gr.Button("Generate", variant="primary", elem_id="attributes-button")
-                attribute_gallery = gr.Gallery(label="Samples", columns=8, format="png")
-                attribute_button.click(demo.generate_with_attributes,
-                                       [present, absent, guidance, attribute_sampler, attribute_steps,
-                                        attribute_seed, attribute_batch], attribute_gallery, api_name="attributes")
+                attribute_gallery = gr.Gallery(label="Samples", columns=8, format="png", elem_id="attributes-gallery")
+                settings = [present, absent, guidance, attribute_sampler, attribute_steps]
+                for control in (*settings, attribute_batch):
+                    control.change(demo.attributes_estimate, [*settings, attribute_batch], attribute_estimate,
+                                   api_name=False)
+                attribute_button.click(demo.generate_with_attributes, [*settings, attribute_seed, attribute_batch],
+                                       attribute_gallery, api_name="attributes")
         with gr.Tab("Inpaint"):
             editor = gr.ImageEditor(label="Face: paint over the region to fill", type="numpy", image_mode="RGBA",
                                     sources=["upload"], elem_id="inpaint-editor",
@@ -246,6 +270,8 @@ def heldout_faces(celeba: str | None, prep: Preprocessing, count: int = 16) -> l
 def main(argv=None) -> int:
     parser = ArgumentParser(description=__doc__)
     parser.add_argument("--model", default="pretrained/celeba-64")
+    parser.add_argument("--attributes_model", default=None,
+                        help="an attribute model (e.g. pretrained/celeba-64-attributes) for the Attributes tab")
     parser.add_argument("--celeba", default=None, help="CelebA folder: offer its held-out test faces to edit")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=7860)
@@ -256,7 +282,9 @@ def main(argv=None) -> int:
     if args.max_queue < 1 or not 0 < args.port < 65536:
         raise ValueError("--max_queue must be >= 1 and --port in 1-65535")
     pipe = load_pipeline(args.model, args.device)
-    demo = FaceDemo(pipe, args.mixed_precision, heldout_faces(args.celeba, pipeline_preprocessing(pipe)))
+    attribute_pipe = load_pipeline(args.attributes_model, args.device) if args.attributes_model else None
+    demo = FaceDemo(pipe, args.mixed_precision, heldout_faces(args.celeba, pipeline_preprocessing(pipe)),
+                    attribute_pipe)
     print(f"serving {args.model} on http://{args.host}:{args.port}", flush=True)
     launch(build_demo(demo), args.host, args.port, args.max_queue)
     return 0

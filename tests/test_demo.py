@@ -121,24 +121,63 @@ def test_a_real_browser_generates_and_shows_the_inpaint_error(server, tmp_path):
         driver.quit()
 
 
-def test_an_attribute_model_gets_an_attributes_tab(tmp_path):
+@pytest.fixture
+def attribute_server():
+    """An unconditional tiny pipeline with a tiny attribute model beside it (``--attributes_model``)."""
     from test_attributes import attribute_pipeline, tiny_unet
 
-    demo = FaceDemo(attribute_pipeline(), mixed_precision="no")
     plain_pipe = CelebADiffusionPipeline(unet=tiny_unet(), scheduler=DDPMScheduler())
-    assert "Smiling" in demo.attribute_names and FaceDemo(plain_pipe, mixed_precision="no").attribute_names == []
+    demo = FaceDemo(plain_pipe, mixed_precision="no", attribute_pipe=attribute_pipeline())
     app = build_demo(demo)
     port = free_port()
     launch(app, "127.0.0.1", port, max_queue=4, block=False)
+    yield f"http://127.0.0.1:{port}/", demo
+    app.close()
+
+
+def test_an_attribute_model_gets_an_attributes_tab(attribute_server):
+    from test_attributes import attribute_pipeline, tiny_unet
+
+    url, demo = attribute_server
+    plain_pipe = demo.pipe
+    assert "Smiling" in demo.attribute_names and FaceDemo(plain_pipe, mixed_precision="no").attribute_names == []
+    assert FaceDemo(attribute_pipeline(), mixed_precision="no").attribute_names == demo.attribute_names  # --model
+    with pytest.raises(ValueError, match="the attributes model has no attribute_encoder"):
+        FaceDemo(plain_pipe, mixed_precision="no", attribute_pipe=CelebADiffusionPipeline(
+            unet=tiny_unet(), scheduler=DDPMScheduler()))
+    guided, conditional = (demo.attributes_estimate(["Smiling"], [], w, "ddim", 10, 1) for w in (3, 1))
+    assert "(20 network evaluations x 1 image(s))" in guided and "(10 network evaluations" in conditional
+    client = gradio_client.Client(url, verbose=False)
+    assert "/attributes" in client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    smiling = client.predict(["Smiling"], [], 3, "ddim", 4, 0, 2, api_name="/attributes")
+    plain = client.predict([], [], 3, "ddim", 4, 0, 2, api_name="/attributes")
+    unconditional = client.predict("ddim", 4, 0, 2, api_name="/generate")  # the unconditional pipeline's samples
+    assert len(smiling) == 2 and Image.open(smiling[0]["image"]).size == (8, 8)
+    pixels = [np.asarray(Image.open(result[0]["image"])) for result in (smiling, plain, unconditional)]
+    assert not np.array_equal(pixels[0], pixels[1]) and not np.array_equal(pixels[1], pixels[2])
+    with pytest.raises(Exception, match="Smiling cannot be both present and absent"):
+        client.predict(["Smiling"], ["Smiling"], 3, "ddim", 4, 0, 2, api_name="/attributes")
+
+
+@pytest.mark.browser
+def test_a_real_browser_asks_for_an_attribute(attribute_server, tmp_path):
+    """Headless Chromium: ticking Smiling on the Attributes tab and pressing Generate fills its gallery."""
+    from selenium.webdriver.common.by import By
+
+    from benchmarks.demo_screenshots import headless_chromium, open_tab, tick, wait_for, wait_for_images
+
+    url, _ = attribute_server
+    driver = headless_chromium(str(tmp_path / "profile"))
     try:
-        client = gradio_client.Client(f"http://127.0.0.1:{port}/", verbose=False)
-        assert "/attributes" in client.view_api(print_info=False, return_format="dict")["named_endpoints"]
-        smiling = client.predict(["Smiling"], [], 3, "ddim", 4, 0, 2, api_name="/attributes")
-        plain = client.predict([], [], 3, "ddim", 4, 0, 2, api_name="/attributes")
-        assert len(smiling) == 2 and Image.open(smiling[0]["image"]).size == (8, 8)
-        assert not np.array_equal(np.asarray(Image.open(smiling[0]["image"])),
-                                  np.asarray(Image.open(plain[0]["image"])))
-        with pytest.raises(Exception, match="Smiling cannot be both present and absent"):
-            client.predict(["Smiling"], ["Smiling"], 3, "ddim", 4, 0, 2, api_name="/attributes")
+        driver.get(url)
+        wait_for(driver, lambda d: d.find_elements(By.ID, "generate-button"), 120)
+        open_tab(driver, "Attributes")
+        tick(driver, "attributes-present", "Smiling")
+        ticked = driver.find_elements(By.CSS_SELECTOR, "#attributes-present label:has(input:checked)")
+        assert [box.text.strip() for box in ticked] == ["Smiling"]
+        with pytest.raises(ValueError, match="no checkbox 'Smiling!'"):
+            tick(driver, "attributes-present", "Smiling!")
+        driver.find_element(By.ID, "attributes-button").click()
+        wait_for_images(driver, "#attributes-gallery img", count=8, seconds=300)  # the tab's default batch
     finally:
-        app.close()
+        driver.quit()
