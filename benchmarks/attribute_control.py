@@ -3,7 +3,8 @@
     python benchmarks/attribute_control.py classifier --train_data_dir ../shared/celeba \
         --out results/attributes/classifier.json
     python benchmarks/attribute_control.py control --model pretrained/celeba-64-attributes \
-        --train_data_dir ../shared/celeba --guidance 0 1 3 5 --out results/attributes/control.json
+        --train_data_dir ../shared/celeba --guidance 0 1 3 5 --out results/attributes/control.json \
+        --grid results/attributes/control_grid.png --resume_dir ~/runs/attribute_control
 
 ``classifier`` trains a small CNN on the official train split's images and 40 labels (preprocessed as the model's
 training images) and reports its accuracy per attribute on every valid and test image present (never trained on),
@@ -13,7 +14,10 @@ beside the accuracy of always answering the train split's majority label. Its we
 ``control`` asks the attribute model, at each guidance weight, for ``--num_samples`` faces that cycle through the
 attributes of ``--attributes`` (one attribute set to present per face, the rest unspecified). Per attribute it reports
 the classifier's positive rate on the faces asked for it, against the unconditional model's rate (guidance 0, the
-same faces' seeds), and per weight the FID of all its faces against the train split's reference.
+same faces' seeds), and per weight the FID of all its faces against the train split's reference. ``--grid`` draws the
+first faces asked for each attribute (a row each) at every weight (a block of columns each): the same seeds, so each
+face changes only with the weight. ``--resume_dir`` keeps every finished batch, so that an interrupted run continues
+with identical results.
 """
 
 from __future__ import annotations
@@ -32,10 +36,11 @@ from tqdm.auto import tqdm
 
 from pipeline.cli import DEFAULT_DEVICE, ArgumentParser, device_argument, run_cli
 from pipeline.data.celeba import load_celeba, preprocessed_batches, read_official_layout
+from pipeline.data.images import make_grid
 from pipeline.data.preprocess import Preprocessing, pipeline_preprocessing, random_hflip, to_model_range
 from pipeline.evaluation.reference_stats import load_or_compute_reference
 from pipeline.evaluation.scores import fid_against_reference
-from pipeline.generate import generate, load_for_sampling
+from pipeline.generate import generate, load_for_sampling, open_batch_store
 from pipeline.models.attribute_encoder import CELEBA_ATTRIBUTES
 
 DEFAULT_WEIGHTS = Path(os.environ.get("CELEBA_DIFFUSION_CACHE", "~/.cache/celeba-diffusion")).expanduser() / \
@@ -168,17 +173,26 @@ def control_main(args) -> dict:
                                           cache_dir=args.cache_dir, device=args.device)
     index = {name: CELEBA_ATTRIBUTES.index(name) for name in args.attributes}
     per_attribute = args.num_samples // len(args.attributes)
-    rows = {}
+    rows, shown = {}, []
     for weight in args.guidance:
         faces, rates = [], {}
         for offset, name in enumerate(args.attributes):  # the same seeds for every weight: paired comparisons
-            images, _ = generate(pipe, per_attribute, args.scheduler, args.steps, args.seed + 1000 * offset,
-                                 batch_size=args.batch_size, mixed_precision=args.mixed_precision,
-                                 attributes={name: 1}, guidance_scale=weight, progress=True)
+            sampling = dict(scheduler=args.scheduler, steps=args.steps, seed=args.seed + 1000 * offset,
+                            batch_size=args.batch_size, mixed_precision=args.mixed_precision,
+                            attributes={name: 1}, guidance_scale=weight)
+            store = (open_batch_store(Path(args.resume_dir) / f"guidance-{weight:g}" / name, pipe, **sampling)
+                     if args.resume_dir else None)
+            images, _ = generate(pipe, per_attribute, progress=True, store=store, **sampling)
             faces.append(images)
+            shown.append(images[:args.grid_faces])
             tensor = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
             rates[name] = float(predict(classifier, tensor)[:, index[name]].mean())
         rows[str(weight)] = {"positive_rate": rates, "fid": fid_against_reference(np.concatenate(faces), reference)}
+    if args.grid:  # rows: attributes; columns: grid_faces faces at each weight in turn
+        blocks = np.stack(shown).reshape(len(args.guidance), len(args.attributes), -1, *shown[0].shape[1:])
+        tiles = blocks.transpose(1, 0, 2, 3, 4, 5).reshape(-1, *shown[0].shape[1:])
+        Path(args.grid).parent.mkdir(parents=True, exist_ok=True)
+        make_grid(tiles, columns=len(args.guidance) * blocks.shape[2], upscale=2).save(args.grid)
     base = rows[str(0.0)]["positive_rate"]
     for row in rows.values():
         row["rate_minus_base"] = {name: row["positive_rate"][name] - base[name] for name in args.attributes}
@@ -186,6 +200,8 @@ def control_main(args) -> dict:
             "mixed_precision": args.mixed_precision, "attributes": list(args.attributes),
             "samples_per_attribute": per_attribute, "fid_label": f"FID-{per_attribute * len(args.attributes)}",
             "fid_reference": f"{reference['num']} train images", "classifier": str(args.weights),
+            "grid": args.grid and {"path": args.grid, "rows": list(args.attributes), "column_blocks": args.guidance,
+                                   "faces_per_block": args.grid_faces},
             "guidance": rows}
 
 
@@ -212,6 +228,9 @@ def main(argv=None) -> int:
     control.add_argument("--mixed_precision", default="bf16", choices=["no", "bf16"])
     control.add_argument("--device", type=device_argument, default=DEFAULT_DEVICE)
     control.add_argument("--cache_dir", default=None)
+    control.add_argument("--grid", default=None, help="PNG: the first faces of each attribute at every weight")
+    control.add_argument("--grid_faces", type=int, default=4, help="faces per attribute and weight in --grid")
+    control.add_argument("--resume_dir", default=None, help="keep each finished batch here; rerun to continue")
     for command in (train, control):
         command.add_argument("--weights", default=str(DEFAULT_WEIGHTS), help="the classifier's weights file")
         command.add_argument("--out", required=True)
@@ -220,6 +239,8 @@ def main(argv=None) -> int:
         raise ValueError("--epochs, --batch_size and --resolution must be positive")
     if args.command == "control" and args.num_samples < 2 * len(args.attributes):
         raise ValueError(f"--num_samples must give each of the {len(args.attributes)} attributes at least 2 faces")
+    if args.command == "control" and not 1 <= args.grid_faces <= args.num_samples // len(args.attributes):
+        raise ValueError("--grid_faces must be between 1 and the faces per attribute (--num_samples / attributes)")
     result = classifier_main(args) if args.command == "classifier" else control_main(args)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))

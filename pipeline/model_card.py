@@ -1,11 +1,16 @@
 """Write the Hub model card from the results JSON files, so the numbers in it cannot drift from the measurements.
 
     python -m pipeline.model_card --model pretrained/celeba-64 --name celeba-64 \
-        --eval results/eval/fid10k_ddpm+mc-25.json results/nfe/ddpm+mc-20_n2000.json \
-        --likelihood results/likelihood.json --training_log results/training_log.jsonl --training_step 12200 \
-        --grid pretrained/celeba-64/samples.png --out model_card.md
+        --eval results/eval/fid10k_edm-dpm++2m-20.json results/nfe/edm-dpm++2m-20_n2000.json \
+        --likelihood results/likelihood.json --training_log results/training_log.jsonl \
+        --grid results/samples/edm-dpm++2m-20/grid_x4.png --out model_card.md
+    python -m pipeline.model_card --model pretrained/celeba-64-attributes \
+        --attribute_control results/attributes/control.json --training_log RUN/training_log.jsonl \
+        --grid results/attributes/control_grid.png --out pretrained/celeba-64-attributes/README.md
 
-The same text is written to MODEL/README.md: it is the README of the published Hub repo.
+The same text is written to MODEL/README.md: it is the README of the published Hub repo. An attribute model (a
+pipeline with an ``attribute_encoder``) gets the call that asks for attributes and, from
+``benchmarks/attribute_control.py control``, how often a classifier finds them in its samples.
 """
 
 from __future__ import annotations
@@ -113,9 +118,10 @@ def scheduler_setup(name: str, scheduler_config: dict) -> tuple[str, list[str]]:
                                                                                            overrides else ")")]
 
 
-def use_section(evals: list[dict], scheduler_config: dict, default_steps: int) -> list[str]:
+def use_section(evals: list[dict], scheduler_config: dict, default_steps: int, conditional: bool = False) -> list[str]:
     """Loading code: a plain call samples with the saved scheduler; when another measured sampler scored lower,
-    the lines that switch to it, configured exactly as ``pipeline.sampling.schedulers`` does."""
+    the lines that switch to it, configured exactly as ``pipeline.sampling.schedulers`` does; for an attribute
+    model (``conditional``), the call that asks for attributes."""
     saved, best = registry_name(scheduler_config), best_sampler(evals)
     imports = "from diffusers import DiffusionPipeline"
     call = "images = pipe(batch_size=16, generator=torch.Generator().manual_seed(0)).images"
@@ -135,6 +141,13 @@ def use_section(evals: list[dict], scheduler_config: dict, default_steps: int) -
                  f"{best['label']} below.")
     elif best:
         text += f" It is the sampler with the lowest {best['label']} below."
+    if conditional:
+        code += ["", "# smiling faces with eyeglasses, by classifier-free guidance",
+                 'images = pipe(batch_size=16, attributes={"Smiling": 1, "Eyeglasses": 1}, guidance_scale=3, '
+                 "generator=torch.Generator().manual_seed(0)).images"]
+        text += (" `attributes` names CelebA attributes as present (1) or absent (-1); unnamed ones are left "
+                 "unspecified. `guidance_scale` 0 gives the unconditional model, 1 the conditional one, and larger "
+                 "values push further towards the attributes.")
     if best and best.get("mixed_precision") == "bf16":
         text += (" The scores were measured with the UNet under bf16 autocast, the pipeline's default on a CPU with "
                  "native bf16 (AVX512_BF16 or AMX); `mixed_precision=\"bf16\"` asks for it anywhere.")
@@ -156,13 +169,36 @@ def diffusion_description(scheduler_config) -> str:
             f"`{scheduler_config['prediction_type']}`")
 
 
+def attribute_control_section(control: dict) -> list[str]:
+    """The classifier's positive rate on faces asked for each attribute, per guidance weight, and each weight's FID
+    (``benchmarks/attribute_control.py control``)."""
+    weights = sorted(control["guidance"], key=float)
+    lines = ["## Attribute control", "",
+             f"{control['samples_per_attribute']:,} faces asked for each attribute (present, the rest unspecified) "
+             f"per guidance weight, {sampler_label(control, precision=False)}, the same seeds at every weight. The "
+             "table gives the share of them in which an attribute classifier (trained on the train split's labels) "
+             "finds the attribute; guidance 0 is the unconditional model's base rate on the same seeds. "
+             f"{control['fid_label']} of all faces of a weight against {control['fid_reference']}.", "",
+             "| attribute | " + " | ".join(f"guidance {float(w):g}" for w in weights) + " |",
+             "|---|" + "---|" * len(weights)]
+    for name in control["attributes"]:
+        lines.append(f"| {name} | " + " | ".join(f"{control['guidance'][w]['positive_rate'][name]:.2f}"
+                                                 for w in weights) + " |")
+    lines.append(f"| {control['fid_label']} | " + " | ".join(f"{control['guidance'][w]['fid']:.2f}" for w in weights)
+                 + " |")
+    return [*lines, ""]
+
+
 def render_card(model_name: str, unet_config: dict, scheduler_config: dict, evals: list[dict],
                 training: dict | None, grid: str | None, in_progress: bool = False, pixel_unshuffle: int = 1,
-                likelihood: dict | None = None, pipeline_settings: dict | None = None) -> str:
+                likelihood: dict | None = None, pipeline_settings: dict | None = None,
+                attribute_control: dict | None = None) -> str:
     """The card's Markdown. ``pipeline_settings``: the pipeline's own entries of model_index.json
-    (``default_num_inference_steps``, ``edm_schedule``); ``scheduler_config`` is the saved scheduler's, with its
-    ``_class_name``."""
+    (``default_num_inference_steps``, ``edm_schedule``, ``attribute_encoder`` for an attribute model);
+    ``scheduler_config`` is the saved scheduler's, with its ``_class_name``; ``attribute_control``: a
+    ``benchmarks/attribute_control.py control`` result for an attribute model."""
     settings = pipeline_settings or {}
+    conditional = bool(settings.get("attribute_encoder") and settings["attribute_encoder"][0])
     edm_schedule = settings.get("edm_schedule") or (scheduler_config if is_edm(scheduler_config) else None)
     unet_size = unet_config["sample_size"]
     unet_size = unet_size if isinstance(unet_size, int) else unet_size[0]  # square models: an int or a pair
@@ -171,9 +207,9 @@ def render_card(model_name: str, unet_config: dict, scheduler_config: dict, eval
                   f"{unet_size}x{unet_size} UNet with {unet_config['in_channels']} "
                   "channels)" if pixel_unshuffle > 1 else "")
     lines = ["---", card_header(model_name, evals, size).rstrip(), "---", "",
-             f"# {model_name}: unconditional {size}x{size} CelebA faces ({'EDM' if edm_schedule else 'DDPM'} "
-             "diffusion, diffusers UNet2DModel)", ""]
-    if training is None or not evals:
+             f"# {model_name}: {'attribute-conditional' if conditional else 'unconditional'} {size}x{size} CelebA "
+             f"faces ({'EDM' if edm_schedule else 'DDPM'} diffusion, diffusers UNet2DModel)", ""]
+    if training is None or not (evals or attribute_control):
         lines += ["> **Status: early checkpoint, not the final model.** "
                   + (f"Trained for {training['step']:,} steps ({training['images_seen']:,} images). "
                      if training else "")
@@ -185,13 +221,16 @@ def render_card(model_name: str, unet_config: dict, scheduler_config: dict, eval
                   "checkpoints replace them.", ""]
     if grid:
         lines += [f"![samples]({grid})", ""]
-    lines += use_section(evals, scheduler_config, settings.get("default_num_inference_steps", 50))
+    lines += use_section(evals, scheduler_config, settings.get("default_num_inference_steps", 50), conditional)
     lines += ["## Model", "",
               f"- `UNet2DModel`: {size}x{size}{unshuffled}, "
               f"block_out_channels {list(unet_config['block_out_channels'])}, "
               f"{unet_config['layers_per_block']} ResNet layers per block, "
               f"blocks {list(unet_config['down_block_types'])}.",
               f"- Diffusion: {diffusion_description(edm_schedule or scheduler_config)}; weights are the EMA weights.",
+              *(["- Attributes: CelebA's 40 binary attributes (+1 present, -1 absent, 0 unspecified) through a "
+                 "linear `AttributeEncoder` added to the UNet's time embedding, trained with labels dropped for "
+                 "classifier-free guidance."] if conditional else []),
               "",
               "## Training data and preprocessing", "",
               "CelebA aligned-and-cropped faces (official train split; Liu et al., ICCV 2015), streamed with "
@@ -215,7 +254,10 @@ def render_card(model_name: str, unet_config: dict, scheduler_config: dict, eval
         lines += ["## Compute", "",
                   f"{training['step']:,} optimisation steps, {training['images_seen']:,} training images seen. "
                   + compute + restarts + went_on, ""]
-    lines += ["## Evaluation", ""]
+    if attribute_control:
+        lines += attribute_control_section(attribute_control)
+    if evals or not attribute_control:
+        lines += ["## Evaluation", ""]
     if evals:
         lines += ["| protocol | sampler | FID | KID (x1e3) | precision | recall |", "|---|---|---|---|---|---|"]
         for result in evals:
@@ -227,7 +269,7 @@ def render_card(model_name: str, unet_config: dict, scheduler_config: dict, eval
         lines += ["", "Features: TF-Inception (2015-12-05) pool3, images resized to 299x299 with the TF1 bilinear "
                   "filter; reference images preprocessed exactly like the training images. Precision/recall: "
                   "Kynkäänniemi et al. 2019, k = 3.", ""]
-    else:
+    elif not attribute_control:
         lines += ["Not evaluated yet.", ""]
     if likelihood:
         lines += [likelihood_line(likelihood), ""]
@@ -245,12 +287,13 @@ def render_card(model_name: str, unet_config: dict, scheduler_config: dict, eval
 
 
 def folder_card(model: Path, name: str, evals: list[dict], training: dict | None, grid: str | None = None,
-                in_progress: bool = False, likelihood: dict | None = None) -> str:
+                in_progress: bool = False, likelihood: dict | None = None,
+                attribute_control: dict | None = None) -> str:
     """``render_card`` for the saved pipeline folder ``model`` (its UNet, saved scheduler and model_index.json)."""
     index = read_json(str(model / "model_index.json"))
     return render_card(name, read_json(str(model / "unet" / "config.json")),
                        read_json(str(model / "scheduler" / "scheduler_config.json")), evals, training, grid,
-                       in_progress, index.get("pixel_unshuffle", 1), likelihood, index)
+                       in_progress, index.get("pixel_unshuffle", 1), likelihood, index, attribute_control)
 
 
 def main(argv=None):
@@ -259,6 +302,8 @@ def main(argv=None):
     parser.add_argument("--name", default=None, help="model name (default: the folder name)")
     parser.add_argument("--eval", nargs="*", default=[], help="pipeline.evaluate JSON files")
     parser.add_argument("--likelihood", default=None, help="pipeline.likelihood JSON (bits/dim)")
+    parser.add_argument("--attribute_control", default=None,
+                        help="benchmarks/attribute_control.py control JSON of an attribute model")
     parser.add_argument("--training_log", default=None, help="training_log.jsonl of the run")
     parser.add_argument("--training_step", type=int, default=None, help="checkpoint step of the shipped weights "
                         "(default: the log's last checkpoint)")
@@ -272,6 +317,9 @@ def main(argv=None):
     evals = [read_json(p) for p in args.eval]
     training = read_training_log(args.training_log, args.training_step)
     likelihood = read_json(args.likelihood) if args.likelihood else None
+    attribute_control = read_json(args.attribute_control) if args.attribute_control else None
+    if attribute_control and not (model / "attribute_encoder").is_dir():
+        raise ValueError(f"--attribute_control describes an attribute model; {model} has no attribute_encoder")
     if args.grid:
         if not os.path.isfile(args.grid):
             raise FileNotFoundError(f"grid picture not found: {args.grid}")
@@ -280,7 +328,7 @@ def main(argv=None):
     for path in (Path(args.out), model / "README.md"):  # the same card; only the picture's relative link differs
         grid = os.path.relpath(model / GRID_NAME, path.parent) if args.grid else None
         path.write_text(folder_card(model, args.name or model.name, evals, training, grid, args.in_progress,
-                                    likelihood))
+                                    likelihood, attribute_control))
     print(f"wrote {args.out} and {model / 'README.md'}")
     return 0
 

@@ -4,6 +4,7 @@ import json
 import shutil
 
 import pytest
+from PIL import Image
 
 from benchmarks.attribute_control import labelled_images, load_classifier, predict
 from pipeline.data.preprocess import Preprocessing
@@ -45,11 +46,18 @@ def test_classifier_then_control_on_an_attribute_model(smoke_pipeline_dir, tmp_p
     model = tmp_path / "attribute-model"
     run_command(train_args(model, "--init_from", smoke_pipeline_dir, "--attribute_conditioning", "--max_train_steps",
                            4), env=cache)
-    run_command(["benchmarks/attribute_control.py", "control", "--model", str(model), "--train_data_dir", str(data),
-                 "--attributes", "Smiling", "Male", "--guidance", "0", "3", "--num_samples", "8", "--steps", "4",
-                 "--mixed_precision", "no", "--weights", str(weights), "--out", str(tmp_path / "control.json")],
-                env=cache)
+    control_command = ["benchmarks/attribute_control.py", "control", "--model", str(model), "--train_data_dir",
+                       str(data), "--attributes", "Smiling", "Male", "--guidance", "0", "3", "--num_samples", "8",
+                       "--steps", "4", "--mixed_precision", "no", "--weights", str(weights), "--out",
+                       str(tmp_path / "control.json"), "--grid", str(tmp_path / "grid.png"), "--grid_faces", "3",
+                       "--resume_dir", str(tmp_path / "batches")]
+    run_command(control_command, env=cache)
     control = json.loads((tmp_path / "control.json").read_text())
+    with Image.open(tmp_path / "grid.png") as grid:  # 2 attribute rows; 2 weights x 3 faces of 32 px, upscaled 2x
+        assert grid.size == ((6 * 34 + 2) * 2, (2 * 34 + 2) * 2)
+    again = run_command(control_command, env=cache)  # every batch is reused: the same numbers
+    assert again.stderr.count("finished batch(es) found, continuing") == 4
+    assert json.loads((tmp_path / "control.json").read_text()) == control
     assert control["samples_per_attribute"] == 4 and set(control["guidance"]) == {"0.0", "3.0"}
     assert control["guidance"]["0.0"]["rate_minus_base"] == {"Smiling": 0.0, "Male": 0.0}
     assert all(0 <= rate <= 1 for row in control["guidance"].values() for rate in row["positive_rate"].values())

@@ -167,3 +167,32 @@ def test_the_card_of_an_edm_model_switches_between_sampler_families(tmp_path, de
     if not default:  # a DDPM-schedule sampler on the EDM model: DDPM's linear betas, as the registry builds them
         torch.testing.assert_close(namespace["pipe"].scheduler.alphas_cumprod,
                                    scheduler_for(pipe, best).alphas_cumprod)
+
+
+def test_the_card_of_an_attribute_model_asks_for_attributes_and_reports_control(tmp_path):
+    """An attribute model's card: its title, the code that asks for attributes (run as written) and the control
+    table read from the control JSON; the same JSON on an unconditional model is refused."""
+    from test_attributes import attribute_pipeline, tiny_unet
+
+    model, plain = tmp_path / "model", tmp_path / "plain"
+    save_pipeline_folder(attribute_pipeline(), model)
+    save_pipeline_folder(CelebADiffusionPipeline(unet=tiny_unet(), scheduler=EDMEulerScheduler()), plain)
+    control = {"sampler": "ddpm", "steps": 20, "attributes": ["Smiling", "Male"], "samples_per_attribute": 100,
+               "fid_label": "FID-200", "fid_reference": "20000 train images",
+               "guidance": {"0.0": {"positive_rate": {"Smiling": 0.41, "Male": 0.38}, "fid": 60.5},
+                            "3.0": {"positive_rate": {"Smiling": 0.87, "Male": 0.74}, "fid": 66.25}}}
+    (tmp_path / "control.json").write_text(json.dumps(control))
+    run_command(["-m", "pipeline.model_card", "--model", str(model), "--attribute_control",
+                 str(tmp_path / "control.json"), "--out", str(tmp_path / "card.md")])
+    card = (tmp_path / "card.md").read_text()
+    assert "# model: attribute-conditional 8x8 CelebA faces" in card and "Not evaluated yet" not in card
+    assert "| attribute | guidance 0 | guidance 3 |" in card and "| Smiling | 0.41 | 0.87 |" in card
+    assert "| Male | 0.38 | 0.74 |" in card and "| FID-200 | 60.50 | 66.25 |" in card
+    snippet = card.split("```python\n")[1].split("```")[0]
+    namespace = {}
+    exec(snippet.replace("REPO_OR_PATH", str(model)).replace("batch_size=16", "batch_size=1"), namespace)
+    assert len(namespace["images"]) == 1  # the last call: guided by Smiling and Eyeglasses
+    refused = run_command(["-m", "pipeline.model_card", "--model", str(plain), "--attribute_control",
+                           str(tmp_path / "control.json"), "--out", str(tmp_path / "plain.md")], check=False)
+    assert refused.returncode == 2 and "has no attribute_encoder" in refused.stderr
+    assert not (tmp_path / "plain.md").exists()
