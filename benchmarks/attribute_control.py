@@ -229,7 +229,8 @@ def main(argv=None) -> int:
     control.add_argument("--device", type=device_argument, default=DEFAULT_DEVICE)
     control.add_argument("--cache_dir", default=None)
     control.add_argument("--grid", default=None, help="PNG: the first faces of each attribute at every weight")
-    control.add_argument("--grid_faces", type=int, default=4, help="faces per attribute and weight in --grid")
+    control.add_argument("--grid_faces", type=int, default=None,
+                         help="faces per attribute and weight in --grid (default: 4, or fewer if fewer are drawn)")
     control.add_argument("--resume_dir", default=None, help="keep each finished batch here; rerun to continue")
     for command in (train, control):
         command.add_argument("--weights", default=str(DEFAULT_WEIGHTS), help="the classifier's weights file")
@@ -239,8 +240,11 @@ def main(argv=None) -> int:
         raise ValueError("--epochs, --batch_size and --resolution must be positive")
     if args.command == "control" and args.num_samples < 2 * len(args.attributes):
         raise ValueError(f"--num_samples must give each of the {len(args.attributes)} attributes at least 2 faces")
-    if args.command == "control" and not 1 <= args.grid_faces <= args.num_samples // len(args.attributes):
-        raise ValueError("--grid_faces must be between 1 and the faces per attribute (--num_samples / attributes)")
+    if args.command == "control":
+        per_attribute = args.num_samples // len(args.attributes)
+        args.grid_faces = min(4, per_attribute) if args.grid_faces is None else args.grid_faces
+        if not 1 <= args.grid_faces <= per_attribute:
+            raise ValueError(f"--grid_faces must be between 1 and the {per_attribute} faces per attribute")
     result = classifier_main(args) if args.command == "classifier" else control_main(args)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))

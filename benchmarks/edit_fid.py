@@ -63,12 +63,14 @@ def scores(features: torch.Tensor, reference: torch.Tensor, seed: int) -> dict:
 
 
 def edit_batch(pipe, faces: torch.Tensor, task: str, method: str, steps: int, generator: torch.Generator,
-               mixed_precision: str) -> tuple[torch.Tensor, int]:
-    """(edited faces in [-1, 1], network evaluations) for one batch of faces in [-1, 1]."""
+               mixed_precision: str, **options) -> tuple[torch.Tensor, int]:
+    """(edited faces in [-1, 1], network evaluations) for one batch of faces in [-1, 1]; ``options`` go to the
+    method (RePaint's jump_length and jump_n_sample)."""
     with pipe.precision(mixed_precision):
         if task == "colorize":
-            return colorize(pipe, faces, method=method, steps=steps, generator=generator)
-        return impute(pipe, faces, named_mask(task, faces.shape[-1]), method=method, steps=steps, generator=generator)
+            return colorize(pipe, faces, method=method, steps=steps, generator=generator, **options)
+        return impute(pipe, faces, named_mask(task, faces.shape[-1]), method=method, steps=steps, generator=generator,
+                      **options)
 
 
 def what_the_model_sees(faces: torch.Tensor, task: str) -> torch.Tensor:
@@ -77,6 +79,11 @@ def what_the_model_sees(faces: torch.Tensor, task: str) -> torch.Tensor:
         return faces.mean(dim=1, keepdim=True).expand_as(faces)
     mask = named_mask(task, faces.shape[-1])
     return faces * mask - (1 - mask)
+
+
+def method_options(method: str, args) -> dict:
+    """The method's own settings: RePaint's jumps (the other method has none here)."""
+    return {"jump_length": args.jump_length, "jump_n_sample": args.jump_n_sample} if method == "repaint" else {}
 
 
 def run_point(pipe, faces: torch.Tensor, task: str, method: str, args, store: BatchStore | None
@@ -90,7 +97,7 @@ def run_point(pipe, faces: torch.Tensor, task: str, method: str, args, store: Ba
         if stored is None:
             generator = torch.Generator().manual_seed(args.seed + index)
             result, nfe = edit_batch(pipe, to_model_range(batch), task, method, args.steps, generator,
-                                     args.mixed_precision)
+                                     args.mixed_precision, **method_options(method, args))
             stored = (to_uint8_nhwc(result.float()), nfe)
             if store:
                 store.save(index, *stored)
@@ -107,6 +114,8 @@ def main(argv=None) -> int:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--num_images", type=int, default=1000)
     parser.add_argument("--steps", type=int, default=50, help="steps of each method (repaint: before its jumps)")
+    parser.add_argument("--jump_length", type=int, default=5, help="repaint: steps of each jump back")
+    parser.add_argument("--jump_n_sample", type=int, default=3, help="repaint: passes over each jump (1: none)")
     parser.add_argument("--batch_size", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0, help="batch i is edited with seed + i")
     parser.add_argument("--mixed_precision", default="bf16", choices=["no", "bf16"])
@@ -115,7 +124,7 @@ def main(argv=None) -> int:
     parser.add_argument("--resume_dir", default=None, help="keep each finished batch here (one folder per point)")
     parser.add_argument("--out_dir", required=True)
     args = parser.parse_args(argv)
-    for name in ("num_images", "steps", "batch_size"):
+    for name in ("num_images", "steps", "batch_size", "jump_length", "jump_n_sample"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be positive, got {getattr(args, name)}")
     if args.num_images < 2:
@@ -138,7 +147,7 @@ def main(argv=None) -> int:
         for method in args.methods:
             settings = {"unet_sha256": summary["unet_sha256"], "task": task, "method": method, "steps": args.steps,
                         "seed": args.seed, "batch_size": args.batch_size, "mixed_precision": args.mixed_precision,
-                        "num_images": len(faces)}
+                        "num_images": len(faces), **method_options(method, args)}
             store = BatchStore(Path(args.resume_dir) / f"{task}_{method}", settings) if args.resume_dir else None
             edited, nfe, seconds = run_point(pipe, faces, task, method, args, store)
             features, _ = extract_features(torch.from_numpy(edited).permute(0, 3, 1, 2), progress=True,

@@ -137,8 +137,9 @@ def load_faces(args, prep: Preprocessing) -> tuple[torch.Tensor, list[str]]:
 
 
 def psnr(result: torch.Tensor, original: torch.Tensor, where: torch.Tensor | None = None) -> float:
-    """PSNR in dB on the 256-level scale (peak 2 on [-1, 1]), over ``where`` if given."""
-    error = (to_uint8(result).float() - to_uint8(original).float()) ** 2
+    """PSNR in dB on the 256-level scale (peak 2 on [-1, 1]), over ``where`` if given; summed in float64, so that
+    the same images give the same number wherever their memory lies."""
+    error = (to_uint8(result).double() - to_uint8(original).double()) ** 2
     if where is not None:
         error = error[where.expand_as(error).bool()]
     return float(10 * np.log10(255.0**2 / max(error.mean().item(), 1e-12)))

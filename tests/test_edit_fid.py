@@ -18,13 +18,16 @@ def test_edited_heldout_faces_keep_what_is_known_are_scored_and_resume_exactly(s
     out, batches = tmp_path / "edit", tmp_path / "batches"
     command = ["benchmarks/edit_fid.py", "--model", str(smoke_pipeline_dir), "--train_data_dir", str(data),
                "--tasks", "center", "colorize", "--methods", "repaint", "--num_images", "4", "--steps", "2",
-               "--batch_size", "2", "--mixed_precision", "no", "--resume_dir", str(batches), "--out_dir", str(out)]
+               "--jump_length", "1", "--jump_n_sample", "2", "--batch_size", "2", "--mixed_precision", "no",
+               "--resume_dir", str(batches), "--out_dir", str(out)]
     env = {"CELEBA_DIFFUSION_CACHE": str(tmp_path / "cache")}
     run_command(command, env=env, timeout=600)
     summary = json.loads((out / "edit_fid_summary.json").read_text())
     assert summary["num_images"] == 4 and summary["num_heldout"] == 6
     assert [(p["task"], p["method"]) for p in summary["points"]] == [("center", "repaint"), ("colorize", "repaint")]
     center = json.loads((out / "fid_center_repaint.json").read_text())
+    assert (center["jump_length"], center["jump_n_sample"]) == (1, 2)
+    assert center["nfe_per_batch"] > 2  # RePaint's jump back re-runs a step
     assert center["psnr_where"] == "filled region" and center["fid_above_floor"] == (
         center["scores"]["fid"] - center["floor"]["fid"])
     height, width = np.asarray(Image.open(out / "center_repaint.png")).shape[:2]
