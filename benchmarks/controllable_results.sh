@@ -37,8 +37,9 @@ once() {  # a stage that cannot resume midway: NAME COMMAND..., skipped once it 
   "${@:2}"
   mkdir -p "$RUNS/done" && touch "$RUNS/done/$1"
 }
-if [[ ! -f "$BASE/model_index.json" ]]; then
-  echo "$BASE is not a saved pipeline folder: ship the base model first (benchmarks/shipped_results.sh)" >&2
+if [[ ! -f "$BASE/model_index.json" || ! -f results/training_log.jsonl ]]; then
+  echo "no $BASE/model_index.json or results/training_log.jsonl: ship the base model first" \
+    "(benchmarks/shipped_results.sh)" >&2
   exit 2
 fi
 
@@ -63,9 +64,15 @@ once ship "$PY" -m pipeline.ship --model "$FINE_TUNE" --out "$MODEL" --sampler "
 "$PY" -m benchmarks.attribute_control control --model "$MODEL" --train_data_dir "$DATA" --guidance 0 1 3 5 \
   --num_samples "$N_CONTROL" --weights "$CLASSIFIER" --resume_dir "$RUNS/control" \
   --grid results/attributes/control_grid.png --out results/attributes/control.json
+# the card counts the base model's training and the fine-tune as one log, joined where the fine-tune started
+BASE_STEP=$("$PY" -c 'from pipeline.training_log import read_training_log as read
+print(read("results/training_log.jsonl")["step"])')
+cp results/training_log.jsonl "$RUNS/training_log.jsonl"
+"$PY" -m pipeline.training_log --log "$RUNS/training_log.jsonl" --update_from "$FINE_TUNE/training_log.jsonl" \
+  --restart_step "$BASE_STEP" \
+  --restart_note "attribute fine-tune ($(basename "$CONFIG")) from the EMA weights of step $BASE_STEP"
 "$PY" -m pipeline.model_card --model "$MODEL" --attribute_control results/attributes/control.json \
-  --training_log "$FINE_TUNE/training_log.jsonl" --grid results/attributes/control_grid.png \
-  --out "$MODEL/README.md"
+  --training_log "$RUNS/training_log.jsonl" --grid results/attributes/control_grid.png --out "$MODEL/README.md"
 
 # 3. how natural the edits are, and how exactly inversion gives a face back
 "$PY" -m benchmarks.edit_fid --model "$BASE" --train_data_dir "$DATA" --tasks center eyes colorize \
@@ -76,7 +83,8 @@ once inversion "$PY" -m benchmarks.inversion_psnr --model "$BASE" --train_data_d
 # 4. the other masks and an interpolation strip, on held-out test faces
 for MASK in left right top bottom random; do
   once "inpaint_$MASK" "$PY" -m pipeline.edit inpaint --model "$BASE" --celeba "$DATA" --split test \
-    --num_images "$N_GRID" --mask "$MASK" --method repaint --steps 50 --jump_length 5 --jump_n_sample 3 --out "results/edit/inpaint_$MASK"
+    --num_images "$N_GRID" --mask "$MASK" --method repaint --steps 50 --jump_length 5 --jump_n_sample 3 \
+    --out "results/edit/inpaint_$MASK"
 done
 once interpolate "$PY" -m pipeline.edit interpolate --model "$BASE" --celeba "$DATA" --split test --num_images 2 \
   --frames 8 --out results/edit/interpolate

@@ -3,6 +3,7 @@ attribute control with its grid, edit FID, inversion PSNR, the edit grids and th
 skips or reuses every finished stage."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -35,6 +36,8 @@ def test_controllable_results_from_a_shipped_model(tmp_path):
     run_command(train_args(tmp_path / "base", "--preconditioning", "edm", "--max_train_steps", "2"))
     run_command(["-m", "pipeline.ship", "--model", str(tmp_path / "base"), "--out",
                  str(repo / "pretrained" / "celeba-64"), "--sampler", "edm-dpm++2m", "--steps", "4"])
+    (repo / "results").mkdir()
+    shutil.copy(tmp_path / "base" / "training_log.jsonl", repo / "results" / "training_log.jsonl")
     run_command(["-m", "benchmarks.attribute_control", "classifier", "--train_data_dir", str(data), "--resolution",
                  "32", "--epochs", "1", "--batch_size", "8", "--out", str(tmp_path / "classifier.json")], env=cache)
     first = script()
@@ -45,7 +48,8 @@ def test_controllable_results_from_a_shipped_model(tmp_path):
     assert shipped.attribute_encoder is not None
     assert (default_sampler(shipped), shipped.config.default_num_inference_steps) == ("edm-dpm++2m", 4)
     card = (model / "README.md").read_text()
-    assert "attribute-conditional 32x32" in card and "| Smiling |" in card and "2 optimisation steps" in card
+    assert "attribute-conditional 32x32" in card and "| Smiling |" in card
+    assert "4 optimisation steps" in card and "At step 2: attribute fine-tune (smoke.yaml) from the EMA" in card
     control = json.loads((repo / "results" / "attributes" / "control.json").read_text())
     assert set(control["guidance"]) == {"0.0", "1.0", "3.0", "5.0"} and control["samples_per_attribute"] == 2
     assert (repo / "results" / "attributes" / "control_grid.png").is_file()
