@@ -169,6 +169,12 @@ def diffusion_description(scheduler_config) -> str:
             f"`{scheduler_config['prediction_type']}`")
 
 
+def is_attribute_model(pipeline_settings: dict) -> bool:
+    """Whether a pipeline's model_index.json entries name an ``attribute_encoder`` component."""
+    entry = pipeline_settings.get("attribute_encoder")
+    return bool(entry and entry[0])
+
+
 def attribute_control_section(control: dict) -> list[str]:
     """The classifier's positive rate on faces asked for each attribute, per guidance weight, and each weight's FID
     (``benchmarks/attribute_control.py control``)."""
@@ -198,7 +204,7 @@ def render_card(model_name: str, unet_config: dict, scheduler_config: dict, eval
     ``scheduler_config`` is the saved scheduler's, with its ``_class_name``; ``attribute_control``: a
     ``benchmarks/attribute_control.py control`` result for an attribute model."""
     settings = pipeline_settings or {}
-    conditional = bool(settings.get("attribute_encoder") and settings["attribute_encoder"][0])
+    conditional = is_attribute_model(settings)
     edm_schedule = settings.get("edm_schedule") or (scheduler_config if is_edm(scheduler_config) else None)
     unet_size = unet_config["sample_size"]
     unet_size = unet_size if isinstance(unet_size, int) else unet_size[0]  # square models: an int or a pair
@@ -318,7 +324,7 @@ def main(argv=None):
     training = read_training_log(args.training_log, args.training_step)
     likelihood = read_json(args.likelihood) if args.likelihood else None
     attribute_control = read_json(args.attribute_control) if args.attribute_control else None
-    if attribute_control and not (model / "attribute_encoder").is_dir():
+    if attribute_control and not is_attribute_model(read_json(str(model / "model_index.json"))):
         raise ValueError(f"--attribute_control describes an attribute model; {model} has no attribute_encoder")
     if args.grid:
         if not os.path.isfile(args.grid):
