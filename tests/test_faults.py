@@ -117,3 +117,25 @@ def test_the_watchdog_fires_on_a_stuck_wait_and_not_between_waits():
         assert not stalled.is_set()
         with watchdog.waiting():
             assert stalled.wait(timeout=30)  # a batch that never comes
+
+
+def test_a_kill_while_a_checkpoint_is_removed_leaves_no_partial_checkpoint(tmp_path, monkeypatch):
+    """Pruning renames the checkpoint out of sight before deleting it: a kill inside the delete (here, rmtree
+    failing midway) leaves a stale temporary that the next run removes, never a partial checkpoint-N."""
+    from pipeline.training import checkpoints
+
+    for step in (1, 2):
+        (tmp_path / f"checkpoint-{step}" / "pipeline").mkdir(parents=True)
+        (tmp_path / f"checkpoint-{step}" / "model.safetensors").write_bytes(b"x")
+
+    def killed_midway(path, *args, **kwargs):
+        (Path(path) / "model.safetensors").unlink()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoints.shutil, "rmtree", killed_midway)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoints.remove_checkpoint(tmp_path / "checkpoint-1")
+    monkeypatch.undo()
+    assert [path.name for path in list_checkpoints(tmp_path)] == ["checkpoint-2"]
+    checkpoints.remove_stale_temporaries(tmp_path)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["checkpoint-2"]

@@ -56,6 +56,16 @@ def remove_stale_temporaries(output_dir: str | os.PathLike) -> None:
             shutil.rmtree(stale, ignore_errors=True)
 
 
+def remove_checkpoint(checkpoint: Path) -> None:
+    """Delete a checkpoint folder, first renamed (one atomic step) to a temporary that ``list_checkpoints`` never
+    sees, so that a kill midway leaves a stale temporary (``remove_stale_temporaries``), never a partial checkpoint."""
+    doomed = checkpoint.with_name(f".{checkpoint.name}.removing.tmp")
+    if doomed.exists():
+        shutil.rmtree(doomed)
+    os.replace(checkpoint, doomed)
+    shutil.rmtree(doomed)
+
+
 def restore_newest_readable(candidates: list[Path], restore: Callable[[Path], None]) -> Path:
     """``restore(checkpoint)`` for the newest of ``candidates`` (oldest first) that reads back; an unreadable one
     (truncated weights, missing files) is skipped with a warning naming it. Raises when none can be read."""
@@ -99,11 +109,11 @@ def save_checkpoint_atomically(accelerator, output_dir: str, step: int, total_li
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if final.exists():  # a second save at the same step (e.g. on a stop signal): replace it
-            shutil.rmtree(final)
+            remove_checkpoint(final)
         os.replace(temporary, final)
         if total_limit:
             for old in list_checkpoints(output_dir)[:-total_limit]:
-                shutil.rmtree(old)
+                remove_checkpoint(old)
     accelerator.wait_for_everyone()
     return final
 
