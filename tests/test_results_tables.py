@@ -83,3 +83,40 @@ def test_another_model_gets_its_own_tables_linked_from_results(repository):
     assert "[old.json](instance-norm-model/eval/old.json)" in tables
     assert "[summary.json](instance-norm-model/nfe/summary.json)" in tables
     assert "FID-10k **28.80**" not in results_tables.glance_table(results)  # the glance is the shipped model's only
+
+
+def test_heldout_edit_and_attribute_tables_come_from_their_files(repository):
+    results = repository / "results"
+    scores = {"fid": 31.25, "kid_mean": 0.004, "kid_std": 0.001}
+    write(results / "heldout" / "celeba-64.json", {
+        "model": "pretrained/m", "sampler": "ddpm", "nfe": 20, "num_samples": 1440, "model_scores": scores,
+        "train_floor": {**scores, "fid": 26.0}, "fid_above_floor": 5.25,
+        "memorization": {"ratio_quantiles": {"0.5": 1.002}, "fraction_ratio_below_0.5": 0.0}})
+    write(results / "edit" / "fid_center_repaint.json", {
+        "task": "center", "method": "repaint", "jump_length": 5, "jump_n_sample": 3, "steps": 50, "nfe_per_batch": 150,
+        "num_images": 1000, "scores": scores, "floor": {"fid": 20.0}, "fid_above_floor": 11.25, "psnr": 18.5,
+        "psnr_where": "filled region"})
+    write(results / "edit" / "inversion_psnr.json", {"num_images": 16, "faces": "valid split, then test",
+                                                     "mixed_precision": "no",
+                                                     "points": [{"steps": 20, "nfe": 40, "psnr_mean": 27.5,
+                                                                 "psnr_stderr": 0.25}]})
+    write(results / "attributes" / "classifier.json", {
+        "num_train": 20000, "num_heldout": 1440, "heldout_splits": ["valid", "test"], "mean_accuracy": 0.9,
+        "mean_majority_accuracy": 0.8,
+        "attributes": {"Smiling": {"accuracy": 0.91, "majority_accuracy": 0.5, "heldout_positive_rate": 0.48}}})
+    write(results / "attributes" / "control.json", {
+        "model": "pretrained/a", "sampler": "edm-dpm++2m", "steps": 20, "attributes": ["Smiling"],
+        "samples_per_attribute": 250, "fid_label": "FID-250", "fid_reference": "20000 train images",
+        "guidance": {"0.0": {"positive_rate": {"Smiling": 0.45}, "fid": 50.0},
+                     "3.0": {"positive_rate": {"Smiling": 0.9}, "fid": 55.0}}})
+    tables = results_tables.results_readme(results)
+    assert "| [celeba-64.json](heldout/celeba-64.json) | pretrained/m | ddpm | 20 | 1,440 | 31.25 | 26.00 | 5.25 |" \
+        in tables
+    assert "| center | repaint (jump_length 5, jump_n_sample 3) | 50 | 150 | 1,000 | 31.25 | 20.00 | 11.25 |" in tables
+    assert "18.50 dB (filled region) |" in tables and "| 20 | 40 | 27.50 ± 0.25 dB |" in tables
+    assert "mean accuracy **90.0 %** against 80.0 %" in tables and "| Smiling | 91.0 | 50.0 | 48.0 |" in tables
+    assert "| attribute | guidance 0 | guidance 3 |" in tables and "| Smiling | 45.0 | 90.0 |" in tables
+    assert "| FID-250 (all attributes) | 50.00 | 55.00 |" in tables
+    assert "| 5.25 (FID-1,440 31.25; 1,440 real train images 26.00) | yes |" in tables  # the targets table
+    glance = results_tables.glance_table(results)
+    assert "against held-out faces | ddpm | 20 | FID-1,440 31.25 (real-train floor 26.00) |" in glance

@@ -26,6 +26,7 @@ from pipeline.sampling.schedulers import (
     SDE_SAMPLERS,
     VP_SAMPLERS,
     check_steps,
+    get_sampler,
     make_scheduler,
     nfe,
     scheduler_for,
@@ -143,6 +144,34 @@ def test_every_vp_sampler_runs_an_edm_model_as_the_vp_model_it_equals(name):
     images = edm_pipe(batch_size=8, num_inference_steps=steps, generator=torch.Generator().manual_seed(0),
                       output_type="pt", **arguments).images
     torch.testing.assert_close(images, run_pipeline(vp, LINEAR, name, steps, 8), rtol=0, atol=2e-4)
+
+
+@pytest.mark.parametrize("name", ALL_SAMPLERS)
+def test_only_stochastic_samplers_use_randomness_after_the_initial_noise(name):
+    """Reseeding the generator at the first network call (the initial noise is drawn by then) changes a stochastic
+    sampler's images and leaves those of a deterministic one exactly as they were."""
+    vp = gaussian(LINEAR)
+    model = EDMGaussianDenoiser(vp.mu, vp.s)
+    pipe = CelebADiffusionPipeline(unet=model, scheduler=EDMEulerScheduler(sigma_data=0.5))
+    pipe.set_progress_bar_config(disable=True)
+    arguments = ({"sampler": S.SDESampler(name)} if name in SDE_SAMPLERS else {"scheduler": scheduler_for(pipe, name)})
+
+    def images(reseed: bool) -> torch.Tensor:
+        generator, calls = torch.Generator().manual_seed(0), []
+
+        def first_call(*_):
+            if reseed and not calls:
+                generator.manual_seed(1)
+            calls.append(1)
+
+        hook = model.register_forward_pre_hook(first_call)
+        try:
+            return pipe(batch_size=4, num_inference_steps=1 if name == "ode-rk45" else 10, generator=generator,
+                        output_type="pt", **arguments).images
+        finally:
+            hook.remove()
+
+    assert torch.equal(images(False), images(True)) != get_sampler(name).stochastic
 
 
 @pytest.mark.parametrize("name", SDE_SAMPLERS)

@@ -3,9 +3,10 @@
     python -m pipeline.evaluation.results_tables            # rewrite results/README.md and the documents' tables
     python -m pipeline.evaluation.results_tables --check    # exit 1 if any of them is out of date
 
-``results/README.md`` holds every table (evaluations, FID versus NFE, recipes, likelihood, denoiser response, speed);
-the results-at-a-glance table sits between ``GLANCE_BEGIN`` and ``GLANCE_END`` in README.md (required) and in
-REPORT.md (where it has the markers) and is replaced in place.
+``results/README.md`` holds every table (the targets, evaluations, FID versus NFE, held-out scores, likelihood,
+editing, attribute control, recipes, denoiser response, speed); the results-at-a-glance table sits between
+``GLANCE_BEGIN`` and ``GLANCE_END`` in README.md (required) and in REPORT.md (where it has the markers) and is
+replaced in place.
 Published numbers come from ``results/literature.json``, each with its source.
 """
 
@@ -18,6 +19,7 @@ import sys
 from pathlib import Path
 
 from ..cli import ArgumentParser, run_cli
+from .targets import sampler_name, targets_table
 
 # other models measured in results/<folder>/ with the shipped model's layout (eval/, nfe/, bench/, likelihood.json)
 MODELS = {"instance-norm-model": "the instance-norm model (REPORT Section 6.4)"}
@@ -49,12 +51,6 @@ def table(header: list[str], rows: list[list[str]]) -> list[str]:
 def link(path: Path, base: Path) -> str:
     """A Markdown link to ``path`` from a document in folder ``base``."""
     return f"[{path.name}]({Path(os.path.relpath(path, base)).as_posix()})"
-
-
-def sampler_name(result: dict) -> str:
-    """The sampler, with the mean-colour correction spelled out (``fid_vs_nfe`` names it with a ``+mc`` suffix)."""
-    corrected = result.get("mean_colour_correction") or result["sampler"].endswith("+mc")
-    return result["sampler"].removesuffix("+mc") + (" + mean-colour correction" if corrected else "")
 
 
 def evaluations(results: Path) -> list[dict]:
@@ -123,6 +119,87 @@ def likelihood_section(results: Path, model: Path, name: str) -> list[str]:
     return [f"## Likelihood: {name}", "", "`pipeline.likelihood`: bits/dim through the probability-flow ODE (RK45), "
             "uniform dequantization on the 256-level scale.", "",
             *table(["file", "model", "split", "images", "bits/dim", "rtol", "NFE per batch"], rows)]
+
+
+def heldout_section(results: Path, model: Path, name: str) -> list[str]:
+    rows = []
+    for path in sorted((model / "heldout").glob("*.json")):
+        r = read(path)
+        m, floor = r["model_scores"], r["train_floor"]
+        rows.append([link(path, results), r["model"], r["sampler"], number(r["nfe"], 0), f"{r['num_samples']:,}",
+                     number(m["fid"]), number(floor["fid"]), number(r["fid_above_floor"]), kid(m), kid(floor),
+                     number(r["memorization"]["ratio_quantiles"]["0.5"], 3),
+                     number(r["memorization"]["fraction_ratio_below_0.5"], 4)])
+    if not rows:
+        return []
+    return [f"## Held-out faces: {name}", "", "`benchmarks/heldout_eval.py`: FID/KID against every valid- and "
+            "test-split image (never trained on); the floor is as many real training images against the same "
+            "reference. Memorization: each sample's distance to its nearest training image over that to its nearest "
+            "held-out image (median, and the fraction below 0.5).", "",
+            *table(["file", "model", "sampler", "NFE", "samples", "FID", "floor FID", "above floor", "KID",
+                    "floor KID", "memorization median", "below 0.5"], rows)]
+
+
+def edit_section(results: Path) -> list[str]:
+    lines = []
+    rows = []
+    for path in sorted((results / "edit").glob("fid_*.json")):
+        r = read(path)
+        options = ", ".join(f"{key} {r[key]}" for key in ("jump_length", "jump_n_sample") if key in r)
+        rows.append([link(path, results), r["task"], r["method"] + (f" ({options})" if options else ""), r["steps"],
+                     r["nfe_per_batch"], f"{r['num_images']:,}", number(r["scores"]["fid"]), number(r["floor"]["fid"]),
+                     number(r["fid_above_floor"]), kid(r["scores"]), f"{r['psnr']:.2f} dB ({r['psnr_where']})"])
+    if rows:
+        lines += ["## Editing held-out faces", "",
+                  "`benchmarks/edit_fid.py`: held-out faces inpainted or colorized by the shipped model, scored "
+                  "against every valid- and test-split image; the floor is the unedited faces against the same "
+                  "reference.", "",
+                  *table(["file", "task", "method", "steps", "NFE per batch", "faces", "FID", "floor FID",
+                          "above floor", "KID", "PSNR"], rows)]
+    inversion = read(results / "edit" / "inversion_psnr.json")
+    if inversion:
+        lines += ["## Inversion and reconstruction", "",
+                  f"[edit/inversion_psnr.json](edit/inversion_psnr.json): {inversion['num_images']} held-out faces "
+                  f"({inversion['faces']}) inverted to noise with deterministic DDIM and decoded back, UNet "
+                  f"{inversion['mixed_precision']}.", "",
+                  *table(["steps", "NFE", "PSNR (mean ± standard error)"],
+                         [[p["steps"], p["nfe"], f"{p['psnr_mean']:.2f} ± {p['psnr_stderr'] or 0:.2f} dB"]
+                          for p in inversion["points"]])]
+    return lines
+
+
+def attribute_section(results: Path) -> list[str]:
+    lines = []
+    classifier = read(results / "attributes" / "classifier.json")
+    if classifier:
+        rows = [[attribute, number(100 * v["accuracy"], 1), number(100 * v["majority_accuracy"], 1),
+                 number(100 * v["heldout_positive_rate"], 1)] for attribute, v in classifier["attributes"].items()]
+        lines += ["## Attribute classifier", "",
+                  f"[attributes/classifier.json](attributes/classifier.json): trained on the "
+                  f"{classifier['num_train']:,} training images' labels, scored on {classifier['num_heldout']:,} "
+                  f"held-out images ({' and '.join(classifier['heldout_splits'])}): mean accuracy "
+                  f"**{100 * classifier['mean_accuracy']:.1f} %** against "
+                  f"{100 * classifier['mean_majority_accuracy']:.1f} % for always answering the majority label.", "",
+                  *table(["attribute", "accuracy %", "majority label %", "held-out positive rate %"], rows)]
+    control = read(results / "attributes" / "control.json")
+    if control:
+        weights = list(control["guidance"])
+        rows = [[attribute, *(number(100 * control["guidance"][w]["positive_rate"][attribute], 1) for w in weights)]
+                for attribute in control["attributes"]]
+        rows.append([f"{control['fid_label']} (all attributes)", *(number(control["guidance"][w]["fid"])
+                                                                    for w in weights)])
+        lines += ["## Attribute control", "",
+                  f"[attributes/control.json](attributes/control.json): `{control['model']}`, "
+                  f"{control['samples_per_attribute']:,} faces per attribute and guidance weight, each asked for that "
+                  f"attribute alone ({control['sampler']}, {control['steps']} steps); the classifier's positive rate "
+                  f"in %, and FID against {control['fid_reference']}. Weight 0 is the unconditional model.", "",
+                  *table(["attribute", *(f"guidance {float(w):g}" for w in weights)], rows)]
+    return lines
+
+
+def targets_section(results: Path) -> list[str]:
+    return ["## Targets", "", "The shipped model's targets and what it reaches (`pipeline.evaluation.targets`).", "",
+            *targets_table(results)]
 
 
 def response_section(results: Path) -> list[str]:
@@ -219,13 +296,14 @@ def bf16_quality_section(results: Path, model: Path, name: str) -> list[str]:
 
 
 def results_readme(results: Path) -> str:
-    """Every table: those of each model (the shipped one, then ``MODELS``), then the studies and speed."""
-    lines = [HEADER]
+    """Every table: the targets, those of each model (the shipped one, then ``MODELS``), then controllable generation,
+    the studies and speed."""
+    lines = [HEADER, *targets_section(results)]
     for folder, name in (("", "the shipped model"), *MODELS.items()):
-        for section in (evaluation_section, nfe_section, likelihood_section, bf16_quality_section):
+        for section in (evaluation_section, nfe_section, heldout_section, likelihood_section, bf16_quality_section):
             lines += section(results, results / folder, name)
-    for section in (recipe_section, response_section, training_speed_section, sampling_speed_section,
-                    profile_section):
+    for section in (edit_section, attribute_section, recipe_section, response_section, training_speed_section,
+                    sampling_speed_section, profile_section):
         lines += section(results)
     return "\n".join(lines).rstrip() + "\n"
 
@@ -241,8 +319,8 @@ def training_compute(results: Path) -> tuple[str, str]:
 
 
 def glance_table(results: Path) -> str:
-    """README.md's table: the shipped model's evaluations with the most samples and its best sweep point at <= 25
-    NFE, beside the published anchors."""
+    """README.md's table: the shipped model's evaluations with the most samples, its best sweep point at <= 25 NFE
+    and its held-out scores, beside the published anchors."""
     parameters, compute = training_compute(results)
     rows, evaluated = [], evaluations(results)
     for r in (r for r in evaluated if r["num_samples"] == evaluated[0]["num_samples"]):  # the most samples
@@ -256,6 +334,11 @@ def glance_table(results: Path) -> str:
             rows.append([f"this project, `{summary['protocol']['model']}`", sampler_name(p), number(p["nfe"], 0),
                          f"FID-2k {number(p['fid'])}", parameters, compute,
                          "[nfe/summary.json](results/nfe/summary.json)"])
+    for path in sorted((results / "heldout").glob("*.json")):
+        r = read(path)
+        rows.append([f"this project, `{r['model']}`, against held-out faces", r["sampler"], number(r["nfe"], 0),
+                     f"FID-{r['num_samples']:,} {number(r['model_scores']['fid'])} (real-train floor "
+                     f"{number(r['train_floor']['fid'])})", parameters, compute, link(path, results.parent)])
     literature = read(results / "literature.json") or {"rows": []}
     for row in literature["rows"]:
         rows.append([row["source"], row["sampler"], row["nfe"], f"FID {row['fid']}", row["parameters"],

@@ -58,6 +58,8 @@ class Sampler:
         edm: whether it drives an EDM-preconditioned network directly (only EDM-trained models); the others run on
             a DDPM schedule (any model).
         evaluations: network evaluations per batch, ``evaluations(steps, **options)``; None when adaptive.
+        stochastic: whether it draws fresh noise after the initial one (ancestral, SDE and Langevin steps); the
+            others are deterministic maps of the initial noise (``ddim`` at its default ``eta=0``).
     """
 
     name: str
@@ -65,6 +67,7 @@ class Sampler:
     overrides: dict = field(default_factory=dict)
     edm: bool = False
     evaluations: Callable[..., int | None] = one_per_step
+    stochastic: bool = False
 
     @property
     def is_scheduler(self) -> bool:
@@ -125,7 +128,7 @@ class Sampler:
 
 
 SAMPLERS: dict[str, Sampler] = {sampler.name: sampler for sampler in (
-    Sampler("ddpm", DDPMScheduler, {"timestep_spacing": "trailing", "clip_sample": True}),
+    Sampler("ddpm", DDPMScheduler, {"timestep_spacing": "trailing", "clip_sample": True}, stochastic=True),
     # eta is given to the pipeline call (0 = deterministic DDIM). The last step lands on alpha_bar_0, like training.
     Sampler("ddim", DDIMScheduler, {"clip_sample": False, "set_alpha_to_one": False, "timestep_spacing": "trailing"}),
     Sampler("ddim-clip", DDIMScheduler, {"clip_sample": True, "set_alpha_to_one": False,
@@ -138,7 +141,7 @@ SAMPLERS: dict[str, Sampler] = {sampler.name: sampler for sampler in (
     Sampler("heun", HeunDiscreteScheduler, {"use_karras_sigmas": True, "timestep_spacing": "linspace",
                                             "clip_sample": False}, evaluations=heun_evaluations),
     Sampler("unipc", UniPCMultistepScheduler, {"timestep_spacing": "linspace"}),
-    Sampler("pc", evaluations=lambda steps, corrector_steps=1, **_: steps * (1 + corrector_steps)),
+    Sampler("pc", evaluations=lambda steps, corrector_steps=1, **_: steps * (1 + corrector_steps), stochastic=True),
     Sampler("ode-heun", evaluations=heun_evaluations),
     Sampler("ode-rk45", evaluations=lambda steps, **_: None),
     # for models trained with EDM preconditioning (train_unet.py --preconditioning edm): Karras sigmas, rho = 7
@@ -146,7 +149,7 @@ SAMPLERS: dict[str, Sampler] = {sampler.name: sampler for sampler in (
     Sampler("edm-dpm++2m", EDMDPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2},
             edm=True),
     Sampler("edm-dpm++2m-sde", EDMDPMSolverMultistepScheduler, {"algorithm_type": "sde-dpmsolver++",
-                                                                "solver_order": 2}, edm=True),
+                                                                "solver_order": 2}, edm=True, stochastic=True),
 )}
 ALL_SAMPLERS = tuple(SAMPLERS)
 DIFFUSERS_SAMPLERS = tuple(name for name, sampler in SAMPLERS.items() if sampler.is_scheduler)
