@@ -14,7 +14,8 @@
 #  3. FID-10k of that default, and of the lowest-FID point at <= 25 NFE (default options) when it is another one;
 #  4. held-out FID/KID with its floor, test-split bits/dim, bf16-vs-fp32 paired KID, the denoiser response;
 #     RK45 and DDPM-1000 at N_SLOW samples;
-#  5. samples, a denoising trajectory, the training curve, the model card and the generated tables.
+#  5. samples, a denoising trajectory, the training curve, the model card (with the held-out scores and the targets)
+#     and the generated tables.
 # On 2 CPU cores it takes about 10 hours.
 set -euo pipefail
 RUN=${1:?usage: bash benchmarks/shipped_results.sh RUN_DIR [CELEBA_DIR]}
@@ -35,6 +36,8 @@ sweep() {  # sample count, then points
 }
 # the run's weights in the shipped folder (with DDPM, which fits every model, until the sweep has chosen)
 "$PY" -m pipeline.ship --model "$RUN" --out "$MODEL" --sampler ddpm --steps 20 --replace
+# evaluations and samples of earlier weights (a milestone's) give way to this run's
+once clear_earlier rm -rf results/eval results/samples
 sweep "$N_SWEEP" ddpm:20 ddim:20 ddim-clip:20 dpm++2m:20 euler:20 heun:13 unipc:20 pc:10 ode-heun:13 edm-euler:20 \
   edm-dpm++2m:10,15,20,25 edm-dpm++2m-sde:20
 # the score-SDE samplers on score_sde's grid uniform in t, and pc with its first-order predictors, against their
@@ -85,5 +88,6 @@ sweep "${N_SLOW:-256}" ode-rk45,rtol=1e-3,atol=1e-3:1 ddpm:1000
   --plot results/training_curve.png
 "$PY" -m pipeline.model_card --model "$MODEL" --eval results/eval/fid10k_*.json \
   "results/nfe/${DEFAULT/:/-}_n$N_SWEEP.json" --likelihood results/likelihood.json \
-  --training_log results/training_log.jsonl --grid "results/samples/${DEFAULT/:/-}/grid_x4.png" --out model_card.md
+  --heldout results/heldout/celeba-64.json --targets results --training_log results/training_log.jsonl \
+  --grid "results/samples/${DEFAULT/:/-}/grid_x4.png" --out model_card.md
 "$PY" -m pipeline.evaluation.results_tables

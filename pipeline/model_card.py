@@ -2,8 +2,9 @@
 
     python -m pipeline.model_card --model pretrained/celeba-64 --name celeba-64 \
         --eval results/eval/fid10k_edm-dpm++2m-20.json results/nfe/edm-dpm++2m-20_n2000.json \
-        --likelihood results/likelihood.json --training_log results/training_log.jsonl \
-        --grid results/samples/edm-dpm++2m-20/grid_x4.png --out model_card.md
+        --likelihood results/likelihood.json --heldout results/heldout/celeba-64.json --targets results \
+        --training_log results/training_log.jsonl --grid results/samples/edm-dpm++2m-20/grid_x4.png \
+        --out model_card.md
     python -m pipeline.model_card --model pretrained/celeba-64-attributes \
         --attribute_control results/attributes/control.json --training_log RUN/training_log.jsonl \
         --grid results/attributes/control_grid.png --out pretrained/celeba-64-attributes/README.md
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from .cli import ArgumentParser, run_cli
 from .denoisers import LINEAR_VP_SCHEDULE, is_edm
+from .evaluation.targets import targets_table
 from .sampling.schedulers import DIFFUSERS_SAMPLERS, SAMPLERS, registry_name
 from .training_log import read_training_log
 
@@ -175,6 +177,25 @@ def is_attribute_model(pipeline_settings: dict) -> bool:
     return bool(entry and entry[0])
 
 
+def heldout_lines(heldout: dict) -> tuple[list[str], str]:
+    """(evaluation-table rows, memorization sentence) of a ``benchmarks/heldout_eval.py`` result: the model and, as
+    its floor, as many real training images, both against the held-out faces."""
+    against = f"{heldout['num_heldout']:,} held-out faces ({' + '.join(heldout['heldout_splits'])})"
+    rows = []
+    for scores, who in ((heldout["model_scores"], sampler_label(heldout)),
+                        (heldout["train_floor"], f"{heldout['num_samples']:,} real train images (the floor)")):
+        rows.append(f"| FID-{heldout['num_samples']:,} vs {against} | {who} | {scores['fid']:.2f} | "
+                    f"{1e3 * scores['kid_mean']:.2f} ± {1e3 * scores['kid_std']:.2f} | {scores['precision']:.3f} | "
+                    f"{scores['recall']:.3f} |")
+    memorization = heldout["memorization"]
+    sentence = (f"Memorization: for each of the {heldout['num_samples']:,} samples, the distance to its nearest "
+                "training image over that to its nearest held-out face (Inception features) has median "
+                f"{memorization['ratio_quantiles']['0.5']:.3f}; a share of "
+                f"{memorization['fraction_ratio_below_0.5']:.4f} falls below 0.5, where a copy of a training image "
+                "would lie.")
+    return rows, sentence
+
+
 def attribute_control_section(control: dict) -> list[str]:
     """The classifier's positive rate on faces asked for each attribute, per guidance weight, and each weight's FID
     (``benchmarks/attribute_control.py control``)."""
@@ -198,11 +219,14 @@ def attribute_control_section(control: dict) -> list[str]:
 def render_card(model_name: str, unet_config: dict, scheduler_config: dict, evals: list[dict],
                 training: dict | None, grid: str | None, in_progress: bool = False, pixel_unshuffle: int = 1,
                 likelihood: dict | None = None, pipeline_settings: dict | None = None,
-                attribute_control: dict | None = None) -> str:
+                attribute_control: dict | None = None, heldout: dict | None = None,
+                targets: list[str] | None = None) -> str:
     """The card's Markdown. ``pipeline_settings``: the pipeline's own entries of model_index.json
     (``default_num_inference_steps``, ``edm_schedule``, ``attribute_encoder`` for an attribute model);
     ``scheduler_config`` is the saved scheduler's, with its ``_class_name``; ``attribute_control``: a
-    ``benchmarks/attribute_control.py control`` result for an attribute model."""
+    ``benchmarks/attribute_control.py control`` result for an attribute model; ``heldout``: a
+    ``benchmarks/heldout_eval.py`` result; ``targets``: the lines of a targets table
+    (``pipeline.evaluation.targets``)."""
     settings = pipeline_settings or {}
     conditional = is_attribute_model(settings)
     edm_schedule = settings.get("edm_schedule") or (scheduler_config if is_edm(scheduler_config) else None)
@@ -264,7 +288,7 @@ def render_card(model_name: str, unet_config: dict, scheduler_config: dict, eval
         lines += attribute_control_section(attribute_control)
     if evals or not attribute_control:
         lines += ["## Evaluation", ""]
-    if evals:
+    if evals or heldout:
         lines += ["| protocol | sampler | FID | KID (x1e3) | precision | recall |", "|---|---|---|---|---|---|"]
         for result in evals:
             reference = result["reference"]
@@ -272,13 +296,19 @@ def render_card(model_name: str, unet_config: dict, scheduler_config: dict, eval
                          f"{result['resolution']}x{result['resolution']} | {sampler_label(result)} | "
                          f"{result['fid']:.2f} | {1e3 * result['kid_mean']:.2f} ± {1e3 * result['kid_std']:.2f} | "
                          f"{result['precision']:.3f} | {result['recall']:.3f} |")
+        heldout_rows, memorization = heldout_lines(heldout) if heldout else ([], None)
+        lines += heldout_rows
         lines += ["", "Features: TF-Inception (2015-12-05) pool3, images resized to 299x299 with the TF1 bilinear "
                   "filter; reference images preprocessed exactly like the training images. Precision/recall: "
                   "Kynkäänniemi et al. 2019, k = 3.", ""]
+        if memorization:
+            lines += [memorization, ""]
     elif not attribute_control:
         lines += ["Not evaluated yet.", ""]
     if likelihood:
         lines += [likelihood_line(likelihood), ""]
+    if targets:
+        lines += ["## Targets", "", "The project's quality targets for this model and what it reaches:", "", *targets]
     lines += ["## Limitations and biases", "",
               "- Trained on a small CPU budget: far from the quality of published CelebA-64 models trained on GPUs.",
               "- CelebA shows celebrities: mostly young, light-skinned faces, studio lighting and make-up; its "
@@ -294,12 +324,14 @@ def render_card(model_name: str, unet_config: dict, scheduler_config: dict, eval
 
 def folder_card(model: Path, name: str, evals: list[dict], training: dict | None, grid: str | None = None,
                 in_progress: bool = False, likelihood: dict | None = None,
-                attribute_control: dict | None = None) -> str:
+                attribute_control: dict | None = None, heldout: dict | None = None,
+                targets: list[str] | None = None) -> str:
     """``render_card`` for the saved pipeline folder ``model`` (its UNet, saved scheduler and model_index.json)."""
     index = read_json(str(model / "model_index.json"))
     return render_card(name, read_json(str(model / "unet" / "config.json")),
                        read_json(str(model / "scheduler" / "scheduler_config.json")), evals, training, grid,
-                       in_progress, index.get("pixel_unshuffle", 1), likelihood, index, attribute_control)
+                       in_progress, index.get("pixel_unshuffle", 1), likelihood, index, attribute_control, heldout,
+                       targets)
 
 
 def main(argv=None):
@@ -308,6 +340,10 @@ def main(argv=None):
     parser.add_argument("--name", default=None, help="model name (default: the folder name)")
     parser.add_argument("--eval", nargs="*", default=[], help="pipeline.evaluate JSON files")
     parser.add_argument("--likelihood", default=None, help="pipeline.likelihood JSON (bits/dim)")
+    parser.add_argument("--heldout", default=None, help="benchmarks/heldout_eval.py JSON (held-out FID, floor, "
+                        "memorization)")
+    parser.add_argument("--targets", default=None, help="results folder: add the targets table "
+                        "(pipeline.evaluation.targets) read from it")
     parser.add_argument("--attribute_control", default=None,
                         help="benchmarks/attribute_control.py control JSON of an attribute model")
     parser.add_argument("--training_log", default=None, help="training_log.jsonl of the run")
@@ -323,6 +359,10 @@ def main(argv=None):
     evals = [read_json(p) for p in args.eval]
     training = read_training_log(args.training_log, args.training_step)
     likelihood = read_json(args.likelihood) if args.likelihood else None
+    heldout = read_json(args.heldout) if args.heldout else None
+    if args.targets and not os.path.isdir(args.targets):
+        raise FileNotFoundError(f"--targets: results folder not found: {args.targets}")
+    targets = targets_table(Path(args.targets), links=False) if args.targets else None
     attribute_control = read_json(args.attribute_control) if args.attribute_control else None
     if attribute_control and not is_attribute_model(read_json(str(model / "model_index.json"))):
         raise ValueError(f"--attribute_control describes an attribute model; {model} has no attribute_encoder")
@@ -334,7 +374,7 @@ def main(argv=None):
     for path in (Path(args.out), model / "README.md"):  # the same card; only the picture's relative link differs
         grid = os.path.relpath(model / GRID_NAME, path.parent) if args.grid else None
         path.write_text(folder_card(model, args.name or model.name, evals, training, grid, args.in_progress,
-                                    likelihood, attribute_control))
+                                    likelihood, attribute_control, heldout, targets))
     print(f"wrote {args.out} and {model / 'README.md'}")
     return 0
 

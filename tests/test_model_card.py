@@ -104,6 +104,35 @@ def test_card_numbers_come_from_the_results(smoke_pipeline_dir, tmp_path):
     assert "rtol 1e-05, atol 1e-05, from t = 1e-05" in card and "not a held-out likelihood" in card
 
 
+def test_card_reports_heldout_scores_memorization_and_targets(smoke_pipeline_dir, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(smoke_pipeline_dir, model)
+    scores = {"fid": 31.25, "kid_mean": 0.004, "kid_std": 0.0005, "precision": 0.6, "recall": 0.3}
+    heldout = {"model": "m", "sampler": "ddpm", "steps": 20, "nfe": 20, "mixed_precision": "bf16",
+               "num_samples": 1440, "num_heldout": 1440, "heldout_splits": ["valid", "test"], "model_scores": scores,
+               "train_floor": {**scores, "fid": 26.0, "kid_mean": 0.001}, "fid_above_floor": 5.25,
+               "memorization": {"ratio_quantiles": {"0.5": 1.004}, "fraction_ratio_below_0.5": 0.0}}
+    results = tmp_path / "results"
+    (results / "heldout").mkdir(parents=True)
+    (results / "heldout" / "celeba-64.json").write_text(json.dumps(heldout))
+    out = tmp_path / "card.md"
+    run_command(["-m", "pipeline.model_card", "--model", str(model), "--heldout",
+                 str(results / "heldout" / "celeba-64.json"), "--targets", str(results), "--out", str(out)])
+    card = out.read_text()
+    assert ("| FID-1,440 vs 1,440 held-out faces (valid + test) | ddpm, 20 steps, 20 NFE, bf16 UNet | 31.25 | "
+            "4.00 ± 0.50 | 0.600 | 0.300 |") in card
+    assert "| FID-1,440 vs 1,440 held-out faces (valid + test) | 1,440 real train images (the floor) | 26.00 | 1.00" \
+        in card
+    assert "has median 1.004; a share of 0.0000 falls below 0.5" in card
+    targets = card.split("## Targets")[1]
+    assert "| FID against held-out faces minus the real-train floor | ≤ 8 | 5.25 (FID-1,440 31.25; 1,440 real train " \
+           "images 26.00) | yes |" in targets
+    assert "| FID-10k, any sampler, ≤ 25 NFE | ≤ 14 | not measured | — |" in targets and "](" not in targets
+    missing = run_command(["-m", "pipeline.model_card", "--model", str(model), "--targets", str(tmp_path / "nope"),
+                           "--out", str(out)], check=False)
+    assert missing.returncode == 2 and "--targets: results folder not found" in missing.stderr
+
+
 def test_card_without_evaluation_is_labelled_early(smoke_pipeline_dir, tmp_path):
     model = tmp_path / "model"
     shutil.copytree(smoke_pipeline_dir, model)

@@ -24,6 +24,9 @@ def test_the_shipping_script_runs_end_to_end_then_reuses_its_stages(tmp_path):
     repo.mkdir()
     shutil.copy(ROOT / "README.md", repo / "README.md")  # its results-at-a-glance table is regenerated
     shutil.copytree(ROOT / "configs", repo / "configs")  # the model summary's
+    stale = repo / "results" / "eval" / "fid2k_of_a_milestone.json"  # an evaluation of earlier weights
+    stale.parent.mkdir(parents=True)
+    stale.write_text("{}")
     env = {**subprocess_env(), "PYTHON": sys.executable, "PYTHONPATH": str(ROOT), "BATCHES": str(tmp_path / "batches"),
            "CELEBA_DIFFUSION_CACHE": str(tmp_path / "cache"),
            "N_SWEEP": "4", "N_FID": "6", "N_PAIRED": "4", "N_LIKELIHOOD": "2", "N_SLOW": "4", "N_PRIOR": "8"}
@@ -52,9 +55,11 @@ def test_the_shipping_script_runs_end_to_end_then_reuses_its_stages(tmp_path):
                  "README.md"):  # results/README.md: the tables
         assert (repo / "results" / path).is_file(), path
     assert json.loads((repo / "results" / "likelihood.json").read_text())["split"] == "test"
+    assert not stale.exists()
     card = (repo / "model_card.md").read_text()
     assert f"{chosen['sampler']}, {chosen['steps']} steps" in card
+    assert "held-out faces (valid + test)" in card and "## Targets" in card
 
     again = script()  # every finished stage and point is reused, nothing is sampled anew
-    assert again.count("finished before") == 3 and again.count(": reused") == len(summary["points"])
+    assert again.count("finished before") == 4 and again.count(": reused") == len(summary["points"])
     assert json.loads(fid10k_path.read_text())["resumed_batches"] == 1

@@ -153,15 +153,20 @@ TARGETS = (
 )
 
 
-def targets_table(results: Path) -> list[str]:
-    """Markdown lines: one row per target with its measured value, whether it is reached, and its file."""
+def targets_table(results: Path, links: bool = True) -> list[str]:
+    """Markdown lines: one row per target with its measured value, whether it is reached and (``links``) its file,
+    linked relative to ``results``."""
     rows = []
     for target in TARGETS:
         measured = target.measure(results)
+        cells = [target.figure, target.goal]
         if measured is None:
-            rows.append(f"| {target.figure} | {target.goal} | not measured | — | — |")
-            continue
-        source = Path(measured.source).relative_to(results).as_posix()
-        rows.append(f"| {target.figure} | {target.goal} | {measured.text} | "
-                    f"{'yes' if target.reached(measured.value) else '**no**'} | [{Path(source).name}]({source}) |")
-    return ["| figure | target | measured | reached | source |", "|---|---|---|---|---|", *rows, ""]
+            cells += ["not measured", "—"] + (["—"] if links else [])
+        else:
+            cells += [measured.text, "yes" if target.reached(measured.value) else "**no**"]
+            if links:
+                source = Path(measured.source).relative_to(results).as_posix()
+                cells.append(f"[{Path(source).name}]({source})")
+        rows.append("| " + " | ".join(cells) + " |")
+    header = ["figure", "target", "measured", "reached"] + (["source"] if links else [])
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *rows, ""]
