@@ -181,7 +181,8 @@ def evaluate_model(args) -> dict:
     pairs = closest_pairs_picture(images, mem, train_keys, source, args.split, prep, picture)
     result.update({
         "label": label(args.num_samples), "num_samples": args.num_samples, "model": args.model,
-        "sampler": args.scheduler, "sampler_options": options, "steps": args.steps, "nfe": measured_nfe,
+        "unet_sha256": weights_checksum(pipe.unet), "sampler": args.scheduler, "sampler_options": options,
+        "steps": args.steps, "nfe": measured_nfe,
         "batch_size": args.batch_size, "eta": args.eta, "mixed_precision": precision, "device": device,
         "seed": args.seed, "resolution": resolution, "sample_resolution": sample_resolution,
         "preprocessing": prep.to_dict(),

@@ -13,7 +13,7 @@ from benchmarks import fid_vs_nfe
 from pipeline.evaluation.plots import PALETTE
 from pipeline.sampling.schedulers import ALL_SAMPLERS
 
-from conftest import FIXTURE, run_command
+from conftest import FIXTURE, ROOT, run_command
 
 
 @pytest.mark.usefixtures("one_torch_thread")  # restores this process's thread count, which evaluate.main sets
@@ -147,5 +147,9 @@ def test_points_are_reused_only_at_the_sweeps_batch_size(tmp_path):
     assert not fid_vs_nfe.measured_under(point, protocol)
 
 
-def test_one_plot_has_a_colour_for_every_sampler_of_the_registry():
-    assert len(set(PALETTE)) == len(PALETTE) >= len(ALL_SAMPLERS)
+def test_one_plot_has_a_colour_for_every_sampler_of_the_registry_and_of_the_shipped_sweep():
+    script = (ROOT / "benchmarks" / "shipped_results.sh").read_text().replace("\\\n", " ")
+    swept = {point.rsplit(":", 1)[0] for line in script.splitlines() if line.startswith("sweep ")
+             for point in line.split()[2:]}  # sweep "$N" NAME:STEPS ... into one results/nfe
+    assert len(swept) >= 17
+    assert len(set(PALETTE)) == len(PALETTE) >= max(len(ALL_SAMPLERS), len(swept))

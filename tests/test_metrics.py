@@ -29,7 +29,7 @@ from pipeline.evaluation.metrics import (
 )
 from pipeline.evaluation.reference_stats import load_or_compute_reference, reference_fields, reference_key
 from pipeline.evaluation.scores import fid_against_reference
-from pipeline.pipeline_folder import load_pipeline, save_pipeline_folder
+from pipeline.pipeline_folder import load_pipeline, save_pipeline_folder, weights_checksum
 
 from conftest import FIXTURE, run_command
 
@@ -295,6 +295,7 @@ def test_stored_samples_of_a_model_score_as_if_generated_here(smoke_pipeline_dir
     for key in ("fid", "kid_mean", "precision", "recall", "sampler", "steps", "nfe", "seed", "batch_size",
                 "num_samples", "mixed_precision", "device"):
         assert first[key] == second[key], key
+    assert first["unet_sha256"] == second["unet_sha256"] == weights_checksum(load_pipeline(smoke_pipeline_dir).unet)
     assert second["batches"] == str(tmp_path / "batches") and second["generation_seconds"] is None
     other = tmp_path / "other"
     shutil.copytree(smoke_pipeline_dir, other)

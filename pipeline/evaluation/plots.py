@@ -6,10 +6,12 @@ import math
 
 from PIL import Image, ImageDraw, ImageFont
 
-# distinct line colours, enough for every sampler of the registry in one plot; grey last
+# distinct line colours, enough for every sampler of the registry and its option variants in one plot (the shipped
+# model's sweep has 17); grey last
 PALETTE = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (148, 103, 189), (140, 86, 75),
            (227, 119, 194), (188, 189, 34), (23, 190, 207), (0, 0, 128), (128, 0, 0), (0, 100, 0), (255, 215, 0),
-           (0, 128, 128), (0, 0, 0), (127, 127, 127)]
+           (0, 128, 128), (0, 0, 0), (255, 0, 255), (0, 255, 127), (70, 130, 180), (210, 105, 30), (128, 128, 0),
+           (255, 99, 71), (75, 0, 130), (0, 191, 255), (127, 127, 127)]
 
 
 def axis_ticks(lo: float, hi: float, log: bool) -> list[float]:
