@@ -3,8 +3,8 @@
 Batch ``i`` of ``pipeline.generate.generate`` depends only on the generation settings and on the seed ``seed + i``,
 so a finished batch can be stored and reused: a rerun with the same settings loads the batches that exist, generates
 the missing ones, and returns exactly what an uninterrupted run returns (an FID-10k at 25 NFE takes ~1.75 h on two
-cores; a 1000-step point days). The settings (UNet weights checksum, sampler, steps, seed, batch size, eta,
-precision, mean-colour correction and prior, training scheduler, device) are written next to the batches; a folder
+cores; a 1000-step point days). The settings (UNet weights checksum, training scheduler, sampler and its options,
+steps, seed, batch size, eta, precision, device, attributes and guidance) are written next to the batches; a folder
 holding batches of other settings is one error naming the settings that differ.
 """
 
