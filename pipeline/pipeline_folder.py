@@ -73,9 +73,14 @@ def with_default_sampler(pipe: CelebADiffusionPipeline, sampler: str, steps: int
 
 def save_pipeline_folder(pipe: CelebADiffusionPipeline, folder: str | os.PathLike) -> None:
     """``save_pretrained`` (safetensors), then the Hub layout: the custom class named in model_index.json, its code
-    beside it."""
+    beside it. The components' configs drop ``_name_or_path``, the local folder they were loaded from, which means
+    nothing on another machine."""
     folder = Path(folder)
     pipe.save_pretrained(str(folder), safe_serialization=True)
+    for config_path in folder.glob("*/*config.json"):
+        config = json.loads(config_path.read_text())
+        if config.pop("_name_or_path", None) is not None:
+            config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     index_path = folder / "model_index.json"
     index = json.loads(index_path.read_text())
     index["_class_name"] = HUB_CLASS_NAME
