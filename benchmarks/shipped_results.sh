@@ -9,7 +9,8 @@
 # reused, interrupted ones continue from their kept sample batches (under $BATCHES, default runs/shipped; a new one
 # for other weights), so rerun the same command after an interruption:
 #  1. FID-2k of every offered sampler at 20-25 NFE (EDM's DPM-Solver++ at 10-25) on the run's weights, shipped, and
-#     of the score-SDE samplers on score_sde's uniform grid and with first-order predictors;
+#     of the score-SDE samplers on score_sde's uniform grid and with first-order predictors; where EDM's DPM-Solver++
+#     at 10 and 20 steps differ in spatial frequency, and which band of that difference moves FID;
 #  2. ship: the fastest diffusers scheduler within 5% of the lowest FID-2k at <= 25 NFE becomes the default;
 #  3. FID-10k of that default, and of the lowest-FID point at <= 25 NFE (default options) when it is another one;
 #  4. held-out FID/KID with its floor, test-split bits/dim, bf16-vs-fp32 paired KID, the denoiser response;
@@ -44,6 +45,9 @@ sweep "$N_SWEEP" ddpm:20 ddim:20 ddim-clip:20 dpm++2m:20 euler:20 heun:13 unipc:
 # defaults above: what the time grid and the predictor do at this budget
 sweep "$N_SWEEP" ode-heun,grid=uniform:13 pc,predictor=ancestral:10 pc,grid=uniform:10 \
   pc,grid=uniform,predictor=euler-maruyama:10
+once frequency_attribution "$PY" -m benchmarks.frequency_attribution --train_data_dir "$DATA" \
+  --reference "$BATCHES/nfe/edm-dpm++2m-20_n$N_SWEEP" --other "$BATCHES/nfe/edm-dpm++2m-10_n$N_SWEEP" \
+  --out results/nfe/frequency_attribution.json
 
 "$PY" -m pipeline.ship --model "$RUN" --out "$MODEL" --from_sweep results/nfe/summary.json --replace
 
