@@ -9,9 +9,10 @@ Two folders of batches kept by ``--resume_dir`` with the same seed and batch siz
 from the same initial noise, so the difference d_i = other_i - reference_i is the sampler's effect on one image.
 The command reports the radially averaged power spectrum of each set's luminance over that of as many training
 images (per frequency in cycles per image: where a sampler adds or removes detail), the RMS of d below and above
-``--cutoff``, and the FID of four sets: reference, other, and the hybrids reference + lowpass(d) and
-reference + highpass(d). The hybrids split other's FID change between coarse structure and fine detail. About 15
-minutes for 2,000-image folders on 2 CPU cores (four Inception passes).
+``--cutoff``, and the FID and KID of four sets: reference, other, and the hybrids reference + lowpass(d) and
+reference + highpass(d), with every pair's KID difference and its paired standard error (``benchmarks.paired_kid``).
+The hybrids split other's change of score between coarse structure and fine detail. About 15 minutes for
+2,000-image folders on 2 CPU cores (four Inception passes).
 """
 
 from __future__ import annotations
@@ -23,12 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.paired_kid import check_same_noise
+from benchmarks.paired_kid import check_same_noise, paired_kid
 from pipeline.cli import ArgumentParser, run_cli
 from pipeline.data.celeba import load_eval_images
+from pipeline.evaluation.inception import extract_features
+from pipeline.evaluation.metrics import feature_stats, frechet_distance
 from pipeline.evaluation.plots import PALETTE, line_chart
 from pipeline.evaluation.reference_stats import load_or_compute_reference
-from pipeline.evaluation.scores import fid_against_reference
+from pipeline.evaluation.scores import as_nchw_uint8
 from pipeline.sampling.sample_store import read_batches
 
 
@@ -72,22 +75,27 @@ def spectrum_ratio(images: np.ndarray, real_spectrum: np.ndarray) -> list[float]
     return (radial_power_spectrum(images)[1:] / real_spectrum[1:]).tolist()
 
 
-def attribution(reference: np.ndarray, other: np.ndarray, real: np.ndarray, cutoff: float, fid) -> dict:
-    """The spectra, band RMS and FIDs this command reports, for paired uint8 NHWC sets; ``fid`` scores uint8
-    images."""
+def attribution(reference: np.ndarray, other: np.ndarray, real: np.ndarray, cutoff: float, features,
+                real_features: dict) -> dict:
+    """The spectra, band RMS, FIDs and paired KIDs this command reports, for paired uint8 NHWC sets.
+
+    Args:
+        reference, other: the two samplers' images of the same noises; real: training images for the spectrum.
+        cutoff: the frequency (cycles per image) that splits the difference into its bands.
+        features: maps uint8 NHWC images to an (N, D) feature tensor (Inception's, or a stand-in in tests).
+        real_features: the FID/KID reference, ``load_or_compute_reference``'s dict ("features", "mean", "cov").
+    """
     difference = other.astype(np.float64) - reference.astype(np.float64)
     low, high = split_bands(difference, cutoff)
     real_spectrum = radial_power_spectrum(real)
     sets = {"reference": reference, "other": other,
             "reference+lowpass": to_uint8(reference + low), "reference+highpass": to_uint8(reference + high)}
-    fids = {}
-    for name, images in sets.items():
-        fids[name] = fid(images)
-        print(f"FID {name}: {fids[name]:.2f}", file=sys.stderr)
+    fake = {name: features(images) for name, images in sets.items()}
+    fids = {name: frechet_distance(real_features, feature_stats(value)) for name, value in fake.items()}
     return {"cutoff": cutoff,
             "difference_rms": {name: float(np.sqrt((part**2).mean()))
                                for name, part in (("all", difference), ("lowpass", low), ("highpass", high))},
-            "fid": fids,
+            "fid": fids, "kid": paired_kid(real_features["features"], fake),
             "spectrum_over_real": {name: spectrum_ratio(sets[name], real_spectrum) for name in ("reference", "other")}}
 
 
@@ -125,7 +133,7 @@ def main(argv=None) -> int:
     reference_stats = load_or_compute_reference(args.train_data_dir, cache_dir=args.cache_dir)
     real = load_eval_images(args.train_data_dir, "train", size, count).permute(0, 2, 3, 1).numpy()
     result = attribution(stored["reference"].images, stored["other"].images, real, args.cutoff,
-                         lambda images: fid_against_reference(images, reference_stats))
+                         lambda images: extract_features(as_nchw_uint8(images), progress=True)[0], reference_stats)
     names = {key: Path(getattr(args, key)).name for key in ("reference", "other")}
     result["protocol"] = {"num_samples": count, "real_images": count, "fid_reference_images": reference_stats["num"],
                           "folders": names, "sampling": {key: stored[key].settings for key in stored}}
@@ -133,10 +141,11 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
     plot(result, names, Path(args.plot) if args.plot else out.with_suffix(".png"))
-    fids = result["fid"]
-    print(f"FID {names['reference']} {fids['reference']:.2f}, {names['other']} {fids['other']:.2f}; the reference "
-          f"with the difference's band <= {args.cutoff:g} cycles/image {fids['reference+lowpass']:.2f}, "
-          f"> {args.cutoff:g} {fids['reference+highpass']:.2f}")
+    fids, kids = result["fid"], {(pair["a"], pair["b"]): pair for pair in result["kid"]["pairs"]}
+    for name in ("other", "reference+lowpass", "reference+highpass"):
+        pair = kids[("reference", name)]
+        print(f"{name}: FID {fids[name]:.2f} (reference {fids['reference']:.2f}); KID - reference's "
+              f"{-pair['kid_difference'] * 1e3:+.2f}e-3 +- {pair['paired_se'] * 1e3:.2f}e-3 (paired s.e.)")
     print(f"wrote {out}")
     return 0
 

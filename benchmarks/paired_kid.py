@@ -49,7 +49,8 @@ def check_same_noise(settings: dict[str, dict], counts: dict[str, int]) -> None:
 
 def paired_kid(real: torch.Tensor, features: dict[str, torch.Tensor], seed: int = 0) -> dict:
     """KID (torchmetrics' subsets, as pipeline.evaluate scores it) and generated-set error of each set, and for every
-    pair the difference with its paired and unpaired standard errors."""
+    pair the difference with its paired and unpaired standard errors and its z = difference / paired s.e. (None for
+    two sets of identical features, whose difference has no spread)."""
     points = {}
     for name, fake in features.items():
         mean, spread, _ = kernel_inception_distance(real, fake, seed=seed)
@@ -61,7 +62,7 @@ def paired_kid(real: torch.Tensor, features: dict[str, torch.Tensor], seed: int 
         unpaired = (points[a]["kid_generated_se"] ** 2 + points[b]["kid_generated_se"] ** 2) ** 0.5
         difference = points[a]["kid_mean"] - points[b]["kid_mean"]
         pairs.append({"a": a, "b": b, "kid_difference": difference, "paired_se": paired, "unpaired_se": unpaired,
-                      "paired_z": difference / paired})
+                      "paired_z": difference / paired if paired > 0 else None})  # None: identical sets
     return {"points": points, "pairs": pairs}
 
 
@@ -93,7 +94,7 @@ def main(argv=None) -> int:
     for pair in result["pairs"]:
         print(f"KID {pair['a']} - {pair['b']}: {pair['kid_difference'] * 1e3:+.2f}e-3, paired s.e. "
               f"{pair['paired_se'] * 1e3:.2f}e-3 (unpaired {pair['unpaired_se'] * 1e3:.2f}e-3), "
-              f"z = {pair['paired_z']:+.2f}")
+              f"z = {'-' if pair['paired_z'] is None else format(pair['paired_z'], '+.2f')}")
     print(f"wrote {out}")
     return 0
 

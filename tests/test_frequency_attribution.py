@@ -3,9 +3,11 @@ difference exactly by frequency, and the hybrids carry each band of one sampler'
 
 import numpy as np
 import pytest
+import torch
 
 from benchmarks.frequency_attribution import attribution, main, radial_power_spectrum, split_bands
 from pipeline.cli import run_cli
+from pipeline.evaluation.metrics import feature_stats
 from pipeline.sampling.sample_store import BatchStore
 
 
@@ -35,20 +37,25 @@ def test_the_bands_split_a_difference_by_frequency_and_sum_back_to_it():
     np.testing.assert_allclose(high, fast, atol=1e-9)
 
 
+def channel_means(images: np.ndarray) -> torch.Tensor:
+    """A stand-in for Inception: each image's mean colour, which only the frequency-0 part of a change moves."""
+    return torch.from_numpy(images.astype(np.float64).mean(axis=(1, 2)))
+
+
 def test_each_hybrid_carries_only_its_band_of_the_change():
     rng = np.random.default_rng(1)
-    reference = rng.integers(60, 190, size=(8, 32, 32, 3)).astype(np.uint8)
-    shift = cosine_images(8, 32, 0, 12, amplitude=20.0) + 5.0  # a fine pattern and a brightness offset
+    reference = rng.integers(60, 190, size=(16, 32, 32, 3)).astype(np.uint8)
+    shift = cosine_images(16, 32, 0, 12, amplitude=20.0) + 5.0  # a fine pattern and a brightness offset
     other = np.rint(reference + shift).astype(np.uint8)
-
-    def mean_brightness(images):
-        return float(images.mean())
-
-    result = attribution(reference, other, real=reference, cutoff=8, fid=mean_brightness)
-    fid = result["fid"]
-    assert fid["other"] == pytest.approx(fid["reference"] + 5.0, abs=1e-6)
+    real = channel_means(rng.integers(40, 200, size=(64, 32, 32, 3)).astype(np.uint8))
+    result = attribution(reference, other, real=reference, cutoff=8, features=channel_means,
+                         real_features={"features": real, **feature_stats(real)})
+    fid, kid = result["fid"], {(pair["a"], pair["b"]): pair for pair in result["kid"]["pairs"]}
+    assert fid["other"] != pytest.approx(fid["reference"], abs=1.0)
     assert fid["reference+lowpass"] == pytest.approx(fid["other"], abs=1e-6)  # the offset lies in the low band
     assert fid["reference+highpass"] == pytest.approx(fid["reference"], abs=1e-6)  # the zero-mean pattern, high
+    assert kid[("reference", "reference+highpass")]["kid_difference"] == pytest.approx(0, abs=1e-9)
+    assert kid[("other", "reference+lowpass")]["kid_difference"] == pytest.approx(0, abs=1e-9)
     assert result["difference_rms"]["highpass"] == pytest.approx(20 / np.sqrt(2), rel=0.01)  # to uint8 rounding
     assert result["difference_rms"]["lowpass"] == pytest.approx(5.0, rel=0.01)
     np.testing.assert_allclose(result["spectrum_over_real"]["reference"], 1.0)

@@ -32,3 +32,10 @@ def test_every_pair_reports_the_kid_difference_and_a_paired_error_below_the_unpa
         assert pair["kid_difference"] == pytest.approx(a["kid_mean"] - b["kid_mean"])
         assert 0 < pair["paired_se"] < pair["unpaired_se"]
     assert result["points"]["shifted"]["kid_mean"] > result["points"]["near"]["kid_mean"]
+
+
+def test_identical_sets_differ_by_zero_with_no_z():
+    real, fake = torch.randn(50, 8, generator=torch.Generator().manual_seed(1)), torch.ones(20, 8)
+    fake[::2] = -1
+    pair = paired_kid(real, {"a": fake, "b": fake.clone()})["pairs"][0]
+    assert pair["kid_difference"] == 0 and pair["paired_se"] == 0 and pair["paired_z"] is None
