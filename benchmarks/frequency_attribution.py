@@ -6,7 +6,8 @@ moves FID.
         --out results/nfe/frequency_attribution.json --plot results/nfe/frequency_attribution.png
 
 Two folders of batches kept by ``--resume_dir`` with the same seed and batch size hold image pairs that started
-from the same initial noise, so the difference d_i = other_i - reference_i is the sampler's effect on one image.
+from the same initial noise (``--num_samples N`` pairs the first N of each, so a small set pairs with the start of a
+larger one), so the difference d_i = other_i - reference_i is the sampler's effect on one image.
 The command reports the radially averaged power spectrum of each set's luminance over that of as many training
 images (per frequency in cycles per image: where a sampler adds or removes detail), the RMS of d below and above
 ``--cutoff``, and the FID and KID of four sets: reference, other, and the hybrids reference + lowpass(d) and
@@ -117,6 +118,8 @@ def main(argv=None) -> int:
                         "the training images whose spectrum is the baseline)")
     parser.add_argument("--reference", required=True, help="batch folder of the reference sampler")
     parser.add_argument("--other", required=True, help="batch folder of the sampler compared with it (same noise)")
+    parser.add_argument("--num_samples", type=int, default=None,
+                        help="use the first N images of each folder (default: all, and the folders must hold as many)")
     parser.add_argument("--cutoff", type=float, default=8.0,
                         help="frequency (cycles per image) that splits the difference into its two bands")
     parser.add_argument("--cache_dir", default=None, help="reference features cache (default: pipeline.evaluate's)")
@@ -124,6 +127,13 @@ def main(argv=None) -> int:
     parser.add_argument("--plot", default=None, help="PNG of the spectra (default: --out with .png)")
     args = parser.parse_args(argv)
     stored = {"reference": read_batches(args.reference), "other": read_batches(args.other)}
+    if args.num_samples is not None:
+        counts = {name: len(samples.images) for name, samples in stored.items()}
+        if not 2 <= args.num_samples <= min(counts.values()):
+            raise ValueError(f"--num_samples {args.num_samples} must lie between 2 and the images of the smaller "
+                             f"folder ({counts})")
+        stored = {name: samples._replace(images=samples.images[:args.num_samples])
+                  for name, samples in stored.items()}
     check_same_noise({name: samples.settings for name, samples in stored.items()},
                      {name: len(samples.images) for name, samples in stored.items()})
     size = stored["reference"].images.shape[1]

@@ -14,7 +14,7 @@
 #  2. ship: the fastest diffusers scheduler within 5% of the lowest FID-2k at <= 25 NFE becomes the default;
 #  3. FID-10k of that default, and of the lowest-FID point at <= 25 NFE (default options) when it is another one;
 #  4. held-out FID/KID with its floor, test-split bits/dim, bf16-vs-fp32 paired KID, the denoiser response;
-#     RK45 and DDPM-1000 at N_SLOW samples;
+#     RK45 and DDPM-1000 at N_SLOW samples, and RK45's spectrum against DPM-Solver++ at 20 steps;
 #  5. samples, a denoising trajectory, the training curve, the model card (with the held-out scores and the targets)
 #     and the generated tables.
 # On 2 CPU cores it takes about 10 hours.
@@ -83,6 +83,11 @@ once denoiser_response "$PY" -m benchmarks.denoiser_response --model "$MODEL" --
 
 # the adaptive RK45 (float32) and 1000-step DDPM, at N_SLOW samples (256): compare them by KID
 sweep "${N_SLOW:-256}" ode-rk45,rtol=1e-3,atol=1e-3:1 ddpm:1000
+# the converged ODE (RK45) against the first N_SLOW samples of DPM-Solver++ at 20 steps, drawn from the same noises
+once frequency_attribution_rk45 "$PY" -m benchmarks.frequency_attribution --train_data_dir "$DATA" \
+  --reference "$BATCHES/nfe/ode-rk45,atol=0.001,rtol=0.001-1_n${N_SLOW:-256}" \
+  --other "$BATCHES/nfe/edm-dpm++2m-20_n$N_SWEEP" --num_samples "${N_SLOW:-256}" \
+  --out results/nfe/frequency_attribution_rk45.json
 
 "$PY" -m benchmarks.model_summary --config configs/celeba64_edm.yaml --out results/model_summary.json
 "$PY" -m pipeline.generate --model "$MODEL" --num_images 64 --out "results/samples/${DEFAULT/:/-}"

@@ -76,4 +76,6 @@ def test_folders_that_do_not_share_their_noise_are_one_error(tmp_path, capsys):
     assert "not drawn with the same seed" in capsys.readouterr().err
     assert run_cli(main, [*common, "--other", c, "--cutoff", "8"]) == 2
     assert "--cutoff 8.0 must lie between 0 and 8 cycles per image" in capsys.readouterr().err
+    assert run_cli(main, [*common, "--other", c, "--num_samples", "5"]) == 2
+    assert "--num_samples 5 must lie between 2 and the images of the smaller folder" in capsys.readouterr().err
     assert not out.exists()

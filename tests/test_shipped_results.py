@@ -50,6 +50,7 @@ def test_the_shipping_script_runs_end_to_end_then_reuses_its_stages(tmp_path):
     fid10k = json.loads(fid10k_path.read_text())
     assert fid10k["num_samples"] == 6 and fid10k["sampler"] == chosen["sampler"]
     for path in ("nfe/frequency_attribution.json", "nfe/frequency_attribution.png",
+                 "nfe/frequency_attribution_rk45.json",
                  "heldout/celeba-64.json", "likelihood.json", "bench/bf16_paired_kid.json",
                  "denoiser_response/celeba-64.json", f"samples/{chosen['sampler']}-{chosen['steps']}/grid_x4.png",
                  "samples/trajectory.png", "training_curve.png", "model_summary.json",
@@ -62,5 +63,5 @@ def test_the_shipping_script_runs_end_to_end_then_reuses_its_stages(tmp_path):
     assert "held-out faces (valid + test)" in card and "## Targets" in card
 
     again = script()  # every finished stage and point is reused, nothing is sampled anew
-    assert again.count("finished before") == 5 and again.count(": reused") == len(summary["points"])
+    assert again.count("finished before") == 6 and again.count(": reused") == len(summary["points"])
     assert json.loads(fid10k_path.read_text())["resumed_batches"] == 1
