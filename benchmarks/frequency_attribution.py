@@ -1,19 +1,20 @@
-"""Where two samplers' images of the same noise differ in spatial frequency, and which band of that difference
-moves FID.
+"""Where samplers' images of the same noises differ in spatial frequency, and which band of each difference moves
+FID.
 
     python -m benchmarks.frequency_attribution --train_data_dir ../shared/celeba \
-        --reference runs/shipped/nfe/edm-dpm++2m-20_n2000 --other runs/shipped/nfe/edm-dpm++2m-10_n2000 \
+        --reference runs/shipped/nfe/edm-dpm++2m-20_n2000 \
+        --other runs/shipped/nfe/edm-dpm++2m-10_n2000 runs/shipped/nfe/edm-euler-20_n2000 \
         --out results/nfe/frequency_attribution.json --plot results/nfe/frequency_attribution.png
 
-Two folders of batches kept by ``--resume_dir`` with the same seed and batch size hold image pairs that started
-from the same initial noise (``--num_samples N`` pairs the first N of each, so a small set pairs with the start of a
-larger one), so the difference d_i = other_i - reference_i is the sampler's effect on one image.
-The command reports the radially averaged power spectrum of each set's luminance over that of as many training
-images (per frequency in cycles per image: where a sampler adds or removes detail), the RMS of d below and above
-``--cutoff``, and the FID and KID of four sets: reference, other, and the hybrids reference + lowpass(d) and
-reference + highpass(d), with every pair's KID difference and its paired standard error (``benchmarks.paired_kid``).
-The hybrids split other's change of score between coarse structure and fine detail. About 15 minutes for
-2,000-image folders on 2 CPU cores (four Inception passes).
+Folders of batches kept by ``--resume_dir`` with the same seed and batch size hold images that started from the same
+initial noises (``--num_samples N`` pairs the first N of each, so a small set pairs with the start of a larger one),
+so for each other folder the difference d_i = other_i - reference_i is that sampler's effect on one image. The command
+reports the radially averaged power spectrum of every set's luminance over that of as many training images (per
+frequency in cycles per image: where a sampler adds or removes detail); for each other folder the RMS of d below and
+above ``--cutoff`` and the FID and KID of the other set and of the hybrids reference + lowpass(d) and
+reference + highpass(d), which split its change of score between coarse structure and fine detail; and every pair's
+KID difference with its paired standard error (``benchmarks.paired_kid``). One Inception pass per set: about 4
+minutes per 2,000 images on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -76,36 +77,46 @@ def spectrum_ratio(images: np.ndarray, real_spectrum: np.ndarray) -> list[float]
     return (radial_power_spectrum(images)[1:] / real_spectrum[1:]).tolist()
 
 
-def attribution(reference: np.ndarray, other: np.ndarray, real: np.ndarray, cutoff: float, features,
+def attribution(reference: np.ndarray, others: dict[str, np.ndarray], real: np.ndarray, cutoff: float, features,
                 real_features: dict) -> dict:
     """The spectra, band RMS, FIDs and paired KIDs this command reports, for paired uint8 NHWC sets.
 
     Args:
-        reference, other: the two samplers' images of the same noises; real: training images for the spectrum.
-        cutoff: the frequency (cycles per image) that splits the difference into its bands.
+        reference: the reference sampler's images; others: name -> another sampler's images of the same noises.
+        real: training images, the spectrum's baseline.
+        cutoff: the frequency (cycles per image) that splits each difference into its bands.
         features: maps uint8 NHWC images to an (N, D) feature tensor (Inception's, or a stand-in in tests).
         real_features: the FID/KID reference, ``load_or_compute_reference``'s dict ("features", "mean", "cov").
+
+    Returns:
+        {"cutoff", "difference_rms": {name: {"all", "lowpass", "highpass"}}, "fid": {set: FID}, "kid": paired_kid's
+        result over all sets, "spectrum_over_real": {name: power ratio per frequency 1 .. size // 2}}; the hybrid
+        sets are named "reference+lowpass(<name>)" and "reference+highpass(<name>)".
     """
-    difference = other.astype(np.float64) - reference.astype(np.float64)
-    low, high = split_bands(difference, cutoff)
-    real_spectrum = radial_power_spectrum(real)
-    sets = {"reference": reference, "other": other,
-            "reference+lowpass": to_uint8(reference + low), "reference+highpass": to_uint8(reference + high)}
+    sets, rms = {"reference": reference}, {}
+    for name, images in others.items():
+        difference = images.astype(np.float64) - reference.astype(np.float64)
+        low, high = split_bands(difference, cutoff)
+        sets[name] = images
+        sets[f"reference+lowpass({name})"] = to_uint8(reference + low)
+        sets[f"reference+highpass({name})"] = to_uint8(reference + high)
+        rms[name] = {band: float(np.sqrt((part**2).mean()))
+                     for band, part in (("all", difference), ("lowpass", low), ("highpass", high))}
     fake = {name: features(images) for name, images in sets.items()}
-    fids = {name: frechet_distance(real_features, feature_stats(value)) for name, value in fake.items()}
-    return {"cutoff": cutoff,
-            "difference_rms": {name: float(np.sqrt((part**2).mean()))
-                               for name, part in (("all", difference), ("lowpass", low), ("highpass", high))},
-            "fid": fids, "kid": paired_kid(real_features["features"], fake),
-            "spectrum_over_real": {name: spectrum_ratio(sets[name], real_spectrum) for name in ("reference", "other")}}
+    real_spectrum = radial_power_spectrum(real)
+    return {"cutoff": cutoff, "difference_rms": rms,
+            "fid": {name: frechet_distance(real_features, feature_stats(value)) for name, value in fake.items()},
+            "kid": paired_kid(real_features["features"], fake),
+            "spectrum_over_real": {name: spectrum_ratio(sets[name], real_spectrum) for name in ("reference", *others)}}
 
 
-def plot(result: dict, names: dict, path: Path) -> None:
-    """Each set's power over the training images' power against frequency."""
-    colors = dict(zip(names.values(), PALETTE))
+def plot(result: dict, reference_name: str, path: Path) -> None:
+    """Each sampler's power over the training images' power against frequency (one colour per set)."""
     ratios = result["spectrum_over_real"]
+    labels = {name: reference_name if name == "reference" else name for name in ratios}
+    colors = dict(zip(labels.values(), PALETTE))
     size = len(ratios["reference"])
-    lines = {colors[names[key]]: (list(range(1, size + 1)), ratios[key], 2) for key in ("reference", "other")}
+    lines = {colors[labels[name]]: (list(range(1, size + 1)), ratio, 2) for name, ratio in ratios.items()}
     lines[(128, 128, 128)] = ([1, size], [1.0, 1.0], 1)
     line_chart(str(path), "luminance power spectrum of samples over that of training images (1 = data)",
                "frequency (cycles per image)", [{"lines": lines, "y_label": "power / training power"}], colors,
@@ -117,20 +128,27 @@ def main(argv=None) -> int:
     parser.add_argument("--train_data_dir", required=True, help="CelebA in the official layout (FID reference and "
                         "the training images whose spectrum is the baseline)")
     parser.add_argument("--reference", required=True, help="batch folder of the reference sampler")
-    parser.add_argument("--other", required=True, help="batch folder of the sampler compared with it (same noise)")
+    parser.add_argument("--other", nargs="+", required=True,
+                        help="batch folders of the samplers compared with it (same noises; distinct folder names)")
     parser.add_argument("--num_samples", type=int, default=None,
                         help="use the first N images of each folder (default: all, and the folders must hold as many)")
     parser.add_argument("--cutoff", type=float, default=8.0,
-                        help="frequency (cycles per image) that splits the difference into its two bands")
+                        help="frequency (cycles per image) that splits each difference into its two bands")
     parser.add_argument("--cache_dir", default=None, help="reference features cache (default: pipeline.evaluate's)")
     parser.add_argument("--out", default="results/nfe/frequency_attribution.json")
     parser.add_argument("--plot", default=None, help="PNG of the spectra (default: --out with .png)")
     args = parser.parse_args(argv)
-    stored = {"reference": read_batches(args.reference), "other": read_batches(args.other)}
+    names = [Path(folder).name for folder in args.other]
+    if "reference" in names or len(set(names)) < len(names):
+        raise ValueError(f"--other folders need distinct names other than 'reference', got {names}")
+    if len(names) >= len(PALETTE):
+        raise ValueError(f"{len(names)} --other folders, but the plot has colours for {len(PALETTE) - 1}")
+    stored = {"reference": read_batches(args.reference),
+              **{name: read_batches(folder) for name, folder in zip(names, args.other)}}
     if args.num_samples is not None:
         counts = {name: len(samples.images) for name, samples in stored.items()}
         if not 2 <= args.num_samples <= min(counts.values()):
-            raise ValueError(f"--num_samples {args.num_samples} must lie between 2 and the images of the smaller "
+            raise ValueError(f"--num_samples {args.num_samples} must lie between 2 and the images of the smallest "
                              f"folder ({counts})")
         stored = {name: samples._replace(images=samples.images[:args.num_samples])
                   for name, samples in stored.items()}
@@ -142,20 +160,23 @@ def main(argv=None) -> int:
     count = len(stored["reference"].images)
     reference_stats = load_or_compute_reference(args.train_data_dir, cache_dir=args.cache_dir)
     real = load_eval_images(args.train_data_dir, "train", size, count).permute(0, 2, 3, 1).numpy()
-    result = attribution(stored["reference"].images, stored["other"].images, real, args.cutoff,
-                         lambda images: extract_features(as_nchw_uint8(images), progress=True)[0], reference_stats)
-    names = {key: Path(getattr(args, key)).name for key in ("reference", "other")}
+    result = attribution(stored["reference"].images, {name: stored[name].images for name in names}, real,
+                         args.cutoff, lambda images: extract_features(as_nchw_uint8(images), progress=True)[0],
+                         reference_stats)
     result["protocol"] = {"num_samples": count, "real_images": count, "fid_reference_images": reference_stats["num"],
-                          "folders": names, "sampling": {key: stored[key].settings for key in stored}}
+                          "reference": Path(args.reference).name,
+                          "sampling": {name: samples.settings for name, samples in stored.items()}}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
-    plot(result, names, Path(args.plot) if args.plot else out.with_suffix(".png"))
+    plot(result, result["protocol"]["reference"], Path(args.plot) if args.plot else out.with_suffix(".png"))
     fids, kids = result["fid"], {(pair["a"], pair["b"]): pair for pair in result["kid"]["pairs"]}
-    for name in ("other", "reference+lowpass", "reference+highpass"):
-        pair = kids[("reference", name)]
-        print(f"{name}: FID {fids[name]:.2f} (reference {fids['reference']:.2f}); KID - reference's "
-              f"{-pair['kid_difference'] * 1e3:+.2f}e-3 +- {pair['paired_se'] * 1e3:.2f}e-3 (paired s.e.)")
+    print(f"reference {result['protocol']['reference']}: FID {fids['reference']:.2f}")
+    for name in names:
+        for label in (name, f"reference+lowpass({name})", f"reference+highpass({name})"):
+            pair = kids[("reference", label)]
+            print(f"{label}: FID {fids[label]:.2f}; KID - reference's {-pair['kid_difference'] * 1e3:+.2f}e-3 "
+                  f"+- {pair['paired_se'] * 1e3:.2f}e-3 (paired s.e.)")
     print(f"wrote {out}")
     return 0
 

@@ -45,21 +45,27 @@ def channel_means(images: np.ndarray) -> torch.Tensor:
 def test_each_hybrid_carries_only_its_band_of_the_change():
     rng = np.random.default_rng(1)
     reference = rng.integers(60, 190, size=(16, 32, 32, 3)).astype(np.uint8)
-    shift = cosine_images(16, 32, 0, 12, amplitude=20.0) + 5.0  # a fine pattern and a brightness offset
-    other = np.rint(reference + shift).astype(np.uint8)
+    fine_and_offset = cosine_images(16, 32, 0, 12, amplitude=20.0) + 5.0  # a fine pattern and a brightness offset
+    others = {"shifted": np.rint(reference + fine_and_offset).astype(np.uint8),
+              "coarse": np.rint(reference + cosine_images(16, 32, 2, 0, amplitude=10.0)).astype(np.uint8)}
     real = channel_means(rng.integers(40, 200, size=(64, 32, 32, 3)).astype(np.uint8))
-    result = attribution(reference, other, real=reference, cutoff=8, features=channel_means,
+    result = attribution(reference, others, real=reference, cutoff=8, features=channel_means,
                          real_features={"features": real, **feature_stats(real)})
     fid, kid = result["fid"], {(pair["a"], pair["b"]): pair for pair in result["kid"]["pairs"]}
-    assert fid["other"] != pytest.approx(fid["reference"], abs=1.0)
-    assert fid["reference+lowpass"] == pytest.approx(fid["other"], abs=1e-6)  # the offset lies in the low band
-    assert fid["reference+highpass"] == pytest.approx(fid["reference"], abs=1e-6)  # the zero-mean pattern, high
-    assert kid[("reference", "reference+highpass")]["kid_difference"] == pytest.approx(0, abs=1e-9)
-    assert kid[("other", "reference+lowpass")]["kid_difference"] == pytest.approx(0, abs=1e-9)
-    assert result["difference_rms"]["highpass"] == pytest.approx(20 / np.sqrt(2), rel=0.01)  # to uint8 rounding
-    assert result["difference_rms"]["lowpass"] == pytest.approx(5.0, rel=0.01)
-    np.testing.assert_allclose(result["spectrum_over_real"]["reference"], 1.0)
-    assert np.argmax(result["spectrum_over_real"]["other"]) + 1 == 12
+    assert fid["shifted"] != pytest.approx(fid["reference"], abs=1.0)
+    # the offset lies in the low band, the zero-mean fine pattern in the high band
+    assert fid["reference+lowpass(shifted)"] == pytest.approx(fid["shifted"], abs=1e-6)
+    assert fid["reference+highpass(shifted)"] == pytest.approx(fid["reference"], abs=1e-6)
+    assert kid[("reference", "reference+highpass(shifted)")]["kid_difference"] == pytest.approx(0, abs=1e-9)
+    assert kid[("shifted", "reference+lowpass(shifted)")]["kid_difference"] == pytest.approx(0, abs=1e-9)
+    rms = result["difference_rms"]
+    assert rms["shifted"]["highpass"] == pytest.approx(20 / np.sqrt(2), rel=0.01)  # to uint8 rounding
+    assert rms["shifted"]["lowpass"] == pytest.approx(5.0, rel=0.01)
+    assert rms["coarse"]["lowpass"] == pytest.approx(10 / np.sqrt(2), rel=0.02) and rms["coarse"]["highpass"] < 0.5
+    spectra = result["spectrum_over_real"]
+    assert list(spectra) == ["reference", "shifted", "coarse"]
+    np.testing.assert_allclose(spectra["reference"], 1.0)
+    assert np.argmax(spectra["shifted"]) + 1 == 12 and np.argmax(spectra["coarse"]) + 1 == 2
 
 
 def batch_folder(path, seed: int, count: int = 4):
@@ -77,5 +83,7 @@ def test_folders_that_do_not_share_their_noise_are_one_error(tmp_path, capsys):
     assert run_cli(main, [*common, "--other", c, "--cutoff", "8"]) == 2
     assert "--cutoff 8.0 must lie between 0 and 8 cycles per image" in capsys.readouterr().err
     assert run_cli(main, [*common, "--other", c, "--num_samples", "5"]) == 2
-    assert "--num_samples 5 must lie between 2 and the images of the smaller folder" in capsys.readouterr().err
+    assert "--num_samples 5 must lie between 2 and the images of the smallest folder" in capsys.readouterr().err
+    assert run_cli(main, [*common, "--other", c, str(tmp_path / "x" / "c")]) == 2
+    assert "--other folders need distinct names other than 'reference', got ['c', 'c']" in capsys.readouterr().err
     assert not out.exists()
