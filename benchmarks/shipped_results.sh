@@ -10,12 +10,12 @@
 # for other weights), so rerun the same command after an interruption:
 #  1. FID-2k of every offered sampler at 20-25 NFE (EDM's DPM-Solver++ at 10-25) on the run's weights, shipped, and
 #     of the score-SDE samplers on score_sde's uniform grid and with first-order predictors; where EDM's DPM-Solver++
-#     at 10 steps and EDM's Euler at 20 differ in spatial frequency from DPM-Solver++ at 20, and which band of each
-#     difference moves FID;
+#     at 10 steps, EDM's Euler at 20 and RK45 (N_SLOW samples) differ in spatial frequency from DPM-Solver++ at 20,
+#     and which band of each difference moves FID;
 #  2. ship: the fastest diffusers scheduler within 5% of the lowest FID-2k at <= 25 NFE becomes the default;
 #  3. FID-10k of that default, and of the lowest-FID point at <= 25 NFE (default options) when it is another one;
 #  4. held-out FID/KID with its floor, test-split bits/dim, bf16-vs-fp32 paired KID, the denoiser response;
-#     RK45 and DDPM-1000 at N_SLOW samples, and RK45's spectrum against DPM-Solver++'s;
+#     DDPM-1000 at N_SLOW samples;
 #  5. samples, a denoising trajectory, the training curve, the model card (with the held-out scores and the targets)
 #     and the generated tables.
 # On 2 CPU cores it takes about 10 hours.
@@ -40,16 +40,27 @@ sweep() {  # sample count, then points
 "$PY" -m pipeline.ship --model "$RUN" --out "$MODEL" --sampler ddpm --steps 20 --replace
 # evaluations and samples of earlier weights (a milestone's) give way to this run's
 once clear_earlier rm -rf results/eval results/samples
-sweep "$N_SWEEP" ddpm:20 ddim:20 ddim-clip:20 dpm++2m:20 euler:20 heun:13 unipc:20 pc:10 ode-heun:13 edm-euler:20 \
-  edm-dpm++2m:10,15,20,25 edm-dpm++2m-sde:20
-# the score-SDE samplers on score_sde's grid uniform in t, and pc with its first-order predictors, against their
-# defaults above: what the time grid and the predictor do at this budget
-sweep "$N_SWEEP" ode-heun,grid=uniform:13 pc,predictor=ancestral:10 pc,grid=uniform:10 \
-  pc,grid=uniform,predictor=euler-maruyama:10
+# first the points the two frequency attributions compare, and the attributions, so that they use the kept batches
+# while these are at hand (an interrupted evaluation that resumes elsewhere reuses the points' JSONs, not batches)
+sweep "$N_SWEEP" edm-dpm++2m:10,20 edm-euler:20
 once frequency_attribution "$PY" -m benchmarks.frequency_attribution --train_data_dir "$DATA" \
   --reference "$BATCHES/nfe/edm-dpm++2m-20_n$N_SWEEP" \
   --other "$BATCHES/nfe/edm-dpm++2m-10_n$N_SWEEP" "$BATCHES/nfe/edm-euler-20_n$N_SWEEP" \
   --out results/nfe/frequency_attribution.json
+# the adaptive RK45 (float32), the converged ODE, at N_SLOW samples (256), against the first N_SLOW samples of
+# DPM-Solver++ at 20 and 10 steps (the same noises)
+sweep "${N_SLOW:-256}" ode-rk45,rtol=1e-3,atol=1e-3:1
+once frequency_attribution_rk45 "$PY" -m benchmarks.frequency_attribution --train_data_dir "$DATA" \
+  --reference "$BATCHES/nfe/ode-rk45,atol=0.001,rtol=0.001-1_n${N_SLOW:-256}" \
+  --other "$BATCHES/nfe/edm-dpm++2m-20_n$N_SWEEP" "$BATCHES/nfe/edm-dpm++2m-10_n$N_SWEEP" \
+  --num_samples "${N_SLOW:-256}" \
+  --out results/nfe/frequency_attribution_rk45.json
+sweep "$N_SWEEP" ddpm:20 ddim:20 ddim-clip:20 dpm++2m:20 euler:20 heun:13 unipc:20 pc:10 ode-heun:13 \
+  edm-dpm++2m:15,25 edm-dpm++2m-sde:20
+# the score-SDE samplers on score_sde's grid uniform in t, and pc with its first-order predictors, against their
+# defaults above: what the time grid and the predictor do at this budget
+sweep "$N_SWEEP" ode-heun,grid=uniform:13 pc,predictor=ancestral:10 pc,grid=uniform:10 \
+  pc,grid=uniform,predictor=euler-maruyama:10
 
 "$PY" -m pipeline.ship --model "$RUN" --out "$MODEL" --from_sweep results/nfe/summary.json --replace
 
@@ -83,14 +94,8 @@ done
 once denoiser_response "$PY" -m benchmarks.denoiser_response --model "$MODEL" --train_data_dir "$DATA" \
   --prior_images "${N_PRIOR:-2000}" --out results/denoiser_response/celeba-64.json
 
-# the adaptive RK45 (float32) and 1000-step DDPM, at N_SLOW samples (256): compare them by KID
-sweep "${N_SLOW:-256}" ode-rk45,rtol=1e-3,atol=1e-3:1 ddpm:1000
-# the converged ODE (RK45) against the first N_SLOW samples of DPM-Solver++ at 20 and 10 steps (the same noises)
-once frequency_attribution_rk45 "$PY" -m benchmarks.frequency_attribution --train_data_dir "$DATA" \
-  --reference "$BATCHES/nfe/ode-rk45,atol=0.001,rtol=0.001-1_n${N_SLOW:-256}" \
-  --other "$BATCHES/nfe/edm-dpm++2m-20_n$N_SWEEP" "$BATCHES/nfe/edm-dpm++2m-10_n$N_SWEEP" \
-  --num_samples "${N_SLOW:-256}" \
-  --out results/nfe/frequency_attribution_rk45.json
+# 1000-step DDPM at N_SLOW samples, to compare with RK45 by KID
+sweep "${N_SLOW:-256}" ddpm:1000
 
 "$PY" -m benchmarks.model_summary --config configs/celeba64_edm.yaml --out results/model_summary.json
 "$PY" -m pipeline.generate --model "$MODEL" --num_images 64 --out "results/samples/${DEFAULT/:/-}"
