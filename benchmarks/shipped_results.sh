@@ -4,28 +4,29 @@
 #   bash benchmarks/shipped_results.sh RUN_DIR [CELEBA_DIR]      # e.g. ~/runs/celeba64_edm ../shared/celeba
 #
 # Run it from the repository root: it writes pretrained/celeba-64, results/ and model_card.md there. Sample counts:
-# N_SWEEP (2000), N_FID (10000), N_PAIRED (500), N_LIKELIHOOD (64 test images), N_SLOW (256) and N_PRIOR (2000
-# train images: the denoiser response's prior). Each stage resumes: finished sweep points and evaluations are
-# reused, interrupted ones continue from their kept sample batches (under $BATCHES, default runs/shipped; a new one
-# for other weights), so rerun the same command after an interruption:
-#  1. FID-2k of every offered sampler at 20-25 NFE (EDM's DPM-Solver++ at 10-25) on the run's weights, shipped, and
-#     of the score-SDE samplers on score_sde's uniform grid and with first-order predictors; where EDM's DPM-Solver++
-#     at 10 steps, EDM's Euler at 20 and RK45 (N_SLOW samples) differ in spatial frequency from DPM-Solver++ at 20,
-#     and which band of each difference moves FID;
+# N_SWEEP (2000), N_FID (10000), N_PAIRED (200), N_LIKELIHOOD (32 test images), N_SLOW (128) and N_PRIOR (2000
+# train images: the denoiser response's prior). PRECISION (bf16) is the UNet's precision for every score but the
+# bf16-vs-fp32 pair; give "no" (float32) on CPUs without native bf16, where bf16 autocast is several times slower.
+# Each stage resumes: finished sweep points and evaluations are reused, interrupted ones continue from their kept
+# sample batches (under $BATCHES, default runs/shipped; a new one for other weights), so rerun the same command after
+# an interruption:
+#  1. FID-2k of every offered sampler at 20-25 NFE (and EDM's DPM-Solver++ at 10 steps) on the run's weights,
+#     shipped; where EDM's DPM-Solver++ at 10 steps, EDM's Euler at 20 and RK45 (N_SLOW samples) differ in spatial
+#     frequency from DPM-Solver++ at 20, and which band of each difference moves FID;
 #  2. ship: the fastest diffusers scheduler within 5% of the lowest FID-2k at <= 25 NFE becomes the default;
 #  3. FID-10k of that default, and of the lowest-FID point at <= 25 NFE (default options) when it is another one;
 #  4. held-out FID/KID with its floor, test-split bits/dim, bf16-vs-fp32 paired KID, the denoiser response;
-#     DDPM-1000 at N_SLOW samples;
 #  5. samples, a denoising trajectory, the training curve, the model card (with the held-out scores and the targets)
 #     and the generated tables.
-# On 2 CPU cores it takes about 10 hours.
+# On 2 Zen 4 cores with native bf16 it takes about 8 hours; in float32 on 2 cores without, about 18.
 set -euo pipefail
 RUN=${1:?usage: bash benchmarks/shipped_results.sh RUN_DIR [CELEBA_DIR]}
 DATA=${2:-../shared/celeba}
 BATCHES=${BATCHES:-runs/shipped}
 PY=${PYTHON:-.venv/bin/python}
 MODEL=pretrained/celeba-64
-N_SWEEP=${N_SWEEP:-2000} N_FID=${N_FID:-10000} N_PAIRED=${N_PAIRED:-500} N_LIKELIHOOD=${N_LIKELIHOOD:-64}
+N_SWEEP=${N_SWEEP:-2000} N_FID=${N_FID:-10000} N_PAIRED=${N_PAIRED:-200} N_LIKELIHOOD=${N_LIKELIHOOD:-32}
+N_SLOW=${N_SLOW:-128} PRECISION=${PRECISION:-bf16}
 
 once() {  # a stage that cannot resume midway: NAME COMMAND..., skipped once it has finished for these batches
   if [[ -e "$BATCHES/done/$1" ]]; then echo "$1: finished before"; return; fi
@@ -34,7 +35,7 @@ once() {  # a stage that cannot resume midway: NAME COMMAND..., skipped once it 
 }
 sweep() {  # sample count, then points
   "$PY" -m benchmarks.fid_vs_nfe --model "$MODEL" --train_data_dir "$DATA" --num_samples "$1" --batch_size 32 \
-    --out_dir results/nfe --resume_dir "$BATCHES/nfe" --points "${@:2}"
+    --mixed_precision "$PRECISION" --out_dir results/nfe --resume_dir "$BATCHES/nfe" --points "${@:2}"
 }
 # the run's weights in the shipped folder (with DDPM, which fits every model, until the sweep has chosen)
 "$PY" -m pipeline.ship --model "$RUN" --out "$MODEL" --sampler ddpm --steps 20 --replace
@@ -47,20 +48,16 @@ once frequency_attribution "$PY" -m benchmarks.frequency_attribution --train_dat
   --reference "$BATCHES/nfe/edm-dpm++2m-20_n$N_SWEEP" \
   --other "$BATCHES/nfe/edm-dpm++2m-10_n$N_SWEEP" "$BATCHES/nfe/edm-euler-20_n$N_SWEEP" \
   --out results/nfe/frequency_attribution.json
-# the adaptive RK45 (float32), the converged ODE, at N_SLOW samples (256), against the first N_SLOW samples of
+# the adaptive RK45 (float32), the converged ODE, at N_SLOW samples, against the first N_SLOW samples of
 # DPM-Solver++ at 20 and 10 steps (the same noises)
-sweep "${N_SLOW:-256}" ode-rk45,rtol=1e-3,atol=1e-3:1
+sweep "$N_SLOW" ode-rk45,rtol=1e-3,atol=1e-3:1
 once frequency_attribution_rk45 "$PY" -m benchmarks.frequency_attribution --train_data_dir "$DATA" \
-  --reference "$BATCHES/nfe/ode-rk45,atol=0.001,rtol=0.001-1_n${N_SLOW:-256}" \
+  --reference "$BATCHES/nfe/ode-rk45,atol=0.001,rtol=0.001-1_n$N_SLOW" \
   --other "$BATCHES/nfe/edm-dpm++2m-20_n$N_SWEEP" "$BATCHES/nfe/edm-dpm++2m-10_n$N_SWEEP" \
-  --num_samples "${N_SLOW:-256}" \
+  --num_samples "$N_SLOW" \
   --out results/nfe/frequency_attribution_rk45.json
 sweep "$N_SWEEP" ddpm:20 ddim:20 ddim-clip:20 dpm++2m:20 euler:20 heun:13 unipc:20 pc:10 ode-heun:13 \
-  edm-dpm++2m:15,25 edm-dpm++2m-sde:20
-# the score-SDE samplers on score_sde's grid uniform in t, and pc with its first-order predictors, against their
-# defaults above: what the time grid and the predictor do at this budget
-sweep "$N_SWEEP" ode-heun,grid=uniform:13 pc,predictor=ancestral:10 pc,grid=uniform:10 \
-  pc,grid=uniform,predictor=euler-maruyama:10
+  edm-dpm++2m-sde:20
 
 "$PY" -m pipeline.ship --model "$RUN" --out "$MODEL" --from_sweep results/nfe/summary.json --replace
 
@@ -77,25 +74,23 @@ EOF
 )
 for POINT in $(printf '%s\n' "$DEFAULT" "$BEST" | sort -u); do
   "$PY" -m pipeline.evaluate --model "$MODEL" --train_data_dir "$DATA" --num_samples "$N_FID" --batch_size 32 \
-    --scheduler "${POINT%%:*}" --steps "${POINT##*:}" --resume_dir "$BATCHES/fid10k_${POINT/:/-}" \
-    --out "results/eval/fid10k_${POINT/:/-}.json"
+    --scheduler "${POINT%%:*}" --steps "${POINT##*:}" --mixed_precision "$PRECISION" \
+    --resume_dir "$BATCHES/fid10k_${POINT/:/-}" --out "results/eval/fid10k_${POINT/:/-}.json"
 done
 
-once heldout "$PY" -m benchmarks.heldout_eval --model "$MODEL" --train_data_dir "$DATA" --out results/heldout/celeba-64.json
+once heldout "$PY" -m benchmarks.heldout_eval --model "$MODEL" --train_data_dir "$DATA" \
+  --mixed_precision "$PRECISION" --out results/heldout/celeba-64.json
 once likelihood "$PY" -m pipeline.likelihood --model "$MODEL" --train_data_dir "$DATA" --split test --num_images "$N_LIKELIHOOD" \
   --batch_size 32 --out results/likelihood.json
-for PRECISION in no bf16; do
+for PAIRED in no bf16; do
   "$PY" -m pipeline.evaluate --model "$MODEL" --train_data_dir "$DATA" --num_samples "$N_PAIRED" --batch_size 32 \
-    --mixed_precision "$PRECISION" --resume_dir "$BATCHES/precision/$PRECISION" \
-    --out "$BATCHES/precision/$PRECISION.json"
+    --mixed_precision "$PAIRED" --resume_dir "$BATCHES/precision/$PAIRED" \
+    --out "$BATCHES/precision/$PAIRED.json"
 done
 "$PY" -m benchmarks.paired_kid --train_data_dir "$DATA" --batches "$BATCHES/precision/no" "$BATCHES/precision/bf16" \
   --out results/bench/bf16_paired_kid.json
 once denoiser_response "$PY" -m benchmarks.denoiser_response --model "$MODEL" --train_data_dir "$DATA" \
   --prior_images "${N_PRIOR:-2000}" --out results/denoiser_response/celeba-64.json
-
-# 1000-step DDPM at N_SLOW samples, to compare with RK45 by KID
-sweep "${N_SLOW:-256}" ddpm:1000
 
 "$PY" -m benchmarks.model_summary --config configs/celeba64_edm.yaml --out results/model_summary.json
 "$PY" -m pipeline.generate --model "$MODEL" --num_images 64 --out "results/samples/${DEFAULT/:/-}"

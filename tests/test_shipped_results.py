@@ -29,7 +29,8 @@ def test_the_shipping_script_runs_end_to_end_then_reuses_its_stages(tmp_path):
     stale.write_text("{}")
     env = {**subprocess_env(), "PYTHON": sys.executable, "PYTHONPATH": str(ROOT), "BATCHES": str(tmp_path / "batches"),
            "CELEBA_DIFFUSION_CACHE": str(tmp_path / "cache"),
-           "N_SWEEP": "4", "N_FID": "6", "N_PAIRED": "4", "N_LIKELIHOOD": "2", "N_SLOW": "4", "N_PRIOR": "8"}
+           "N_SWEEP": "4", "N_FID": "6", "N_PAIRED": "4", "N_LIKELIHOOD": "2", "N_SLOW": "4", "N_PRIOR": "8",
+           "PRECISION": "no"}
 
     def script():
         result = subprocess.run(["bash", str(SCRIPT), str(run), str(data)], cwd=repo, env=env,
@@ -40,15 +41,16 @@ def test_the_shipping_script_runs_end_to_end_then_reuses_its_stages(tmp_path):
     script()
     summary = json.loads((repo / "results" / "nfe" / "summary.json").read_text())
     assert {point["num_samples"] for point in summary["points"]} == {4}
-    assert {point["sampler"] for point in summary["points"] if point["steps"] in (1, 1000)} == {
-        "ode-rk45,atol=0.001,rtol=0.001", "ddpm"}
+    assert {point["mixed_precision"] for point in summary["points"]} == {"no"}  # PRECISION reaches every score
+    assert {point["sampler"] for point in summary["points"] if point["steps"] == 1} == {
+        "ode-rk45,atol=0.001,rtol=0.001"}
     chosen = choose_default_sampler(summary["points"])
     shipped = load_pipeline(str(repo / "pretrained" / "celeba-64"))
     assert (default_sampler(shipped), shipped.config.default_num_inference_steps) == (chosen["sampler"],
                                                                                        chosen["steps"])
     fid10k_path = repo / "results" / "eval" / f"fid10k_{chosen['sampler']}-{chosen['steps']}.json"
     fid10k = json.loads(fid10k_path.read_text())
-    assert fid10k["num_samples"] == 6 and fid10k["sampler"] == chosen["sampler"]
+    assert fid10k["num_samples"] == 6 and fid10k["sampler"] == chosen["sampler"] and fid10k["mixed_precision"] == "no"
     for path in ("nfe/frequency_attribution.json", "nfe/frequency_attribution.png",
                  "nfe/frequency_attribution_rk45.json",
                  "heldout/celeba-64.json", "likelihood.json", "bench/bf16_paired_kid.json",
@@ -57,6 +59,7 @@ def test_the_shipping_script_runs_end_to_end_then_reuses_its_stages(tmp_path):
                  "README.md"):  # results/README.md: the tables
         assert (repo / "results" / path).is_file(), path
     assert json.loads((repo / "results" / "likelihood.json").read_text())["split"] == "test"
+    assert json.loads((repo / "results" / "heldout" / "celeba-64.json").read_text())["mixed_precision"] == "no"
     assert not stale.exists()
     card = (repo / "model_card.md").read_text()
     assert f"{chosen['sampler']}, {chosen['steps']} steps" in card
