@@ -9,7 +9,9 @@
 # latest checkpoint, the measurements from their kept batches, finished stages are skipped; so rerun the same
 # command after an interruption (with a new $RUNS for other base weights). Sample counts: N_CONTROL (2000 faces per
 # guidance weight), N_EDIT (1000 held-out faces per edit), N_INVERSION (16) and N_GRID (8 faces per edit grid);
-# CONFIG and TRAIN_ARGS (extra train_unet.py flags) change the fine-tune.
+# CONFIG and TRAIN_ARGS (extra train_unet.py flags) change the fine-tune. PRECISION (bf16) is the fine-tune's and the
+# scored samples' precision; give "no" (float32) on CPUs without native bf16, where bf16 autocast is several times
+# slower.
 #  1. the attribute fine-tune (configs/celeba64_edm_attributes.yaml from pretrained/celeba-64, about 5.5 hours on 2
 #     CPU cores), shipped as pretrained/celeba-64-attributes with the base model's sampler and steps;
 #  2. attribute control at guidance 0/1/3/5 (N_CONTROL faces per weight) with its sweep grid, judged by the
@@ -30,6 +32,7 @@ CODE=$(cd "$(dirname "$0")/.." && pwd)  # train_unet.py and configs/, wherever t
 CONFIG=${CONFIG:-$CODE/configs/celeba64_edm_attributes.yaml}
 read -r -a TRAIN_ARGS <<< "${TRAIN_ARGS:-}"
 N_CONTROL=${N_CONTROL:-2000} N_EDIT=${N_EDIT:-1000} N_INVERSION=${N_INVERSION:-16} N_GRID=${N_GRID:-8}
+PRECISION=${PRECISION:-bf16}
 CLASSIFIER=${CLASSIFIER:-${CELEBA_DIFFUSION_CACHE:-$HOME/.cache/celeba-diffusion}/attribute_classifier.pt}
 
 once() {  # a stage that cannot resume midway: NAME COMMAND..., skipped once it has finished for these weights
@@ -46,7 +49,8 @@ fi
 # 1. the fine-tune (its run directory's checkpoints make it resumable), then the shipped folder
 resume=()
 ls -d "$FINE_TUNE"/checkpoint-* >/dev/null 2>&1 && resume=(--resume_from_checkpoint latest)
-once fine_tune "$ACCELERATE" launch --num_cpu_threads_per_process 2 --mixed_precision bf16 "$CODE/train_unet.py" \
+once fine_tune "$ACCELERATE" launch --num_cpu_threads_per_process 2 --mixed_precision "$PRECISION" \
+  "$CODE/train_unet.py" \
   --config "$CONFIG" --train_data_dir "$DATA" --output_dir "$FINE_TUNE" --init_from "$BASE" "${TRAIN_ARGS[@]}" \
   "${resume[@]}"
 read -r SAMPLER STEPS < <("$PY" - <<'EOF'
@@ -62,7 +66,7 @@ once ship "$PY" -m pipeline.ship --model "$FINE_TUNE" --out "$MODEL" --sampler "
 [[ -f "$CLASSIFIER" ]] || "$PY" -m benchmarks.attribute_control classifier --train_data_dir "$DATA" \
   --weights "$CLASSIFIER" --out results/attributes/classifier.json
 "$PY" -m benchmarks.attribute_control control --model "$MODEL" --train_data_dir "$DATA" --guidance 0 1 3 5 \
-  --num_samples "$N_CONTROL" --weights "$CLASSIFIER" --resume_dir "$RUNS/control" \
+  --num_samples "$N_CONTROL" --weights "$CLASSIFIER" --mixed_precision "$PRECISION" --resume_dir "$RUNS/control" \
   --grid results/attributes/control_grid.png --out results/attributes/control.json
 # the card counts the base model's training and the fine-tune as one log, joined where the fine-tune started
 BASE_STEP=$("$PY" -c 'from pipeline.training_log import read_training_log as read
@@ -76,7 +80,8 @@ cp results/training_log.jsonl "$RUNS/training_log.jsonl"
 
 # 3. how natural the edits are, and how exactly inversion gives a face back
 "$PY" -m benchmarks.edit_fid --model "$BASE" --train_data_dir "$DATA" --tasks center eyes colorize \
-  --methods repaint pc --num_images "$N_EDIT" --steps 50 --resume_dir "$RUNS/edit" --out_dir results/edit
+  --methods repaint pc --num_images "$N_EDIT" --steps 50 --mixed_precision "$PRECISION" --resume_dir "$RUNS/edit" \
+  --out_dir results/edit
 once inversion "$PY" -m benchmarks.inversion_psnr --model "$BASE" --train_data_dir "$DATA" --steps 10 20 50 100 \
   --num_images "$N_INVERSION" --out results/edit/inversion_psnr.json
 

@@ -24,7 +24,8 @@ def test_controllable_results_from_a_shipped_model(tmp_path):
     cache = {"CELEBA_DIFFUSION_CACHE": str(tmp_path / "cache")}
     env = {**subprocess_env(), **cache, "PYTHON": sys.executable, "PYTHONPATH": str(ROOT), "RUNS": str(runs),
            "CONFIG": str(SMOKE_CONFIG), "TRAIN_ARGS": "--preconditioning edm --attribute_conditioning "
-           "--max_train_steps 2", "N_CONTROL": "20", "N_EDIT": "4", "N_INVERSION": "2", "N_GRID": "2"}
+           "--max_train_steps 2", "N_CONTROL": "20", "N_EDIT": "4", "N_INVERSION": "2", "N_GRID": "2",
+           "PRECISION": "no"}
 
     def script():
         return subprocess.run(["bash", str(SCRIPT), str(data)], cwd=repo, env=env, capture_output=True, text=True,
@@ -52,10 +53,12 @@ def test_controllable_results_from_a_shipped_model(tmp_path):
     assert "4 optimisation steps" in card and "At step 2: attribute fine-tune (smoke.yaml) from the EMA" in card
     control = json.loads((repo / "results" / "attributes" / "control.json").read_text())
     assert set(control["guidance"]) == {"0.0", "1.0", "3.0", "5.0"} and control["samples_per_attribute"] == 2
+    assert control["mixed_precision"] == "no"  # PRECISION reaches the scores
     assert (repo / "results" / "attributes" / "control_grid.png").is_file()
     edits = json.loads((repo / "results" / "edit" / "edit_fid_summary.json").read_text())
     assert [(p["task"], p["method"]) for p in edits["points"]] == [
         (task, method) for task in ("center", "eyes", "colorize") for method in ("repaint", "pc")]
+    assert edits["mixed_precision"] == "no"
     inversion = json.loads((repo / "results" / "edit" / "inversion_psnr.json").read_text())
     assert inversion["num_images"] == 2
     for mask in ("left", "right", "top", "bottom", "random"):
