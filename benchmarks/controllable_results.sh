@@ -7,19 +7,19 @@
 # Run it from the repository root once pretrained/celeba-64 holds the final weights. Runs and kept sample batches
 # live under $RUNS (default ~/runs/controllable), outside the work tree. Every stage resumes: the fine-tune from its
 # latest checkpoint, the measurements from their kept batches, finished stages are skipped; so rerun the same
-# command after an interruption (with a new $RUNS for other base weights). Sample counts: N_CONTROL (2000 faces per
-# guidance weight), N_EDIT (1000 held-out faces per edit), N_INVERSION (16) and N_GRID (8 faces per edit grid);
+# command after an interruption (with a new $RUNS for other base weights). Sample counts: N_CONTROL (500 faces per
+# guidance weight), N_EDIT (200 held-out faces per edit), N_INVERSION (16) and N_GRID (8 faces per edit grid);
 # CONFIG and TRAIN_ARGS (extra train_unet.py flags) change the fine-tune. PRECISION (bf16) is the fine-tune's and the
 # scored samples' precision; give "no" (float32) on CPUs without native bf16, where bf16 autocast is several times
 # slower.
-#  1. the attribute fine-tune (configs/celeba64_edm_attributes.yaml from pretrained/celeba-64, about 5.5 hours on 2
-#     CPU cores), shipped as pretrained/celeba-64-attributes with the base model's sampler and steps;
+#  1. the attribute fine-tune (configs/celeba64_edm_attributes.yaml from pretrained/celeba-64, about 4.8 hours in
+#     float32 on 2 cores), shipped as pretrained/celeba-64-attributes with the base model's sampler and steps;
 #  2. attribute control at guidance 0/1/3/5 (N_CONTROL faces per weight) with its sweep grid, judged by the
 #     attribute classifier (trained again, about 8 minutes, only when its weights are missing), and the model card;
-#  3. FID-1k (N_EDIT) of inpainted (center, eyes) and colorized held-out faces per method, and inversion PSNR;
+#  3. FID-200 (N_EDIT) of inpainted (center, eyes) and colorized held-out faces per method, and inversion PSNR;
 #  4. edit grids of the other masks and an interpolation strip of two held-out faces;
 #  5. screenshots of every tab of the demo, Attributes included.
-# On 2 CPU cores it takes about 10 hours, half of them the fine-tune.
+# In float32 on 2 cores without native bf16 it takes about 10 hours: the fine-tune about 5, the edit FIDs about 3.
 set -euo pipefail
 DATA=${1:-../shared/celeba}
 RUNS=${RUNS:-$HOME/runs/controllable}
@@ -31,7 +31,7 @@ FINE_TUNE=$RUNS/celeba64_edm_attributes
 CODE=$(cd "$(dirname "$0")/.." && pwd)  # train_unet.py and configs/, wherever the command runs
 CONFIG=${CONFIG:-$CODE/configs/celeba64_edm_attributes.yaml}
 read -r -a TRAIN_ARGS <<< "${TRAIN_ARGS:-}"
-N_CONTROL=${N_CONTROL:-2000} N_EDIT=${N_EDIT:-1000} N_INVERSION=${N_INVERSION:-16} N_GRID=${N_GRID:-8}
+N_CONTROL=${N_CONTROL:-500} N_EDIT=${N_EDIT:-200} N_INVERSION=${N_INVERSION:-16} N_GRID=${N_GRID:-8}
 PRECISION=${PRECISION:-bf16}
 CLASSIFIER=${CLASSIFIER:-${CELEBA_DIFFUSION_CACHE:-$HOME/.cache/celeba-diffusion}/attribute_classifier.pt}
 
