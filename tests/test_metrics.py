@@ -98,6 +98,28 @@ def test_frechet_distance_equals_torchmetrics():
     assert frechet_distance(feature_stats(x), feature_stats(y)) == pytest.approx(float(metric.compute()), rel=1e-9)
 
 
+def test_frechet_distance_of_fewer_samples_than_features_equals_torchmetrics():
+    """Fewer generated rows than features: the n x n route of the trace term gives the d x d result."""
+    class Precomputed64(PrecomputedFeatures):
+        num_features = 64
+
+    generator = torch.Generator().manual_seed(1)
+    x, y = torch.randn(300, 64, generator=generator), 0.2 + 0.8 * torch.randn(10, 64, generator=generator)
+    stats = feature_stats(y)
+    assert stats["centered"].shape == (10, 64)
+    metric = FrechetInceptionDistance(feature=Precomputed64())
+    metric.update(x.double(), real=True)
+    metric.update(y.double(), real=False)
+    low_rank = frechet_distance(feature_stats(x), stats)
+    # the d x d route with only its n - 1 nonzero eigenvalues: the other 55 are round-off, whose roots add up
+    reference = feature_stats(x, with_sqrt=True)
+    values = torch.linalg.eigvalsh(reference["cov_sqrt"] @ stats["cov"] @ reference["cov_sqrt"])[-9:]
+    exact = ((reference["mean"] - stats["mean"]).square().sum() + reference["cov"].trace() + stats["cov"].trace()
+             - 2 * values.sqrt().sum())
+    assert low_rank == pytest.approx(float(exact), rel=1e-12)
+    assert low_rank == pytest.approx(float(metric.compute()), rel=1e-7)  # torchmetrics keeps the round-off roots
+
+
 def test_fid_of_a_set_against_itself_is_zero(real):
     assert abs(frechet_distance(real["stats_a"], feature_stats(real["fa"]))) < 1e-2
 
