@@ -40,8 +40,9 @@ from pipeline.data.images import make_grid
 from pipeline.data.preprocess import Preprocessing, pipeline_preprocessing, random_hflip, to_model_range
 from pipeline.evaluation.reference_stats import load_or_compute_reference
 from pipeline.evaluation.scores import fid_against_reference
-from pipeline.generate import generate, load_for_sampling, open_batch_store
+from pipeline.generate import MIXED_PRECISION_HELP, generate, load_for_sampling, open_batch_store
 from pipeline.models.attribute_encoder import CELEBA_ATTRIBUTES
+from pipeline.pipeline_celeba import MIXED_PRECISION, default_mixed_precision
 
 DEFAULT_WEIGHTS = Path(os.environ.get("CELEBA_DIFFUSION_CACHE", "~/.cache/celeba-diffusion")).expanduser() / \
     "attribute_classifier.pt"
@@ -161,6 +162,7 @@ def control_main(args) -> dict:
         raise ValueError(f"unknown attribute(s) {unknown}; the attributes are {', '.join(CELEBA_ATTRIBUTES)}")
     if 0.0 not in args.guidance:
         raise ValueError("--guidance must include 0: the unconditional base rate every weight is compared with")
+    args.mixed_precision = args.mixed_precision or default_mixed_precision(args.device)
     pipe, args.scheduler, args.steps = load_for_sampling(args.model, args.device, args.scheduler, args.steps,
                                                          args.mixed_precision)
     if getattr(pipe, "attribute_encoder", None) is None:
@@ -225,7 +227,7 @@ def main(argv=None) -> int:
     control.add_argument("--steps", type=int, default=None, help="default: the model's default_num_inference_steps")
     control.add_argument("--batch_size", type=int, default=64)
     control.add_argument("--seed", type=int, default=0)
-    control.add_argument("--mixed_precision", default="bf16", choices=["no", "bf16"])
+    control.add_argument("--mixed_precision", default=None, choices=MIXED_PRECISION, help=MIXED_PRECISION_HELP)
     control.add_argument("--device", type=device_argument, default=DEFAULT_DEVICE)
     control.add_argument("--cache_dir", default=None)
     control.add_argument("--grid", default=None, help="PNG: the first faces of each attribute at every weight")

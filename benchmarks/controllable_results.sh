@@ -9,9 +9,8 @@
 # latest checkpoint, the measurements from their kept batches, finished stages are skipped; so rerun the same
 # command after an interruption (with a new $RUNS for other base weights). Sample counts: N_CONTROL (500 faces per
 # guidance weight), N_EDIT (200 held-out faces per edit), N_INVERSION (16) and N_GRID (8 faces per edit grid);
-# CONFIG and TRAIN_ARGS (extra train_unet.py flags) change the fine-tune. PRECISION (bf16) is the fine-tune's and the
-# scored samples' precision; give "no" (float32) on CPUs without native bf16, where bf16 autocast is several times
-# slower.
+# CONFIG and TRAIN_ARGS (extra train_unet.py flags) change the fine-tune. PRECISION is the fine-tune's and the scored
+# samples' precision: by default bf16 on a CPU with native bf16 and "no" (float32) elsewhere, as the pipeline runs it.
 #  1. the attribute fine-tune (configs/celeba64_edm_attributes.yaml from pretrained/celeba-64, about 4.8 hours in
 #     float32 on 2 cores), shipped as pretrained/celeba-64-attributes with the base model's sampler and steps;
 #  2. attribute control at guidance 0/1/3/5 (N_CONTROL faces per weight) with its sweep grid, judged by the
@@ -32,7 +31,7 @@ CODE=$(cd "$(dirname "$0")/.." && pwd)  # train_unet.py and configs/, wherever t
 CONFIG=${CONFIG:-$CODE/configs/celeba64_edm_attributes.yaml}
 read -r -a TRAIN_ARGS <<< "${TRAIN_ARGS:-}"
 N_CONTROL=${N_CONTROL:-500} N_EDIT=${N_EDIT:-200} N_INVERSION=${N_INVERSION:-16} N_GRID=${N_GRID:-8}
-PRECISION=${PRECISION:-bf16}
+PRECISION=${PRECISION:-$("$PY" -c "from pipeline.pipeline_celeba import default_mixed_precision as d; print(d())")}
 CLASSIFIER=${CLASSIFIER:-${CELEBA_DIFFUSION_CACHE:-$HOME/.cache/celeba-diffusion}/attribute_classifier.pt}
 
 once() {  # a stage that cannot resume midway: NAME COMMAND..., skipped once it has finished for these weights

@@ -53,9 +53,15 @@ def measured_clock_ghz():
             return None
 
 
-def gemm_ceiling(dtype_name: str, size: int = 2048, repeats: int = 5) -> float:
-    """GFLOP/s of a large square matmul (MKL/oneDNN) on all threads: a practical upper bound for this CPU."""
+def gemm_ceiling(dtype_name: str, size: int = 2048, repeats: int = 5) -> float | None:
+    """GFLOP/s of a large square matmul (MKL/oneDNN) on all threads: a practical upper bound for this CPU. None for
+    bf16 on a CPU without native bf16, whose emulated matmul bounds nothing (and takes minutes)."""
     import torch
+
+    from pipeline.pipeline_celeba import native_bf16_cpu
+
+    if dtype_name == "bfloat16" and not native_bf16_cpu():
+        return None
 
     dtype = getattr(torch, dtype_name)
     a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
@@ -66,6 +72,22 @@ def gemm_ceiling(dtype_name: str, size: int = 2048, repeats: int = 5) -> float:
         torch.mm(a, b)
         best = min(best, time.perf_counter() - started)
     return 2 * size**3 / best / 1e9
+
+
+def share_of(achieved: float, ceiling: float | None) -> float | None:
+    """``achieved / ceiling``, or None where this CPU has no such ceiling (bf16 without native bf16)."""
+    return achieved / ceiling if ceiling else None
+
+
+def cpu_identity() -> dict:
+    """Which CPU a measurement ran on: lscpu's model name, its core count and whether it multiplies bf16 natively
+    (``pipeline.pipeline_celeba.native_bf16_cpu``, which decides the pipeline's default precision)."""
+    from pipeline.pipeline_celeba import native_bf16_cpu
+
+    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    name = re.search(r"Model name:\s*(.+)", lscpu)
+    return {"model_name": name.group(1).strip() if name else None, "cores": os.cpu_count(),
+            "native_bf16": native_bf16_cpu()}
 
 
 def cpu_peak() -> dict:

@@ -33,6 +33,8 @@ from pipeline.evaluation.inception import extract_features, load_inception
 from pipeline.evaluation.metrics import feature_stats
 from pipeline.evaluation.reference_stats import HELDOUT_SPLITS, heldout_features
 from pipeline.evaluation.scores import score_features
+from pipeline.generate import MIXED_PRECISION_HELP
+from pipeline.pipeline_celeba import MIXED_PRECISION, default_mixed_precision
 from pipeline.pipeline_folder import load_pipeline, weights_checksum
 from pipeline.sampling.editing import METHODS, colorize, impute
 from pipeline.sampling.sample_store import BatchStore
@@ -118,12 +120,13 @@ def main(argv=None) -> int:
     parser.add_argument("--jump_n_sample", type=int, default=3, help="repaint: passes over each jump (1: none)")
     parser.add_argument("--batch_size", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0, help="batch i is edited with seed + i")
-    parser.add_argument("--mixed_precision", default="bf16", choices=["no", "bf16"])
+    parser.add_argument("--mixed_precision", default=None, choices=MIXED_PRECISION, help=MIXED_PRECISION_HELP)
     parser.add_argument("--device", type=device_argument, default=DEFAULT_DEVICE)
     parser.add_argument("--cache_dir", default=None)
     parser.add_argument("--resume_dir", default=None, help="keep each finished batch here (one folder per point)")
     parser.add_argument("--out_dir", required=True)
     args = parser.parse_args(argv)
+    args.mixed_precision = args.mixed_precision or default_mixed_precision(args.device)
     for name in ("num_images", "steps", "batch_size", "jump_length", "jump_n_sample"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be positive, got {getattr(args, name)}")

@@ -28,7 +28,8 @@ from pathlib import Path
 from pipeline import evaluate
 from pipeline.cli import DEFAULT_DEVICE, ArgumentParser, device_argument, run_cli
 from pipeline.evaluation.plots import PALETTE, line_chart
-from pipeline.generate import check_sampling, load_pipeline, parse_sampler_options
+from pipeline.generate import MIXED_PRECISION_HELP, check_sampling, load_pipeline, parse_sampler_options
+from pipeline.pipeline_celeba import MIXED_PRECISION, default_mixed_precision
 from pipeline.pipeline_folder import weights_checksum
 from pipeline.sampling.schedulers import ALL_SAMPLERS, get_sampler
 
@@ -147,7 +148,7 @@ def main(argv=None) -> int:
     parser.add_argument("--train_data_dir", required=True, help="CelebA in the official layout (the reference)")
     parser.add_argument("--num_samples", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--mixed_precision", default="bf16", choices=["no", "bf16"])
+    parser.add_argument("--mixed_precision", default=None, choices=MIXED_PRECISION, help=MIXED_PRECISION_HELP)
     parser.add_argument("--batch_size", type=int, default=64,
                         help="generation batch; it decides which seed draws which sample, so points compare only at "
                              "one batch size (32 is faster on 2 CPU cores: results/bench/sampling.json)")
@@ -159,6 +160,7 @@ def main(argv=None) -> int:
     parser.add_argument("--resume_dir", default=None, help="keep each point's finished sample batches under this "
                         "folder (pipeline.evaluate --resume_dir), so an interrupted point continues where it stopped")
     args = parser.parse_args(argv)
+    args.mixed_precision = args.mixed_precision or default_mixed_precision(args.device)
     pipe = load_pipeline(args.model)
     edm = pipe.config.edm_schedule is not None
     points = parse_points(args.points, args.mixed_precision, edm)  # bad input fails before anything is written

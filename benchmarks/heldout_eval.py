@@ -26,7 +26,8 @@ from pipeline.evaluation.inception import extract_features, load_inception
 from pipeline.evaluation.metrics import feature_stats, memorization
 from pipeline.evaluation.reference_stats import HELDOUT_SPLITS, heldout_features, load_or_compute_reference
 from pipeline.evaluation.scores import as_nchw_uint8, score_features
-from pipeline.generate import generate, load_for_sampling
+from pipeline.generate import MIXED_PRECISION_HELP, generate, load_for_sampling
+from pipeline.pipeline_celeba import MIXED_PRECISION, default_mixed_precision
 
 
 def scores(fake: torch.Tensor, heldout: torch.Tensor, seed: int) -> dict:
@@ -44,11 +45,12 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="default: the model's default_num_inference_steps")
     parser.add_argument("--num_samples", type=int, default=None, help="default: as many as held-out images")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--mixed_precision", default="bf16", choices=["no", "bf16"])
+    parser.add_argument("--mixed_precision", default=None, choices=MIXED_PRECISION, help=MIXED_PRECISION_HELP)
     parser.add_argument("--device", type=device_argument, default=DEFAULT_DEVICE)
     parser.add_argument("--cache_dir", default=None)
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
+    args.mixed_precision = args.mixed_precision or default_mixed_precision(args.device)
     pipe, args.scheduler, args.steps = load_for_sampling(args.model, args.device, args.scheduler, args.steps,
                                                          args.mixed_precision)
     prep = pipeline_preprocessing(pipe)

@@ -35,7 +35,7 @@ import time
 import numpy as np
 import torch
 
-from benchmarks.cpu_ceiling import gemm_ceiling
+from benchmarks.cpu_ceiling import cpu_identity, gemm_ceiling, share_of
 from pipeline import CelebADiffusionPipeline
 from pipeline.generate import generate
 from pipeline.training.build import build_model_and_scheduler
@@ -133,7 +133,7 @@ def main():
             results = json.load(handle)
     results.update({"config": cli.config, "weights": f"random (seed {cli.seed}): speed only",
                     "batch_size": cli.batch_size, "torch": torch.__version__,
-                    "torch_threads": torch.get_num_threads()})
+                    "torch_threads": torch.get_num_threads(), "cpu": cpu_identity()})
     results.setdefault("samplers", {})
     pipes = build_pipelines(cli.config, cli.variants, cli.seed)
     warmup_s = {}
@@ -170,7 +170,7 @@ def main():
                 "img_per_s": img_s, "unet_call_s": per_call,
                 "overhead_s": summary(r["overhead_s"] for r in runs[name]), "nfe": runs[name][0]["nfe"],
                 "warmup_s": warmup_s[name], "achieved_gflops": gflops,
-                "fraction_of_gemm_ceiling": gflops / ceiling["gemm_bf16_gflops" if bf16 else "gemm_fp32_gflops"],
+                "fraction_of_gemm_ceiling": share_of(gflops, ceiling[f"gemm_{'bf16' if bf16 else 'fp32'}_gflops"]),
                 "speedup_vs_" + reference.replace(", ", "_"): summary(
                     r["img_per_s"] / q["img_per_s"] for r, q in zip(runs[name], runs[reference])),
                 "per_run_img_per_s": [round(r["img_per_s"], 3) for r in runs[name]],
@@ -186,9 +186,10 @@ def main():
         for name, v in entry["variants"].items():
             s, u = v["img_per_s"], v["unet_call_s"]
             ratio = v["speedup_vs_" + reference.replace(", ", "_")]["median"]
+            share = v["fraction_of_gemm_ceiling"]
             print(f"  {name:30s} {s['median']:6.2f} img/s (min {s['min']:.2f}, max {s['max']:.2f}); UNet call "
                   f"{u['median']:.2f} s ({u['min']:.2f}-{u['max']:.2f}); {ratio:.2f}x vs {reference}; "
-                  f"{v['achieved_gflops']:.0f} GFLOP/s = {v['fraction_of_gemm_ceiling']:.0%} of the GEMM rate")
+                  f"{v['achieved_gflops']:.0f} GFLOP/s" + (f" = {share:.0%} of the GEMM rate" if share else ""))
         write(results, cli.out)
     if cli.batch_sizes:
         batch_sweep(results, pipes, cli)

@@ -5,8 +5,8 @@
 #
 # Run it from the repository root: it writes pretrained/celeba-64, results/ and model_card.md there. Sample counts:
 # N_SWEEP (2000), N_FID (10000), N_PAIRED (200), N_LIKELIHOOD (32 test images), N_SLOW (128) and N_PRIOR (2000
-# train images: the denoiser response's prior). PRECISION (bf16) is the UNet's precision for every score but the
-# bf16-vs-fp32 pair; give "no" (float32) on CPUs without native bf16, where bf16 autocast is several times slower.
+# train images: the denoiser response's prior). PRECISION is the UNet's precision for every score but the
+# bf16-vs-fp32 pair: by default bf16 on a CPU with native bf16 and "no" (float32) elsewhere, as the pipeline runs it.
 # Each stage resumes: finished sweep points and evaluations are reused, interrupted ones continue from their kept
 # sample batches (under $BATCHES, default runs/shipped; a new one for other weights), so rerun the same command after
 # an interruption:
@@ -26,7 +26,8 @@ BATCHES=${BATCHES:-runs/shipped}
 PY=${PYTHON:-.venv/bin/python}
 MODEL=pretrained/celeba-64
 N_SWEEP=${N_SWEEP:-2000} N_FID=${N_FID:-10000} N_PAIRED=${N_PAIRED:-200} N_LIKELIHOOD=${N_LIKELIHOOD:-32}
-N_SLOW=${N_SLOW:-128} PRECISION=${PRECISION:-bf16}
+N_SLOW=${N_SLOW:-128}
+PRECISION=${PRECISION:-$("$PY" -c "from pipeline.pipeline_celeba import default_mixed_precision as d; print(d())")}
 
 once() {  # a stage that cannot resume midway: NAME COMMAND..., skipped once it has finished for these batches
   if [[ -e "$BATCHES/done/$1" ]]; then echo "$1: finished before"; return; fi

@@ -45,7 +45,7 @@ import shlex
 import statistics
 import time
 
-from benchmarks.cpu_ceiling import cpu_peak
+from benchmarks.cpu_ceiling import cpu_peak, share_of
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -497,9 +497,9 @@ def main():
         peak_key = "bf16_peak_gflops" if bf16 else "fp32_peak_gflops"
         result["flops"][variant] = {
             "gflop_per_training_image": flop / 1e9, "achieved_gflops": achieved, "peak_used": peak_key,
-            "fraction_of_peak": achieved / peak[peak_key],
-            "fraction_of_gemm_ceiling": achieved / peak["gemm_bf16_gflops" if "bf16" in peak_key
-                                                         else "gemm_fp32_gflops"]}
+            "fraction_of_peak": share_of(achieved, peak[peak_key]),
+            "fraction_of_gemm_ceiling": share_of(achieved, peak["gemm_bf16_gflops" if bf16
+                                                                else "gemm_fp32_gflops"])}
     result["wall_s"] = time.time() - started
     os.makedirs(os.path.dirname(cli.out), exist_ok=True)
     with open(cli.out, "w") as handle:

@@ -1,7 +1,9 @@
-"""Shared test helpers: the committed CelebA fixture and subprocess runs of the project's commands."""
+"""Shared test helpers: the committed CelebA fixture, and runs of the project's commands (subprocess or in-process)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import shutil
 import subprocess
@@ -10,6 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from pipeline.cli import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "celeba"
@@ -34,6 +38,24 @@ def run_command(args: list[str], timeout: float = 300, check: bool = True,
                             capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"{args} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def run_in_process(main, argv: list[str], check: bool = True) -> subprocess.CompletedProcess:
+    """``run_command`` for a command whose ``__main__`` is ``sys.exit(run_cli(main))``, without a fresh interpreter:
+    the same exit status (user errors give 2, argparse's its own) and the captured output. For tests of what a
+    command writes, where a subprocess would only add seconds of imports; the thread count is restored afterwards."""
+    stdout, stderr, threads = io.StringIO(), io.StringIO(), torch.get_num_threads()
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            code = run_cli(main, argv)
+    except SystemExit as stop:
+        code = stop.code
+    finally:
+        torch.set_num_threads(threads)
+    result = subprocess.CompletedProcess(argv, code, stdout.getvalue(), stderr.getvalue())
+    if check and code != 0:
+        raise AssertionError(f"{argv} failed ({code}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return result
 
 

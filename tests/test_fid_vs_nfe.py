@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from benchmarks import fid_vs_nfe
+from pipeline import pipeline_celeba
 from pipeline.evaluation.plots import PALETTE
 from pipeline.sampling.schedulers import ALL_SAMPLERS, SAMPLERS
 
@@ -87,6 +88,14 @@ def test_rk45_points_run_in_float32_within_a_bf16_sweep_and_join_its_summary(smo
     assert fid_vs_nfe.main(argv) == 0  # every point is recognised as measured under this sweep's protocol
     same = [*argv[:-5], "ode-rk45,atol=0.001,rtol=1e-3:1", *argv[-4:]]  # the same options, spelled differently
     assert fid_vs_nfe.main(same) == 0
+    # without --mixed_precision the sweep runs as the pipeline would: bf16 only where the CPU has native bf16
+    default = [*argv[:-4], *argv[-2:]]
+    monkeypatch.setattr(pipeline_celeba, "native_bf16_cpu", lambda: True)
+    assert fid_vs_nfe.main(default) == 0  # the bf16 points again
+    monkeypatch.setattr(pipeline_celeba, "native_bf16_cpu", lambda: False)
+    monkeypatch.setattr(fid_vs_nfe.evaluate, "main", fake_evaluate)
+    assert fid_vs_nfe.main(default) == 0
+    assert json.loads((out / "ddim-2_n4.json").read_text())["mixed_precision"] == "no"
 
 
 @pytest.mark.parametrize("point, message", [

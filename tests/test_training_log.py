@@ -6,9 +6,10 @@ import json
 import pytest
 from PIL import Image
 
+from pipeline import training_log
 from pipeline.training_log import fid_series, read_training_log
 
-from conftest import run_command
+from conftest import run_in_process
 
 
 def test_plot_of_checkpoint_and_fid_records(tmp_path):
@@ -19,18 +20,18 @@ def test_plot_of_checkpoint_and_fid_records(tmp_path):
                {"step": 300, "images_seen": 9600, "fid_1000": 120.0, "fid_protocol": "dpm++2m-20, seed 0"}]
     log = tmp_path / "training_log.jsonl"
     log.write_text("".join(json.dumps(r) + "\n" for r in records))
-    result = run_command(["-m", "pipeline.training_log", "--log", str(log), "--plot", str(tmp_path / "curve.png")])
+    result = run_in_process(training_log.main, ["--log", str(log), "--plot", str(tmp_path / "curve.png")])
     assert "5 records" in result.stdout
     with Image.open(tmp_path / "curve.png") as picture:
         assert picture.height > 600  # two panels: loss, and FID because the log has FID records
     with_rates = [{**r, "lr": 1e-4} if "loss" in r else r for r in records]
     log.write_text("".join(json.dumps(r) + "\n" for r in with_rates))
-    run_command(["-m", "pipeline.training_log", "--log", str(log), "--plot", str(tmp_path / "curve3.png")])
+    run_in_process(training_log.main, ["--log", str(log), "--plot", str(tmp_path / "curve3.png")])
     with Image.open(tmp_path / "curve3.png") as three, Image.open(tmp_path / "curve.png") as two:
         assert three.height > two.height  # a learning-rate panel: the log records the rate
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
-    failed = run_command(["-m", "pipeline.training_log", "--log", str(empty), "--plot", str(tmp_path / "x.png")],
+    failed = run_in_process(training_log.main, ["--log", str(empty), "--plot", str(tmp_path / "x.png")],
                          check=False)
     assert failed.returncode == 2 and "is empty" in failed.stderr
 
@@ -42,12 +43,12 @@ def test_an_evaluation_of_a_checkpoint_becomes_an_fid_record_of_its_step(tmp_pat
     evaluation.write_text(json.dumps({"num_samples": 2000, "fid": 96.5, "kid_mean": 0.09, "sampler": "ddpm",
                                       "steps": 20, "seed": 0, "mixed_precision": "bf16",
                                       "reference": {"num_images": 20000}}))
-    run_command(["-m", "pipeline.training_log", "--log", str(log), "--add_eval", str(evaluation), "--step", "200",
+    run_in_process(training_log.main, ["--log", str(log), "--add_eval", str(evaluation), "--step", "200",
                  "--plot", str(tmp_path / "curve.png")])
     added = json.loads(log.read_text().splitlines()[-1])
     assert added == {"step": 200, "images_seen": 6400, "fid_2000": 96.5, "kid_2000": 0.09,
                      "fid_protocol": "ddpm-20, seed 0, bf16, reference 20000 train images (pipeline.evaluate)"}
-    wrong_step = run_command(["-m", "pipeline.training_log", "--log", str(log), "--add_eval", str(evaluation),
+    wrong_step = run_in_process(training_log.main, ["--log", str(log), "--add_eval", str(evaluation),
                               "--step", "300"], check=False)
     assert wrong_step.returncode == 2 and "no record at step 300" in wrong_step.stderr
     assert len(log.read_text().splitlines()) == 2  # the failed call appended nothing
@@ -77,11 +78,11 @@ def test_a_warm_restarted_run_continues_the_log_of_the_run_it_started_from(tmp_p
     log.write_text("".join(json.dumps(r) + "\n" for r in first))
     run_log.write_text("".join(json.dumps(r) + "\n" for r in second))
     note = ["--restart_note", "warm restart from its EMA weights"]
-    bad = run_command(["-m", "pipeline.training_log", "--log", str(log), "--update_from", str(run_log),
+    bad = run_in_process(training_log.main, ["--log", str(log), "--update_from", str(run_log),
                        "--restart_step", "150", *note], check=False)
     assert bad.returncode == 2 and "no checkpoint record at step 150" in bad.stderr
     assert log.read_text() == "".join(json.dumps(r) + "\n" for r in first)  # the failed call changed nothing
-    run_command(["-m", "pipeline.training_log", "--log", str(log), "--update_from", str(run_log),
+    run_in_process(training_log.main, ["--log", str(log), "--update_from", str(run_log),
                  "--restart_step", "200", *note])
     joined = [json.loads(line) for line in log.read_text().splitlines()]
     assert joined[:3] == first[:3] and joined[3] == {"step": 200, "restart": "warm restart from its EMA weights"}
@@ -92,7 +93,7 @@ def test_a_warm_restarted_run_continues_the_log_of_the_run_it_started_from(tmp_p
     second.append({"step": 150, "images_seen": 4800, "cpu_hours": 0.15, "wall_hours": 0.06, "loss": 0.12})
     run_log.write_text("".join(json.dumps(r) + "\n" for r in second))
     for _ in range(2):  # without --restart_step: re-joined at the restart record, so repeating it changes nothing
-        run_command(["-m", "pipeline.training_log", "--log", str(log), "--update_from", str(run_log),
+        run_in_process(training_log.main, ["--log", str(log), "--update_from", str(run_log),
                      "--plot", str(tmp_path / "curve.png")])
         updated = [json.loads(line) for line in log.read_text().splitlines()]
         assert updated[:6] == joined and len(updated) == 7 and updated[6]["step"] == 350
@@ -100,10 +101,10 @@ def test_a_warm_restarted_run_continues_the_log_of_the_run_it_started_from(tmp_p
     assert training["step"] == 350 and training["cpu_hours"] == pytest.approx(0.35)
     assert training["restarts"] == [{"step": 200, "restart": "warm restart from its EMA weights"}]
     assert read_training_log(str(log), 200)["restarts"] == []  # the weights of step 200 precede the restart
-    missing = run_command(["-m", "pipeline.training_log", "--log", str(log), "--shipped_step", "300"], check=False)
+    missing = run_in_process(training_log.main, ["--log", str(log), "--shipped_step", "300"], check=False)
     assert missing.returncode == 2 and "no checkpoint record at step 300" in missing.stderr  # 300 is an FID record
     assert log.read_text().splitlines() == [json.dumps(record) for record in updated]  # nothing changed
-    run_command(["-m", "pipeline.training_log", "--log", str(log), "--shipped_step", "250"])
+    run_in_process(training_log.main, ["--log", str(log), "--shipped_step", "250"])
     assert [json.loads(line) for line in log.read_text().splitlines()] == joined[:5]  # up to the shipped weights
-    run_command(["-m", "pipeline.training_log", "--log", str(log), "--update_from", str(run_log)])
+    run_in_process(training_log.main, ["--log", str(log), "--update_from", str(run_log)])
     assert [json.loads(line) for line in log.read_text().splitlines()] == updated  # the run's later records return

@@ -246,7 +246,7 @@ def sampling_speed_section(results: Path) -> list[str]:
                 speedup = next(value for key, value in v.items() if key.startswith("speedup_vs_"))
                 rows.append([name, number(v["img_per_s"]["median"]), f"{speedup['median']:.2f}×",
                              number(v.get("achieved_gflops"), 0), number(100 * v["fraction_of_gemm_ceiling"], 0)
-                             + " %" if "fraction_of_gemm_ceiling" in v else "—"])
+                             + " %" if v.get("fraction_of_gemm_ceiling") is not None else "—"])
             lines += [f"## Sampling speed: {sampler}, {entry['steps']} steps", "",
                       f"[bench/sampling.json](bench/sampling.json): {sampling['batch_size']} images per run, in one "
                       f"batch unless the variant names another, `{sampling['config']}`, random weights; the GEMM rate "

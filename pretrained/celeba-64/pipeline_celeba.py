@@ -34,6 +34,12 @@ def native_bf16_cpu() -> bool:
     return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
 
 
+def default_mixed_precision(device: str | torch.device = "cpu") -> str:
+    """The UNet precision used when none is asked for: "bf16" (autocast) on a CPU with native bf16
+    (``native_bf16_cpu``), "no" anywhere else, where bf16 autocast would be slower than float32 or gain nothing."""
+    return "bf16" if torch.device(device).type == "cpu" and native_bf16_cpu() else "no"
+
+
 class CelebADiffusionPipeline(DiffusionPipeline):
     """Unconditional face generation: start from N(0, I) and let the scheduler walk it back to an image.
 
@@ -99,10 +105,9 @@ class CelebADiffusionPipeline(DiffusionPipeline):
 
     def resolve_mixed_precision(self, requested: str | None) -> str:
         """"no" or "bf16": as requested, or (None) the default: bf16 autocast for a float32 UNet on a CPU with native
-        bf16 (``native_bf16_cpu``), full precision anywhere else; ValueError for anything else."""
+        bf16 (``default_mixed_precision``), full precision anywhere else; ValueError for anything else."""
         if requested is None:
-            fast = self.device.type == "cpu" and self.unet.dtype == torch.float32 and native_bf16_cpu()
-            return "bf16" if fast else "no"
+            return default_mixed_precision(self.device) if self.unet.dtype == torch.float32 else "no"
         if requested not in MIXED_PRECISION:
             raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION} (or None: the default), "
                              f"got {requested!r}")
