@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import torch
@@ -23,6 +24,13 @@ def device_argument(name: str) -> str:
     if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
         raise argparse.ArgumentTypeError(f"{name!r}: torch sees {torch.cuda.device_count()} CUDA device(s) here")
     return name
+
+def default_threads() -> int:
+    """Torch threads of a command that runs a network: ``OMP_NUM_THREADS`` where it is set (one per process when
+    several share the cores: threads competing for a core run far slower), else every core."""
+    value = os.environ.get("OMP_NUM_THREADS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else os.cpu_count() or 1
+
 
 class ArgumentParser(argparse.ArgumentParser):
     """argparse whose usage errors are one line, ``prog: error: message (see --help)``, not a usage dump; help keeps

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .cli import DEFAULT_DEVICE, ArgumentParser, device_argument, run_cli
+from .cli import DEFAULT_DEVICE, ArgumentParser, default_threads, device_argument, run_cli
 from .data.celeba import HUB_CONFIG, read_official_layout
 from .data.images import make_grid
 from .data.preprocess import Preprocessing, pipeline_preprocessing, resize_samples
@@ -262,8 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inception_batch_size", type=int, default=BATCH_SIZE)
     p.add_argument("--device", type=device_argument, default=DEFAULT_DEVICE,
                    help="where the UNet and Inception run (default: cuda if available); metrics run on the CPU")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores); use 1 while "
-                   "another job holds a core: two threads competing with it for one core run far slower")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: OMP_NUM_THREADS, else all "
+                   "cores); use 1 while another job holds a core: two threads competing with it for one core run "
+                   "far slower")
     p.add_argument("--cache_dir", default=None, help=f"reference cache (default {DEFAULT_CACHE_DIR})")
     p.add_argument("--save_samples", default=None, help="also save the generated images as PNGs here")
     p.add_argument("--resume_dir", default=None, help="keep each finished batch of samples here; the same command "
@@ -284,7 +285,7 @@ def main(argv=None) -> int:
              "num_heldout")
     if min(getattr(args, name) for name in sizes if getattr(args, name) is not None) <= 0:
         raise ValueError(f"{', '.join('--' + name for name in sizes)} must be positive")
-    torch.set_num_threads(args.threads or os.cpu_count() or 1)
+    torch.set_num_threads(args.threads or default_threads())
     started = time.perf_counter()
     result = evaluate_model(args) if args.model else evaluate_folders(args)
     result.update({"feature_extractor": DESCRIPTION, "network_sha1": weights_sha1(), "resize_filter": RESIZE_FILTER,

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .cli import DEFAULT_DEVICE, ArgumentParser, device_argument, run_cli
+from .cli import DEFAULT_DEVICE, ArgumentParser, default_threads, device_argument, run_cli
 from .data.images import make_grid, save_pngs
 from .pipeline_celeba import MIXED_PRECISION, CelebADiffusionPipeline
 from .pipeline_folder import load_pipeline, weights_checksum
@@ -192,7 +192,7 @@ def main(argv=None):
             raise ValueError(f"--{name} must be positive, got {getattr(args, name)}")
     options = parse_sampler_options(args.sampler_option)
     attributes = parse_attributes(args.attributes)
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(default_threads())
     pipe, args.scheduler, args.steps = load_for_sampling(args.model, args.device, args.scheduler, args.steps,
                                                          args.mixed_precision, options)
     started = time.perf_counter()

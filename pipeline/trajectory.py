@@ -17,7 +17,7 @@ import sys
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from .cli import DEFAULT_DEVICE, ArgumentParser, device_argument, run_cli
+from .cli import DEFAULT_DEVICE, ArgumentParser, default_threads, device_argument, run_cli
 from .data.images import make_grid
 from .data.preprocess import to_uint8_nhwc
 from .generate import DEFAULT_MODEL, MIXED_PRECISION_HELP, load_pipeline
@@ -93,7 +93,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.num_images <= 0 or args.upscale <= 0:
         raise ValueError("--num_images and --upscale must be positive")
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(default_threads())
     pipe = load_pipeline(args.model, args.device)
     timesteps, samples, estimates = record_trajectory(pipe, args.scheduler, args.steps, args.num_images,
                                                       args.snapshots, args.seed, args.mixed_precision)

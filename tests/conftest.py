@@ -21,7 +21,10 @@ SMOKE_CONFIG = ROOT / "configs" / "smoke.yaml"
 # the valid and test names of the fixture's partition file, whose images it does not hold
 HELDOUT = ("162771.jpg", "162772.jpg", "162773.jpg", "182638.jpg", "182639.jpg", "182640.jpg")
 
-# two cores: two threads for one test process, one each when pytest-xdist runs two workers side by side
+# two cores: two threads for one test process, one each when pytest-xdist runs two workers side by side (commands
+# called in-process read OMP_NUM_THREADS for their thread count, as their subprocesses do)
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 

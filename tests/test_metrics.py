@@ -31,7 +31,7 @@ from pipeline.evaluation.reference_stats import load_or_compute_reference, refer
 from pipeline.evaluation.scores import fid_against_reference
 from pipeline.pipeline_folder import load_pipeline, save_pipeline_folder, weights_checksum
 
-from conftest import FIXTURE, run_command
+from conftest import FIXTURE, run_in_process
 
 HALF = 12  # images per real set; small, but the images are fixed, so every ordering below is deterministic
 
@@ -118,6 +118,11 @@ def test_frechet_distance_of_fewer_samples_than_features_equals_torchmetrics():
              - 2 * values.sqrt().sum())
     assert low_rank == pytest.approx(float(exact), rel=1e-12)
     assert low_rank == pytest.approx(float(metric.compute()), rel=1e-7)  # torchmetrics keeps the round-off roots
+    # the trace term is symmetric: a reference of fewer rows than features goes through its own rows, with or
+    # without a root asked for, and a full-rank generated set gets the same distance as with the roles swapped
+    assert "cov_sqrt" not in feature_stats(y, with_sqrt=True)
+    swapped = frechet_distance(feature_stats(y, with_sqrt=True), feature_stats(x))
+    assert swapped == pytest.approx(low_rank, rel=1e-12)
 
 
 def test_fid_of_a_set_against_itself_is_zero(real):
@@ -216,7 +221,9 @@ def test_reference_cache_key_and_round_trip(tmp_path):
     second = load_or_compute_reference(str(FIXTURE), prep=base, num_images=2, cache_dir=tmp_path, progress=False)
     assert not first["from_cache"] and second["from_cache"] and first["cache_file"].endswith(f"{key}.pt")
     assert torch.equal(first["features"], second["features"]) and second["cov"].dtype == torch.float64
-    assert second["keys"] == ["000001.jpg", "000002.jpg"] and second["cov_sqrt"].shape == (2048, 2048)
+    # two rows: the centred rows stand in for the 2048 x 2048 root, which FID does not need then
+    assert second["keys"] == ["000001.jpg", "000002.jpg"] and second["centered"].shape == (2, 2048)
+    assert "cov_sqrt" not in second
 
 
 def test_folder_fid_equals_fid_helper(real, tmp_path):
@@ -291,9 +298,10 @@ def test_a_32px_model_is_scored_against_64px_references_cropped_as_it_was_traine
     index["preprocessing"].update(crop_size=150, crop_offset_y=4)  # as if trained on another crop
     (model / "model_index.json").write_text(json.dumps(index))
     out = tmp_path / "eval.json"
-    run_command(["-m", "pipeline.evaluate", "--model", str(model), "--train_data_dir", str(FIXTURE),
-                 "--num_samples", "4", "--steps", "2", "--resolution", "64", "--num_heldout", "8", "--out", str(out)],
-                env={"CELEBA_DIFFUSION_CACHE": str(tmp_path / "cache")})
+    run_in_process(main, ["--model", str(model), "--train_data_dir", str(FIXTURE), "--num_samples", "4", "--steps",
+                          "2", "--resolution", "64", "--num_reference", "8", "--num_heldout", "8", "--cache_dir",
+                          str(tmp_path / "cache"),
+                          "--out", str(out)])
     result = json.loads(out.read_text())
     assert result["sample_resolution"] == 32 and result["resolution"] == 64 and result["fid"] > 0
     assert result["reference"]["preprocessing"] == result["preprocessing"] == {
@@ -305,14 +313,14 @@ def test_a_32px_model_is_scored_against_64px_references_cropped_as_it_was_traine
 def test_stored_samples_of_a_model_score_as_if_generated_here(smoke_pipeline_dir, tmp_path):
     """--batches scores the batches a run stored (e.g. on a GPU machine) exactly as the run that made them scored
     them, with their sampling settings; samples of other weights are refused."""
-    env = {"CELEBA_DIFFUSION_CACHE": str(tmp_path / "cache")}
-    common = ["--train_data_dir", str(FIXTURE), "--num_heldout", "8", "--kid_subset_size", "2"]
+    common = ["--train_data_dir", str(FIXTURE), "--num_reference", "8", "--num_heldout", "8", "--kid_subset_size", "2",
+              "--kid_subsets", "10", "--cache_dir", str(tmp_path / "cache")]
     generated, stored = tmp_path / "generated.json", tmp_path / "stored.json"
-    run_command(["-m", "pipeline.evaluate", "--model", str(smoke_pipeline_dir), "--num_samples", "4", "--steps", "3",
-                 "--batch_size", "2", "--seed", "7", "--resume_dir", str(tmp_path / "batches"), *common,
-                 "--out", str(generated)], env=env)
-    run_command(["-m", "pipeline.evaluate", "--model", str(smoke_pipeline_dir), "--batches", str(tmp_path / "batches"),
-                 *common, "--out", str(stored)], env=env)
+    run_in_process(main, ["--model", str(smoke_pipeline_dir), "--num_samples", "4", "--steps", "3", "--batch_size",
+                          "2", "--seed", "7", "--resume_dir", str(tmp_path / "batches"), *common, "--out",
+                          str(generated)])
+    run_in_process(main, ["--model", str(smoke_pipeline_dir), "--batches", str(tmp_path / "batches"), *common,
+                          "--out", str(stored)])
     first, second = json.loads(generated.read_text()), json.loads(stored.read_text())
     for key in ("fid", "kid_mean", "precision", "recall", "sampler", "steps", "nfe", "seed", "batch_size",
                 "num_samples", "mixed_precision", "device"):
@@ -325,7 +333,7 @@ def test_stored_samples_of_a_model_score_as_if_generated_here(smoke_pipeline_dir
     with torch.no_grad():
         next(pipe.unet.parameters()).add_(1e-3)
     save_pipeline_folder(pipe, other)
-    refused = run_command(["-m", "pipeline.evaluate", "--model", str(other), "--batches", str(tmp_path / "batches"),
-                           *common, "--out", str(tmp_path / "x.json")], env=env, check=False)
+    refused = run_in_process(main, ["--model", str(other), "--batches", str(tmp_path / "batches"), *common, "--out",
+                                    str(tmp_path / "x.json")], check=False)
     assert refused.returncode == 2 and "holds samples of other weights than" in refused.stderr
     assert not (tmp_path / "x.json").exists()

@@ -37,8 +37,9 @@ def test_card_numbers_come_from_the_results(smoke_pipeline_dir, tmp_path):
     grid = tmp_path / "grid.png"
     grid.write_bytes(b"png bytes")
     run_in_process(model_card.main, ["--model", str(model), "--name", "celeba-32-test", "--eval",
-                 str(tmp_path / "eval.json"), "--training_log", str(tmp_path / "log.jsonl"), "--grid", str(grid),
-                 "--out", str(out)])
+                                     str(tmp_path / "eval.json"), "--training_log", str(tmp_path / "log.jsonl"),
+                                     "--grid", str(grid),
+                                     "--out", str(out)])
     card = out.read_text()
     assert (model / "samples.png").read_bytes() == b"png bytes"  # travels with the model to the Hub
     assert "![samples](model/samples.png)" in card and "![samples](samples.png)" in (model / "README.md").read_text()
@@ -74,31 +75,35 @@ def test_card_numbers_come_from_the_results(smoke_pipeline_dir, tmp_path):
         scheduler.set_timesteps(20)
     assert torch.equal(ours.timesteps, pipe.scheduler.timesteps) and torch.equal(ours.sigmas, pipe.scheduler.sigmas)
     run_in_process(model_card.main, ["--model", str(model), "--eval", str(tmp_path / "eval.json"),
-                 "--training_log", str(tmp_path / "log.jsonl"), "--in_progress", "--out", str(out)])
+                                     "--training_log", str(tmp_path / "log.jsonl"), "--in_progress", "--out",
+                                     str(out)])
     assert "intermediate checkpoint of a training run that continues** (step 2,000" in out.read_text()
     log[1]["clock_counted_from_step"] = 262  # the clock started at a resume: a partial count, labelled as such
     (tmp_path / "log.jsonl").write_text("\n".join(json.dumps(r) for r in log) + "\n")
     run_in_process(model_card.main, ["--model", str(model), "--eval", str(tmp_path / "eval.json"),
-                 "--training_log", str(tmp_path / "log.jsonl"), "--out", str(out)])
+                                     "--training_log", str(tmp_path / "log.jsonl"), "--out", str(out)])
     assert "2.50 CPU-hours (2 CPU cores) from step 262 on; the first 262 steps were not timed." in out.read_text()
     run_in_process(model_card.main, ["--model", str(model), "--training_log", str(tmp_path / "log.jsonl"),
-                 "--training_step", "1000", "--out", str(out)])  # shipped weights older than the run's end
+                                     "--training_step", "1000", "--out",
+                                     str(out)])  # shipped weights older than the run's end
     assert ("1,000 optimisation steps, 32,000 training images seen. CPU time was not recorded for the whole run. The "
             "run went on to step 2,000; these are the weights of step 1,000.") in out.read_text()
     restarted = log[:1] + [{"step": 1000, "restart": "warm restart from its EMA weights"}] + log[1:]
     (tmp_path / "restarted.jsonl").write_text("\n".join(json.dumps(r) for r in restarted) + "\n")
     run_in_process(model_card.main, ["--model", str(model), "--training_log",
-                 str(tmp_path / "restarted.jsonl"), "--out", str(out)])  # a run continued from saved weights says so
+                                     str(tmp_path / "restarted.jsonl"), "--out",
+                                     str(out)])  # a run continued from saved weights says so
     assert "from step 262 on; the first 262 steps were not timed. At step 1,000: warm restart from its EMA weights." \
         in out.read_text()
     missing = run_in_process(model_card.main, ["--model", str(model), "--training_log",
-                           str(tmp_path / "log.jsonl"), "--training_step", "1500", "--out", str(out)], check=False)
+                                               str(tmp_path / "log.jsonl"), "--training_step", "1500", "--out",
+                                               str(out)], check=False)
     assert missing.returncode == 2 and "has no checkpoint record at step 1500" in missing.stderr
     likelihood = {"bpd_mean": 3.4567, "bpd_stderr": 0.0123, "num_images": 16, "split": "train",
                   "options": {"rtol": 1e-5, "atol": 1e-5, "eps": 1e-5, "hutchinson": "rademacher"}}
     (tmp_path / "likelihood.json").write_text(json.dumps(likelihood))
     run_in_process(model_card.main, ["--model", str(model), "--likelihood", str(tmp_path / "likelihood.json"),
-                 "--out", str(out)])
+                                     "--out", str(out)])
     card = out.read_text()
     assert "**3.457 ± 0.012 bits/dim** (mean ± standard error) on 16 images of the official train split" in card
     assert "rtol 1e-05, atol 1e-05, from t = 1e-05" in card and "not a held-out likelihood" in card
@@ -117,7 +122,8 @@ def test_card_reports_heldout_scores_memorization_and_targets(smoke_pipeline_dir
     (results / "heldout" / "celeba-64.json").write_text(json.dumps(heldout))
     out = tmp_path / "card.md"
     run_in_process(model_card.main, ["--model", str(model), "--heldout",
-                 str(results / "heldout" / "celeba-64.json"), "--targets", str(results), "--out", str(out)])
+                                     str(results / "heldout" / "celeba-64.json"), "--targets", str(results), "--out",
+                                     str(out)])
     card = out.read_text()
     assert ("| FID-1,440 vs 1,440 held-out faces (valid + test) | ddpm, 20 steps, 20 NFE, bf16 UNet | 31.25 | "
             "4.00 ± 0.50 | 0.600 | 0.300 |") in card
@@ -129,7 +135,7 @@ def test_card_reports_heldout_scores_memorization_and_targets(smoke_pipeline_dir
            "images 26.00) | yes |" in targets
     assert "| FID-10k, any sampler, ≤ 25 NFE | ≤ 14 | not measured | — |" in targets and "](" not in targets
     missing = run_in_process(model_card.main, ["--model", str(model), "--targets", str(tmp_path / "nope"),
-                           "--out", str(out)], check=False)
+                                               "--out", str(out)], check=False)
     assert missing.returncode == 2 and "--targets: results folder not found" in missing.stderr
 
 
@@ -140,7 +146,7 @@ def test_card_without_evaluation_is_labelled_early(smoke_pipeline_dir, tmp_path)
     card = (tmp_path / "card.md").read_text()
     assert "model-index" not in header(card) and "early checkpoint, not the final model" in card
     result = run_in_process(model_card.main, ["--model", str(model), "--eval", str(tmp_path / "nope.json"),
-                          "--out", str(tmp_path / "x.md")], check=False)
+                                              "--out", str(tmp_path / "x.md")], check=False)
     assert result.returncode == 2 and "results file not found" in result.stderr
 
 
@@ -184,7 +190,7 @@ def test_the_card_of_an_edm_model_switches_between_sampler_families(tmp_path, de
                   "reference": {"num_images": 20000}}
     (tmp_path / "eval.json").write_text(json.dumps(evaluation))
     run_in_process(model_card.main, ["--model", str(model), "--eval", str(tmp_path / "eval.json"),
-                 "--out", str(tmp_path / "card.md")])
+                                     "--out", str(tmp_path / "card.md")])
     card = (tmp_path / "card.md").read_text()
     assert "CelebA faces (EDM diffusion" in card and "EDM preconditioning (Karras et al. 2022)" in card
     snippet = card.split("```python\n")[1].split("```")[0]
@@ -212,7 +218,7 @@ def test_the_card_of_an_attribute_model_asks_for_attributes_and_reports_control(
                             "3.0": {"positive_rate": {"Smiling": 0.87, "Male": 0.74}, "fid": 66.25}}}
     (tmp_path / "control.json").write_text(json.dumps(control))
     run_in_process(model_card.main, ["--model", str(model), "--attribute_control",
-                 str(tmp_path / "control.json"), "--out", str(tmp_path / "card.md")])
+                                     str(tmp_path / "control.json"), "--out", str(tmp_path / "card.md")])
     card = (tmp_path / "card.md").read_text()
     assert "# model: attribute-conditional 8x8 CelebA faces" in card and "Not evaluated yet" not in card
     assert "| attribute | guidance 0 | guidance 3 |" in card and "| Smiling | 0.41 | 0.87 |" in card
@@ -222,6 +228,7 @@ def test_the_card_of_an_attribute_model_asks_for_attributes_and_reports_control(
     exec(snippet.replace("REPO_OR_PATH", str(model)).replace("batch_size=16", "batch_size=1"), namespace)
     assert len(namespace["images"]) == 1  # the last call: guided by Smiling and Eyeglasses
     refused = run_in_process(model_card.main, ["--model", str(plain), "--attribute_control",
-                           str(tmp_path / "control.json"), "--out", str(tmp_path / "plain.md")], check=False)
+                                               str(tmp_path / "control.json"), "--out", str(tmp_path / "plain.md")],
+                                               check=False)
     assert refused.returncode == 2 and "has no attribute_encoder" in refused.stderr
     assert not (tmp_path / "plain.md").exists()

@@ -32,7 +32,7 @@ def test_plot_of_checkpoint_and_fid_records(tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     failed = run_in_process(training_log.main, ["--log", str(empty), "--plot", str(tmp_path / "x.png")],
-                         check=False)
+                                                check=False)
     assert failed.returncode == 2 and "is empty" in failed.stderr
 
 
@@ -44,12 +44,12 @@ def test_an_evaluation_of_a_checkpoint_becomes_an_fid_record_of_its_step(tmp_pat
                                       "steps": 20, "seed": 0, "mixed_precision": "bf16",
                                       "reference": {"num_images": 20000}}))
     run_in_process(training_log.main, ["--log", str(log), "--add_eval", str(evaluation), "--step", "200",
-                 "--plot", str(tmp_path / "curve.png")])
+                                       "--plot", str(tmp_path / "curve.png")])
     added = json.loads(log.read_text().splitlines()[-1])
     assert added == {"step": 200, "images_seen": 6400, "fid_2000": 96.5, "kid_2000": 0.09,
                      "fid_protocol": "ddpm-20, seed 0, bf16, reference 20000 train images (pipeline.evaluate)"}
     wrong_step = run_in_process(training_log.main, ["--log", str(log), "--add_eval", str(evaluation),
-                              "--step", "300"], check=False)
+                                                    "--step", "300"], check=False)
     assert wrong_step.returncode == 2 and "no record at step 300" in wrong_step.stderr
     assert len(log.read_text().splitlines()) == 2  # the failed call appended nothing
 
@@ -79,11 +79,11 @@ def test_a_warm_restarted_run_continues_the_log_of_the_run_it_started_from(tmp_p
     run_log.write_text("".join(json.dumps(r) + "\n" for r in second))
     note = ["--restart_note", "warm restart from its EMA weights"]
     bad = run_in_process(training_log.main, ["--log", str(log), "--update_from", str(run_log),
-                       "--restart_step", "150", *note], check=False)
+                                             "--restart_step", "150", *note], check=False)
     assert bad.returncode == 2 and "no checkpoint record at step 150" in bad.stderr
     assert log.read_text() == "".join(json.dumps(r) + "\n" for r in first)  # the failed call changed nothing
     run_in_process(training_log.main, ["--log", str(log), "--update_from", str(run_log),
-                 "--restart_step", "200", *note])
+                                       "--restart_step", "200", *note])
     joined = [json.loads(line) for line in log.read_text().splitlines()]
     assert joined[:3] == first[:3] and joined[3] == {"step": 200, "restart": "warm restart from its EMA weights"}
     assert joined[4] == {"step": 250, "images_seen": 8000, "cpu_hours": pytest.approx(0.25),
@@ -94,7 +94,7 @@ def test_a_warm_restarted_run_continues_the_log_of_the_run_it_started_from(tmp_p
     run_log.write_text("".join(json.dumps(r) + "\n" for r in second))
     for _ in range(2):  # without --restart_step: re-joined at the restart record, so repeating it changes nothing
         run_in_process(training_log.main, ["--log", str(log), "--update_from", str(run_log),
-                     "--plot", str(tmp_path / "curve.png")])
+                                           "--plot", str(tmp_path / "curve.png")])
         updated = [json.loads(line) for line in log.read_text().splitlines()]
         assert updated[:6] == joined and len(updated) == 7 and updated[6]["step"] == 350
     training = read_training_log(str(log))

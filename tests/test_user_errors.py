@@ -1,7 +1,10 @@
 """What a new user meets first: every bad setting is one line on stderr, exit status 2, and nothing written."""
 
+import os
+
 import pytest
 
+from pipeline.cli import default_threads
 from train_unet import parse_args, resolve_mixed_precision
 
 from conftest import run_command, train_args
@@ -79,3 +82,11 @@ def test_help_lists_every_sampler():
     text = " ".join(run_command(["-m", "pipeline.generate", "--help"]).stdout.split())
     assert all(name in text for name in ALL_SAMPLERS) and "ode-rk45" in text and "pc," in text
     assert "default: the model's own" in text
+
+
+def test_commands_take_their_thread_count_from_omp_num_threads(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert default_threads() == 1
+    for value in ("", "0", "two"):  # unset, or not a positive count: every core
+        monkeypatch.setenv("OMP_NUM_THREADS", value)
+        assert default_threads() == (os.cpu_count() or 1)

@@ -38,18 +38,18 @@ def sqrtm_psd(matrix: torch.Tensor) -> torch.Tensor:
 
 
 def feature_stats(features: torch.Tensor, with_sqrt: bool = False) -> dict:
-    """Mean and unbiased covariance in float64; ``cov_sqrt`` too when asked (the reference side of FID), else, for
-    fewer rows than features, the centred rows (``centered``), through which FID's trace term is cheaper."""
+    """Mean and unbiased covariance in float64; for fewer rows than features the centred rows (``centered``), through
+    which FID's trace term is cheaper, else, when asked (the reference side of FID), ``cov_sqrt``."""
     if features.ndim != 2 or len(features) < 2:
         raise ValueError(f"need at least 2 feature rows for a covariance, got shape {tuple(features.shape)}")
     x = features.double()
     mean = x.mean(0)
     centered = x - mean
     stats = {"mean": mean, "cov": centered.T @ centered / (len(x) - 1), "num": len(x)}
-    if with_sqrt:
-        stats["cov_sqrt"] = sqrtm_psd(stats["cov"])
-    elif len(x) < x.shape[1]:
+    if len(x) < x.shape[1]:
         stats["centered"] = centered
+    elif with_sqrt:
+        stats["cov_sqrt"] = sqrtm_psd(stats["cov"])
     return stats
 
 
@@ -58,10 +58,13 @@ def frechet_distance(reference: dict, generated: dict) -> float:
 
     With S2 = C^T C / (n - 1) from n < d centred rows C, S1^1/2 S2 S1^1/2 has the nonzero spectrum of the n x n
     matrix C S1 C^T / (n - 1), so the trace of its root needs neither S1's root nor a d x d eigendecomposition; the
-    rows of C sum to zero, so that matrix's smallest eigenvalue is exactly 0 and is left out rather than rounded."""
-    centered = generated.get("centered")
-    if centered is not None:
-        gram = centered @ reference["cov"] @ centered.T / (generated["num"] - 1)
+    rows of C sum to zero, so that matrix's smallest eigenvalue is exactly 0 and is left out rather than rounded.
+    The trace term is symmetric in the two sets, so the side with centred rows (the generated one first) is used."""
+    low_rank, other = next(((a, b) for a, b in ((generated, reference), (reference, generated)) if "centered" in a),
+                           (None, None))
+    if low_rank is not None:
+        centered = low_rank["centered"]
+        gram = centered @ other["cov"] @ centered.T / (low_rank["num"] - 1)
         inner = torch.linalg.eigvalsh(gram)[1:].clamp(min=0).sqrt().sum()
     else:
         root = reference.get("cov_sqrt")
