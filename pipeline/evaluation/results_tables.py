@@ -318,12 +318,16 @@ def training_compute(results: Path) -> tuple[str, str]:
     return parameters, (f"{timed[-1]['cpu_hours']:.1f} CPU-hours" if timed else "—")
 
 
+UNET_PRECISION = {"no": "in float32", "bf16": "under bf16 autocast"}  # a result's mixed_precision, in words
+
+
 def glance_table(results: Path) -> str:
     """README.md's table: the shipped model's evaluations with the most samples, its best sweep point at <= 25 NFE
     and its held-out scores, beside the published anchors."""
     parameters, compute = training_compute(results)
-    rows, evaluated = [], evaluations(results)
+    rows, evaluated, precisions = [], evaluations(results), set()
     for r in (r for r in evaluated if r["num_samples"] == evaluated[0]["num_samples"]):  # the most samples
+        precisions.add(r.get("mixed_precision"))
         rows.append([f"this project, `{r['model']}`", sampler_name(r), number(r["nfe"], 0),
                      f"{r.get('label', 'FID')} **{number(r['fid'])}**", parameters, compute,
                      link(r["path"], results.parent)])
@@ -331,11 +335,13 @@ def glance_table(results: Path) -> str:
     if summary:
         budget = [p for p in summary["points"] if p["num_samples"] == 2000 and (p["nfe"] or 1e9) <= 25]
         for p in sorted(budget, key=lambda p: p["fid"])[:1]:
+            precisions.add(p.get("mixed_precision"))
             rows.append([f"this project, `{summary['protocol']['model']}`", sampler_name(p), number(p["nfe"], 0),
                          f"FID-2k {number(p['fid'])}", parameters, compute,
                          "[nfe/summary.json](results/nfe/summary.json)"])
     for path in sorted((results / "heldout").glob("*.json")):
         r = read(path)
+        precisions.add(r.get("mixed_precision"))
         rows.append([f"this project, `{r['model']}`, against held-out faces", r["sampler"], number(r["nfe"], 0),
                      f"FID-{r['num_samples']:,} {number(r['model_scores']['fid'])} (real-train floor "
                      f"{number(r['train_floor']['fid'])})", parameters, compute, link(path, results.parent)])
@@ -344,8 +350,12 @@ def glance_table(results: Path) -> str:
         rows.append([row["source"], row["sampler"], row["nfe"], f"FID {row['fid']}", row["parameters"],
                      row["compute"], row["citation"]])
     lines = table(["model", "sampler", "NFE", "score", "parameters", "training compute", "source"], rows)
-    if literature.get("protocol_note"):
-        lines.append(literature["protocol_note"])
+    note = literature.get("protocol_note", "")
+    ran = [UNET_PRECISION[key] for key in ("no", "bf16") if key in precisions]
+    if ran:
+        note += f" This project's rows ran the UNet {' and '.join(ran)}."
+    if note.strip():
+        lines.append(note.strip())
     return "\n".join(lines).rstrip()
 
 
