@@ -79,15 +79,19 @@ def share_of(achieved: float, ceiling: float | None) -> float | None:
     return achieved / ceiling if ceiling else None
 
 
+def lscpu_fields() -> dict:
+    """lscpu's "Key: value" lines as a dict."""
+    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    fields = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
+    return {k.strip(): v.strip() for k, v in fields.items()}
+
+
 def cpu_identity() -> dict:
     """Which CPU a measurement ran on: lscpu's model name, its core count and whether it multiplies bf16 natively
     (``pipeline.pipeline_celeba.native_bf16_cpu``, which decides the pipeline's default precision)."""
     from pipeline.pipeline_celeba import native_bf16_cpu
 
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    name = re.search(r"Model name:\s*(.+)", lscpu)
-    return {"model_name": name.group(1).strip() if name else None, "cores": os.cpu_count(),
-            "native_bf16": native_bf16_cpu()}
+    return {"model_name": lscpu_fields().get("Model name"), "cores": os.cpu_count(), "native_bf16": native_bf16_cpu()}
 
 
 def cpu_peak() -> dict:
@@ -99,9 +103,7 @@ def cpu_peak() -> dict:
     units have 2. BF16 peak via AVX512_BF16 vdpbf16ps = 2x the fp32 FLOPs per instruction (32 bf16 products
     accumulated into 16 fp32 lanes), at the same throughput, so 2x the FP32 peak.
     """
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    fields = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
-    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    fields = lscpu_fields()
     cores = os.cpu_count() or 1
     flags = fields.get("Flags", "").split()
     max_mhz = fields.get("CPU max MHz")

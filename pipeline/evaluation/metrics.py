@@ -60,9 +60,8 @@ def frechet_distance(reference: dict, generated: dict) -> float:
     matrix C S1 C^T / (n - 1), so the trace of its root needs neither S1's root nor a d x d eigendecomposition; the
     rows of C sum to zero, so that matrix's smallest eigenvalue is exactly 0 and is left out rather than rounded.
     The trace term is symmetric in the two sets, so the side with centred rows (the generated one first) is used."""
-    low_rank, other = next(((a, b) for a, b in ((generated, reference), (reference, generated)) if "centered" in a),
-                           (None, None))
-    if low_rank is not None:
+    low_rank, other = (generated, reference) if "centered" in generated else (reference, generated)
+    if "centered" in low_rank:
         centered = low_rank["centered"]
         gram = centered @ other["cov"] @ centered.T / (low_rank["num"] - 1)
         inner = torch.linalg.eigvalsh(gram)[1:].clamp(min=0).sqrt().sum()
