@@ -8,7 +8,8 @@ same scores are computed for as many real training images (a seeded random subse
 features): that is the floor a perfect model of the training distribution would reach against the same reference
 with the same sample count, since FID is biased at small N. Samples are drawn with the same count. The memorization
 check compares each sample's distance to its nearest training image with that to its nearest held-out image.
-Writes one JSON with model, floor and their difference.
+Writes one JSON with model, floor and their difference. ``--resume_dir`` keeps the samples' batches, and
+``--reuse_batches`` takes them from an FID run of the same sampler, seed and batch size, whose first samples they are.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pipeline.evaluation.inception import extract_features, load_inception
 from pipeline.evaluation.metrics import feature_stats, memorization
 from pipeline.evaluation.reference_stats import HELDOUT_SPLITS, heldout_features, load_or_compute_reference
 from pipeline.evaluation.scores import as_nchw_uint8, score_features
-from pipeline.generate import MIXED_PRECISION_HELP, generate, load_for_sampling
+from pipeline.generate import MIXED_PRECISION_HELP, generate, load_for_sampling, open_batch_store
 from pipeline.pipeline_celeba import MIXED_PRECISION, default_mixed_precision
 
 
@@ -45,11 +46,21 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="default: the model's default_num_inference_steps")
     parser.add_argument("--num_samples", type=int, default=None, help="default: as many as held-out images")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch_size", type=int, default=32, help="generation batch size")
+    parser.add_argument("--resume_dir", default=None, help="keep each finished batch of samples here, so that a rerun "
+                        "continues where it stopped (pipeline.evaluate --resume_dir)")
+    parser.add_argument("--reuse_batches", nargs="*", default=[], metavar="DIR",
+                        help="with --resume_dir: batch folders of the same settings (an FID-10k run of the same "
+                             "sampler and seed) whose batches are linked in instead of generated")
     parser.add_argument("--mixed_precision", default=None, choices=MIXED_PRECISION, help=MIXED_PRECISION_HELP)
     parser.add_argument("--device", type=device_argument, default=DEFAULT_DEVICE)
     parser.add_argument("--cache_dir", default=None)
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
+    if args.batch_size <= 0:
+        raise ValueError(f"--batch_size must be positive, got {args.batch_size}")
+    if args.reuse_batches and args.resume_dir is None:
+        raise ValueError("--reuse_batches links batches into --resume_dir: give --resume_dir too")
     args.mixed_precision = args.mixed_precision or default_mixed_precision(args.device)
     pipe, args.scheduler, args.steps = load_for_sampling(args.model, args.device, args.scheduler, args.steps,
                                                          args.mixed_precision)
@@ -64,16 +75,24 @@ def main(argv=None) -> int:
         raise ValueError(f"{count} samples requested, the train split has {len(train)} images for the floor")
     real = train[torch.randperm(len(train), generator=torch.Generator().manual_seed(args.seed))[:count]]
     started = time.perf_counter()
-    images, nfe = generate(pipe, count, args.scheduler, args.steps, args.seed, mixed_precision=args.mixed_precision)
+    sampling = {"scheduler": args.scheduler, "steps": args.steps, "seed": args.seed, "batch_size": args.batch_size,
+                "mixed_precision": args.mixed_precision}
+    store = (open_batch_store(args.resume_dir, pipe, **sampling, reuse=args.reuse_batches) if args.resume_dir
+             else None)
+    images, nfe = generate(pipe, count, **sampling, store=store)
     fake, _ = extract_features(as_nchw_uint8(images), progress=True, model=load_inception(args.device))
     model, floor = scores(fake, heldout, args.seed), scores(real, heldout, args.seed)
     result = {
         "model": args.model, "sampler": args.scheduler, "steps": args.steps, "nfe": nfe, "seed": args.seed,
+        "batch_size": args.batch_size,
         "mixed_precision": args.mixed_precision, "num_samples": count, "num_heldout": len(heldout),
         "heldout_splits": list(HELDOUT_SPLITS), "preprocessing": prep.to_dict(),
         "model_scores": model, "train_floor": floor,
         "fid_above_floor": model["fid"] - floor["fid"], "kid_above_floor": model["kid_mean"] - floor["kid_mean"],
         "memorization": memorization(fake, train, heldout, args.seed)["summary"],
+        # batches loaded from --resume_dir (reused_batches of them from --reuse_batches) were generated earlier
+        "resumed_batches": store.loaded if store is not None else 0,
+        "reused_batches": store.reused if store is not None else 0,
         "seconds": time.perf_counter() - started}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))

@@ -14,11 +14,12 @@
 #     shipped; where EDM's DPM-Solver++ at 10 steps, EDM's Euler at 20 and RK45 (N_SLOW samples) differ in spatial
 #     frequency from DPM-Solver++ at 20, and which band of each difference moves FID;
 #  2. ship: the fastest diffusers scheduler within 5% of the lowest FID-2k at <= 25 NFE becomes the default;
-#  3. FID-10k of that default, and of the lowest-FID point at <= 25 NFE (default options) when it is another one;
-#  4. held-out FID/KID with its floor, test-split bits/dim, bf16-vs-fp32 paired KID, the denoiser response;
+#  3. FID-10k of that default, and of the lowest-FID point at <= 25 NFE (default options) when it is another one,
+#     each starting from its sweep point's samples (the same seeds);
+#  4. held-out FID/KID with its floor (on the default's FID-10k samples), test-split bits/dim, bf16-vs-fp32 paired KID, the denoiser response;
 #  5. samples, a denoising trajectory, the training curve, the model card (with the held-out scores and the targets)
 #     and the generated tables.
-# On 2 Zen 4 cores with native bf16 it takes about 8 hours; in float32 on 2 cores without, about 18.
+# On 2 Zen 4 cores with native bf16 it takes about 8 hours; in float32 on 2 cores without, about 17.
 set -euo pipefail
 RUN=${1:?usage: bash benchmarks/shipped_results.sh RUN_DIR [CELEBA_DIR]}
 DATA=${2:-../shared/celeba}
@@ -76,17 +77,19 @@ EOF
 for POINT in $(printf '%s\n' "$DEFAULT" "$BEST" | sort -u); do
   "$PY" -m pipeline.evaluate --model "$MODEL" --train_data_dir "$DATA" --num_samples "$N_FID" --batch_size 32 \
     --scheduler "${POINT%%:*}" --steps "${POINT##*:}" --mixed_precision "$PRECISION" \
-    --resume_dir "$BATCHES/fid10k_${POINT/:/-}" --out "results/eval/fid10k_${POINT/:/-}.json"
+    --resume_dir "$BATCHES/fid10k_${POINT/:/-}" --reuse_batches "$BATCHES/nfe/${POINT/:/-}_n$N_SWEEP" \
+    --out "results/eval/fid10k_${POINT/:/-}.json"
 done
 
 once heldout "$PY" -m benchmarks.heldout_eval --model "$MODEL" --train_data_dir "$DATA" \
-  --mixed_precision "$PRECISION" --out results/heldout/celeba-64.json
+  --mixed_precision "$PRECISION" --batch_size 32 --resume_dir "$BATCHES/heldout" \
+  --reuse_batches "$BATCHES/fid10k_${DEFAULT/:/-}" --out results/heldout/celeba-64.json
 once likelihood "$PY" -m pipeline.likelihood --model "$MODEL" --train_data_dir "$DATA" --split test --num_images "$N_LIKELIHOOD" \
   --batch_size 32 --out results/likelihood.json
 for PAIRED in no bf16; do
   "$PY" -m pipeline.evaluate --model "$MODEL" --train_data_dir "$DATA" --num_samples "$N_PAIRED" --batch_size 32 \
     --mixed_precision "$PAIRED" --resume_dir "$BATCHES/precision/$PAIRED" \
-    --out "$BATCHES/precision/$PAIRED.json"
+    --reuse_batches "$BATCHES/fid10k_${DEFAULT/:/-}" --out "$BATCHES/precision/$PAIRED.json"
 done
 "$PY" -m benchmarks.paired_kid --train_data_dir "$DATA" --batches "$BATCHES/precision/no" "$BATCHES/precision/bf16" \
   --out results/bench/bf16_paired_kid.json

@@ -100,8 +100,11 @@ def load_for_sampling(model: str, device: str, scheduler: str | None, steps: int
 def open_batch_store(folder: str | os.PathLike, pipe: CelebADiffusionPipeline, scheduler: str, steps: int, seed: int,
                      batch_size: int = 64, eta: float = 0.0, mixed_precision: str | None = None,
                      sampler_options: dict | None = None, attributes: dict | None = None,
-                     guidance_scale: float = 1.0) -> BatchStore:
-    """A ``BatchStore`` for ``generate`` with these arguments: everything that decides a batch's images is its key."""
+                     guidance_scale: float = 1.0, reuse: tuple = ()) -> BatchStore:
+    """A ``BatchStore`` for ``generate`` with these arguments: everything that decides a batch's images is its key.
+    An EDM sampler runs on the model's own EDM schedule (fixed by training, like the weights), so the saved scheduler
+    (``train_scheduler``, which shipping another default replaces) is recorded but not compared. ``reuse``: batch
+    folders whose batches of the same settings are taken instead of generated (``BatchStore``)."""
     sampler = get_sampler(scheduler)
     sampler.check_model(pipe.config.edm_schedule is not None)
     mixed_precision = sampler.resolve_mixed_precision(pipe, mixed_precision)
@@ -111,7 +114,8 @@ def open_batch_store(folder: str | os.PathLike, pipe: CelebADiffusionPipeline, s
         "batch_size": batch_size, "eta": eta, "mixed_precision": mixed_precision, "device": pipe.device.type,
         # only when given, so that batches stored before these settings existed keep their key
         **({"sampler_options": sampler_options} if sampler_options else {}),
-        **({"attributes": attributes, "guidance_scale": guidance_scale} if attributes else {})})
+        **({"attributes": attributes, "guidance_scale": guidance_scale} if attributes else {})},
+        reuse=reuse, ignored=("train_scheduler",) if sampler.edm else ())
 
 
 def generate(pipe: CelebADiffusionPipeline, num_images: int, scheduler: str, steps: int, seed: int,

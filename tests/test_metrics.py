@@ -327,6 +327,15 @@ def test_stored_samples_of_a_model_score_as_if_generated_here(smoke_pipeline_dir
         assert first[key] == second[key], key
     assert first["unet_sha256"] == second["unet_sha256"] == weights_checksum(load_pipeline(smoke_pipeline_dir).unet)
     assert second["batches"] == str(tmp_path / "batches") and second["generation_seconds"] is None
+    # a longer run of the same settings takes these batches instead of generating them again
+    longer = tmp_path / "longer.json"
+    run_in_process(main, ["--model", str(smoke_pipeline_dir), "--num_samples", "6", "--steps", "3", "--batch_size",
+                          "2", "--seed", "7", "--resume_dir", str(tmp_path / "fid"), "--reuse_batches",
+                          str(tmp_path / "batches"), *common, "--out", str(longer)])
+    assert json.loads(longer.read_text())["reused_batches"] == 2
+    refused = run_in_process(main, ["--model", str(smoke_pipeline_dir), "--reuse_batches", str(tmp_path / "batches"),
+                                    *common, "--out", str(tmp_path / "x.json")], check=False)
+    assert refused.returncode == 2 and "--reuse_batches links batches into --resume_dir" in refused.stderr
     other = tmp_path / "other"
     shutil.copytree(smoke_pipeline_dir, other)
     pipe = load_pipeline(str(other))

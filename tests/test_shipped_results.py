@@ -59,7 +59,9 @@ def test_the_shipping_script_runs_end_to_end_then_reuses_its_stages(tmp_path):
                  "README.md"):  # results/README.md: the tables
         assert (repo / "results" / path).is_file(), path
     assert json.loads((repo / "results" / "likelihood.json").read_text())["split"] == "test"
-    assert json.loads((repo / "results" / "heldout" / "celeba-64.json").read_text())["mixed_precision"] == "no"
+    heldout = json.loads((repo / "results" / "heldout" / "celeba-64.json").read_text())
+    # the held-out score's 6 samples are the FID run's 6 (one batch), taken from its folder
+    assert heldout["mixed_precision"] == "no" and heldout["reused_batches"] == 1
     assert not stale.exists()
     card = (repo / "model_card.md").read_text()
     assert f"{chosen['sampler']}, {chosen['steps']} steps" in card
