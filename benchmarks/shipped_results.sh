@@ -84,8 +84,9 @@ done
 once heldout "$PY" -m benchmarks.heldout_eval --model "$MODEL" --train_data_dir "$DATA" \
   --mixed_precision "$PRECISION" --batch_size 32 --resume_dir "$BATCHES/heldout" \
   --reuse_batches "$BATCHES/fid10k_${DEFAULT/:/-}" --out results/heldout/celeba-64.json
+# in batches of 8, each one adaptive ODE solve, kept under $BATCHES/likelihood: an interruption loses at most one
 once likelihood "$PY" -m pipeline.likelihood --model "$MODEL" --train_data_dir "$DATA" --split test --num_images "$N_LIKELIHOOD" \
-  --batch_size 32 --out results/likelihood.json
+  --batch_size 8 --resume_dir "$BATCHES/likelihood" --out results/likelihood.json
 for PAIRED in no bf16; do
   "$PY" -m pipeline.evaluate --model "$MODEL" --train_data_dir "$DATA" --num_samples "$N_PAIRED" --batch_size 32 \
     --mixed_precision "$PAIRED" --resume_dir "$BATCHES/precision/$PAIRED" \

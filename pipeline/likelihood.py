@@ -26,6 +26,7 @@ smoother density (sigma ~ 0.01 = 1.3 bins for the linear schedule), typically a 
 upper bounds in the sense above.
 
 CLI: python -m pipeline.likelihood --model PATH --num_images N [--train_data_dir DIR --split test] --out FILE.json
+(``--resume_dir DIR`` keeps every finished batch, so that a long run continues after an interruption).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ import numpy as np
 import torch
 
 from .cli import DEFAULT_DEVICE, ArgumentParser, device_argument
+from .sampling.sample_store import BatchStore
 from .sampling.sde import VPSDE, NoisePredictor, rk45_in_log_sigma_bar
 
 LEVELS = 256                              # 8-bit data
@@ -108,19 +110,30 @@ class BitsPerDim:
 
 
 def bits_per_dim(unet, scheduler_config, images: torch.Tensor, *, batch_size: int = 64,
-                 generator: torch.Generator | None = None, log=None, **ode_options) -> BitsPerDim:
+                 generator: torch.Generator | None = None, log=None, store: BatchStore | None = None,
+                 **ode_options) -> BitsPerDim:
     """bits/dim of uint8 images (NCHW): all images are dequantized first (one draw from ``generator``), then each
-    batch gets one ODE solve with its own Hutchinson noise. ``ode_options``: hutchinson, rtol, atol, eps."""
+    batch gets one ODE solve with its own Hutchinson noise. ``ode_options``: hutchinson, rtol, atol, eps.
+    ``store`` (a ``BatchStore`` keyed by everything above) keeps each finished batch's bits/dim and NFE; a batch
+    found there is not solved again, but its Hutchinson noise is still drawn, so a resumed run equals an uninterrupted
+    one."""
     x = dequantize(images, generator)
     dim = math.prod(x.shape[1:])
     bpd, nfe = [], []
-    for start in range(0, len(x), batch_size):
-        result = log_likelihood(unet, scheduler_config, x[start:start + batch_size], generator=generator,
-                                **ode_options)
-        bpd.append(-result.log_likelihood / (dim * math.log(2)) + BPD_OFFSET)
-        nfe.append(result.nfe)
+    for index, start in enumerate(range(0, len(x), batch_size)):
+        batch = x[start:start + batch_size]
+        finished = store.load(index, len(batch)) if store is not None else None
+        if finished is None:
+            result = log_likelihood(unet, scheduler_config, batch, generator=generator, **ode_options)
+            finished = ((-result.log_likelihood / (dim * math.log(2)) + BPD_OFFSET).numpy(), result.nfe)
+            if store is not None:
+                store.save(index, *finished)
+        else:  # the draw this batch's solve made, so that the next batches get the same noise
+            _hutchinson_noise(tuple(batch.shape), ode_options.get("hutchinson", "rademacher"), generator)
+        bpd.append(torch.from_numpy(finished[0]))
+        nfe.append(finished[1])
         if log is not None:
-            log(f"images {start + len(bpd[-1])}/{len(x)}: batch bpd {bpd[-1].mean():.4f}, nfe {result.nfe}")
+            log(f"images {start + len(bpd[-1])}/{len(x)}: batch bpd {bpd[-1].mean():.4f}, nfe {nfe[-1]}")
     bpd = torch.cat(bpd)
     stderr = float(bpd.std() / math.sqrt(len(bpd))) if len(bpd) > 1 else float("nan")
     return BitsPerDim(bpd=bpd, mean=float(bpd.mean()), stderr=stderr, nfe=nfe)
@@ -140,6 +153,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--hutchinson", default="rademacher", choices=["rademacher", "gaussian"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", type=device_argument, default=DEFAULT_DEVICE)
+    parser.add_argument("--resume_dir", default=None, help="keep each finished batch's bits/dim here; the same "
+                        "command rerun after an interruption continues from the first missing batch, with identical "
+                        "results")
     parser.add_argument("--out", default="results/likelihood.json")
     args = parser.parse_args(argv)
 
@@ -153,16 +169,21 @@ def main(argv=None) -> dict:
     size = unet.config.sample_size
     images = load_eval_images(args.train_data_dir, args.split, size if isinstance(size, int) else size[0],
                               args.num_images)
+    options = {k: getattr(args, k) for k in ("rtol", "atol", "eps", "hutchinson", "seed", "batch_size")}
+    store = BatchStore(args.resume_dir, {
+        "unet_sha256": weights_checksum(pipe.unet), "vp_schedule": pipe.vp_schedule, "device": args.device,
+        "data": {"train_data_dir": args.train_data_dir, "split": args.split, "num_images": len(images)},
+        **options}) if args.resume_dir else None
     start = time.time()
     result = bits_per_dim(unet, pipe.vp_schedule, images, batch_size=args.batch_size,
                           generator=torch.Generator().manual_seed(args.seed),
-                          log=lambda line: print(line, file=sys.stderr, flush=True),
+                          log=lambda line: print(line, file=sys.stderr, flush=True), store=store,
                           hutchinson=args.hutchinson, rtol=args.rtol, atol=args.atol, eps=args.eps)
     report = {
         "model": args.model, "unet_sha256": weights_checksum(pipe.unet), "split": args.split,
         "num_images": len(result.bpd),
         "bpd_mean": result.mean, "bpd_stderr": result.stderr, "bpd": result.bpd.tolist(), "nfe_per_batch": result.nfe,
-        "options": {k: getattr(args, k) for k in ("rtol", "atol", "eps", "hutchinson", "seed", "batch_size")},
+        "options": options, "resumed_batches": store.loaded if store is not None else 0,
         "convention": "uniform dequantization y = k + U(0,1) on the 256-level scale, x = y/128 - 1; "
                       "bits/dim of p_y (= bits/dim of p_x + 7)",
         "seconds": round(time.time() - start, 1),

@@ -25,12 +25,13 @@ SETTINGS_FILE = "settings.json"
 
 
 class BatchStore:
-    """A folder of finished batches (``batch_<index>_n<size>.npz``: uint8 NHWC images and the batch's NFE), each
-    written to a temporary file and renamed, so an interruption never leaves a half-written batch.
+    """A folder of finished batches (``batch_<index>_n<size>.npz``: the batch's array, uint8 NHWC images for
+    ``generate`` or per-image bits/dim for ``pipeline.likelihood``, and its NFE), each written to a temporary file and
+    renamed, so an interruption never leaves a half-written batch.
 
     Args:
         folder: where the batches live; its ``settings.json`` must equal ``settings`` (ValueError naming what differs).
-        settings: everything that decides a batch's images.
+        settings: everything that decides a batch's array.
         reuse: other batch folders to take finished batches from (hard-linked into ``folder``, copied across file
             systems), used only where their settings equal ``settings``; one that does not is named and skipped.
         ignored: keys of ``settings`` recorded but not compared, because they do not decide the images.
