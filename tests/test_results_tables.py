@@ -43,8 +43,9 @@ def test_glance_table_takes_the_most_samples_and_the_best_point_within_25_nfe(re
     assert "| ddim |" in rows[1] and "FID-10k **31.50**" in rows[1]  # every evaluation at the most samples
     assert "dpm++2m" in rows[2] and "FID-2k 35.00" in rows[2]  # the 1000-NFE point is outside the budget
     assert "FID 13.73" in rows[3]
-    # the precision of this project's rows comes from their files, after the literature's note
-    assert table.endswith("Protocols differ. This project's rows ran the UNet under bf16 autocast.")
+    # the UNet precision of this project's rows comes from their files; the literature's note closes the table
+    assert all("| bf16 autocast |" in row for row in rows[:3]) and "| FID 13.73 | — |" in rows[3]
+    assert table.endswith("Protocols differ.")
 
 
 def test_main_writes_both_files_and_check_then_passes(repository, capsys):

@@ -30,6 +30,14 @@ HEADER = ("# Results\n\nEvery table here is generated from the JSON files of thi
           "in [docs/evaluation.md](../docs/evaluation.md). KID is shown ×10³.\n")
 
 
+UNET_PRECISION = {"no": "fp32", "bf16": "bf16 autocast"}  # a result's mixed_precision, in the tables' words
+
+
+def unet_precision(value: str | None) -> str:
+    """A result's ``mixed_precision`` in the tables' words ("—" when it was not recorded)."""
+    return UNET_PRECISION.get(value, value or "—")
+
+
 def read(path: Path) -> dict | list | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
@@ -64,8 +72,8 @@ def evaluations(results: Path) -> list[dict]:
 def evaluation_section(results: Path, model: Path, name: str) -> list[str]:
     rows = [[link(r["path"], results), r["model"], sampler_name(r), number(r["nfe"], 0),
              f"{r['num_samples']:,}", number(r["fid"]), kid(r), number(r["precision"], 3), number(r["recall"], 3),
-             r.get("mixed_precision", "—"), number(r["memorization"]["ratio_mean"], 3) if "memorization" in r
-             else "—"] for r in evaluations(model)]
+             unet_precision(r.get("mixed_precision")),
+             number(r["memorization"]["ratio_mean"], 3) if "memorization" in r else "—"] for r in evaluations(model)]
     if not rows:
         return []
     return [f"## Evaluations of {name}", "",
@@ -82,7 +90,7 @@ def nfe_section(results: Path, model: Path, name: str) -> list[str]:
         return []
     points = sorted(summary["points"], key=lambda p: (p["sampler"], p["nfe"] or 0, p["num_samples"]))
     rows = [[p["sampler"], p["steps"], number(p["nfe"], 0), f"{p['num_samples']:,}", number(p["fid"]), kid(p),
-             number(p["precision"], 3), number(p["recall"], 3), p["mixed_precision"]] for p in points]
+             number(p["precision"], 3), number(p["recall"], 3), unet_precision(p["mixed_precision"])] for p in points]
     protocol = summary["protocol"]
     corrected = any(p["sampler"].split(",")[0].endswith("+mc") for p in points)
     return [f"## FID versus NFE: {name}", "",
@@ -161,7 +169,7 @@ def edit_section(results: Path) -> list[str]:
         lines += ["## Inversion and reconstruction", "",
                   f"[edit/inversion_psnr.json](edit/inversion_psnr.json): {inversion['num_images']} held-out faces "
                   f"({inversion['faces']}) inverted to noise with deterministic DDIM and decoded back, UNet "
-                  f"{inversion['mixed_precision']}.", "",
+                  f"{unet_precision(inversion['mixed_precision'])}.", "",
                   *table(["steps", "NFE", "PSNR (mean ± standard error)"],
                          [[p["steps"], p["nfe"], f"{p['psnr_mean']:.2f} ± {p['psnr_stderr'] or 0:.2f} dB"]
                           for p in inversion["points"]])]
@@ -224,7 +232,8 @@ def training_speed_section(results: Path) -> list[str]:
     train = read(results / "bench" / "train_throughput.json")
     if train and "ratio_vs_example_bf16" in train:
         rows = [[name, number(v["img_per_s"]["median"]), f"{number(v['img_per_s']['min'])}–"
-                 f"{number(v['img_per_s']['max'])}", v["mixed_precision"]] for name, v in train["variants"].items()]
+                 f"{number(v['img_per_s']['max'])}", unet_precision(v["mixed_precision"])]
+                for name, v in train["variants"].items()]
         bf16, fp32 = train["ratio_vs_example_bf16_per_round"], train["ratio_vs_example_fp32_per_round"]
         lines += ["## Training speed", "",
                   f"[bench/train_throughput.json](bench/train_throughput.json): `{train['config']}`, batch "
@@ -318,44 +327,37 @@ def training_compute(results: Path) -> tuple[str, str]:
     return parameters, (f"{timed[-1]['cpu_hours']:.1f} CPU-hours" if timed else "—")
 
 
-UNET_PRECISION = {"no": "in float32", "bf16": "under bf16 autocast"}  # a result's mixed_precision, in words
-
-
 def glance_table(results: Path) -> str:
     """README.md's table: the shipped model's evaluations with the most samples, its best sweep point at <= 25 NFE
-    and its held-out scores, beside the published anchors."""
+    and its held-out scores, each with the UNet precision it ran in, beside the published anchors."""
     parameters, compute = training_compute(results)
-    rows, evaluated, precisions = [], evaluations(results), set()
+
+    def ours(model: str, result: dict, sampler: str, score: str, source: str, what: str = "") -> list[str]:
+        return [f"this project, `{model}`{what}", sampler, number(result["nfe"], 0), score,
+                unet_precision(result.get("mixed_precision")), parameters, compute, source]
+
+    rows, evaluated = [], evaluations(results)
     for r in (r for r in evaluated if r["num_samples"] == evaluated[0]["num_samples"]):  # the most samples
-        precisions.add(r.get("mixed_precision"))
-        rows.append([f"this project, `{r['model']}`", sampler_name(r), number(r["nfe"], 0),
-                     f"{r.get('label', 'FID')} **{number(r['fid'])}**", parameters, compute,
-                     link(r["path"], results.parent)])
+        rows.append(ours(r["model"], r, sampler_name(r), f"{r.get('label', 'FID')} **{number(r['fid'])}**",
+                         link(r["path"], results.parent)))
     summary = read(results / "nfe" / "summary.json")
     if summary:
         budget = [p for p in summary["points"] if p["num_samples"] == 2000 and (p["nfe"] or 1e9) <= 25]
         for p in sorted(budget, key=lambda p: p["fid"])[:1]:
-            precisions.add(p.get("mixed_precision"))
-            rows.append([f"this project, `{summary['protocol']['model']}`", sampler_name(p), number(p["nfe"], 0),
-                         f"FID-2k {number(p['fid'])}", parameters, compute,
-                         "[nfe/summary.json](results/nfe/summary.json)"])
+            rows.append(ours(summary["protocol"]["model"], p, sampler_name(p), f"FID-2k {number(p['fid'])}",
+                             "[nfe/summary.json](results/nfe/summary.json)"))
     for path in sorted((results / "heldout").glob("*.json")):
         r = read(path)
-        precisions.add(r.get("mixed_precision"))
-        rows.append([f"this project, `{r['model']}`, against held-out faces", r["sampler"], number(r["nfe"], 0),
-                     f"FID-{r['num_samples']:,} {number(r['model_scores']['fid'])} (real-train floor "
-                     f"{number(r['train_floor']['fid'])})", parameters, compute, link(path, results.parent)])
+        rows.append(ours(r["model"], r, r["sampler"], f"FID-{r['num_samples']:,} {number(r['model_scores']['fid'])} "
+                         f"(real-train floor {number(r['train_floor']['fid'])})", link(path, results.parent),
+                         ", against held-out faces"))
     literature = read(results / "literature.json") or {"rows": []}
     for row in literature["rows"]:
-        rows.append([row["source"], row["sampler"], row["nfe"], f"FID {row['fid']}", row["parameters"],
+        rows.append([row["source"], row["sampler"], row["nfe"], f"FID {row['fid']}", "—", row["parameters"],
                      row["compute"], row["citation"]])
-    lines = table(["model", "sampler", "NFE", "score", "parameters", "training compute", "source"], rows)
-    note = literature.get("protocol_note", "")
-    ran = [UNET_PRECISION[key] for key in ("no", "bf16") if key in precisions]
-    if ran:
-        note += f" This project's rows ran the UNet {' and '.join(ran)}."
-    if note.strip():
-        lines.append(note.strip())
+    lines = table(["model", "sampler", "NFE", "score", "UNet", "parameters", "training compute", "source"], rows)
+    if literature.get("protocol_note", "").strip():
+        lines.append(literature["protocol_note"].strip())
     return "\n".join(lines).rstrip()
 
 
