@@ -27,7 +27,14 @@ from pipeline.evaluation.inception import extract_features, load_inception
 from pipeline.evaluation.metrics import feature_stats, memorization
 from pipeline.evaluation.reference_stats import HELDOUT_SPLITS, heldout_features, load_or_compute_reference
 from pipeline.evaluation.scores import as_nchw_uint8, score_features
-from pipeline.generate import MIXED_PRECISION_HELP, generate, load_for_sampling, open_batch_store
+from pipeline.generate import (
+    MIXED_PRECISION_HELP,
+    add_resume_arguments,
+    check_resume_arguments,
+    generate,
+    load_for_sampling,
+    open_batch_store,
+)
 from pipeline.pipeline_celeba import MIXED_PRECISION, default_mixed_precision
 
 
@@ -47,11 +54,7 @@ def main(argv=None) -> int:
     parser.add_argument("--num_samples", type=int, default=None, help="default: as many as held-out images")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch_size", type=int, default=32, help="generation batch size")
-    parser.add_argument("--resume_dir", default=None, help="keep each finished batch of samples here, so that a rerun "
-                        "continues where it stopped (pipeline.evaluate --resume_dir)")
-    parser.add_argument("--reuse_batches", nargs="*", default=[], metavar="DIR",
-                        help="with --resume_dir: batch folders of the same settings (an FID-10k run of the same "
-                             "sampler and seed) whose batches are linked in instead of generated")
+    add_resume_arguments(parser, "an FID-10k run of the same sampler and seed")
     parser.add_argument("--mixed_precision", default=None, choices=MIXED_PRECISION, help=MIXED_PRECISION_HELP)
     parser.add_argument("--device", type=device_argument, default=DEFAULT_DEVICE)
     parser.add_argument("--cache_dir", default=None)
@@ -59,8 +62,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.batch_size <= 0:
         raise ValueError(f"--batch_size must be positive, got {args.batch_size}")
-    if args.reuse_batches and args.resume_dir is None:
-        raise ValueError("--reuse_batches links batches into --resume_dir: give --resume_dir too")
+    check_resume_arguments(args)
     args.mixed_precision = args.mixed_precision or default_mixed_precision(args.device)
     pipe, args.scheduler, args.steps = load_for_sampling(args.model, args.device, args.scheduler, args.steps,
                                                          args.mixed_precision)

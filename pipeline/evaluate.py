@@ -44,6 +44,8 @@ from .evaluation.reference_stats import DEFAULT_CACHE_DIR, load_or_compute_refer
 from .evaluation.scores import as_nchw_uint8, score_features
 from .generate import (
     MIXED_PRECISION_HELP,
+    add_resume_arguments,
+    check_resume_arguments,
     generate,
     load_for_sampling,
     open_batch_store,
@@ -270,12 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "far slower")
     p.add_argument("--cache_dir", default=None, help=f"reference cache (default {DEFAULT_CACHE_DIR})")
     p.add_argument("--save_samples", default=None, help="also save the generated images as PNGs here")
-    p.add_argument("--resume_dir", default=None, help="keep each finished batch of samples here; the same command "
-                   "rerun after an interruption continues from the first missing batch, with identical results")
-    p.add_argument("--reuse_batches", nargs="*", default=[], metavar="DIR",
-                   help="with --resume_dir: batch folders of the same settings (e.g. the sweep point of this sampler, "
-                        "whose first samples are this run's) whose batches are linked in instead of generated; "
-                        "a folder of other settings is named and skipped")
+    add_resume_arguments(p, "e.g. the sweep point of this sampler, whose first samples are this run's")
     p.add_argument("--out", default="results/evaluation.json")
     return p
 
@@ -288,8 +285,7 @@ def main(argv=None) -> int:
         raise ValueError("--fake_dir needs --ref_dir")
     if args.batches is not None and args.resume_dir is not None:
         raise ValueError("--batches scores stored samples; --resume_dir stores new ones: give one of them")
-    if args.reuse_batches and args.resume_dir is None:
-        raise ValueError("--reuse_batches links batches into --resume_dir: give --resume_dir too")
+    check_resume_arguments(args)
     sizes = ("num_samples", "steps", "kid_subset_size", "kid_subsets", "pr_k", "batch_size", "inception_batch_size",
              "num_heldout")
     if min(getattr(args, name) for name in sizes if getattr(args, name) is not None) <= 0:

@@ -118,6 +118,23 @@ def open_batch_store(folder: str | os.PathLike, pipe: CelebADiffusionPipeline, s
         reuse=reuse, ignored=("train_scheduler",) if sampler.edm else ())
 
 
+def add_resume_arguments(parser, example: str) -> None:
+    """Add ``--resume_dir`` and ``--reuse_batches`` (``open_batch_store``'s folder and ``reuse``) to a command that
+    samples; ``example`` names a run whose batches this one can reuse. Check them with ``check_resume_arguments``."""
+    parser.add_argument("--resume_dir", default=None, help="keep each finished batch of samples here; the same "
+                        "command rerun after an interruption continues from the first missing batch, with identical "
+                        "results")
+    parser.add_argument("--reuse_batches", nargs="*", default=[], metavar="DIR",
+                        help=f"with --resume_dir: batch folders of the same settings ({example}) whose batches are "
+                             "linked in instead of generated; a folder of other settings is named and skipped")
+
+
+def check_resume_arguments(args) -> None:
+    """Reject ``--reuse_batches`` without ``--resume_dir``, the folder its batches are linked into."""
+    if args.reuse_batches and args.resume_dir is None:
+        raise ValueError("--reuse_batches links batches into --resume_dir: give --resume_dir too")
+
+
 def generate(pipe: CelebADiffusionPipeline, num_images: int, scheduler: str, steps: int, seed: int,
              batch_size: int = 64, eta: float = 0.0, progress: bool = True, mixed_precision: str | None = None,
              store: BatchStore | None = None, sampler_options: dict | None = None, attributes: dict | None = None,
