@@ -28,6 +28,7 @@ from pathlib import Path
 from pipeline import evaluate
 from pipeline.cli import DEFAULT_DEVICE, ArgumentParser, device_argument, run_cli
 from pipeline.evaluation.plots import PALETTE, line_chart
+from pipeline.evaluation.results_tables import unet_precision
 from pipeline.generate import MIXED_PRECISION_HELP, check_sampling, load_pipeline, parse_sampler_options
 from pipeline.pipeline_celeba import MIXED_PRECISION, default_mixed_precision
 from pipeline.pipeline_folder import weights_checksum
@@ -199,9 +200,9 @@ def main(argv=None) -> int:
     summary = {"protocol": {**protocol, "model": args.model, "reference": first["reference"],
                             "resolution": first["resolution"]}, "points": rows}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-    plot(rows, out_dir / "fid_vs_nfe.png", f"FID and KID vs NFE ({args.model}, {args.mixed_precision} UNet, "
-                                           f"reference {first['reference']['num_images']} train images; "
-                                           f"N per point in summary.json)")
+    plot(rows, out_dir / "fid_vs_nfe.png",
+         f"FID and KID vs NFE ({args.model}, {unet_precision(args.mixed_precision)} UNet, reference "
+         f"{first['reference']['num_images']} train images; N per point in summary.json)")
     for row in rows:
         print(f"{row['sampler']:>9} {row['steps']:>5} steps {row['nfe']:>7.1f} NFE  {row['label']} {row['fid']:.2f}"
               f"  KID {1e3 * row['kid_mean']:.2f}e-3")
