@@ -76,6 +76,31 @@ def test_the_report_gets_the_table_only_where_it_has_the_markers(repository):
     assert "FID-10k **30.50**" in report.read_text()
 
 
+def test_sweep_table_ranks_the_points_with_the_most_samples_and_names_the_others(repository):
+    results = repository / "results"
+    summary = json.loads((results / "nfe" / "summary.json").read_text())
+    summary["points"].append({**evaluation(64.0, 128, "ode-rk45,rtol=0.001", 69.0), "label": "FID-128", "steps": 1})
+    write(results / "nfe" / "summary.json", summary)
+    lines = results_tables.sweep_table(results).splitlines()
+    rows = [line for line in lines if line.startswith("| `")]
+    assert [row.split(" | ")[0] for row in rows] == ["| `ddpm`", "| `dpm++2m`", "| `ddpm+mc`"]  # lowest FID first
+    assert rows[0].startswith("| `ddpm` | stochastic | 1000 | 1,000 | 10.00 | 1.00× | 20.00 ± 1.00 |")
+    assert "| `dpm++2m` | deterministic | 25 | 25 | 35.00 | 3.50× |" in rows[1]
+    assert "| FID-2k | × lowest |" in lines[0] and "2,000 samples per point" in lines[-1]
+    assert lines[-1].endswith("At other sample counts: `ode-rk45,rtol=0.001` (69 NFE) FID-128 64.00, KID 20.00 "
+                              "± 1.00.")
+
+
+def test_the_report_gets_the_sweep_table_between_its_markers(repository):
+    begin, end = results_tables.markers("sampler-sweep")
+    report = repository / "REPORT.md"
+    report.write_text(f"# r\n{begin}\nold\n{end}\nrest\n")
+    assert results_tables.main(["--root", str(repository)]) == 0
+    text = report.read_text()
+    assert "old" not in text and "| `ddpm` | stochastic |" in text and text.endswith(f"{end}\nrest\n")
+    assert results_tables.main(["--root", str(repository), "--check"]) == 0
+
+
 def test_another_model_gets_its_own_tables_linked_from_results(repository):
     results = repository / "results"
     other = results / "instance-norm-model"

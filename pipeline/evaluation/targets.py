@@ -54,7 +54,9 @@ def sampler_name(result: dict) -> str:
     return result["sampler"].removesuffix("+mc") + ("" if _uncorrected(result) else " + mean-colour correction")
 
 
-def _stochastic(sampler: str) -> bool:
+def stochastic(sampler: str) -> bool:
+    """Whether a result's sampler (a sweep name, options and ``+mc`` allowed) draws fresh noise after the initial one;
+    an unknown name counts as stochastic."""
     name = sampler.split(",")[0].removesuffix("+mc")
     return name not in SAMPLERS or SAMPLERS[name].stochastic
 
@@ -66,7 +68,7 @@ def _best_fid10k(results: Path, deterministic: bool) -> Measured | None:
     for path in sorted((results / "eval").glob("*.json")):
         r = _read(path)
         if (isinstance(r, dict) and "fid" in r and r["num_samples"] >= 10_000 and (r.get("nfe") or 1e9) <= 25
-                and not (deterministic and (_stochastic(r["sampler"]) or not _uncorrected(r)))):
+                and not (deterministic and (stochastic(r["sampler"]) or not _uncorrected(r)))):
             found.append((r["fid"], r, path))
     if not found:
         return None
@@ -119,7 +121,7 @@ def _recipe_ratio(results: Path) -> Measured | None:
 
     def best(recipe: str, deterministic: bool = False) -> float:
         return min(r["fid"] for r in summary["recipes"]
-                   if r["recipe"] == recipe and not (deterministic and _stochastic(r["sampler"])))
+                   if r["recipe"] == recipe and not (deterministic and stochastic(r["sampler"])))
 
     ours, baseline = best(OUR_RECIPE), best(BASELINE_RECIPE)
     deterministic = best(OUR_RECIPE, True) / best(BASELINE_RECIPE, True)
