@@ -16,9 +16,12 @@
 #  2. ship: the fastest diffusers scheduler within 5% of the lowest FID-2k at <= 25 NFE becomes the default;
 #  3. FID-10k of that default, and of the lowest-FID point at <= 25 NFE (default options) when it is another one,
 #     each starting from its sweep point's samples (the same seeds);
-#  4. held-out FID/KID with its floor (on the default's FID-10k samples), test-split bits/dim, bf16-vs-fp32 paired KID, the denoiser response;
+#  4. held-out FID/KID with its floor (on the default's FID-10k samples), test-split bits/dim, bf16-vs-fp32 paired
+#     KID, the denoiser response;
 #  5. samples, a denoising trajectory, the training curve, the model card (with the held-out scores and the targets)
 #     and the generated tables.
+# Steps 2-5 run once after the first samplers of step 1, so that the headline numbers come early, and again after the
+# rest, which reuses every finished stage unless the full sweep chose another default.
 # On 2 Zen 4 cores with native bf16 it takes about 8 hours; in float32 on 2 cores without, about 17.
 set -euo pipefail
 RUN=${1:?usage: bash benchmarks/shipped_results.sh RUN_DIR [CELEBA_DIR]}
@@ -58,13 +61,10 @@ once frequency_attribution_rk45 "$PY" -m benchmarks.frequency_attribution --trai
   --other "$BATCHES/nfe/edm-dpm++2m-20_n$N_SWEEP" "$BATCHES/nfe/edm-dpm++2m-10_n$N_SWEEP" \
   --num_samples "$N_SLOW" \
   --out results/nfe/frequency_attribution_rk45.json
-sweep "$N_SWEEP" ddpm:20 ddim:20 ddim-clip:20 dpm++2m:20 euler:20 heun:13 unipc:20 pc:10 ode-heun:13 \
-  edm-dpm++2m-sde:20
-
-"$PY" -m pipeline.ship --model "$RUN" --out "$MODEL" --from_sweep results/nfe/summary.json --replace
-
-# sampler and steps of the shipped default ("default") and of the lowest-FID point at <= 25 NFE ("best")
-read -r DEFAULT BEST < <("$PY" - <<'EOF'
+ship_and_score() {  # ship the sweep's default, score it, write the samples, the model card and the tables
+  "$PY" -m pipeline.ship --model "$RUN" --out "$MODEL" --from_sweep results/nfe/summary.json --replace
+  # sampler and steps of the shipped default ("default") and of the lowest-FID point at <= 25 NFE ("best")
+  read -r DEFAULT BEST < <("$PY" - <<'EOF'
 import json
 from pipeline.pipeline_folder import load_pipeline
 from pipeline.sampling.schedulers import default_sampler
@@ -73,38 +73,50 @@ points = [p for p in json.load(open("results/nfe/summary.json"))["points"] if p[
 best = min((p for p in points if p["num_samples"] == max(q["num_samples"] for q in points)), key=lambda p: p["fid"])
 print(f"{default_sampler(pipe)}:{pipe.config.default_num_inference_steps} {best['sampler']}:{best['steps']}")
 EOF
-)
-for POINT in $(printf '%s\n' "$DEFAULT" "$BEST" | sort -u); do
-  "$PY" -m pipeline.evaluate --model "$MODEL" --train_data_dir "$DATA" --num_samples "$N_FID" --batch_size 32 \
-    --scheduler "${POINT%%:*}" --steps "${POINT##*:}" --mixed_precision "$PRECISION" \
-    --resume_dir "$BATCHES/fid10k_${POINT/:/-}" --reuse_batches "$BATCHES/nfe/${POINT/:/-}_n$N_SWEEP" \
-    --out "results/eval/fid10k_${POINT/:/-}.json"
-done
+  )
+  local point
+  for point in $(printf '%s\n' "${DEFAULT/:/-}" "${BEST/:/-}" | sort -u); do
+    once "fid10k_$point" "$PY" -m pipeline.evaluate --model "$MODEL" --train_data_dir "$DATA" \
+      --num_samples "$N_FID" --batch_size 32 --scheduler "${point%-*}" --steps "${point##*-}" \
+      --mixed_precision "$PRECISION" --resume_dir "$BATCHES/fid10k_$point" \
+      --reuse_batches "$BATCHES/nfe/${point}_n$N_SWEEP" --out "results/eval/fid10k_$point.json"
+  done
+  local default=${DEFAULT/:/-}
+  once "heldout_$default" "$PY" -m benchmarks.heldout_eval --model "$MODEL" --train_data_dir "$DATA" \
+    --mixed_precision "$PRECISION" --batch_size 32 --resume_dir "$BATCHES/heldout_$default" \
+    --reuse_batches "$BATCHES/fid10k_$default" --out results/heldout/celeba-64.json
+  # in batches of 8, each one adaptive ODE solve, kept under $BATCHES/likelihood: an interruption loses at most one
+  once likelihood "$PY" -m pipeline.likelihood --model "$MODEL" --train_data_dir "$DATA" --split test \
+    --num_images "$N_LIKELIHOOD" --batch_size 8 --resume_dir "$BATCHES/likelihood" --out results/likelihood.json
+  once "bf16_pair_$default" bf16_pair "$default"
+  once denoiser_response "$PY" -m benchmarks.denoiser_response --model "$MODEL" --train_data_dir "$DATA" \
+    --prior_images "${N_PRIOR:-2000}" --out results/denoiser_response/celeba-64.json
 
-once heldout "$PY" -m benchmarks.heldout_eval --model "$MODEL" --train_data_dir "$DATA" \
-  --mixed_precision "$PRECISION" --batch_size 32 --resume_dir "$BATCHES/heldout" \
-  --reuse_batches "$BATCHES/fid10k_${DEFAULT/:/-}" --out results/heldout/celeba-64.json
-# in batches of 8, each one adaptive ODE solve, kept under $BATCHES/likelihood: an interruption loses at most one
-once likelihood "$PY" -m pipeline.likelihood --model "$MODEL" --train_data_dir "$DATA" --split test --num_images "$N_LIKELIHOOD" \
-  --batch_size 8 --resume_dir "$BATCHES/likelihood" --out results/likelihood.json
-for PAIRED in no bf16; do
-  "$PY" -m pipeline.evaluate --model "$MODEL" --train_data_dir "$DATA" --num_samples "$N_PAIRED" --batch_size 32 \
-    --mixed_precision "$PAIRED" --resume_dir "$BATCHES/precision/$PAIRED" \
-    --reuse_batches "$BATCHES/fid10k_${DEFAULT/:/-}" --out "$BATCHES/precision/$PAIRED.json"
-done
-"$PY" -m benchmarks.paired_kid --train_data_dir "$DATA" --batches "$BATCHES/precision/no" "$BATCHES/precision/bf16" \
-  --out results/bench/bf16_paired_kid.json
-once denoiser_response "$PY" -m benchmarks.denoiser_response --model "$MODEL" --train_data_dir "$DATA" \
-  --prior_images "${N_PRIOR:-2000}" --out results/denoiser_response/celeba-64.json
-
-"$PY" -m benchmarks.model_summary --config configs/celeba64_edm.yaml --out results/model_summary.json
-"$PY" -m pipeline.generate --model "$MODEL" --num_images 64 --out "results/samples/${DEFAULT/:/-}"
-"$PY" -m pipeline.trajectory --model "$MODEL" --scheduler ddim --steps 20 --out results/samples/trajectory.png
-# the run's log (joined at its restart record to the log of the run it was warm-restarted from, if any)
-"$PY" -m pipeline.training_log --log results/training_log.jsonl --update_from "$RUN/training_log.jsonl" \
-  --plot results/training_curve.png
-"$PY" -m pipeline.model_card --model "$MODEL" --eval results/eval/fid10k_*.json \
-  "results/nfe/${DEFAULT/:/-}_n$N_SWEEP.json" --likelihood results/likelihood.json \
-  --heldout results/heldout/celeba-64.json --targets results --training_log results/training_log.jsonl \
-  --grid "results/samples/${DEFAULT/:/-}/grid_x4.png" --out model_card.md
-"$PY" -m pipeline.evaluation.results_tables
+  "$PY" -m benchmarks.model_summary --config configs/celeba64_edm.yaml --out results/model_summary.json
+  "$PY" -m pipeline.generate --model "$MODEL" --num_images 64 --out "results/samples/$default"
+  "$PY" -m pipeline.trajectory --model "$MODEL" --scheduler ddim --steps 20 --out results/samples/trajectory.png
+  # the run's log (joined at its restart record to the log of the run it was warm-restarted from, if any)
+  "$PY" -m pipeline.training_log --log results/training_log.jsonl --update_from "$RUN/training_log.jsonl" \
+    --plot results/training_curve.png
+  "$PY" -m pipeline.model_card --model "$MODEL" --eval results/eval/fid10k_*.json \
+    "results/nfe/${default}_n$N_SWEEP.json" --likelihood results/likelihood.json \
+    --heldout results/heldout/celeba-64.json --targets results --training_log results/training_log.jsonl \
+    --grid "results/samples/$default/grid_x4.png" --out model_card.md
+  "$PY" -m pipeline.evaluation.results_tables
+}
+bf16_pair() {  # paired KID of bf16 against float32 sampling on the first N_PAIRED seeds of the default's FID-10k
+  local paired
+  for paired in no bf16; do
+    "$PY" -m pipeline.evaluate --model "$MODEL" --train_data_dir "$DATA" --num_samples "$N_PAIRED" --batch_size 32 \
+      --mixed_precision "$paired" --resume_dir "$BATCHES/precision_$1/$paired" \
+      --reuse_batches "$BATCHES/fid10k_$1" --out "$BATCHES/precision_$1/$paired.json"
+  done
+  "$PY" -m benchmarks.paired_kid --train_data_dir "$DATA" --batches "$BATCHES/precision_$1/no" \
+    "$BATCHES/precision_$1/bf16" --out results/bench/bf16_paired_kid.json
+}
+# the rest of the sweep in two parts: the default is shipped and scored after the first, so that the headline numbers
+# come early; after the second it is chosen again from every point, and the stages of an unchanged default are reused
+sweep "$N_SWEEP" ddpm:20 ddim:20 ddim-clip:20
+ship_and_score
+sweep "$N_SWEEP" dpm++2m:20 euler:20 heun:13 unipc:20 pc:10 ode-heun:13 edm-dpm++2m-sde:20
+ship_and_score
