@@ -1,9 +1,9 @@
 """Write the Hub model card from the results JSON files, so the numbers in it cannot drift from the measurements.
 
     python -m pipeline.model_card --model pretrained/celeba-64 --name celeba-64 \
-        --eval results/eval/fid10k_edm-dpm++2m-20.json results/nfe/edm-dpm++2m-20_n2000.json \
+        --eval results/eval/fid10k_edm-dpm++2m-10.json results/nfe/edm-dpm++2m-10_n2000.json \
         --likelihood results/likelihood.json --heldout results/heldout/celeba-64.json --targets results \
-        --training_log results/training_log.jsonl --grid results/samples/edm-dpm++2m-20/grid_x4.png \
+        --training_log results/training_log.jsonl --grid results/samples/edm-dpm++2m-10/grid_x4.png \
         --out model_card.md
     python -m pipeline.model_card --model pretrained/celeba-64-attributes \
         --attribute_control results/attributes/control.json --training_log RUN/training_log.jsonl \
@@ -188,11 +188,12 @@ def heldout_lines(heldout: dict) -> tuple[list[str], str]:
                     f"{1e3 * scores['kid_mean']:.2f} ± {1e3 * scores['kid_std']:.2f} | {scores['precision']:.3f} | "
                     f"{scores['recall']:.3f} |")
     memorization = heldout["memorization"]
+    below = memorization["fraction_ratio_below_0.5"]
     sentence = (f"Memorization: for each of the {heldout['num_samples']:,} samples, the distance to its nearest "
                 "training image over that to its nearest held-out face (Inception features) has median "
-                f"{memorization['ratio_quantiles']['0.5']:.3f}; a share of "
-                f"{memorization['fraction_ratio_below_0.5']:.4f} falls below 0.5, where a copy of a training image "
-                "would lie.")
+                f"{memorization['ratio_quantiles']['0.5']:.3f}; "
+                + (f"{round(below * heldout['num_samples']):,} of them fall" if below else "none falls")
+                + " below 0.5, where a copy of a training image would lie.")
     return rows, sentence
 
 

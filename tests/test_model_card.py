@@ -129,7 +129,12 @@ def test_card_reports_heldout_scores_memorization_and_targets(smoke_pipeline_dir
             "4.00 ± 0.50 | 0.600 | 0.300 |") in card
     assert "| FID-1,440 vs 1,440 held-out faces (valid + test) | 1,440 real train images (the floor) | 26.00 | 1.00" \
         in card
-    assert "has median 1.004; a share of 0.0000 falls below 0.5" in card
+    assert "has median 1.004; none falls below 0.5" in card
+    heldout["memorization"]["fraction_ratio_below_0.5"] = 3 / 1440
+    (results / "heldout" / "celeba-64.json").write_text(json.dumps(heldout))
+    run_in_process(model_card.main, ["--model", str(model), "--heldout", str(results / "heldout" / "celeba-64.json"),
+                                     "--out", str(out)])
+    assert "has median 1.004; 3 of them fall below 0.5" in out.read_text()
     targets = card.split("## Targets")[1]
     assert "| FID against held-out faces minus the real-train floor | ≤ 8 | 5.25 (FID-1,440 31.25; 1,440 real train " \
            "images 26.00) | yes |" in targets

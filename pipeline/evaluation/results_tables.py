@@ -383,8 +383,8 @@ def sweep_table(results: Path) -> str:
     precisions = sorted({unet_precision(p["mixed_precision"]) for p in ranked})
     lines = table(["sampler", "kind", "steps", "NFE", label, "× lowest", "KID ×10³", "precision", "recall"], rows)
     lines.append(f"{most:,} samples per point from the same initial noises (seed {protocol['seed']}), scored against "
-                 f"all {protocol['reference']['num_images']:,} training images; KID with its generated-set standard "
-                 f"error; precision and recall with k = 3; UNet in {' and '.join(precisions)} "
+                 f"all {protocol['reference']['num_images']:,} training images; KID ± its standard deviation over "
+                 f"100 subsets; precision and recall with k = 3; UNet in {' and '.join(precisions)} "
                  "([results/nfe/summary.json](results/nfe/summary.json)).")
     others = sorted((p for p in points if p["num_samples"] != most), key=lambda p: (p["num_samples"], p["fid"]))
     if others:
