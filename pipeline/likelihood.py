@@ -35,11 +35,13 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from .cli import DEFAULT_DEVICE, ArgumentParser, device_argument
 from .sampling.sample_store import BatchStore
@@ -72,15 +74,18 @@ class LogLikelihood:
 
 @torch.inference_mode(False)   # needs autograd even when called from inference-mode code
 def log_likelihood(unet, scheduler_config, x: torch.Tensor, *, generator: torch.Generator | None = None,
-                   hutchinson: str = "rademacher", rtol: float = 1e-5, atol: float = 1e-5,
-                   eps: float = 1e-5) -> LogLikelihood:
-    """Unbiased estimate of log p(x) (nats per image) of continuous images x (NCHW, [-1, 1] scale) at time ``eps``."""
+                   hutchinson: str = "rademacher", rtol: float = 1e-5, atol: float = 1e-5, eps: float = 1e-5,
+                   progress: Callable[[float, int], None] | None = None) -> LogLikelihood:
+    """Unbiased estimate of log p(x) (nats per image) of continuous images x (NCHW, [-1, 1] scale) at time ``eps``.
+    ``progress(fraction, nfe)`` is called at every network evaluation with the fraction of the ODE's span (in
+    log sigma_bar) reached so far, for a progress bar of a solve whose step count is not known in advance."""
     sde = VPSDE(scheduler_config)
     model = NoisePredictor(unet, sde)
     n, shape, dim = x.shape[0], tuple(x.shape), math.prod(x.shape[1:])
     device, dtype = model.device, model.state_dtype
     xi = _hutchinson_noise(shape, hutchinson, generator).to(device, dtype)
     alpha_eps, alpha_1 = float(sde.alpha_sigma(eps)[0]), float(sde.alpha_sigma(1.0)[0])
+    span = (math.log(sde.sigma_bar(eps)), math.log(sde.sigma_bar(1.0)))
 
     def derivative(sigma_bar, t, state):
         alpha = 1.0 / math.sqrt(1.0 + sigma_bar**2)
@@ -91,6 +96,8 @@ def log_likelihood(unet, scheduler_config, x: torch.Tensor, *, generator: torch.
             (xi_jacobian,) = torch.autograd.grad((eps_hat * xi).sum(), x_t)
         dy = sigma_bar * eps_hat.detach()
         ddelta = sigma_bar * alpha * (xi_jacobian * xi).flatten(1).sum(1)
+        if progress is not None:
+            progress((math.log(sigma_bar) - span[0]) / (span[1] - span[0]), model.nfe)
         return np.concatenate([dy.flatten().double().cpu().numpy(), ddelta.double().cpu().numpy()])
 
     state0 = np.concatenate([(x.detach().double().cpu() / alpha_eps).flatten().numpy(), np.zeros(n)])
@@ -111,20 +118,29 @@ class BitsPerDim:
 
 def bits_per_dim(unet, scheduler_config, images: torch.Tensor, *, batch_size: int = 64,
                  generator: torch.Generator | None = None, log=None, store: BatchStore | None = None,
-                 **ode_options) -> BitsPerDim:
+                 progress: bool = False, **ode_options) -> BitsPerDim:
     """bits/dim of uint8 images (NCHW): all images are dequantized first (one draw from ``generator``), then each
     batch gets one ODE solve with its own Hutchinson noise. ``ode_options``: hutchinson, rtol, atol, eps.
+    ``progress`` shows a bar per solve (the share of its noise span covered, and its NFE so far).
     ``store`` (a ``BatchStore`` keyed by everything above) keeps each finished batch's bits/dim and NFE; a batch
     found there is not solved again, but its Hutchinson noise is still drawn, so a resumed run equals an uninterrupted
     one."""
     x = dequantize(images, generator)
     dim = math.prod(x.shape[1:])
     bpd, nfe = [], []
+    batches = math.ceil(len(x) / batch_size)
     for index, start in enumerate(range(0, len(x), batch_size)):
         batch = x[start:start + batch_size]
         finished = store.load(index, len(batch)) if store is not None else None
         if finished is None:
-            result = log_likelihood(unet, scheduler_config, batch, generator=generator, **ode_options)
+            with tqdm(total=100, desc=f"ODE of batch {index + 1}/{batches}", unit="%", leave=False,
+                      disable=not progress, bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed} {postfix}") as bar:
+                def advance(fraction: float, evaluations: int) -> None:
+                    bar.update(max(0, round(100 * min(fraction, 1.0)) - bar.n))
+                    bar.set_postfix_str(f"{evaluations} NFE", refresh=False)
+
+                result = log_likelihood(unet, scheduler_config, batch, generator=generator, progress=advance,
+                                        **ode_options)
             finished = ((-result.log_likelihood / (dim * math.log(2)) + BPD_OFFSET).numpy(), result.nfe)
             if store is not None:
                 store.save(index, *finished)
@@ -177,7 +193,7 @@ def main(argv=None) -> dict:
     start = time.time()
     result = bits_per_dim(unet, pipe.vp_schedule, images, batch_size=args.batch_size,
                           generator=torch.Generator().manual_seed(args.seed),
-                          log=lambda line: print(line, file=sys.stderr, flush=True), store=store,
+                          log=lambda line: print(line, file=sys.stderr, flush=True), store=store, progress=True,
                           hutchinson=args.hutchinson, rtol=args.rtol, atol=args.atol, eps=args.eps)
     report = {
         "model": args.model, "unet_sha256": weights_checksum(pipe.unet), "split": args.split,

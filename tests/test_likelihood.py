@@ -160,3 +160,19 @@ def test_an_interrupted_bits_per_dim_run_resumes_with_identical_numbers(tmp_path
     store = BatchStore(tmp_path, settings)
     resumed = run(store)
     assert store.loaded == 2 and torch.equal(resumed.bpd, straight.bpd) and resumed.nfe == straight.nfe
+
+
+def test_progress_reports_every_evaluation_and_the_span_covered_without_changing_the_result():
+    """The progress callback sees NFE 1, 2, ... and the share of the log sigma_bar span, which starts at 0 and whose
+    furthest point is the end of the solve (1); reporting it leaves the estimate unchanged."""
+    model = gaussian(LINEAR)
+    x = data(model, 8)
+    seen = []
+    with_progress = L.log_likelihood(model, LINEAR, x, generator=torch.Generator().manual_seed(1), rtol=1e-3,
+                                     atol=1e-3, progress=lambda fraction, nfe: seen.append((fraction, nfe)))
+    plain = L.log_likelihood(model, LINEAR, x, generator=torch.Generator().manual_seed(1), rtol=1e-3, atol=1e-3)
+    assert torch.equal(with_progress.log_likelihood, plain.log_likelihood)
+    fractions, counts = zip(*seen)
+    assert list(counts) == list(range(1, plain.nfe + 1))
+    assert fractions[0] == pytest.approx(0.0, abs=1e-12) and max(fractions) == pytest.approx(1.0, abs=1e-12)
+    assert min(fractions) >= -1e-12
