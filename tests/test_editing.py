@@ -126,3 +126,22 @@ def test_bad_masks_are_refused_before_sampling(gaussian, mask, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         impute(pipe, images[:1], mask)
     assert model.calls == calls
+
+
+def test_edits_of_a_trainable_network_keep_no_autograd_graph():
+    """A loaded UNet's parameters require gradients; every edit must still run without building a graph through its
+    steps (which grows by the network's activations at every evaluation and exhausted memory in a 300-step edit)."""
+    from diffusers import UNet2DModel
+
+    unet = UNet2DModel(sample_size=8, block_out_channels=(8, 8), norm_num_groups=4, layers_per_block=1,
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"))
+    assert all(p.requires_grad for p in unet.parameters())
+    pipe = CelebADiffusionPipeline(unet=unet, scheduler=DDPMScheduler())
+    faces = torch.rand(2, 3, 8, 8) * 2 - 1
+    mask = torch.ones(1, 1, 8, 8)
+    mask[..., :4] = 0
+    results = [impute(pipe, faces, mask, method=method, steps=4, jump_length=2, jump_n_sample=2)[0]
+               for method in ("pc", "repaint")]
+    results += [colorize(pipe, faces, method="repaint", steps=4, jump_length=2, jump_n_sample=2)[0],
+                invert(pipe, faces, 3), decode(pipe, faces, 3), interpolate(pipe, faces[0], faces[1], 3, 3)]
+    assert all(not result.requires_grad and result.grad_fn is None for result in results)

@@ -13,7 +13,8 @@ a fresh draw of alpha_t y_0 + sigma_t z (Song et al. 2021, App. I). Two samplers
 
 The known coordinates of the result equal the input's exactly. Interpolation inverts two images to their noise with
 the deterministic DDIM map (the probability-flow ODE run backwards), slerps the noises and decodes each with the
-same map.
+same map. Every entry point runs in inference mode: a network whose parameters require gradients would otherwise
+chain one autograd graph through all of a sampler's steps.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ def check_imputation(known: torch.Tensor, mask: torch.Tensor) -> None:
         raise ValueError("the mask keeps no pixel: that is unconditional generation, not imputation")
 
 
+@torch.inference_mode()
 def impute(pipe, known: torch.Tensor, mask: torch.Tensor, basis: torch.Tensor = IDENTITY_BASIS,
            method: str = "pc", steps: int = 250, generator: torch.Generator | None = None,
            snr: float = 0.16, corrector_steps: int = 1, jump_length: int = 10, jump_n_sample: int = 10,
@@ -147,6 +149,7 @@ def ddim_grid(pipe, steps: int) -> tuple[VPSDE, np.ndarray]:
     return sde, time_grid(sde, steps + 1, "uniform")
 
 
+@torch.inference_mode()
 def invert(pipe, images: torch.Tensor, steps: int) -> torch.Tensor:
     """The noise x_T that the deterministic DDIM map of ``steps`` steps takes to ``images`` (NCHW, [-1, 1]): the
     probability-flow ODE integrated backwards with DDIM's Euler step, starting from the images at t = 1/T."""
@@ -155,6 +158,7 @@ def invert(pipe, images: torch.Tensor, steps: int) -> torch.Tensor:
     return pf_ode_fixed_step(model, images.to(model.device, model.state_dtype), ts[::-1].copy(), heun=False)
 
 
+@torch.inference_mode()
 def decode(pipe, latents: torch.Tensor, steps: int) -> torch.Tensor:
     """Images from noise with the same deterministic map ``invert`` runs backwards."""
     sde, ts = ddim_grid(pipe, steps)
