@@ -7,18 +7,18 @@
 # Run it from the repository root once pretrained/celeba-64 holds the final weights. Runs and kept sample batches
 # live under $RUNS (default ~/runs/controllable), outside the work tree. Every stage resumes: the fine-tune from its
 # latest checkpoint, the measurements from their kept batches, finished stages are skipped; so rerun the same
-# command after an interruption (with a new $RUNS for other base weights). Sample counts: N_CONTROL (500 faces per
-# guidance weight), N_EDIT (200 held-out faces per edit), N_INVERSION (16) and N_GRID (8 faces per edit grid);
+# command after an interruption (with a new $RUNS for other base weights). Sample counts: N_CONTROL (2,000 faces per
+# guidance weight), N_EDIT (1,000 held-out faces per edit), N_INVERSION (16) and N_GRID (8 faces per edit grid);
 # CONFIG and TRAIN_ARGS (extra train_unet.py flags) change the fine-tune. PRECISION is the fine-tune's and the scored
 # samples' precision: by default bf16 on a CPU with native bf16 and "no" (float32) elsewhere, as the pipeline runs it.
-#  1. the attribute fine-tune (configs/celeba64_edm_attributes.yaml from pretrained/celeba-64, about 4.8 hours in
-#     float32 on 2 cores), shipped as pretrained/celeba-64-attributes with the base model's sampler and steps;
+#  1. the attribute fine-tune (configs/celeba64_edm_attributes.yaml from pretrained/celeba-64: 40 minutes in bf16 on
+#     2 Zen 4 cores, about 4.8 hours in float32 on 2 cores without native bf16), shipped as
+#     pretrained/celeba-64-attributes with the base model's sampler and steps;
 #  2. attribute control at guidance 0/1/3/5 (N_CONTROL faces per weight) with its sweep grid, judged by the
 #     attribute classifier (trained again, about 8 minutes, only when its weights are missing), and the model card;
-#  3. FID-200 (N_EDIT) of inpainted (center, eyes) and colorized held-out faces per method, and inversion PSNR;
-#  4. edit grids of the other masks and an interpolation strip of two held-out faces;
-#  5. screenshots of every tab of the demo, Attributes included.
-# In float32 on 2 cores without native bf16 it takes about 10 hours: the fine-tune about 5, the edit FIDs about 3.
+#  3. inversion PSNR, edit grids of the other masks and an interpolation strip of two held-out faces;
+#  4. screenshots of every tab of the demo, Attributes included;
+#  5. last, as the longest stage: FID-N_EDIT of inpainted (center, eyes) and colorized held-out faces per method.
 set -euo pipefail
 DATA=${1:-../shared/celeba}
 RUNS=${RUNS:-$HOME/runs/controllable}
@@ -30,7 +30,7 @@ FINE_TUNE=$RUNS/celeba64_edm_attributes
 CODE=$(cd "$(dirname "$0")/.." && pwd)  # train_unet.py and configs/, wherever the command runs
 CONFIG=${CONFIG:-$CODE/configs/celeba64_edm_attributes.yaml}
 read -r -a TRAIN_ARGS <<< "${TRAIN_ARGS:-}"
-N_CONTROL=${N_CONTROL:-500} N_EDIT=${N_EDIT:-200} N_INVERSION=${N_INVERSION:-16} N_GRID=${N_GRID:-8}
+N_CONTROL=${N_CONTROL:-2000} N_EDIT=${N_EDIT:-1000} N_INVERSION=${N_INVERSION:-16} N_GRID=${N_GRID:-8}
 PRECISION=${PRECISION:-$("$PY" -c "from pipeline.pipeline_celeba import default_mixed_precision as d; print(d())")}
 CLASSIFIER=${CLASSIFIER:-${CELEBA_DIFFUSION_CACHE:-$HOME/.cache/celeba-diffusion}/attribute_classifier.pt}
 
@@ -77,14 +77,10 @@ cp results/training_log.jsonl "$RUNS/training_log.jsonl"
 "$PY" -m pipeline.model_card --model "$MODEL" --attribute_control results/attributes/control.json \
   --training_log "$RUNS/training_log.jsonl" --grid results/attributes/control_grid.png --out "$MODEL/README.md"
 
-# 3. how natural the edits are, and how exactly inversion gives a face back
-"$PY" -m benchmarks.edit_fid --model "$BASE" --train_data_dir "$DATA" --tasks center eyes colorize \
-  --methods repaint pc --num_images "$N_EDIT" --steps 50 --mixed_precision "$PRECISION" --resume_dir "$RUNS/edit" \
-  --out_dir results/edit
+# 3. how exactly inversion gives a face back, the other masks and an interpolation strip, on held-out faces
 once inversion "$PY" -m benchmarks.inversion_psnr --model "$BASE" --train_data_dir "$DATA" --steps 10 20 50 100 \
   --num_images "$N_INVERSION" --out results/edit/inversion_psnr.json
 
-# 4. the other masks and an interpolation strip, on held-out test faces
 for MASK in left right top bottom random; do
   once "inpaint_$MASK" "$PY" -m pipeline.edit inpaint --model "$BASE" --celeba "$DATA" --split test \
     --num_images "$N_GRID" --mask "$MASK" --method repaint --steps 50 --jump_length 5 --jump_n_sample 3 \
@@ -93,6 +89,11 @@ done
 once interpolate "$PY" -m pipeline.edit interpolate --model "$BASE" --celeba "$DATA" --split test --num_images 2 \
   --frames 8 --out results/edit/interpolate
 
-# 5. the demo, every tab
+# 4. the demo, every tab
 once screenshots "$PY" -m benchmarks.demo_screenshots --model "$BASE" --attributes_model "$MODEL" --celeba "$DATA" \
   --out results/demo
+
+# 5. how natural the edits are
+"$PY" -m benchmarks.edit_fid --model "$BASE" --train_data_dir "$DATA" --tasks center eyes colorize \
+  --methods repaint pc --num_images "$N_EDIT" --steps 50 --mixed_precision "$PRECISION" --resume_dir "$RUNS/edit" \
+  --out_dir results/edit
