@@ -148,3 +148,35 @@ def test_heldout_edit_and_attribute_tables_come_from_their_files(repository):
     assert "| 5.25 (FID-1,440 31.25; 1,440 real train images 26.00) | yes |" in tables  # the targets table
     glance = results_tables.glance_table(results)
     assert "against held-out faces | ddpm | 20 | FID-1,440 31.25 (real-train floor 26.00) |" in glance
+
+
+def test_the_report_gets_the_edit_and_attribute_blocks_linked_from_the_root(repository):
+    results = repository / "results"
+    report = repository / "REPORT.md"
+    blocks = [results_tables.markers(block) for block in ("edits", "attribute-control")]
+    report.write_text("".join(f"{begin}\nold\n{end}\n" for begin, end in blocks))
+    assert results_tables.main(["--root", str(repository)]) == 0
+    assert "No edit has been measured" in report.read_text()  # missing files say so instead of a stale table
+    write(results / "edit" / "fid_eyes_pc.json", {
+        "task": "eyes", "method": "pc", "steps": 50, "nfe_per_batch": 100, "num_images": 1000,
+        "scores": {"fid": 30.0, "kid_mean": 0.004, "kid_std": 0.001}, "floor": {"fid": 20.0}, "fid_above_floor": 10.0,
+        "psnr": 21.0, "psnr_where": "filled region"})
+    write(results / "attributes" / "classifier.json", {
+        "num_train": 20000, "num_heldout": 1440, "heldout_splits": ["valid", "test"], "mean_accuracy": 0.9,
+        "mean_majority_accuracy": 0.8,
+        "attributes": {"Smiling": {"accuracy": 0.915, "majority_accuracy": 0.5, "heldout_positive_rate": 0.48}}})
+    write(results / "attributes" / "control.json", {
+        "model": "pretrained/a", "sampler": "edm-dpm++2m", "steps": 10, "attributes": ["Smiling", "Bald"],
+        "samples_per_attribute": 200, "fid_label": "FID-2k", "fid_reference": "20000 train images",
+        "mixed_precision": "bf16", "guidance": {w: {"positive_rate": {"Smiling": rate, "Bald": rate / 10},
+                                                    "fid": fid} for w, rate, fid in (("0.0", 0.5, 20.0),
+                                                                                     ("5.0", 0.9, 30.0))}})
+    assert results_tables.main(["--root", str(repository)]) == 0
+    text = report.read_text()
+    assert "old" not in text and "No edit" not in text
+    assert ("| [fid_eyes_pc.json](results/edit/fid_eyes_pc.json) | eyes | pc | 50 | 100 | 1,000 | 30.00 | 20.00 |"
+            in text)
+    assert "| Smiling | 50.0 | 90.0 | 91.5 |" in text and "| Bald | 5.0 | 9.0 | — |" in text
+    assert "| FID-2k (all attributes) | 20.00 | 30.00 |  |" in text
+    assert "[control.json](results/attributes/control.json)" in text and "UNet bf16" in text
+    assert results_tables.main(["--root", str(repository), "--check"]) == 0

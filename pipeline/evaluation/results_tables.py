@@ -6,7 +6,8 @@
 ``results/README.md`` holds every table (the targets, evaluations, FID versus NFE, held-out scores, likelihood,
 editing, attribute control, recipes, denoiser response, speed). The documents hold generated blocks, each between
 the two comments ``markers(block)`` and replaced in place: the results-at-a-glance table (``GLANCE_BEGIN`` ...
-``GLANCE_END``, required in README.md) and the sampler sweep table (``sampler-sweep``), wherever their markers are.
+``GLANCE_END``, required in README.md), the sampler sweep table (``sampler-sweep``), the edit FID and inversion
+tables (``edits``) and the attribute-control table (``attribute-control``), wherever their markers are.
 Published numbers come from ``results/literature.json``, each with its source.
 """
 
@@ -154,32 +155,64 @@ def heldout_section(results: Path, model: Path, name: str) -> list[str]:
                     "floor KID", "memorization median", "below 0.5"], rows)]
 
 
-def edit_section(results: Path) -> list[str]:
-    lines = []
+def edit_table(results: Path, base: Path) -> list[str]:
+    """Edit FID per task and method (held-out faces edited by the shipped model, with the unedited faces' floor),
+    linked from a document in ``base``; no lines when nothing is measured."""
     rows = []
     for path in sorted((results / "edit").glob("fid_*.json")):
         r = read(path)
         options = ", ".join(f"{key} {r[key]}" for key in ("jump_length", "jump_n_sample") if key in r)
-        rows.append([link(path, results), r["task"], r["method"] + (f" ({options})" if options else ""), r["steps"],
+        rows.append([link(path, base), r["task"], r["method"] + (f" ({options})" if options else ""), r["steps"],
                      r["nfe_per_batch"], f"{r['num_images']:,}", number(r["scores"]["fid"]), number(r["floor"]["fid"]),
                      number(r["fid_above_floor"]), kid(r["scores"]), f"{r['psnr']:.2f} dB ({r['psnr_where']})"])
-    if rows:
+    if not rows:
+        return []
+    return table(["file", "task", "method", "steps", "NFE per batch", "faces", "FID", "floor FID", "above floor",
+                  "KID", "PSNR"], rows)
+
+
+def inversion_table(results: Path) -> list[str]:
+    """Reconstruction PSNR of DDIM inversion then decoding, per step count; no lines when not measured."""
+    inversion = read(results / "edit" / "inversion_psnr.json")
+    if not inversion:
+        return []
+    return table(["steps", "NFE", "PSNR (mean ± standard error)"],
+                 [[p["steps"], p["nfe"], f"{p['psnr_mean']:.2f} ± {p['psnr_stderr'] or 0:.2f} dB"]
+                  for p in inversion["points"]])
+
+
+def edit_section(results: Path) -> list[str]:
+    lines = []
+    edits = edit_table(results, results)
+    if edits:
         lines += ["## Editing held-out faces", "",
                   "`benchmarks/edit_fid.py`: held-out faces inpainted or colorized by the shipped model, scored "
                   "against every valid- and test-split image; the floor is the unedited faces against the same "
-                  "reference.", "",
-                  *table(["file", "task", "method", "steps", "NFE per batch", "faces", "FID", "floor FID",
-                          "above floor", "KID", "PSNR"], rows)]
+                  "reference.", "", *edits]
     inversion = read(results / "edit" / "inversion_psnr.json")
     if inversion:
         lines += ["## Inversion and reconstruction", "",
                   f"[edit/inversion_psnr.json](edit/inversion_psnr.json): {inversion['num_images']} held-out faces "
                   f"({inversion['faces']}) inverted to noise with deterministic DDIM and decoded back, UNet "
-                  f"{unet_precision(inversion['mixed_precision'])}.", "",
-                  *table(["steps", "NFE", "PSNR (mean ± standard error)"],
-                         [[p["steps"], p["nfe"], f"{p['psnr_mean']:.2f} ± {p['psnr_stderr'] or 0:.2f} dB"]
-                          for p in inversion["points"]])]
+                  f"{unet_precision(inversion['mixed_precision'])}.", "", *inversion_table(results)]
     return lines
+
+
+def attribute_control_table(results: Path) -> list[str]:
+    """Per attribute asked for, the classifier's positive rate (%) at each guidance weight (weight 0 is the
+    unconditional model) and the classifier's held-out accuracy, which bounds how far a rate can be trusted; then the
+    FID of each weight's faces. No lines when not measured."""
+    control = read(results / "attributes" / "control.json")
+    if not control:
+        return []
+    accuracy = (read(results / "attributes" / "classifier.json") or {}).get("attributes", {})
+    weights = list(control["guidance"])
+    rows = [[attribute, *(number(100 * control["guidance"][w]["positive_rate"][attribute], 1) for w in weights),
+             number(100 * accuracy[attribute]["accuracy"], 1) if attribute in accuracy else "—"]
+            for attribute in control["attributes"]]
+    rows.append([f"{control['fid_label']} (all attributes)", *(number(control["guidance"][w]["fid"]) for w in weights),
+                 ""])
+    return table(["attribute", *(f"guidance {float(w):g}" for w in weights), "classifier accuracy %"], rows)
 
 
 def attribute_section(results: Path) -> list[str]:
@@ -197,18 +230,17 @@ def attribute_section(results: Path) -> list[str]:
                   *table(["attribute", "accuracy %", "majority label %", "held-out positive rate %"], rows)]
     control = read(results / "attributes" / "control.json")
     if control:
-        weights = list(control["guidance"])
-        rows = [[attribute, *(number(100 * control["guidance"][w]["positive_rate"][attribute], 1) for w in weights)]
-                for attribute in control["attributes"]]
-        rows.append([f"{control['fid_label']} (all attributes)", *(number(control["guidance"][w]["fid"])
-                                                                    for w in weights)])
-        lines += ["## Attribute control", "",
-                  f"[attributes/control.json](attributes/control.json): `{control['model']}`, "
-                  f"{control['samples_per_attribute']:,} faces per attribute and guidance weight, each asked for that "
-                  f"attribute alone ({control['sampler']}, {control['steps']} steps); the classifier's positive rate "
-                  f"in %, and FID against {control['fid_reference']}. Weight 0 is the unconditional model.", "",
-                  *table(["attribute", *(f"guidance {float(w):g}" for w in weights)], rows)]
+        lines += ["## Attribute control", "", control_protocol(control, "attributes/control.json"), "",
+                  *attribute_control_table(results)]
     return lines
+
+
+def control_protocol(control: dict, path: str) -> str:
+    """One sentence on how the attribute control of ``control`` (a control.json read from ``path``) was measured."""
+    return (f"[{Path(path).name}]({path}): `{control['model']}`, {control['samples_per_attribute']:,} faces per "
+            f"attribute and guidance weight, each asked for that attribute alone ({control['sampler']}, "
+            f"{control['steps']} steps, UNet {unet_precision(control.get('mixed_precision'))}); the classifier's "
+            f"positive rate in %, and FID against {control['fid_reference']}. Weight 0 is the unconditional model.")
 
 
 def targets_section(results: Path) -> list[str]:
@@ -394,7 +426,24 @@ def sweep_table(results: Path) -> str:
     return "\n".join(lines)
 
 
-BLOCKS = {"results-at-a-glance": glance_table, "sampler-sweep": sweep_table}
+def edits_block(results: Path) -> str:
+    """REPORT.md's editing tables: edit FID per task and method, then inversion PSNR, from results/edit/."""
+    edits, inversion = edit_table(results, results.parent), inversion_table(results)
+    if not edits and not inversion:
+        return "No edit has been measured (results/edit/ holds no fid_*.json or inversion_psnr.json)."
+    return "\n".join(edits + inversion).rstrip()
+
+
+def attribute_control_block(results: Path) -> str:
+    """REPORT.md's attribute-control table, from results/attributes/control.json and the classifier's accuracy."""
+    control = read(results / "attributes" / "control.json")
+    if not control:
+        return "No attribute control has been measured (results/attributes/control.json is missing)."
+    return "\n".join([*attribute_control_table(results), control_protocol(control, "results/attributes/control.json")])
+
+
+BLOCKS = {"results-at-a-glance": glance_table, "sampler-sweep": sweep_table, "edits": edits_block,
+          "attribute-control": attribute_control_block}
 
 
 def with_blocks(document: str, results: Path, name: str, required: tuple[str, ...] = ()) -> str:
