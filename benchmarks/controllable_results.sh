@@ -67,15 +67,17 @@ once ship "$PY" -m pipeline.ship --model "$FINE_TUNE" --out "$MODEL" --sampler "
 "$PY" -m benchmarks.attribute_control control --model "$MODEL" --train_data_dir "$DATA" --guidance 0 1 3 5 \
   --num_samples "$N_CONTROL" --weights "$CLASSIFIER" --mixed_precision "$PRECISION" --resume_dir "$RUNS/control" \
   --grid results/attributes/control_grid.png --out results/attributes/control.json
-# the card counts the base model's training and the fine-tune as one log, joined where the fine-tune started
+# the card counts the base model's training and the fine-tune as one log (results/attributes/training_log.jsonl),
+# joined where the fine-tune started
 BASE_STEP=$("$PY" -c 'from pipeline.training_log import read_training_log as read
 print(read("results/training_log.jsonl")["step"])')
-cp results/training_log.jsonl "$RUNS/training_log.jsonl"
-"$PY" -m pipeline.training_log --log "$RUNS/training_log.jsonl" --update_from "$FINE_TUNE/training_log.jsonl" \
+mkdir -p results/attributes && cp results/training_log.jsonl results/attributes/training_log.jsonl
+"$PY" -m pipeline.training_log --log results/attributes/training_log.jsonl \
+  --update_from "$FINE_TUNE/training_log.jsonl" \
   --restart_step "$BASE_STEP" \
   --restart_note "attribute fine-tune ($(basename "$CONFIG")) from the EMA weights of step $BASE_STEP"
 "$PY" -m pipeline.model_card --model "$MODEL" --attribute_control results/attributes/control.json \
-  --training_log "$RUNS/training_log.jsonl" --grid results/attributes/control_grid.png --out "$MODEL/README.md"
+  --training_log results/attributes/training_log.jsonl --grid results/attributes/control_grid.png --out "$MODEL/README.md"
 
 # 3. how exactly inversion gives a face back, the other masks and an interpolation strip, on held-out faces
 once inversion "$PY" -m benchmarks.inversion_psnr --model "$BASE" --train_data_dir "$DATA" --steps 10 20 50 100 \

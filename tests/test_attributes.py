@@ -10,9 +10,12 @@ from diffusers import DDPMScheduler, EDMEulerScheduler, UNet2DModel
 
 from pipeline import CelebADiffusionPipeline
 from pipeline.generate import generate, parse_attributes
-from pipeline.models.architecture import drop_attributes
+from pipeline.models.architecture import AttributeConditionedUNet, drop_attributes
 from pipeline.models.attribute_encoder import CELEBA_ATTRIBUTES, AttributeEncoder
 from pipeline.pipeline_folder import load_pipeline, save_pipeline_folder
+from pipeline.training.build import build_optimizer_and_ema
+from pipeline.training.lr_schedules import build_lr_scheduler
+from pipeline.training.settings import OptimizerSettings
 
 from conftest import run_command, subprocess_env, train_args
 
@@ -183,3 +186,31 @@ def test_guidance_on_an_edm_model_is_linear_in_the_noise_estimate_of_every_sampl
         images, _ = generate(pipe, 2, sampler, 4, seed=0, progress=False, attributes={"Smiling": 1},
                              guidance_scale=3.0)
         assert images.shape == (2, 8, 8, 3)
+
+
+def test_the_encoder_gets_its_own_learning_rate_under_the_same_schedule():
+    """A zero-initialised encoder fine-tuned at the UNet's rate barely moves; its own group moves it at its own rate
+    (Adam's first step changes every weight with a gradient by exactly the rate), scaled by the same schedule."""
+    unet = tiny_unet(class_embed_type="identity")
+    model = AttributeConditionedUNet(unet, AttributeEncoder(embedding_dim=unet.time_embedding.linear_2.out_features))
+    settings = OptimizerSettings(learning_rate=1e-4, attribute_encoder_learning_rate=1e-2, use_ema=False)
+    optimizer, _ = build_optimizer_and_ema(model, settings)
+    unet_group, encoder_group = optimizer.param_groups
+    assert [id(p) for p in encoder_group["params"]] == [id(p) for p in model.encoder.parameters()]
+    assert len(unet_group["params"]) + len(encoder_group["params"]) == len(list(model.parameters()))
+    labels = torch.zeros(2, len(CELEBA_ATTRIBUTES))
+    labels[:, 0] = 1
+    model(torch.randn(2, 3, 8, 8), torch.tensor([10, 500]), class_labels=labels).sample.square().mean().backward()
+    before = model.encoder.projection.weight.detach().clone()
+    optimizer.step()
+    moved = (model.encoder.projection.weight.detach() - before).abs()
+    torch.testing.assert_close(moved[:, 0], torch.full_like(moved[:, 0], 1e-2), rtol=1e-3, atol=0)
+    assert moved[:, 1:].max() == 0  # attributes left unspecified get no gradient
+    schedule = build_lr_scheduler("warmup_stable_decay", optimizer, num_warmup_steps=2, num_training_steps=10,
+                                  num_decay_steps=4)
+    for _ in range(8):
+        optimizer.step()
+        schedule.step()
+        unet_rate, encoder_rate = schedule.get_last_lr()
+        assert encoder_rate == pytest.approx(100 * unet_rate)
+    assert len(build_optimizer_and_ema(model, OptimizerSettings(use_ema=False))[0].param_groups) == 1

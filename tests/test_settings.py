@@ -50,3 +50,6 @@ def test_a_training_run_needs_one_data_source_but_building_a_unet_needs_none(cap
     with pytest.raises(SystemExit):
         load_settings("configs/smoke.yaml", "--attribute_dropout", "1.5")
     assert "--attribute_dropout is a probability, got 1.5" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        load_settings("configs/smoke.yaml", "--attribute_encoder_learning_rate", "1e-2")
+    assert "--attribute_encoder_learning_rate applies only with --attribute_conditioning" in capsys.readouterr().err

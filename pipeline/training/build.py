@@ -69,14 +69,23 @@ def load_initial_weights(model, folder: str) -> None:
                                       .state_dict())
 
 
+def parameter_groups(model, optimizer: OptimizerSettings) -> list[dict]:
+    """AdamW's parameter groups: the whole model at ``learning_rate``, except an attribute model's encoder when
+    ``attribute_encoder_learning_rate`` is set (a group of its own at that rate; the LR schedule scales both)."""
+    rate = optimizer.attribute_encoder_learning_rate
+    if rate is None or not isinstance(model, AttributeConditionedUNet):
+        return [{"params": list(model.parameters())}]
+    return [{"params": list(model.unet.parameters())}, {"params": list(model.encoder.parameters()), "lr": rate}]
+
+
 def build_optimizer_and_ema(model, optimizer: OptimizerSettings, **optimizer_overrides):
-    """AdamW over the model, and the EMA of its weights (None without ``use_ema``)."""
+    """AdamW over the model (``parameter_groups``), and the EMA of its weights (None without ``use_ema``)."""
     ema = None
     if optimizer.use_ema:
         ema = EMAModel(model.parameters(), decay=optimizer.ema_max_decay, use_ema_warmup=True,
                        inv_gamma=optimizer.ema_inv_gamma, power=optimizer.ema_power, foreach=optimizer.ema_foreach,
                        model_cls=UNet2DModel, model_config=model.config)
-    adamw = torch.optim.AdamW(model.parameters(), lr=optimizer.learning_rate,
+    adamw = torch.optim.AdamW(parameter_groups(model, optimizer), lr=optimizer.learning_rate,
                               betas=(optimizer.adam_beta1, optimizer.adam_beta2),
                               weight_decay=optimizer.adam_weight_decay, eps=optimizer.adam_epsilon,
                               fused=optimizer.adam_fused, **optimizer_overrides)

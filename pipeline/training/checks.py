@@ -55,6 +55,11 @@ def check_settings(settings: TrainingSettings, require_data: bool = True) -> Non
                          "--prediction_type, --snr_gamma, --rescale_betas_zero_snr and --ddpm_beta_schedule at their "
                          "defaults")
     check_group_norm(model.block_out_channels, model.norm_num_groups, model.allow_instance_norm)
+    encoder_rate = settings.optimizer.attribute_encoder_learning_rate
+    if encoder_rate is not None and not model.attribute_conditioning:
+        raise ValueError("--attribute_encoder_learning_rate applies only with --attribute_conditioning")
+    if encoder_rate is not None and encoder_rate < 0:
+        raise ValueError(f"--attribute_encoder_learning_rate must be >= 0, got {encoder_rate}")
     if require_data and (data.dataset_name is None) == (data.train_data_dir is None):
         raise ValueError("give exactly one of --dataset_name and --train_data_dir")
     if output.push_to_hub and not output.hub_model_id:

@@ -115,6 +115,9 @@ class OptimizerSettings:
     max_train_minutes: float | None = setting(None, "also stop (checkpoint, save the pipeline) once the run's "
                                                     "wall-clock time, summed over resumes, reaches this budget")
     learning_rate: float = setting(2e-4)
+    attribute_encoder_learning_rate: float | None = setting(
+        None, "an attribute model's AttributeEncoder: its own peak learning rate, under the same schedule (default: "
+              "--learning_rate); a zero-initialised encoder fine-tuned at the UNet's rate barely moves")
     lr_scheduler: str = setting("cosine", "a diffusers schedule (cosine, constant_with_warmup, ...) or "
                                           "warmup_stable_decay (pipeline/training/lr_schedules.py)")
     lr_warmup_steps: int = setting(500)
