@@ -77,7 +77,8 @@ mkdir -p results/attributes && cp results/training_log.jsonl results/attributes/
   --restart_step "$BASE_STEP" \
   --restart_note "attribute fine-tune ($(basename "$CONFIG")) from the EMA weights of step $BASE_STEP"
 "$PY" -m pipeline.model_card --model "$MODEL" --attribute_control results/attributes/control.json \
-  --training_log results/attributes/training_log.jsonl --grid results/attributes/control_grid.png --out "$MODEL/README.md"
+  --training_log results/attributes/training_log.jsonl --grid results/attributes/control_grid.png \
+  --out "$MODEL/README.md"
 
 # 3. how exactly inversion gives a face back, the other masks and an interpolation strip, on held-out faces
 once inversion "$PY" -m benchmarks.inversion_psnr --model "$BASE" --train_data_dir "$DATA" --steps 10 20 50 100 \

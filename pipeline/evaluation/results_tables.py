@@ -171,11 +171,8 @@ def edit_table(results: Path, base: Path) -> list[str]:
                   "KID", "PSNR"], rows)
 
 
-def inversion_table(results: Path) -> list[str]:
-    """Reconstruction PSNR of DDIM inversion then decoding, per step count; no lines when not measured."""
-    inversion = read(results / "edit" / "inversion_psnr.json")
-    if not inversion:
-        return []
+def inversion_table(inversion: dict) -> list[str]:
+    """Reconstruction PSNR of DDIM inversion then decoding (an inversion_psnr.json), per step count."""
     return table(["steps", "NFE", "PSNR (mean ± standard error)"],
                  [[p["steps"], p["nfe"], f"{p['psnr_mean']:.2f} ± {p['psnr_stderr'] or 0:.2f} dB"]
                   for p in inversion["points"]])
@@ -194,17 +191,14 @@ def edit_section(results: Path) -> list[str]:
         lines += ["## Inversion and reconstruction", "",
                   f"[edit/inversion_psnr.json](edit/inversion_psnr.json): {inversion['num_images']} held-out faces "
                   f"({inversion['faces']}) inverted to noise with deterministic DDIM and decoded back, UNet "
-                  f"{unet_precision(inversion['mixed_precision'])}.", "", *inversion_table(results)]
+                  f"{unet_precision(inversion['mixed_precision'])}.", "", *inversion_table(inversion)]
     return lines
 
 
-def attribute_control_table(results: Path) -> list[str]:
-    """Per attribute asked for, the classifier's positive rate (%) at each guidance weight (weight 0 is the
-    unconditional model) and the classifier's held-out accuracy, which bounds how far a rate can be trusted; then the
-    FID of each weight's faces. No lines when not measured."""
-    control = read(results / "attributes" / "control.json")
-    if not control:
-        return []
+def attribute_control_table(control: dict, results: Path) -> list[str]:
+    """Per attribute asked for in ``control`` (a control.json), the classifier's positive rate (%) at each guidance
+    weight (weight 0 is the unconditional model) and the classifier's held-out accuracy from ``results``, which bounds
+    how far a rate can be trusted; then the FID of each weight's faces."""
     accuracy = (read(results / "attributes" / "classifier.json") or {}).get("attributes", {})
     weights = list(control["guidance"])
     rows = [[attribute, *(number(100 * control["guidance"][w]["positive_rate"][attribute], 1) for w in weights),
@@ -231,7 +225,7 @@ def attribute_section(results: Path) -> list[str]:
     control = read(results / "attributes" / "control.json")
     if control:
         lines += ["## Attribute control", "", control_protocol(control, "attributes/control.json"), "",
-                  *attribute_control_table(results)]
+                  *attribute_control_table(control, results)]
     return lines
 
 
@@ -428,10 +422,11 @@ def sweep_table(results: Path) -> str:
 
 def edits_block(results: Path) -> str:
     """REPORT.md's editing tables: edit FID per task and method, then inversion PSNR, from results/edit/."""
-    edits, inversion = edit_table(results, results.parent), inversion_table(results)
-    if not edits and not inversion:
+    inversion = read(results / "edit" / "inversion_psnr.json")
+    lines = edit_table(results, results.parent) + (inversion_table(inversion) if inversion else [])
+    if not lines:
         return "No edit has been measured (results/edit/ holds no fid_*.json or inversion_psnr.json)."
-    return "\n".join(edits + inversion).rstrip()
+    return "\n".join(lines).rstrip()
 
 
 def attribute_control_block(results: Path) -> str:
@@ -439,7 +434,8 @@ def attribute_control_block(results: Path) -> str:
     control = read(results / "attributes" / "control.json")
     if not control:
         return "No attribute control has been measured (results/attributes/control.json is missing)."
-    return "\n".join([*attribute_control_table(results), control_protocol(control, "results/attributes/control.json")])
+    return "\n".join([*attribute_control_table(control, results),
+                      control_protocol(control, "results/attributes/control.json")])
 
 
 BLOCKS = {"results-at-a-glance": glance_table, "sampler-sweep": sweep_table, "edits": edits_block,

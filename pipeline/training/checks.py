@@ -15,7 +15,7 @@ POSITIVE = ("resolution", "crop_size", "layers_per_block", "ddpm_num_steps", "tr
             "eval_fid_num_samples", "eval_fid_steps", "checkpoints_total_limit", "pixel_unshuffle")
 NON_NEGATIVE = ("data_timeout_minutes", "lr_warmup_steps", "save_images_steps", "checkpointing_steps",
                 "checkpointing_minutes", "eval_fid_every", "learning_rate", "adam_weight_decay", "dropout",
-                "crop_offset_y", "shuffle_buffer_size")
+                "crop_offset_y", "shuffle_buffer_size", "attribute_encoder_learning_rate")
 PROBABILITIES = ("attribute_unspecified_prob", "attribute_dropout")
 
 
@@ -27,7 +27,7 @@ def check_settings(settings: TrainingSettings, require_data: bool = True) -> Non
         if values[name] <= 0:
             raise ValueError(f"--{name} must be positive, got {values[name]}")
     for name in NON_NEGATIVE:
-        if values[name] < 0:
+        if values[name] is not None and values[name] < 0:
             raise ValueError(f"--{name} must be >= 0, got {values[name]}")
     for name in PROBABILITIES:
         if not 0 <= values[name] <= 1:
@@ -55,11 +55,8 @@ def check_settings(settings: TrainingSettings, require_data: bool = True) -> Non
                          "--prediction_type, --snr_gamma, --rescale_betas_zero_snr and --ddpm_beta_schedule at their "
                          "defaults")
     check_group_norm(model.block_out_channels, model.norm_num_groups, model.allow_instance_norm)
-    encoder_rate = settings.optimizer.attribute_encoder_learning_rate
-    if encoder_rate is not None and not model.attribute_conditioning:
+    if settings.optimizer.attribute_encoder_learning_rate is not None and not model.attribute_conditioning:
         raise ValueError("--attribute_encoder_learning_rate applies only with --attribute_conditioning")
-    if encoder_rate is not None and encoder_rate < 0:
-        raise ValueError(f"--attribute_encoder_learning_rate must be >= 0, got {encoder_rate}")
     if require_data and (data.dataset_name is None) == (data.train_data_dir is None):
         raise ValueError("give exactly one of --dataset_name and --train_data_dir")
     if output.push_to_hub and not output.hub_model_id:
