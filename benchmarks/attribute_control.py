@@ -5,6 +5,8 @@
     python benchmarks/attribute_control.py control --model pretrained/celeba-64-attributes \
         --train_data_dir ../shared/celeba --guidance 0 1 3 5 --out results/attributes/control.json \
         --grid results/attributes/control_grid.png --resume_dir ~/runs/attribute_control
+    python benchmarks/attribute_control.py label-gain --model pretrained/celeba-64-attributes \
+        --train_data_dir ../shared/celeba --out results/attributes/label_gain.json
 
 ``classifier`` trains a small CNN on the official train split's images and 40 labels (preprocessed as the model's
 training images) and reports its accuracy per attribute on every valid and test image present (never trained on),
@@ -18,6 +20,11 @@ same faces' seeds), and per weight the FID of all its faces against the train sp
 first faces asked for each attribute (a row each) at every weight (a block of columns each): the same seeds, so each
 face changes only with the weight. ``--resume_dir`` keeps every finished batch, so that an interrupted run continues
 with identical results.
+
+``label-gain`` asks whether the network reads its labels at all: on held-out faces noised at several DDPM labels
+(the same noise for every condition) it compares the noise-prediction error given the faces' own attributes (each
+left unspecified with the training probability), given all of them, and given none. The relative reduction of the
+error is the information the labels add; a model whose guidance changes nothing shows none.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from diffusers import DDPMScheduler
 from tqdm.auto import tqdm
 
 from pipeline.cli import DEFAULT_DEVICE, ArgumentParser, device_argument, run_cli
@@ -40,12 +48,15 @@ from pipeline.data.images import make_grid
 from pipeline.data.preprocess import Preprocessing, pipeline_preprocessing, random_hflip, to_model_range
 from pipeline.evaluation.reference_stats import load_or_compute_reference
 from pipeline.evaluation.scores import fid_against_reference
-from pipeline.generate import MIXED_PRECISION_HELP, generate, load_for_sampling, open_batch_store
+from pipeline.generate import MIXED_PRECISION_HELP, generate, load_for_sampling, load_pipeline, open_batch_store
+from pipeline.models.architecture import drop_attributes
 from pipeline.models.attribute_encoder import CELEBA_ATTRIBUTES
+from pipeline.models.noise_schedules import schedule_config
 from pipeline.pipeline_celeba import MIXED_PRECISION, default_mixed_precision
 
 DEFAULT_WEIGHTS = Path(os.environ.get("CELEBA_DIFFUSION_CACHE", "~/.cache/celeba-diffusion")).expanduser() / \
     "attribute_classifier.pt"
+GAIN_LABELS = (999, 900, 700, 500, 300)
 CONTROL_ATTRIBUTES = ("Smiling", "Eyeglasses", "Male", "Blond_Hair", "Black_Hair", "Wearing_Hat", "Bangs",
                       "Mouth_Slightly_Open", "Young", "No_Beard")
 
@@ -207,6 +218,53 @@ def control_main(args) -> dict:
             "guidance": rows}
 
 
+def noise_errors(pipe, clean: torch.Tensor, attributes: torch.Tensor, label: int, seed: int,
+                 batch_size: int) -> torch.Tensor:
+    """Per-image mean squared error (float64) of the float32 noise estimate at DDPM label ``label`` given
+    ``attributes`` (N, 40) of +1/-1/0; image i is noised with the same draw whatever the attributes."""
+    alpha_bar = float(DDPMScheduler.from_config(schedule_config(pipe.vp_schedule)).alphas_cumprod[label])
+    errors = []
+    for start in range(0, len(clean), batch_size):
+        x0 = clean[start:start + batch_size]
+        noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed + start))
+        noisy = alpha_bar**0.5 * x0 + (1 - alpha_bar) ** 0.5 * noise
+        denoiser = pipe.vp_denoiser(pipe.guided_denoiser(attributes[start:start + batch_size], 1.0))
+        with torch.no_grad():
+            estimate = denoiser(noisy, torch.full((len(x0),), label)).sample
+        errors.append((estimate.double() - noise.double()).pow(2).mean(dim=(1, 2, 3)))
+    return torch.cat(errors)
+
+
+def label_gain_main(args) -> dict:
+    pipe = load_pipeline(args.model, args.device, channels_last=False)
+    if getattr(pipe, "attribute_encoder", None) is None:
+        raise ValueError(f"{args.model} is not an attribute model (no attribute_encoder)")
+    images, labels = labelled_images(args.train_data_dir, ("valid", "test"), pipeline_preprocessing(pipe),
+                                     limit=args.num_images)
+    if len(images) < 2:
+        raise ValueError(f"{args.train_data_dir} holds fewer than 2 valid or test images")
+    clean, signed = to_model_range(images).float(), 2 * labels - 1
+    conditions = {"none": torch.zeros_like(signed), "all": signed,
+                  "training": drop_attributes(signed, args.unspecified_prob, 0.0,
+                                              torch.Generator().manual_seed(args.seed))}
+    rows = []
+    for label in tqdm(args.labels, desc="noise levels", unit="label"):
+        errors = {name: noise_errors(pipe, clean, vectors, label, args.seed, args.batch_size)
+                  for name, vectors in conditions.items()}
+        base = float(errors["none"].mean())
+        row = {"t": label, "mse_none": base}
+        for name in ("training", "all"):
+            difference = errors["none"] - errors[name]  # paired per image: same face, same noise
+            row[f"mse_{name}"] = float(errors[name].mean())
+            row[f"gain_{name}"] = float(difference.mean()) / base
+            row[f"gain_{name}_stderr"] = float(difference.std() / len(difference) ** 0.5) / base
+        rows.append(row)
+    return {"model": args.model, "num_images": len(images), "splits": ["valid", "test"],
+            "unspecified_prob": args.unspecified_prob, "seed": args.seed, "precision": "float32",
+            "gain": "1 - mse(labels) / mse(none), paired over images; stderr from the per-image differences",
+            "labels": rows}
+
+
 def main(argv=None) -> int:
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -236,6 +294,17 @@ def main(argv=None) -> int:
     control.add_argument("--resume_dir", default=None, help="keep each finished batch here; rerun to continue")
     for command in (train, control):
         command.add_argument("--weights", default=str(DEFAULT_WEIGHTS), help="the classifier's weights file")
+    gain = commands.add_parser("label-gain", help="how much the labels reduce the noise-prediction error")
+    gain.add_argument("--model", required=True, help="an attribute pipeline folder")
+    gain.add_argument("--train_data_dir", required=True, help="CelebA in the official layout (with valid/test)")
+    gain.add_argument("--num_images", type=int, default=256, help="first images of each held-out split")
+    gain.add_argument("--labels", nargs="+", type=int, default=list(GAIN_LABELS), help="DDPM labels, 0-999")
+    gain.add_argument("--unspecified_prob", type=float, default=0.5,
+                      help="probability that an attribute is left unspecified, as in training")
+    gain.add_argument("--batch_size", type=int, default=64)
+    gain.add_argument("--seed", type=int, default=0)
+    gain.add_argument("--device", type=device_argument, default=DEFAULT_DEVICE)
+    for command in (train, control, gain):
         command.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     if args.command == "classifier" and min(args.epochs, args.batch_size, args.resolution) <= 0:
@@ -247,7 +316,13 @@ def main(argv=None) -> int:
         args.grid_faces = min(4, per_attribute) if args.grid_faces is None else args.grid_faces
         if not 1 <= args.grid_faces <= per_attribute:
             raise ValueError(f"--grid_faces must be between 1 and the {per_attribute} faces per attribute")
-    result = classifier_main(args) if args.command == "classifier" else control_main(args)
+    if args.command == "label-gain":
+        if args.num_images < 1 or args.batch_size < 1 or not 0 <= args.unspecified_prob < 1:
+            raise ValueError("--num_images and --batch_size must be positive, --unspecified_prob in [0, 1)")
+        if not all(0 <= label <= 999 for label in args.labels):
+            raise ValueError(f"--labels must lie in 0-999, got {args.labels}")
+    commands_main = {"classifier": classifier_main, "control": control_main, "label-gain": label_gain_main}
+    result = commands_main[args.command](args)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(f"wrote {args.out}")

@@ -62,6 +62,14 @@ def test_classifier_then_control_on_an_attribute_model(smoke_pipeline_dir, tmp_p
     assert control["guidance"]["0.0"]["rate_minus_base"] == {"Smiling": 0.0, "Male": 0.0}
     assert all(0 <= rate <= 1 for row in control["guidance"].values() for rate in row["positive_rate"].values())
     assert control["guidance"]["3.0"]["fid"] > 0
+    run_command(["benchmarks/attribute_control.py", "label-gain", "--model", str(model), "--train_data_dir", str(data),
+                 "--labels", "999", "500", "--out", str(tmp_path / "gain.json")])
+    gain = json.loads((tmp_path / "gain.json").read_text())
+    assert gain["num_images"] == 8 and [row["t"] for row in gain["labels"]] == [999, 500]
+    for row in gain["labels"]:  # the gains are the mean paired differences of the reported errors
+        for name in ("training", "all"):
+            assert row[f"gain_{name}"] == pytest.approx(1 - row[f"mse_{name}"] / row["mse_none"])
+            assert row[f"gain_{name}_stderr"] >= 0
     unconditional = run_command(["benchmarks/attribute_control.py", "control", "--model", str(smoke_pipeline_dir),
                                  "--train_data_dir", str(data), "--weights", str(weights), "--out",
                                  str(tmp_path / "x.json")], check=False, env=cache)

@@ -8,6 +8,7 @@ import pytest
 import torch
 from diffusers import DDPMScheduler, EDMEulerScheduler, UNet2DModel
 
+from benchmarks.attribute_control import noise_errors
 from pipeline import CelebADiffusionPipeline
 from pipeline.generate import generate, parse_attributes
 from pipeline.models.architecture import AttributeConditionedUNet, drop_attributes
@@ -214,3 +215,22 @@ def test_the_encoder_gets_its_own_learning_rate_under_the_same_schedule():
         unet_rate, encoder_rate = schedule.get_last_lr()
         assert encoder_rate == pytest.approx(100 * unet_rate)
     assert len(build_optimizer_and_ema(model, OptimizerSettings(use_ema=False))[0].param_groups) == 1
+
+
+def test_label_gain_compares_conditions_on_the_same_noise():
+    clean = torch.rand(6, 3, 8, 8) * 2 - 1
+    labels = torch.randint(0, 2, (6, len(CELEBA_ATTRIBUTES))).float() * 2 - 1
+    none = torch.zeros_like(labels)
+    untrained = attribute_pipeline(random_encoder=False)  # a zero encoder: the labels cannot matter
+    assert torch.equal(noise_errors(untrained, clean, labels, 700, seed=0, batch_size=4),
+                       noise_errors(untrained, clean, none, 700, seed=0, batch_size=4))
+    pipe = attribute_pipeline()
+    errors = noise_errors(pipe, clean, labels, 700, seed=0, batch_size=4)
+    assert torch.equal(errors, noise_errors(pipe, clean, labels, 700, seed=0, batch_size=4))
+    assert not torch.allclose(errors, noise_errors(pipe, clean, none, 700, seed=0, batch_size=4))
+    alpha_bar = DDPMScheduler().alphas_cumprod[700]  # the batch from image 4 is noised with seed 0 + 4
+    noise = torch.randn(clean[4:].shape, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        estimate = pipe.guided_denoiser(labels[4:], 1.0)(alpha_bar.sqrt() * clean[4:] + (1 - alpha_bar).sqrt() * noise,
+                                                           torch.full((2,), 700)).sample
+    assert torch.allclose(errors[4:], (estimate.double() - noise.double()).pow(2).mean(dim=(1, 2, 3)))
