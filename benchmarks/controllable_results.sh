@@ -11,10 +11,10 @@
 # guidance weight), N_EDIT (1,000 held-out faces per edit), N_INVERSION (16) and N_GRID (8 faces per edit grid);
 # CONFIG and TRAIN_ARGS (extra train_unet.py flags) change the fine-tune. PRECISION is the fine-tune's and the scored
 # samples' precision: by default bf16 on a CPU with native bf16 and "no" (float32) elsewhere, as the pipeline runs it.
-#  1. the attribute fine-tune (configs/celeba64_edm_attributes.yaml from pretrained/celeba-64: 40 minutes in bf16 on
-#     2 Zen 4 cores, about 4.8 hours in float32 on 2 cores without native bf16), shipped as
+#  1. the attribute fine-tune (configs/celeba64_edm_attributes.yaml from pretrained/celeba-64: 75 minutes in bf16 on
+#     2 Zen 4 cores, about 9.6 hours in float32 on 2 cores without native bf16), shipped as
 #     pretrained/celeba-64-attributes with the base model's sampler and steps;
-#  2. attribute control at guidance 0/1/3/5 (N_CONTROL faces per weight) with its sweep grid, judged by the
+#  2. how much the labels tell the network (label-gain on held-out faces), attribute control at guidance 0/1/3/5 (N_CONTROL faces per weight) with its sweep grid, judged by the
 #     attribute classifier (trained again, about 8 minutes, only when its weights are missing), and the model card;
 #  3. inversion PSNR, edit grids of the other masks and an interpolation strip of two held-out faces;
 #  4. screenshots of every tab of the demo, Attributes included;
@@ -61,7 +61,9 @@ EOF
 )
 once ship "$PY" -m pipeline.ship --model "$FINE_TUNE" --out "$MODEL" --sampler "$SAMPLER" --steps "$STEPS" --replace
 
-# 2. attribute control, judged by the classifier
+# 2. does the network read its labels, and does guidance give the attributes asked for (judged by the classifier)
+"$PY" -m benchmarks.attribute_control label-gain --model "$MODEL" --train_data_dir "$DATA" \
+  --out results/attributes/label_gain.json
 [[ -f "$CLASSIFIER" ]] || "$PY" -m benchmarks.attribute_control classifier --train_data_dir "$DATA" \
   --weights "$CLASSIFIER" --out results/attributes/classifier.json
 "$PY" -m benchmarks.attribute_control control --model "$MODEL" --train_data_dir "$DATA" --guidance 0 1 3 5 \

@@ -55,6 +55,8 @@ def test_controllable_results_from_a_shipped_model(tmp_path):
     assert set(control["guidance"]) == {"0.0", "1.0", "3.0", "5.0"} and control["samples_per_attribute"] == 2
     assert control["mixed_precision"] == "no"  # PRECISION reaches the scores
     assert (repo / "results" / "attributes" / "control_grid.png").is_file()
+    gain = json.loads((repo / "results" / "attributes" / "label_gain.json").read_text())
+    assert [row["t"] for row in gain["labels"]] == [999, 900, 700, 500, 300]
     edits = json.loads((repo / "results" / "edit" / "edit_fid_summary.json").read_text())
     assert [(p["task"], p["method"]) for p in edits["points"]] == [
         (task, method) for task in ("center", "eyes", "colorize") for method in ("repaint", "pc")]
