@@ -176,8 +176,7 @@ def control_main(args) -> dict:
     args.mixed_precision = args.mixed_precision or default_mixed_precision(args.device)
     pipe, args.scheduler, args.steps = load_for_sampling(args.model, args.device, args.scheduler, args.steps,
                                                          args.mixed_precision)
-    if getattr(pipe, "attribute_encoder", None) is None:
-        raise ValueError(f"{args.model} is not an attribute model (no attribute_encoder)")
+    require_attribute_model(pipe, args.model)
     classifier, classifier_prep = load_classifier(args.weights)
     if classifier_prep.resolution != pipeline_preprocessing(pipe).resolution:
         raise ValueError(f"the classifier was trained at {classifier_prep.resolution} px, the model samples at "
@@ -218,6 +217,12 @@ def control_main(args) -> dict:
             "guidance": rows}
 
 
+def require_attribute_model(pipe, model: str) -> None:
+    """ValueError unless ``pipe`` (loaded from ``model``) has an attribute encoder."""
+    if getattr(pipe, "attribute_encoder", None) is None:
+        raise ValueError(f"{model} is not an attribute model (no attribute_encoder)")
+
+
 def noise_errors(pipe, clean: torch.Tensor, attributes: torch.Tensor, label: int, seed: int,
                  batch_size: int) -> torch.Tensor:
     """Per-image mean squared error (float64) of the float32 noise estimate at DDPM label ``label`` given
@@ -230,15 +235,14 @@ def noise_errors(pipe, clean: torch.Tensor, attributes: torch.Tensor, label: int
         noisy = alpha_bar**0.5 * x0 + (1 - alpha_bar) ** 0.5 * noise
         denoiser = pipe.vp_denoiser(pipe.guided_denoiser(attributes[start:start + batch_size], 1.0))
         with torch.no_grad():
-            estimate = denoiser(noisy, torch.full((len(x0),), label)).sample
-        errors.append((estimate.double() - noise.double()).pow(2).mean(dim=(1, 2, 3)))
+            estimate = denoiser(noisy.to(pipe.device), torch.full((len(x0),), label, device=pipe.device)).sample
+        errors.append((estimate.cpu().double() - noise.double()).pow(2).mean(dim=(1, 2, 3)))
     return torch.cat(errors)
 
 
 def label_gain_main(args) -> dict:
     pipe = load_pipeline(args.model, args.device, channels_last=False)
-    if getattr(pipe, "attribute_encoder", None) is None:
-        raise ValueError(f"{args.model} is not an attribute model (no attribute_encoder)")
+    require_attribute_model(pipe, args.model)
     images, labels = labelled_images(args.train_data_dir, ("valid", "test"), pipeline_preprocessing(pipe),
                                      limit=args.num_images)
     if len(images) < 2:
