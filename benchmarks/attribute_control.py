@@ -24,7 +24,9 @@ with identical results.
 ``label-gain`` asks whether the network reads its labels at all: on held-out faces noised at several DDPM labels
 (the same noise for every condition) it compares the noise-prediction error given the faces' own attributes (each
 left unspecified with the training probability), given all of them, and given none. The relative reduction of the
-error is the information the labels add; a model whose guidance changes nothing shows none.
+error is the information the labels add; a model whose guidance changes nothing shows none. Beside it, the same gain
+for the least-squares linear guess of a face from its labels (fitted on the train split) bounds from below what an
+ideal denoiser gains where the noise hides the face.
 """
 
 from __future__ import annotations
@@ -240,6 +242,34 @@ def noise_errors(pipe, clean: torch.Tensor, attributes: torch.Tensor, label: int
     return torch.cat(errors)
 
 
+def linear_label_gain(train_images: torch.Tensor, train_vectors: torch.Tensor, heldout_images: torch.Tensor,
+                      heldout_vectors: torch.Tensor, chunk: int = 1024) -> tuple[float, float]:
+    """(gain, stderr) of the least-squares linear guess of a face from its label vector over the mean face.
+
+    Fits pixels ~ W [vector, 1] on the train images (uint8 NCHW, vectors of +1/-1/0) and returns the relative drop of
+    the held-out images' mean squared error against the train mean, paired per image, with its standard error. Where
+    noise hides the whole face (DDPM labels near 999) the ideal denoiser's label gain is the same ratio for the best
+    guess of any form, so this is a lower bound on the gain a network can reach there."""
+    def design(vectors: torch.Tensor) -> torch.Tensor:
+        return torch.cat([vectors.double(), torch.ones(len(vectors), 1, dtype=torch.float64)], dim=1)
+
+    gram = torch.zeros(train_vectors.shape[1] + 1, train_vectors.shape[1] + 1, dtype=torch.float64)
+    moments = torch.zeros(len(gram), train_images[0].numel(), dtype=torch.float64)
+    for start in range(0, len(train_images), chunk):
+        features = design(train_vectors[start:start + chunk])
+        gram += features.T @ features
+        moments += features.T @ to_model_range(train_images[start:start + chunk]).double().flatten(1)
+    weights = torch.linalg.lstsq(gram, moments).solution  # the normal equations; lstsq tolerates unused labels
+    mean_face = moments[-1] / len(train_images)
+    errors = {"mean": [], "linear": []}
+    for start in range(0, len(heldout_images), chunk):
+        faces = to_model_range(heldout_images[start:start + chunk]).double().flatten(1)
+        errors["mean"].append((faces - mean_face).pow(2).mean(dim=1))
+        errors["linear"].append((faces - design(heldout_vectors[start:start + chunk]) @ weights).pow(2).mean(dim=1))
+    base, difference = torch.cat(errors["mean"]), torch.cat(errors["mean"]) - torch.cat(errors["linear"])
+    return float(difference.mean() / base.mean()), float(difference.std() / len(difference) ** 0.5 / base.mean())
+
+
 def label_gain_main(args) -> dict:
     pipe = load_pipeline(args.model, args.device, channels_last=False)
     require_attribute_model(pipe, args.model)
@@ -251,6 +281,18 @@ def label_gain_main(args) -> dict:
     conditions = {"none": torch.zeros_like(signed), "all": signed,
                   "training": drop_attributes(signed, args.unspecified_prob, 0.0,
                                               torch.Generator().manual_seed(args.seed))}
+    train_images, train_labels = labelled_images(args.train_data_dir, ("train",), pipeline_preprocessing(pipe),
+                                                 limit=args.num_train)
+    train_signed = 2 * train_labels - 1
+    train_conditions = {"all": train_signed,
+                        "training": drop_attributes(train_signed, args.unspecified_prob, 0.0,
+                                                    torch.Generator().manual_seed(args.seed + 1))}
+    ceiling = {"num_train": len(train_images),
+               "about": "least-squares linear guess of the face from its labels vs the train mean: a lower bound on "
+                        "the label gain an ideal denoiser reaches where noise hides the face (t near 999)"}
+    for name, vectors in train_conditions.items():
+        ceiling[f"gain_{name}"], ceiling[f"gain_{name}_stderr"] = linear_label_gain(
+            train_images, vectors, images, conditions[name])
     rows = []
     for label in tqdm(args.labels, desc="noise levels", unit="label"):
         errors = {name: noise_errors(pipe, clean, vectors, label, args.seed, args.batch_size)
@@ -266,7 +308,7 @@ def label_gain_main(args) -> dict:
     return {"model": args.model, "num_images": len(images), "splits": ["valid", "test"],
             "unspecified_prob": args.unspecified_prob, "seed": args.seed, "precision": "float32",
             "gain": "1 - mse(labels) / mse(none), paired over images; stderr from the per-image differences",
-            "labels": rows}
+            "labels": rows, "linear_ceiling": ceiling}
 
 
 def main(argv=None) -> int:
@@ -303,6 +345,8 @@ def main(argv=None) -> int:
     gain.add_argument("--train_data_dir", required=True, help="CelebA in the official layout (with valid/test)")
     gain.add_argument("--num_images", type=int, default=256, help="first images of each held-out split")
     gain.add_argument("--labels", nargs="+", type=int, default=list(GAIN_LABELS), help="DDPM labels, 0-999")
+    gain.add_argument("--num_train", type=int, default=None,
+                      help="train images for the linear ceiling; default: every train image present")
     gain.add_argument("--unspecified_prob", type=float, default=0.5,
                       help="probability that an attribute is left unspecified, as in training")
     gain.add_argument("--batch_size", type=int, default=64)

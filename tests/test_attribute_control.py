@@ -66,6 +66,7 @@ def test_classifier_then_control_on_an_attribute_model(smoke_pipeline_dir, tmp_p
                  "--labels", "999", "500", "--out", str(tmp_path / "gain.json")])
     gain = json.loads((tmp_path / "gain.json").read_text())
     assert gain["num_images"] == 8 and [row["t"] for row in gain["labels"]] == [999, 500]
+    assert gain["linear_ceiling"]["num_train"] == 40 and gain["linear_ceiling"]["gain_all_stderr"] >= 0
     for row in gain["labels"]:  # the gains are the mean paired differences of the reported errors
         for name in ("training", "all"):
             assert row[f"gain_{name}"] == pytest.approx(1 - row[f"mse_{name}"] / row["mse_none"])

@@ -8,7 +8,7 @@ import pytest
 import torch
 from diffusers import DDPMScheduler, EDMEulerScheduler, UNet2DModel
 
-from benchmarks.attribute_control import noise_errors
+from benchmarks.attribute_control import linear_label_gain, noise_errors
 from pipeline import CelebADiffusionPipeline
 from pipeline.generate import generate, parse_attributes
 from pipeline.models.architecture import AttributeConditionedUNet, drop_attributes
@@ -234,3 +234,17 @@ def test_label_gain_compares_conditions_on_the_same_noise():
         estimate = pipe.guided_denoiser(labels[4:], 1.0)(alpha_bar.sqrt() * clean[4:] + (1 - alpha_bar).sqrt() * noise,
                                                            torch.full((2,), 700)).sample
     assert torch.allclose(errors[4:], (estimate.double() - noise.double()).pow(2).mean(dim=(1, 2, 3)))
+
+
+def test_linear_label_gain_on_faces_linear_in_their_labels():
+    """Pixels 128 + 40 a + 40 b of two independent +-1 labels: knowing both explains every pixel (gain 1); knowing
+    only a explains half the variance (gain 1/2 within the sampling error)."""
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 2, (6000, 2), generator=generator).float() * 2 - 1
+    images = (128 + 40 * labels[:, 0] + 40 * labels[:, 1]).to(torch.uint8).view(-1, 1, 1, 1).expand(-1, 3, 4, 4)
+    train, heldout = slice(0, 4000), slice(4000, None)
+    gain, _ = linear_label_gain(images[train], labels[train], images[heldout], labels[heldout])
+    assert gain == pytest.approx(1.0, abs=1e-9)
+    only_a = labels * torch.tensor([1.0, 0.0])  # b unspecified everywhere
+    gain, stderr = linear_label_gain(images[train], only_a[train], images[heldout], only_a[heldout], chunk=999)
+    assert abs(gain - 0.5) < 4 * stderr + 0.01 and 0 < stderr < 0.05
