@@ -137,7 +137,16 @@ def test_heldout_edit_and_attribute_tables_come_from_their_files(repository):
         "samples_per_attribute": 250, "fid_label": "FID-250", "fid_reference": "20000 train images",
         "guidance": {"0.0": {"positive_rate": {"Smiling": 0.45}, "fid": 50.0},
                      "3.0": {"positive_rate": {"Smiling": 0.9}, "fid": 55.0}}})
+    write(results / "attributes" / "label_gain.json", {
+        "model": "pretrained/a", "num_images": 512, "splits": ["valid", "test"],
+        "labels": [{"t": 999, "gain_training": 0.015, "gain_training_stderr": 0.0032, "gain_all": 0.03,
+                    "gain_all_stderr": 0.004}],
+        "linear_ceiling": {"gain_training": 0.062, "gain_training_stderr": 0.0067, "gain_all": 0.136,
+                           "gain_all_stderr": 0.01}})
     tables = results_tables.results_readme(results)
+    assert "| 999 | 1.5 ± 0.3 | 3.0 ± 0.4 |" in tables  # the label gain, in % ± its standard error
+    assert "| linear guess of the face from its labels | 6.2 ± 0.7 | 13.6 ± 1.0 |" in tables
+    assert "`pretrained/a` on 512 held-out faces (the first of the valid and test splits)" in tables
     assert "| [celeba-64.json](heldout/celeba-64.json) | pretrained/m | ddpm | 20 | 1,440 | 31.25 | 26.00 | 5.25 |" \
         in tables
     assert "| center | repaint (jump_length 5, jump_n_sample 3) | 50 | 150 | 1,000 | 31.25 | 20.00 | 11.25 |" in tables
@@ -153,10 +162,11 @@ def test_heldout_edit_and_attribute_tables_come_from_their_files(repository):
 def test_the_report_gets_the_edit_and_attribute_blocks_linked_from_the_root(repository):
     results = repository / "results"
     report = repository / "REPORT.md"
-    blocks = [results_tables.markers(block) for block in ("edits", "attribute-control")]
+    blocks = [results_tables.markers(block) for block in ("edits", "attribute-control", "label-gain")]
     report.write_text("".join(f"{begin}\nold\n{end}\n" for begin, end in blocks))
     assert results_tables.main(["--root", str(repository)]) == 0
     assert "No edit has been measured" in report.read_text()  # missing files say so instead of a stale table
+    assert "No label gain has been measured" in report.read_text()
     write(results / "edit" / "fid_eyes_pc.json", {
         "task": "eyes", "method": "pc", "steps": 50, "nfe_per_batch": 100, "num_images": 1000,
         "scores": {"fid": 30.0, "kid_mean": 0.004, "kid_std": 0.001}, "floor": {"fid": 20.0}, "fid_above_floor": 10.0,

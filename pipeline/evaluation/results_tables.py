@@ -209,6 +209,22 @@ def attribute_control_table(control: dict, results: Path) -> list[str]:
     return table(["attribute", *(f"guidance {float(w):g}" for w in weights), "classifier accuracy %"], rows)
 
 
+def label_gain_table(gain: dict, path: str) -> list[str]:
+    """How much the labels reduce the attribute model's noise-prediction error on held-out faces (a label_gain.json
+    read from ``path``), per DDPM label, with the gain of the linear guess from the labels as the last row."""
+    def cell(row: dict, name: str) -> str:
+        return f"{100 * row[f'gain_{name}']:.1f} ± {100 * row[f'gain_{name}_stderr']:.1f}"
+
+    rows = [[row["t"], cell(row, "training"), cell(row, "all")] for row in gain["labels"]]
+    ceiling = gain.get("linear_ceiling")
+    if ceiling:
+        rows.append(["linear guess of the face from its labels", cell(ceiling, "training"), cell(ceiling, "all")])
+    return [*table(["DDPM label t", "gain %, half the labels (as in training)", "gain %, all 40 labels"], rows),
+            f"[{Path(path).name}]({path}): `{gain['model']}` on {gain['num_images']:,} held-out faces (the first "
+            f"of the {' and '.join(gain['splits'])} splits), each noised the same way for every condition; gain = "
+            "1 − error given the labels / error given none, in % ± its standard error."]
+
+
 def attribute_section(results: Path) -> list[str]:
     lines = []
     classifier = read(results / "attributes" / "classifier.json")
@@ -226,6 +242,9 @@ def attribute_section(results: Path) -> list[str]:
     if control:
         lines += ["## Attribute control", "", control_protocol(control, "attributes/control.json"), "",
                   *attribute_control_table(control, results)]
+    gain = read(results / "attributes" / "label_gain.json")
+    if gain:
+        lines += ["## Label gain", "", *label_gain_table(gain, "attributes/label_gain.json")]
     return lines
 
 
@@ -438,8 +457,16 @@ def attribute_control_block(results: Path) -> str:
                       control_protocol(control, "results/attributes/control.json")])
 
 
+def label_gain_block(results: Path) -> str:
+    """REPORT.md's label-gain table, from results/attributes/label_gain.json."""
+    gain = read(results / "attributes" / "label_gain.json")
+    if not gain:
+        return "No label gain has been measured (results/attributes/label_gain.json is missing)."
+    return "\n".join(label_gain_table(gain, "results/attributes/label_gain.json"))
+
+
 BLOCKS = {"results-at-a-glance": glance_table, "sampler-sweep": sweep_table, "edits": edits_block,
-          "attribute-control": attribute_control_block}
+          "attribute-control": attribute_control_block, "label-gain": label_gain_block}
 
 
 def with_blocks(document: str, results: Path, name: str, required: tuple[str, ...] = ()) -> str:
