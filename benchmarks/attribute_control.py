@@ -16,7 +16,9 @@ beside the accuracy of always answering the train split's majority label. Its we
 ``control`` asks the attribute model, at each guidance weight, for ``--num_samples`` faces that cycle through the
 attributes of ``--attributes`` (one attribute set to present per face, the rest unspecified). Per attribute it reports
 the classifier's positive rate on the faces asked for it, against the unconditional model's rate (guidance 0, the
-same faces' seeds), and per weight the FID of all its faces against the train split's reference. ``--grid`` draws the
+same faces' seeds), the rates of the other attributes of ``--attributes`` on those faces (``found``: does guidance
+give the attribute asked for, or a change shared by all?), and per weight the FID of all its faces against the train
+split's reference. ``--grid`` draws the
 first faces asked for each attribute (a row each) at every weight (a block of columns each): the same seeds, so each
 face changes only with the weight. ``--resume_dir`` keeps every finished batch, so that an interrupted run continues
 with identical results.
@@ -189,7 +191,7 @@ def control_main(args) -> dict:
     per_attribute = args.num_samples // len(args.attributes)
     rows, shown = {}, []
     for weight in args.guidance:
-        faces, rates = [], {}
+        faces, rates, found = [], {}, {}
         for offset, name in enumerate(args.attributes):  # the same seeds for every weight: paired comparisons
             sampling = dict(scheduler=args.scheduler, steps=args.steps, seed=args.seed + 1000 * offset,
                             batch_size=args.batch_size, mixed_precision=args.mixed_precision,
@@ -200,8 +202,11 @@ def control_main(args) -> dict:
             faces.append(images)
             shown.append(images[:args.grid_faces])
             tensor = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
-            rates[name] = float(predict(classifier, tensor)[:, index[name]].mean())
-        rows[str(weight)] = {"positive_rate": rates, "fid": fid_against_reference(np.concatenate(faces), reference)}
+            predictions = predict(classifier, tensor)
+            found[name] = {other: float(predictions[:, column].mean()) for other, column in index.items()}
+            rates[name] = found[name][name]
+        rows[str(weight)] = {"positive_rate": rates, "found": found,
+                             "fid": fid_against_reference(np.concatenate(faces), reference)}
     if args.grid:  # rows: attributes; columns: grid_faces faces at each weight in turn
         blocks = np.stack(shown).reshape(len(args.guidance), len(args.attributes), -1, *shown[0].shape[1:])
         tiles = blocks.transpose(1, 0, 2, 3, 4, 5).reshape(-1, *shown[0].shape[1:])

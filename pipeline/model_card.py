@@ -144,8 +144,8 @@ def use_section(evals: list[dict], scheduler_config: dict, default_steps: int, c
     elif best:
         text += f" It is the sampler with the lowest {best['label']} below."
     if conditional:
-        code += ["", "# smiling faces with eyeglasses, by classifier-free guidance",
-                 'images = pipe(batch_size=16, attributes={"Smiling": 1, "Eyeglasses": 1}, guidance_scale=3, '
+        code += ["", "# smiling men, by classifier-free guidance",
+                 'images = pipe(batch_size=16, attributes={"Smiling": 1, "Male": 1}, guidance_scale=3, '
                  "generator=torch.Generator().manual_seed(0)).images"]
         text += (" `attributes` names CelebA attributes as present (1) or absent (-1); unnamed ones are left "
                  "unspecified. `guidance_scale` 0 gives the unconditional model, 1 the conditional one, and larger "
@@ -372,11 +372,12 @@ def main(argv=None):
             raise FileNotFoundError(f"grid picture not found: {args.grid}")
         if not (model / GRID_NAME).exists() or not os.path.samefile(args.grid, model / GRID_NAME):
             shutil.copyfile(args.grid, model / GRID_NAME)
-    for path in (Path(args.out), model / "README.md"):  # the same card; only the picture's relative link differs
+    paths = dict.fromkeys(path.resolve() for path in (Path(args.out), model / "README.md"))  # each file once
+    for path in paths:  # the same card; only the picture's relative link differs
         grid = os.path.relpath(model / GRID_NAME, path.parent) if args.grid else None
         path.write_text(folder_card(model, args.name or model.name, evals, training, grid, args.in_progress,
                                     likelihood, attribute_control, heldout, targets))
-    print(f"wrote {args.out} and {model / 'README.md'}")
+    print("wrote " + " and ".join(str(path) for path in paths))
     return 0
 
 

@@ -61,6 +61,9 @@ def test_classifier_then_control_on_an_attribute_model(smoke_pipeline_dir, tmp_p
     assert control["samples_per_attribute"] == 4 and set(control["guidance"]) == {"0.0", "3.0"}
     assert control["guidance"]["0.0"]["rate_minus_base"] == {"Smiling": 0.0, "Male": 0.0}
     assert all(0 <= rate <= 1 for row in control["guidance"].values() for rate in row["positive_rate"].values())
+    for row in control["guidance"].values():  # every controlled attribute's rate on the faces asked for each one
+        assert set(row["found"]) == {"Smiling", "Male"} and set(row["found"]["Male"]) == {"Smiling", "Male"}
+        assert all(row["found"][name][name] == row["positive_rate"][name] for name in ("Smiling", "Male"))
     assert control["guidance"]["3.0"]["fid"] > 0
     run_command(["benchmarks/attribute_control.py", "label-gain", "--model", str(model), "--train_data_dir", str(data),
                  "--labels", "999", "500", "--out", str(tmp_path / "gain.json")])

@@ -231,7 +231,7 @@ def test_the_card_of_an_attribute_model_asks_for_attributes_and_reports_control(
     snippet = card.split("```python\n")[1].split("```")[0]
     namespace = {}
     exec(snippet.replace("REPO_OR_PATH", str(model)).replace("batch_size=16", "batch_size=1"), namespace)
-    assert len(namespace["images"]) == 1  # the last call: guided by Smiling and Eyeglasses
+    assert len(namespace["images"]) == 1  # the last call: guided by Smiling and Male
     refused = run_in_process(model_card.main, ["--model", str(plain), "--attribute_control",
                                                str(tmp_path / "control.json"), "--out", str(tmp_path / "plain.md")],
                                                check=False)

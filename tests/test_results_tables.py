@@ -135,8 +135,8 @@ def test_heldout_edit_and_attribute_tables_come_from_their_files(repository):
     write(results / "attributes" / "control.json", {
         "model": "pretrained/a", "sampler": "edm-dpm++2m", "steps": 20, "attributes": ["Smiling"],
         "samples_per_attribute": 250, "fid_label": "FID-250", "fid_reference": "20000 train images",
-        "guidance": {"0.0": {"positive_rate": {"Smiling": 0.45}, "fid": 50.0},
-                     "3.0": {"positive_rate": {"Smiling": 0.9}, "fid": 55.0}}})
+        "guidance": {"0.0": {"positive_rate": {"Smiling": 0.45}, "found": {"Smiling": {"Smiling": 0.45}}, "fid": 50.0},
+                     "3.0": {"positive_rate": {"Smiling": 0.9}, "found": {"Smiling": {"Smiling": 0.9}}, "fid": 55.0}}})
     write(results / "attributes" / "label_gain.json", {
         "model": "pretrained/a", "num_images": 512, "splits": ["valid", "test"],
         "labels": [{"t": 999, "gain_training": 0.015, "gain_training_stderr": 0.0032, "gain_all": 0.03,
@@ -154,6 +154,7 @@ def test_heldout_edit_and_attribute_tables_come_from_their_files(repository):
     assert "mean accuracy **90.0 %** against 80.0 %" in tables and "| Smiling | 91.0 | 50.0 | 48.0 |" in tables
     assert "| attribute | guidance 0 | guidance 3 |" in tables and "| Smiling | 45.0 | 90.0 |" in tables
     assert "| FID-250 (all attributes) | 50.00 | 55.00 |" in tables
+    assert "| asked for Smiling | +45.0 |" in tables  # the rate's change from guidance 0 to 3
     assert "| 5.25 (FID-1,440 31.25; 1,440 real train images 26.00) | yes |" in tables  # the targets table
     glance = results_tables.glance_table(results)
     assert "against held-out faces | ddpm | 20 | FID-1,440 31.25 (real-train floor 26.00) |" in glance

@@ -209,6 +209,19 @@ def attribute_control_table(control: dict, results: Path) -> list[str]:
     return table(["attribute", *(f"guidance {float(w):g}" for w in weights), "classifier accuracy %"], rows)
 
 
+def found_table(control: dict) -> list[str]:
+    """How guidance at the largest weight of ``control`` (a control.json) changes, from weight 0, the classifier's rate
+    of every controlled attribute (columns) on the faces asked for each one (rows), in percentage points."""
+    weights = list(control["guidance"])
+    low, high = (control["guidance"][w]["found"] for w in (weights[0], weights[-1]))
+    names = control["attributes"]
+    rows = [[f"asked for {asked}", *(f"{100 * (high[asked][found] - low[asked][found]):+.1f}" for found in names)]
+            for asked in names]
+    return [*table(["", *names], rows),
+            f"Change of each attribute's rate (percentage points) on the faces asked for the row's attribute, from "
+            f"guidance {float(weights[0]):g} to {float(weights[-1]):g}; the diagonal is the control itself."]
+
+
 def label_gain_table(gain: dict, path: str) -> list[str]:
     """How much the labels reduce the attribute model's noise-prediction error on held-out faces (a label_gain.json
     read from ``path``), per DDPM label, with the gain of the linear guess from the labels as the last row."""
@@ -242,6 +255,8 @@ def attribute_section(results: Path) -> list[str]:
     if control:
         lines += ["## Attribute control", "", control_protocol(control, "attributes/control.json"), "",
                   *attribute_control_table(control, results)]
+        if all("found" in row for row in control["guidance"].values()):
+            lines += ["", *found_table(control)]
     gain = read(results / "attributes" / "label_gain.json")
     if gain:
         lines += ["## Label gain", "", *label_gain_table(gain, "attributes/label_gain.json")]
