@@ -163,11 +163,12 @@ def test_heldout_edit_and_attribute_tables_come_from_their_files(repository):
 def test_the_report_gets_the_edit_and_attribute_blocks_linked_from_the_root(repository):
     results = repository / "results"
     report = repository / "REPORT.md"
-    blocks = [results_tables.markers(block) for block in ("edits", "attribute-control", "label-gain")]
+    blocks = [results_tables.markers(block) for block in ("edits", "inversion", "attribute-control", "label-gain")]
     report.write_text("".join(f"{begin}\nold\n{end}\n" for begin, end in blocks))
     assert results_tables.main(["--root", str(repository)]) == 0
     assert "No edit has been measured" in report.read_text()  # missing files say so instead of a stale table
     assert "No label gain has been measured" in report.read_text()
+    assert "No inversion has been measured" in report.read_text()
     write(results / "edit" / "fid_eyes_pc.json", {
         "task": "eyes", "method": "pc", "steps": 50, "nfe_per_batch": 100, "num_images": 1000,
         "scores": {"fid": 30.0, "kid_mean": 0.004, "kid_std": 0.001}, "floor": {"fid": 20.0}, "fid_above_floor": 10.0,

@@ -6,8 +6,9 @@
 ``results/README.md`` holds every table (the targets, evaluations, FID versus NFE, held-out scores, likelihood,
 editing, attribute control, recipes, denoiser response, speed). The documents hold generated blocks, each between
 the two comments ``markers(block)`` and replaced in place: the results-at-a-glance table (``GLANCE_BEGIN`` ...
-``GLANCE_END``, required in README.md), the sampler sweep table (``sampler-sweep``), the edit FID and inversion
-tables (``edits``) and the attribute-control table (``attribute-control``), wherever their markers are.
+``GLANCE_END``, required in README.md), the sampler sweep table (``sampler-sweep``), the edit FID table
+(``edits``), the inversion table (``inversion``), the attribute-control table (``attribute-control``) and the
+label-gain table (``label-gain``), wherever their markers are.
 Published numbers come from ``results/literature.json``, each with its source.
 """
 
@@ -455,12 +456,19 @@ def sweep_table(results: Path) -> str:
 
 
 def edits_block(results: Path) -> str:
-    """REPORT.md's editing tables: edit FID per task and method, then inversion PSNR, from results/edit/."""
-    inversion = read(results / "edit" / "inversion_psnr.json")
-    lines = edit_table(results, results.parent) + (inversion_table(inversion) if inversion else [])
+    """REPORT.md's edit-FID table per task and method, from results/edit/fid_*.json."""
+    lines = edit_table(results, results.parent)
     if not lines:
-        return "No edit has been measured (results/edit/ holds no fid_*.json or inversion_psnr.json)."
-    return "\n".join(lines).rstrip()
+        return "No edit has been measured (results/edit/ holds no fid_*.json)."
+    return "\n".join(lines)
+
+
+def inversion_block(results: Path) -> str:
+    """REPORT.md's inversion table, from results/edit/inversion_psnr.json."""
+    inversion = read(results / "edit" / "inversion_psnr.json")
+    if not inversion:
+        return "No inversion has been measured (results/edit/inversion_psnr.json is missing)."
+    return "\n".join(inversion_table(inversion))
 
 
 def attribute_control_block(results: Path) -> str:
@@ -481,7 +489,7 @@ def label_gain_block(results: Path) -> str:
 
 
 BLOCKS = {"results-at-a-glance": glance_table, "sampler-sweep": sweep_table, "edits": edits_block,
-          "attribute-control": attribute_control_block, "label-gain": label_gain_block}
+          "inversion": inversion_block, "attribute-control": attribute_control_block, "label-gain": label_gain_block}
 
 
 def with_blocks(document: str, results: Path, name: str, required: tuple[str, ...] = ()) -> str:
