@@ -169,7 +169,7 @@ def edit_table(results: Path, base: Path) -> list[str]:
     if not rows:
         return []
     return table(["file", "task", "method", "steps", "NFE per batch", "faces", "FID", "floor FID", "above floor",
-                  "KID", "PSNR"], rows)
+                  "KID ×10³", "PSNR"], rows)
 
 
 def inversion_table(inversion: dict) -> list[str]:
