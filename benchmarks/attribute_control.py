@@ -271,7 +271,8 @@ def linear_label_gain(train_images: torch.Tensor, train_vectors: torch.Tensor, h
         faces = to_model_range(heldout_images[start:start + chunk]).double().flatten(1)
         errors["mean"].append((faces - mean_face).pow(2).mean(dim=1))
         errors["linear"].append((faces - design(heldout_vectors[start:start + chunk]) @ weights).pow(2).mean(dim=1))
-    base, difference = torch.cat(errors["mean"]), torch.cat(errors["mean"]) - torch.cat(errors["linear"])
+    base = torch.cat(errors["mean"])
+    difference = base - torch.cat(errors["linear"])
     return float(difference.mean() / base.mean()), float(difference.std() / len(difference) ** 0.5 / base.mean())
 
 
