@@ -8,7 +8,7 @@ each named mask of ``pipeline.edit`` (the mask's zeros are filled), or colorized
 method of ``pipeline.sampling.editing``. The edited faces are scored against all held-out faces, beside the floor:
 the same faces unedited, scored the same way (FID is biased at small N, so only the difference means quality).
 Per (task, method): <out_dir>/fid_<task>_<method>.json (FID, KID, precision/recall, PSNR of the filled part
-against the original, NFE, seconds) and <out_dir>/<task>_<method>.png (original, what the model saw, result for the
+against the original, NFE, the seconds spent editing in this run and how many batches were resumed instead) and <out_dir>/<task>_<method>.png (original, what the model saw, result for the
 first 8 faces); then <out_dir>/edit_fid_summary.json. With ``--resume_dir DIR`` every finished batch is kept, so an
 interrupted run continues where it stopped with identical results.
 """
@@ -163,6 +163,8 @@ def main(argv=None) -> int:
                      "fid_above_floor": result["fid"] - floor["fid"], "nfe_per_batch": nfe,
                      "psnr": psnr(result_faces, originals, filled),
                      "psnr_where": "whole image" if filled is None else "filled region", "seconds": seconds,
+                     # batches kept in --resume_dir were edited by an earlier run, outside "seconds"
+                     "resumed_batches": store.loaded if store else 0,
                      "reference": f"all {len(reference)} {' and '.join(HELDOUT_SPLITS)} faces"}
             (out_dir / f"fid_{task}_{method}.json").write_text(json.dumps(point, indent=1))
             shown = originals[:8]

@@ -26,7 +26,7 @@ def test_edited_heldout_faces_keep_what_is_known_are_scored_and_resume_exactly(s
     assert summary["num_images"] == 4 and summary["num_heldout"] == 6
     assert [(p["task"], p["method"]) for p in summary["points"]] == [("center", "repaint"), ("colorize", "repaint")]
     center = json.loads((out / "fid_center_repaint.json").read_text())
-    assert (center["jump_length"], center["jump_n_sample"]) == (1, 2)
+    assert (center["jump_length"], center["jump_n_sample"]) == (1, 2) and center["resumed_batches"] == 0
     assert center["nfe_per_batch"] > 2  # RePaint's jump back re-runs a step
     assert center["psnr_where"] == "filled region" and center["fid_above_floor"] == (
         center["scores"]["fid"] - center["floor"]["fid"])
@@ -48,4 +48,5 @@ def test_edited_heldout_faces_keep_what_is_known_are_scored_and_resume_exactly(s
     assert inside.sum() > 100 and np.abs(colour.mean(-1) - originals.mean(-1))[inside].max() <= 1
     again = run_command(command, env=env, timeout=600)
     assert "finished batch(es) found" in again.stderr
-    assert json.loads((out / "fid_center_repaint.json").read_text())["scores"] == center["scores"]
+    resumed = json.loads((out / "fid_center_repaint.json").read_text())
+    assert resumed["scores"] == center["scores"] and resumed["resumed_batches"] == 2
