@@ -9,8 +9,9 @@ method of ``pipeline.sampling.editing``. The edited faces are scored against all
 the same faces unedited, scored the same way (FID is biased at small N, so only the difference means quality).
 Per (task, method): <out_dir>/fid_<task>_<method>.json (FID, KID, precision/recall, PSNR of the filled part
 against the original, NFE, the seconds spent editing in this run and how many batches were resumed instead) and
-<out_dir>/<task>_<method>.png (original, what the model saw, result for the first 8 faces); then <out_dir>/edit_fid_summary.json. With ``--resume_dir DIR`` every finished batch is kept, so an
-interrupted run continues where it stopped with identical results.
+<out_dir>/<task>_<method>.png (original, what the model saw, result for the first 8 faces); then
+<out_dir>/edit_fid_summary.json. With ``--resume_dir DIR`` every finished batch is kept, so an interrupted run
+continues where it stopped with identical results.
 """
 
 from __future__ import annotations
