@@ -8,10 +8,10 @@ each named mask of ``pipeline.edit`` (the mask's zeros are filled), or colorized
 method of ``pipeline.sampling.editing``. The edited faces are scored against all held-out faces, beside the floor:
 the same faces unedited, scored the same way (FID is biased at small N, so only the difference means quality).
 Per (task, method): <out_dir>/fid_<task>_<method>.json (FID, KID, precision/recall, PSNR of the filled part
-against the original, NFE, the seconds spent editing in this run and how many batches were resumed instead) and
-<out_dir>/<task>_<method>.png (original, what the model saw, result for the first 8 faces); then
-<out_dir>/edit_fid_summary.json. With ``--resume_dir DIR`` every finished batch is kept, so an interrupted run
-continues where it stopped with identical results.
+against the original, for colorization the ratio of restored to original colour saturation, NFE, the seconds spent
+editing in this run and how many batches were resumed instead) and <out_dir>/<task>_<method>.png (original, what
+the model saw, result for the first 8 faces); then <out_dir>/edit_fid_summary.json. With ``--resume_dir DIR`` every
+finished batch is kept, so an interrupted run continues where it stopped with identical results.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from pipeline.evaluation.scores import score_features
 from pipeline.generate import MIXED_PRECISION_HELP
 from pipeline.pipeline_celeba import MIXED_PRECISION, default_mixed_precision
 from pipeline.pipeline_folder import load_pipeline, weights_checksum
-from pipeline.sampling.editing import METHODS, colorize, impute
+from pipeline.sampling.editing import COLOUR_BASIS, METHODS, colorize, impute, to_basis
 from pipeline.sampling.sample_store import BatchStore
 
 TASKS = (*NAMED_MASKS, "colorize")
@@ -63,6 +63,15 @@ def scores(features: torch.Tensor, reference: torch.Tensor, seed: int) -> dict:
     result = score_features(features, reference, feature_stats(reference),
                             kid_subset_size=min(1000, len(features), len(reference)), seed=seed)
     return {key: result[key] for key in SCORES}
+
+
+def chroma_ratio(edited: torch.Tensor, originals: torch.Tensor) -> float:
+    """How saturated the edited faces are against the originals: the RMS of their two chroma coordinates (the colour
+    axes orthogonal to grey) over that of the originals; 1 when colorization restores as much colour as was removed."""
+    def chroma_rms(images: torch.Tensor) -> float:
+        return to_basis(images.double(), COLOUR_BASIS)[:, 1:].square().mean().sqrt().item()
+
+    return chroma_rms(edited) / chroma_rms(originals)
 
 
 def edit_batch(pipe, faces: torch.Tensor, task: str, method: str, steps: int, generator: torch.Generator,
@@ -166,6 +175,7 @@ def main(argv=None) -> int:
                      "psnr_where": "whole image" if filled is None else "filled region", "seconds": seconds,
                      # batches kept in --resume_dir were edited by an earlier run, outside "seconds"
                      "resumed_batches": store.loaded if store else 0,
+                     **({"chroma_ratio": chroma_ratio(result_faces, originals)} if task == "colorize" else {}),
                      "reference": f"all {len(reference)} {' and '.join(HELDOUT_SPLITS)} faces"}
             (out_dir / f"fid_{task}_{method}.json").write_text(json.dumps(point, indent=1))
             shown = originals[:8]

@@ -3,9 +3,10 @@
 import json
 
 import numpy as np
+import torch
 from PIL import Image
 
-from benchmarks.edit_fid import heldout_faces
+from benchmarks.edit_fid import chroma_ratio, heldout_faces
 from pipeline.data.preprocess import pipeline_preprocessing
 from pipeline.edit import named_mask
 from pipeline.pipeline_folder import load_pipeline
@@ -30,6 +31,8 @@ def test_edited_heldout_faces_keep_what_is_known_are_scored_and_resume_exactly(s
     assert center["nfe_per_batch"] > 2  # RePaint's jump back re-runs a step
     assert center["psnr_where"] == "filled region" and center["fid_above_floor"] == (
         center["scores"]["fid"] - center["floor"]["fid"])
+    assert "chroma_ratio" not in center
+    assert 0 < json.loads((out / "fid_colorize_repaint.json").read_text())["chroma_ratio"] < 10
     height, width = np.asarray(Image.open(out / "center_repaint.png")).shape[:2]
     assert height < width  # three rows (original, what the model saw, result) of four faces
     # what is known is kept: the pixels outside the hole, and the grey level of a colorized face
@@ -50,3 +53,11 @@ def test_edited_heldout_faces_keep_what_is_known_are_scored_and_resume_exactly(s
     assert "finished batch(es) found" in again.stderr
     resumed = json.loads((out / "fid_center_repaint.json").read_text())
     assert resumed["scores"] == center["scores"] and resumed["resumed_batches"] == 2
+
+
+def test_chroma_ratio_measures_the_colour_left_around_the_grey_level():
+    faces = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    grey = faces.mean(dim=1, keepdim=True)
+    assert chroma_ratio(faces, faces) == 1
+    assert chroma_ratio(grey.expand_as(faces), faces) < 1e-7  # a grey face keeps no colour
+    assert abs(chroma_ratio(grey + 0.5 * (faces - grey), faces) - 0.5) < 1e-7  # half the chroma of each pixel

@@ -165,11 +165,12 @@ def edit_table(results: Path, base: Path) -> list[str]:
         options = ", ".join(f"{key} {r[key]}" for key in ("jump_length", "jump_n_sample") if key in r)
         rows.append([link(path, base), r["task"], r["method"] + (f" ({options})" if options else ""), r["steps"],
                      r["nfe_per_batch"], f"{r['num_images']:,}", number(r["scores"]["fid"]), number(r["floor"]["fid"]),
-                     number(r["fid_above_floor"]), kid(r["scores"]), f"{r['psnr']:.2f} dB ({r['psnr_where']})"])
+                     number(r["fid_above_floor"]), kid(r["scores"]), f"{r['psnr']:.2f} dB ({r['psnr_where']})",
+                     f"{r['chroma_ratio']:.2f}" if "chroma_ratio" in r else "—"])
     if not rows:
         return []
     return table(["file", "task", "method", "steps", "NFE per batch", "faces", "FID", "floor FID", "above floor",
-                  "KID ×10³", "PSNR"], rows)
+                  "KID ×10³", "PSNR", "colour saturation kept"], rows)
 
 
 def inversion_table(inversion: dict) -> list[str]:
